@@ -1,0 +1,73 @@
+"""Choosing the torch device and seeding torch from a scikit-learn ``random_state``."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+
+def resolve_device(device) -> torch.device:
+    """Turn a user's ``device`` parameter into a :class:`torch.device`.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"} or torch.device
+        ``"auto"`` picks CUDA when a CUDA device is present, else the CPU.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not a device name, or names a CUDA device that this
+        machine does not have.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; "
+            f"got {device!r} of type {type(device).__name__}."
+        )
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"device={device!r} is not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} but no CUDA device is available on this machine; "
+                "use device='auto' or device='cpu'."
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s); pick an index below that."
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS is not available; use device='cpu'.")
+    return resolved
+
+
+def torch_seed_from(random_state) -> int:
+    """Draw a torch seed from a scikit-learn ``random_state`` (None, int or RandomState)."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+@contextlib.contextmanager
+def seeded_torch(random_state):
+    """Run a block with torch's global RNG seeded from ``random_state``, then restore it.
+
+    Random weight initialisation in timm uses the global torch RNG; forking it keeps
+    the caller's own random stream untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch_seed_from(random_state))
+        yield

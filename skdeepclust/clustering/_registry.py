@@ -1,0 +1,72 @@
+"""Short clusterer names (``clusterer="kmeans"``) and how each is built.
+
+Each name maps to ``(module, class name, extra keyword arguments)``. Modules are
+imported only when their name is asked for, so optional dependencies such as
+cuML cost nothing until used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+CLUSTERER_NAMES = {
+    "kmeans": ("sklearn.cluster", "KMeans", {"n_init": 10}),
+    "minibatch_kmeans": ("sklearn.cluster", "MiniBatchKMeans", {"n_init": 3}),
+    "agglomerative": ("sklearn.cluster", "AgglomerativeClustering", {}),
+    "spectral": ("sklearn.cluster", "SpectralClustering", {"affinity": "nearest_neighbors"}),
+    "gmm": ("sklearn.mixture", "GaussianMixture", {"covariance_type": "diag"}),
+    # HDBSCAN's copy=False (its default until 1.10) may overwrite the caller's features.
+    "hdbscan": ("sklearn.cluster", "HDBSCAN", {"copy": True}),
+    "cuml_kmeans": ("cuml.cluster", "KMeans", {}),
+    "cuml_hdbscan": ("cuml.cluster.hdbscan", "HDBSCAN", {}),
+}
+
+# Names whose class counts its clusters with a parameter other than ``n_clusters``.
+_CLUSTER_COUNT_PARAMETER = {"gmm": "n_components"}
+
+
+def available_clusterer_names():
+    """The names accepted by ``clusterer=``, sorted."""
+    return sorted(CLUSTERER_NAMES)
+
+
+def build_named_clusterer(name, *, n_clusters, random_state, device):
+    """Build the unfitted clusterer called ``name``.
+
+    ``n_clusters``, ``random_state`` and ``device`` are passed on only to classes
+    that take them; ``n_clusters=None`` keeps the class's own default.
+    """
+    if not isinstance(name, str) or name not in CLUSTERER_NAMES:
+        raise ValueError(
+            f"Unknown clusterer {name!r}. Use one of {available_clusterer_names()} "
+            "or pass an unfitted scikit-learn clusterer instance."
+        )
+    module_name, class_name, defaults = CLUSTERER_NAMES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if module_name.startswith("cuml"):
+            raise ImportError(
+                f"clusterer={name!r} needs RAPIDS cuML, which is not installed. Install it "
+                "for your CUDA version (for example `pip install cuml-cu12`), or use "
+                "clusterer='kmeans'."
+            ) from exc
+        raise
+    cls = getattr(module, class_name)
+    accepted = inspect.signature(cls).parameters
+    params = dict(defaults)
+    count_parameter = _CLUSTER_COUNT_PARAMETER.get(name, "n_clusters")
+    if n_clusters is not None:
+        if count_parameter not in accepted:
+            raise ValueError(
+                f"clusterer={name!r} finds the number of clusters itself and takes no "
+                f"n_clusters; leave n_clusters=None (got n_clusters={n_clusters})."
+            )
+        params[count_parameter] = n_clusters
+    if "random_state" in accepted:
+        params["random_state"] = random_state
+    if "device" in accepted:
+        params["device"] = device
+    return cls(**params)
+

@@ -1,0 +1,281 @@
+"""Stage 2: cluster a feature matrix with any clusterer, and predict for new rows."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, clone
+from sklearn.metrics import silhouette_score
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ..metrics import cluster_accuracy
+from ._registry import build_named_clusterer
+
+# Cosine silhouette is quadratic in the number of samples; beyond this many it is
+# estimated on a random subsample, which keeps `score` at a few seconds.
+SILHOUETTE_MAX_SAMPLES = 5000
+
+_COUNT_PARAMETERS = ("n_clusters", "n_components")
+
+
+def _build_clusterer(clusterer, n_clusters, random_state, device):
+    """An unfitted clusterer from a name or an instance; the instance is cloned, never changed."""
+    if isinstance(clusterer, str):
+        return build_named_clusterer(
+            clusterer, n_clusters=n_clusters, random_state=random_state, device=device
+        )
+    if isinstance(clusterer, type):
+        raise TypeError(
+            f"clusterer must be a name or an estimator instance, not the class "
+            f"{clusterer.__name__}; pass {clusterer.__name__}() instead."
+        )
+    if not (hasattr(clusterer, "fit") and hasattr(clusterer, "get_params")):
+        raise TypeError(
+            "clusterer must be a name such as 'kmeans' or a scikit-learn style estimator "
+            f"with fit and get_params; got {clusterer!r}."
+        )
+    estimator = clone(clusterer)
+    own_params = estimator.get_params(deep=False)
+    if n_clusters is not None:
+        count_parameter = next((p for p in _COUNT_PARAMETERS if p in own_params), None)
+        if count_parameter is None:
+            raise ValueError(
+                f"{type(clusterer).__name__} takes no number of clusters, but n_clusters="
+                f"{n_clusters} was given; leave n_clusters=None with this clusterer."
+            )
+        estimator.set_params(**{count_parameter: n_clusters})
+    if random_state is not None and own_params.get("random_state", 0) is None:
+        estimator.set_params(random_state=random_state)
+    return estimator
+
+
+def _requested_cluster_count(estimator):
+    params = estimator.get_params(deep=False)
+    for name in _COUNT_PARAMETERS:
+        if isinstance(params.get(name), numbers.Integral):
+            return int(params[name])
+    return None
+
+
+def _clusterer_has(method):
+    """For ``available_if``: the fitted clusterer, or before fit the one that would be built."""
+
+    def check(self):
+        if hasattr(self, "clusterer_"):
+            return hasattr(self.clusterer_, method)
+        clusterer = self.clusterer
+        if isinstance(clusterer, str):
+            clusterer = _build_clusterer(clusterer, None, None, "cpu")
+        return hasattr(clusterer, method)
+
+    return check
+
+
+def label_free_score(features, labels, random_state=None):
+    """Cosine silhouette of ``labels`` on ``features``: larger is better, in [-1, 1].
+
+    Samples labelled -1 (noise) are left out. With fewer than two clusters, or
+    as many clusters as samples, the silhouette is undefined and 0.0, the value
+    of a clustering with no structure, is returned.
+    """
+    kept = labels >= 0
+    features, labels = features[kept], labels[kept]
+    n_labels = np.unique(labels).shape[0]
+    if n_labels < 2 or n_labels >= labels.shape[0]:
+        return 0.0
+    sample_size = SILHOUETTE_MAX_SAMPLES if labels.shape[0] > SILHOUETTE_MAX_SAMPLES else None
+    return float(
+        silhouette_score(
+            features, labels, metric="cosine", sample_size=sample_size, random_state=random_state
+        )
+    )
+
+
+class FeatureClusterer(ClusterMixin, BaseEstimator):
+    """Cluster a feature matrix with a named or given clusterer, and predict for new rows.
+
+    This is the second stage of :class:`~skdeepclust.PretrainedFeatureClusterer`,
+    usable on its own for features computed elsewhere, for example by
+    :class:`~skdeepclust.ImageEmbedder` inside a :class:`~sklearn.pipeline.Pipeline`.
+
+    Parameters
+    ----------
+    clusterer : str or estimator, default="kmeans"
+        A name from :func:`~skdeepclust.clustering.available_clusterer_names`
+        (``"kmeans"``, ``"agglomerative"``, ``"gmm"``, ``"hdbscan"``, ``"cuml_kmeans"``,
+        ...) or an unfitted scikit-learn style clusterer. An instance is cloned
+        and never modified.
+    n_clusters : int or None, default=None
+        Number of clusters. ``None`` keeps the clusterer's own setting (8 for
+        ``"kmeans"``, as in scikit-learn). For a clusterer that finds the number
+        itself (DBSCAN, HDBSCAN) it must stay ``None``.
+    device : str or torch.device, default="auto"
+        Passed to clusterers that run on torch; ignored by the others.
+    random_state : int, RandomState instance or None, default=None
+        Passed to the clusterer when it takes one and has none set.
+
+    Attributes
+    ----------
+    clusterer_ : estimator
+        The fitted clusterer.
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training row, as the clusterer gave it (-1 marks noise
+        for density-based clusterers).
+    cluster_centers_ : ndarray of shape (n_found_clusters, n_features)
+        Mean training row of each cluster found, in the order of ``cluster_ids_``.
+    cluster_ids_ : ndarray of shape (n_found_clusters,)
+        The label of each row of ``cluster_centers_``.
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    Notes
+    -----
+    ``predict`` uses the clusterer's own ``predict`` when it has one. For those
+    without (agglomerative, spectral, DBSCAN, HDBSCAN) a new row goes to the
+    nearest cluster centre (Euclidean distance to ``cluster_centers_``), so it
+    never receives the noise label; on the training rows this can differ from
+    ``labels_``.
+
+    ``score(X, y)`` is the clustering accuracy when ``y`` is given and the cosine
+    silhouette otherwise, so that ``GridSearchCV`` can compare settings with or
+    without labels (see :meth:`score`).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> from sklearn.cluster import AgglomerativeClustering
+    >>> from skdeepclust import FeatureClusterer
+    >>> X, y = make_blobs(n_samples=60, centers=3, cluster_std=0.5, random_state=0)
+    >>> est = FeatureClusterer(AgglomerativeClustering(), n_clusters=3).fit(X)
+    >>> est.predict(X[:2]).shape
+    (2,)
+    >>> round(est.score(X, y), 2)
+    1.0
+    """
+
+    def __init__(self, clusterer="kmeans", n_clusters=None, device="auto", random_state=None):
+        self.clusterer = clusterer
+        self.n_clusters = n_clusters
+        self.device = device
+        self.random_state = random_state
+
+    def _validate_params(self):
+        if self.n_clusters is not None and (
+            not isinstance(self.n_clusters, numbers.Integral)
+            or isinstance(self.n_clusters, bool)
+            or self.n_clusters < 1
+        ):
+            raise ValueError(
+                f"n_clusters must be a positive integer or None; got {self.n_clusters!r}."
+            )
+
+    def fit(self, X, y=None):
+        """Fit the clusterer on the rows of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Feature matrix; finite values only.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : FeatureClusterer
+            The fitted estimator.
+        """
+        self._validate_params()
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
+        clusterer = _build_clusterer(
+            self.clusterer, self.n_clusters, self.random_state, self.device
+        )
+        requested = _requested_cluster_count(clusterer)
+        if requested is not None and requested > X.shape[0]:
+            raise ValueError(
+                f"n_samples={X.shape[0]} is fewer than n_clusters={requested}; pass more "
+                "samples or ask for fewer clusters."
+            )
+        if hasattr(clusterer, "fit_predict"):
+            labels = clusterer.fit_predict(X)
+        else:
+            labels = clusterer.fit(X).labels_
+        self.clusterer_ = clusterer
+        self.labels_ = np.asarray(labels).astype(np.int64, copy=False)
+        self.cluster_ids_ = np.unique(self.labels_[self.labels_ >= 0])
+        self.cluster_centers_ = np.stack(
+            [X[self.labels_ == cluster].mean(axis=0) for cluster in self.cluster_ids_]
+        ) if self.cluster_ids_.size else np.empty((0, X.shape[1]), dtype=X.dtype)
+        return self
+
+    def predict(self, X):
+        """Assign each row of ``X`` to a cluster.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Feature matrix with the features seen in ``fit``.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Cluster of each row (see the class Notes for clusterers without ``predict``).
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        if hasattr(self.clusterer_, "predict"):
+            return np.asarray(self.clusterer_.predict(X)).astype(np.int64, copy=False)
+        if self.cluster_ids_.size == 0:
+            return np.full(X.shape[0], -1, dtype=np.int64)
+        return self.cluster_ids_[self._nearest_centre(X)]
+
+    def _nearest_centre(self, X):
+        centres = self.cluster_centers_.astype(X.dtype, copy=False)
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, and |x|^2 does not change the argmin.
+        distances = (centres * centres).sum(axis=1) - 2.0 * (X @ centres.T)
+        return distances.argmin(axis=1)
+
+    @available_if(_clusterer_has("predict_proba"))
+    def predict_proba(self, X):
+        """Soft cluster assignments, for clusterers that give them.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Feature matrix with the features seen in ``fit``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters)
+            Each row sums to 1.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return self.clusterer_.predict_proba(X)
+
+    def score(self, X, y=None):
+        """How good the clustering of ``X`` is; larger is better.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Feature matrix.
+        y : array-like of shape (n_samples,), default=None
+            True classes, if known.
+
+        Returns
+        -------
+        score : float
+            With ``y``: :func:`~skdeepclust.metrics.cluster_accuracy` of the
+            predicted clusters. Without: the cosine silhouette of the predicted
+            clusters on ``X``, in [-1, 1], estimated on at most 5,000 random rows
+            (seeded by ``random_state``); it is scale-free and does not grow with
+            the number of clusters by itself, so it can choose ``n_clusters``. A
+            single predicted cluster scores 0.0.
+        """
+        labels = self.predict(X)
+        if y is not None:
+            return cluster_accuracy(y, labels)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return label_free_score(X, labels, random_state=self.random_state)

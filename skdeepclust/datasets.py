@@ -1,0 +1,123 @@
+"""Loading images kept on disk the usual way: ``root/<class>/<file>``, or an archive of that."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils import Bunch, check_random_state
+
+from .embedding.images import find_image_files
+
+
+def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y=False):
+    """List the images under ``root``, with labels taken from their class folders.
+
+    Parameters
+    ----------
+    root : str or path-like
+        A folder. Images in ``root/<class>/...`` (any depth below the class folder)
+        get the label ``<class>``. If any image lies directly in ``root``, the folder
+        is treated as unlabelled and ``target`` is None.
+    max_per_class : int, default=None
+        Keep at most this many images of each class, drawn at random (seeded by
+        ``random_state``). Ignored for an unlabelled folder.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the draw of ``max_per_class``.
+    return_X_y : bool, default=False
+        Return ``(filenames, target)`` instead of a Bunch.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        ``filenames`` (list of str, sorted by class then path), ``target`` (int
+        ndarray or None), ``target_names`` (list of class folder names).
+    (filenames, target) : tuple
+        If ``return_X_y`` is True.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from PIL import Image
+    >>> from skdeepclust.datasets import load_image_folder
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ["cat/1.png", "cat/2.png", "dog/1.png"]:
+    ...     (root / name).parent.mkdir(exist_ok=True)
+    ...     Image.new("RGB", (8, 8)).save(root / name)
+    >>> data = load_image_folder(root)
+    >>> data.target_names, data.target.tolist()
+    (['cat', 'dog'], [0, 0, 1])
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"root={str(root)!r} is not a folder.")
+    files = find_image_files(root)
+    class_of = [Path(file).relative_to(root).parts for file in files]
+    if any(len(parts) == 1 for parts in class_of):
+        return (files, None) if return_X_y else Bunch(filenames=files, target=None, target_names=[])
+    target_names = sorted({parts[0] for parts in class_of})
+    index = {name: label for label, name in enumerate(target_names)}
+    target = np.array([index[parts[0]] for parts in class_of], dtype=np.int64)
+    if max_per_class is not None:
+        if not isinstance(max_per_class, (int, np.integer)) or max_per_class < 1:
+            raise ValueError(f"max_per_class must be a positive integer; got {max_per_class!r}.")
+        rng = check_random_state(random_state)
+        kept = np.concatenate(
+            [
+                np.sort(rng.permutation(np.flatnonzero(target == label))[:max_per_class])
+                for label in range(len(target_names))
+            ]
+        )
+        files = [files[i] for i in kept]
+        target = target[kept]
+    if return_X_y:
+        return files, target
+    return Bunch(filenames=files, target=target, target_names=target_names)
+
+
+def extract_image_archive(archive, cache_dir=None):
+    """Unpack a ``.tar``, ``.tar.gz``, ``.tgz`` or ``.zip`` of images once, and return where.
+
+    Parameters
+    ----------
+    archive : str or path-like
+        The archive file.
+    cache_dir : str or path-like, default=None
+        Where to unpack; default ``$SKDEEPCLUST_CACHE`` or ``~/.cache/skdeepclust``.
+        The archive goes into a sub-folder named after it and is not unpacked again
+        once complete.
+
+    Returns
+    -------
+    folder : pathlib.Path
+        The folder holding the archive's contents.
+    """
+    archive = Path(archive)
+    if not archive.is_file():
+        raise ValueError(f"archive={str(archive)!r} is not a file.")
+    cache_dir = Path(
+        cache_dir or os.environ.get("SKDEEPCLUST_CACHE") or Path.home() / ".cache" / "skdeepclust"
+    )
+    name = archive.name
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    else:
+        raise ValueError(f"{archive.name!r} is not a .tar, .tar.gz, .tgz or .zip archive.")
+    folder = cache_dir / name
+    complete = folder / ".extracted"
+    if complete.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(folder)
+    else:
+        with tarfile.open(archive) as tarred:
+            tarred.extractall(folder, filter="data")
+    complete.touch()
+    return folder

@@ -1,0 +1,298 @@
+"""Building a frozen feature extractor from a timm name or a module, with its weights.
+
+Weights come from timm's hub (``pretrained=True``), from a local checkpoint
+(``pretrained="/path/w.safetensors"``), or nowhere (``pretrained=False``: random
+weights, seeded). Local checkpoints are cleaned first, so that the original
+formats of self-supervised training code load too: DINO's ``teacher``/``student``
+dictionaries, ``backbone.`` and DDP ``module.`` prefixes, ``state_dict``/``model``
+wrappers, and classifier or projection heads that a feature extractor drops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import difflib
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .._device import seeded_torch
+from .packaged_weights import PACKAGED_BACKBONES, load_packaged_state_dict
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+# Keys under which training code nests the weights; the first one present wins, so
+# DINO's teacher (the network DINO evaluates) is preferred over its student.
+_WRAPPER_KEYS = ("teacher", "state_dict_ema", "model_ema", "state_dict", "model", "student", "module")
+_PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
+# Self-supervised checkpoints keep the encoder under this prefix beside a projection head.
+_ENCODER_PREFIX = "backbone."
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for a backbone: resized to ``input_size`` and normalised."""
+
+    input_size: tuple  # (height, width)
+    mean: tuple
+    std: tuple
+    interpolation: str
+
+
+def read_checkpoint(path) -> dict:
+    """Read a checkpoint file into a flat ``{name: tensor}`` dict of encoder weights.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.safetensors``, ``.pth``, ``.pt``, ``.bin`` or ``.ckpt`` file.
+
+    Returns
+    -------
+    state_dict : dict
+        Tensor names with wrappers and training prefixes removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"pretrained={str(path)!r}: no such checkpoint file.")
+    suffix = path.suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise ValueError(
+            f"pretrained={str(path)!r}: unknown checkpoint type {suffix!r}; "
+            f"use one of {', '.join(CHECKPOINT_SUFFIXES)}."
+        )
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path), device="cpu")
+        else:
+            # DINO's full checkpoints store their argparse namespace beside the weights.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt files fail in many library-specific ways
+        raise ValueError(
+            f"pretrained={str(path)!r} could not be read as a checkpoint "
+            f"({type(exc).__name__}: {exc}). Pass a safetensors file or a torch state dict."
+        ) from exc
+    return clean_state_dict(raw, source=str(path))
+
+
+def clean_state_dict(checkpoint, source="checkpoint") -> dict:
+    """Unwrap nested training checkpoints and strip training-time prefixes."""
+    while isinstance(checkpoint, Mapping):
+        wrapper = next(
+            (key for key in _WRAPPER_KEYS if isinstance(checkpoint.get(key), Mapping)), None
+        )
+        if wrapper is None:
+            break
+        checkpoint = checkpoint[wrapper]
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{source} holds a {type(checkpoint).__name__}, not a dict of weights.")
+    state_dict = {}
+    for name, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in _PREFIXES_TO_STRIP:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        state_dict[name] = value
+    if any(name.startswith(_ENCODER_PREFIX) for name in state_dict):
+        state_dict = {
+            name[len(_ENCODER_PREFIX):]: value
+            for name, value in state_dict.items()
+            if name.startswith(_ENCODER_PREFIX)
+        }
+    if not state_dict:
+        raise ValueError(f"{source} holds no weight tensors.")
+    return state_dict
+
+
+def _drop_classifier(state_dict, model):
+    """Remove classifier weights: the feature extractor is built without a classifier."""
+    classifiers = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    if isinstance(classifiers, str):
+        classifiers = (classifiers,)
+    dropped = {f"{name}.{kind}" for name in classifiers for kind in ("weight", "bias")}
+    return {name: value for name, value in state_dict.items() if name not in dropped}
+
+
+def _mismatch_error(exc, target, source):
+    return ValueError(
+        f"The weights in {source} do not fit {target}: {str(exc)[:600]}. Check that the "
+        "backbone architecture matches the checkpoint (DINO ViT-S/16 is "
+        "'vit_small_patch16_224', ViT-B/16 is 'vit_base_patch16_224')."
+    )
+
+
+def _check_timm_name(name):
+    import timm
+
+    if timm.is_model(name):
+        return
+    known = timm.list_models() + list(PACKAGED_BACKBONES)
+    suggestions = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f" Did you mean one of {suggestions}?" if suggestions else ""
+    raise ValueError(
+        f"Unknown backbone {name!r}: timm has no such model.{hint} "
+        "timm.list_models('*pattern*') lists the names."
+    )
+
+
+def _create_timm_model(name, image_size, **kwargs):
+    import timm
+
+    if image_size is not None:
+        try:
+            return timm.create_model(name, num_classes=0, img_size=image_size, **kwargs)
+        except TypeError as exc:
+            # Convolutional models take any input size and have no img_size argument.
+            if "img_size" not in str(exc):
+                raise
+    return timm.create_model(name, num_classes=0, **kwargs)
+
+
+def _hub_is_reachable(timeout=3.0):
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_mode():
+    """Make huggingface_hub use its local cache only.
+
+    Against an unreachable hub it retries for about 45 seconds before it looks in
+    its cache; in offline mode it looks there at once. It reads the flag at call time.
+    """
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _create_timm_model_with_weights(name, image_size, state_dict, source):
+    # timm applies the model's own checkpoint filter (e.g. resampling a ViT's position
+    # embedding to image_size) to a state dict given through the pretrained config.
+    skeleton = _create_timm_model(name, image_size, pretrained=False)
+    state_dict = _drop_classifier(state_dict, skeleton)
+    try:
+        return _create_timm_model(
+            name,
+            image_size,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(state_dict=state_dict, num_classes=0),
+        )
+    except RuntimeError as exc:
+        raise _mismatch_error(exc, f"backbone {name!r}", source) from exc
+
+
+def _load_timm_backbone(name, pretrained, image_size):
+    if name in PACKAGED_BACKBONES:
+        architecture = PACKAGED_BACKBONES[name].architecture
+        if pretrained is True:
+            return _create_timm_model_with_weights(
+                architecture, image_size, load_packaged_state_dict(name), f"the package of {name!r}"
+            )
+        name = architecture  # random or local weights for the same architecture
+    _check_timm_name(name)
+    if pretrained is False:
+        return _create_timm_model(name, image_size, pretrained=False)
+    if pretrained is True:
+        hub_context = contextlib.nullcontext() if _hub_is_reachable() else _hub_offline_mode()
+        try:
+            with hub_context:
+                return _create_timm_model(name, image_size, pretrained=True)
+        except Exception as exc:  # hub, HTTP and cache errors have no common base class
+            raise OSError(
+                f"Could not get the pretrained weights of {name!r} from the model hub "
+                f"({type(exc).__name__}: {str(exc)[:300]}). The machine may be offline or the "
+                "tag may not exist (timm.list_pretrained('name*') lists the tags). Download the "
+                "weights where there is a connection and pass the local file, "
+                "pretrained='/path/to/weights.safetensors' (.pth and .bin work too), or use "
+                "pretrained=False for random weights."
+            ) from exc
+    return _create_timm_model_with_weights(name, image_size, read_checkpoint(pretrained), str(pretrained))
+
+
+def _load_module_backbone(module, pretrained):
+    module = copy.deepcopy(module)  # the user's module is never moved, switched or loaded into
+    if isinstance(pretrained, (str, os.PathLike)):
+        state_dict = _drop_classifier(read_checkpoint(pretrained), module)
+        try:
+            module.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            raise _mismatch_error(exc, f"the given {type(module).__name__}", str(pretrained)) from exc
+    return module
+
+
+def _timm_data_config(model):
+    """timm's preprocessing for ``model``, or None for a module that is not timm's."""
+    if not getattr(model, "pretrained_cfg", None):
+        return None
+    import timm.data
+
+    return timm.data.resolve_model_data_config(model)
+
+
+def _as_size(image_size):
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    return tuple(image_size)
+
+
+def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, random_state):
+    """The feature extractor in eval mode on the CPU, and its preprocessing.
+
+    Parameters are those of :class:`~skdeepclust.ImageEmbedder`; ``mean``, ``std``,
+    ``interpolation`` and ``image_size`` override the model's own data config.
+    """
+    with seeded_torch(random_state):
+        if isinstance(backbone, str):
+            model = _load_timm_backbone(backbone, pretrained, image_size)
+        else:
+            model = _load_module_backbone(backbone, pretrained)
+    model.eval().requires_grad_(False)
+
+    config = _timm_data_config(model) or {}
+    missing = [
+        name
+        for name, given, key in (
+            ("image_size", image_size, "input_size"),
+            ("mean", mean, "mean"),
+            ("std", std, "std"),
+        )
+        if given is None and key not in config
+    ]
+    if missing:
+        raise ValueError(
+            f"The backbone {type(model).__name__} is not a timm model, so its preprocessing "
+            f"must be given: set {', '.join(missing)} (for ImageNet-trained models "
+            "mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))."
+        )
+    preprocessing = Preprocessing(
+        input_size=_as_size(image_size) if image_size is not None else tuple(config["input_size"][1:]),
+        mean=tuple(float(v) for v in (mean if mean is not None else config["mean"])),
+        std=tuple(float(v) for v in (std if std is not None else config["std"])),
+        interpolation=interpolation or config.get("interpolation", "bilinear"),
+    )
+    return model, preprocessing
+

@@ -1,0 +1,242 @@
+"""Image inputs of every accepted kind, checked up front and decoded batch by batch.
+
+Accepted: a 4-D array in NHWC or NCHW order (uint8 in [0, 255], integers in that
+range, or floats in [0, 1]), a 3-D array of grayscale images, a sequence of PIL
+images, of HWC/HW arrays or of file paths, and the path of a folder (searched
+recursively). Grayscale is repeated to RGB and an alpha channel is dropped.
+
+Batches are torch tensors of shape (batch, 3, H, W), uint8 or float in [0, 1];
+images of different sizes come as a list of (3, H, W) tensors instead. Files
+are decoded only when their batch is reached, so memory holds one batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_CHANNEL_COUNTS = (1, 3, 4)
+
+
+def find_image_files(folder) -> list:
+    """All image files under ``folder``, recursively, sorted, as strings."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is not a folder.")
+    files = sorted(
+        str(path)
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )
+    if not files:
+        raise ValueError(
+            f"No image files found under {str(folder)!r} "
+            f"(looked for {', '.join(IMAGE_EXTENSIONS)})."
+        )
+    return files
+
+
+def _pil_to_rgb_array(image, name):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        raise ValueError(
+            f"{name} has {image.mode!r} pixels (16-bit or float); convert it to 8-bit "
+            "RGB first, e.g. with PIL's Image.point."
+        )
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def _decode_file(path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _pil_to_rgb_array(image, f"Image file {path!r}")
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise ValueError(f"Cannot read image file {path!r}: {exc}") from exc
+
+
+def _channels_last_to_rgb(array, name):
+    """An (..., H, W, C) array with C in 1, 3, 4 as (..., H, W, 3)."""
+    channels = array.shape[-1]
+    if channels == 1:
+        return np.repeat(array, 3, axis=-1)
+    if channels == 4:
+        return array[..., :3]
+    if channels == 3:
+        return array
+    raise ValueError(f"{name} has {channels} channels; images need 1 (gray), 3 (RGB) or 4 (RGBA).")
+
+
+def _check_pixel_range(array, name):
+    """Reject values that are not pixels; returns the array unchanged."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind == "b" or array.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name} has dtype {array.dtype}; images must be uint8 in [0, 255] or float in [0, 1]."
+        )
+    if array.size == 0:
+        return array
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values; images must be finite.")
+    low, high = array.min(), array.max()
+    if array.dtype.kind == "f":
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{name} is a float array with values in [{low:g}, {high:g}]; float images must "
+                "lie in [0, 1]. Divide 0-255 data by 255, or pass it as uint8."
+            )
+    elif low < 0 or high > 255:
+        raise ValueError(
+            f"{name} is an integer array with values in [{low}, {high}]; integer images must "
+            "lie in [0, 255] (8-bit)."
+        )
+    return array
+
+
+def _to_tensor(batch):
+    """HWC or NHWC numpy pixels to a CHW or NCHW torch tensor (uint8 kept, floats as float32)."""
+    if batch.dtype.kind in "iu" and batch.dtype != np.uint8:
+        batch = batch.astype(np.uint8)
+    elif batch.dtype.kind == "f" and batch.dtype != np.float32:
+        batch = batch.astype(np.float32)
+    batch = np.ascontiguousarray(batch)
+    if not batch.flags.writeable:  # torch warns on read-only memory (PIL buffers, memmaps)
+        batch = batch.copy()
+    return torch.from_numpy(batch).movedim(-1, -3)
+
+
+class ArrayImages:
+    """A 4-D (or 3-D grayscale) array of same-sized images."""
+
+    def __init__(self, array):
+        if array.ndim == 3:
+            if array.shape[-1] in (3, 4):
+                raise ValueError(
+                    f"A 3-D input of shape {array.shape} looks like one color image; pass a "
+                    "batch of images with shape (n_images, height, width, channels), e.g. X[None]."
+                )
+            array = array[..., None]
+        elif array.ndim != 4:
+            raise ValueError(
+                f"Image arrays must be 4-D, (n_images, height, width, channels) or "
+                f"(n_images, channels, height, width); got {array.ndim}-D with shape {array.shape}."
+            )
+        if array.shape[-1] in _CHANNEL_COUNTS:
+            self._channels_first = False
+        elif array.shape[1] in _CHANNEL_COUNTS:
+            self._channels_first = True
+        else:
+            raise ValueError(
+                f"Cannot find the channel axis of images with shape {array.shape}: neither the "
+                "last nor the second axis has 1, 3 or 4 channels."
+            )
+        n_images, height, width = (
+            (array.shape[0], *array.shape[2:]) if self._channels_first else array.shape[:3]
+        )
+        if n_images == 0:
+            raise ValueError("Found an array with 0 images; at least one is required.")
+        if height == 0 or width == 0:
+            raise ValueError(f"Images of shape {array.shape} have no pixels.")
+        self._array = _check_pixel_range(array, "The image array")
+
+    def __len__(self):
+        return self._array.shape[0]
+
+    def batches(self, batch_size):
+        for start in range(0, len(self), batch_size):
+            chunk = self._array[start:start + batch_size]
+            if self._channels_first:
+                chunk = np.moveaxis(chunk, 1, -1)
+            yield _to_tensor(_channels_last_to_rgb(chunk, "The image array"))
+
+
+class ImageList:
+    """A sequence of images given one by one: file paths, PIL images or arrays."""
+
+    def __init__(self, items):
+        if len(items) == 0:
+            raise ValueError("Found 0 images; at least one is required.")
+        from PIL import Image
+
+        self._items = list(items)
+        missing = []
+        for position, item in enumerate(self._items):
+            if isinstance(item, (str, os.PathLike)):
+                if not os.path.isfile(item):
+                    missing.append(str(item))
+            elif isinstance(item, np.ndarray):
+                if item.ndim not in (2, 3):
+                    raise ValueError(
+                        f"Image {position} is a {item.ndim}-D array; single images must be "
+                        "(height, width) or (height, width, channels)."
+                    )
+            elif not isinstance(item, Image.Image):
+                raise TypeError(
+                    f"Image {position} is a {type(item).__name__}; a list of images may hold "
+                    "file paths, PIL images or numpy arrays."
+                )
+        if missing:
+            shown = ", ".join(repr(name) for name in missing[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ValueError(f"Image files not found: {shown}{more}.")
+
+    def __len__(self):
+        return len(self._items)
+
+    def _decode(self, position):
+        from PIL import Image
+
+        item = self._items[position]
+        if isinstance(item, (str, os.PathLike)):
+            return _decode_file(os.fspath(item))
+        if isinstance(item, Image.Image):
+            return _pil_to_rgb_array(item, f"Image {position}")
+        name = f"Image {position}"
+        array = _check_pixel_range(item, name)
+        if array.ndim == 2:
+            array = array[..., None]
+        return _channels_last_to_rgb(array, name)
+
+    def batches(self, batch_size):
+        for start in range(0, len(self), batch_size):
+            images = [self._decode(i) for i in range(start, min(start + batch_size, len(self)))]
+            if all(image.shape == images[0].shape for image in images) and all(
+                image.dtype == images[0].dtype for image in images
+            ):
+                yield _to_tensor(np.stack(images))
+            else:
+                yield [_to_tensor(image) for image in images]
+
+
+def as_images(X):
+    """Wrap any accepted image input; raises a clear error for anything else."""
+    if isinstance(X, (ArrayImages, ImageList)):
+        return X
+    if isinstance(X, (str, os.PathLike)):
+        if os.path.isdir(X):
+            return ImageList(find_image_files(X))
+        if os.path.isfile(X):
+            raise TypeError(
+                f"X is the path of one file, {os.fspath(X)!r}; pass a list of paths, "
+                "e.g. [path], or the folder that holds the images."
+            )
+        raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        return ArrayImages(X)
+    if isinstance(X, np.ndarray) or isinstance(X, Sequence):
+        return ImageList(list(X))
+    raise TypeError(
+        f"Cannot read images from a {type(X).__name__}. Pass a 4-D array (NHWC or NCHW), a "
+        "list of PIL images, arrays or file paths, or a folder path."
+    )

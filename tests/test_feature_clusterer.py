@@ -1,0 +1,138 @@
+import importlib.util
+
+import numpy as np
+import pytest
+from sklearn.cluster import DBSCAN, HDBSCAN, AgglomerativeClustering, KMeans
+from sklearn.datasets import make_blobs
+from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skdeepclust import FeatureClusterer
+from skdeepclust.clustering import available_clusterer_names, label_free_score
+
+
+@parametrize_with_checks(
+    [
+        FeatureClusterer(random_state=0),
+        FeatureClusterer("agglomerative"),
+        FeatureClusterer("gmm", random_state=0),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture
+def blobs():
+    return make_blobs(n_samples=90, centers=3, cluster_std=0.4, random_state=0)
+
+
+def test_default_is_kmeans_with_n_clusters(blobs):
+    X, y = blobs
+    est = FeatureClusterer(n_clusters=3, random_state=0).fit(X)
+    assert isinstance(est.clusterer_, KMeans) and est.clusterer_.n_clusters == 3
+    assert est.score(X, y) == 1.0
+    assert est.cluster_centers_.shape == (3, 2)
+
+
+def test_instance_is_cloned_not_modified(blobs):
+    X, _ = blobs
+    given = KMeans(n_clusters=5, n_init=1)
+    est = FeatureClusterer(given, n_clusters=3, random_state=7).fit(X)
+    assert est.clusterer_ is not given
+    assert est.clusterer_.n_clusters == 3 and est.clusterer_.random_state == 7
+    assert given.n_clusters == 5 and given.random_state is None
+    assert not hasattr(given, "labels_")
+
+
+def test_gmm_gets_its_component_count_and_gives_probabilities(blobs):
+    X, y = blobs
+    est = FeatureClusterer("gmm", n_clusters=3, random_state=0).fit(X)
+    assert isinstance(est.clusterer_, GaussianMixture) and est.clusterer_.n_components == 3
+    proba = est.predict_proba(X)
+    assert proba.shape == (90, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_predict_proba_only_where_the_clusterer_has_it(blobs):
+    X, _ = blobs
+    assert not hasattr(FeatureClusterer("kmeans"), "predict_proba")
+    assert hasattr(FeatureClusterer("gmm"), "predict_proba")
+    assert not hasattr(FeatureClusterer("kmeans", n_clusters=3).fit(X), "predict_proba")
+
+
+@pytest.mark.parametrize(
+    "clusterer, n_clusters",
+    [(AgglomerativeClustering(), 3), ("spectral", 3), (DBSCAN(eps=1.0), None), (HDBSCAN(copy=True), None)],
+)
+def test_clusterers_without_predict_use_the_nearest_centre(blobs, clusterer, n_clusters):
+    X, y = blobs
+    est = FeatureClusterer(clusterer, n_clusters=n_clusters, random_state=0).fit(X)
+    assert not hasattr(est.clusterer_, "predict")
+    new = X + np.random.default_rng(0).normal(scale=0.05, size=X.shape)
+    predicted = est.predict(new)
+    assert set(predicted) <= set(est.cluster_ids_)
+    kept = est.labels_ >= 0
+    assert np.mean(predicted[kept] == est.labels_[kept]) > 0.95
+    assert est.score(new, y) > 0.9
+
+
+def test_density_clusterer_that_finds_only_noise_predicts_noise(blobs):
+    X, _ = blobs
+    est = FeatureClusterer(DBSCAN(eps=1e-6, min_samples=5)).fit(X)
+    assert est.cluster_centers_.shape == (0, 2)
+    np.testing.assert_array_equal(est.predict(X[:4]), -1)
+    assert est.score(X[:10]) == 0.0
+
+
+def test_label_free_score_prefers_the_true_number_of_clusters(blobs):
+    X, _ = blobs
+    search = GridSearchCV(
+        FeatureClusterer(random_state=0), {"n_clusters": [2, 3, 4, 6, 8]}, cv=3
+    ).fit(X)
+    assert search.best_params_ == {"n_clusters": 3}
+
+
+def test_label_free_score_is_scale_free_and_zero_for_one_cluster(blobs):
+    X, y = blobs
+    assert label_free_score(X, y) == pytest.approx(label_free_score(10 * X, y))
+    assert label_free_score(X, np.zeros(len(X), dtype=int)) == 0.0
+    assert label_free_score(X, -np.ones(len(X), dtype=int)) == 0.0
+
+
+def test_n_clusters_larger_than_n_samples(blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match="n_samples=5 is fewer than n_clusters=10"):
+        FeatureClusterer(n_clusters=10).fit(X[:5])
+
+
+@pytest.mark.parametrize(
+    "params, error, match",
+    [
+        ({"clusterer": "kmeens"}, ValueError, "Unknown clusterer 'kmeens'"),
+        ({"clusterer": KMeans}, TypeError, "not the class KMeans"),
+        ({"clusterer": object()}, TypeError, "estimator with fit"),
+        ({"clusterer": DBSCAN(), "n_clusters": 3}, ValueError, "takes no number of clusters"),
+        ({"clusterer": "hdbscan", "n_clusters": 3}, ValueError, "takes no n_clusters"),
+        ({"n_clusters": 0}, ValueError, "positive integer"),
+        ({"n_clusters": 2.5}, ValueError, "positive integer"),
+    ],
+)
+def test_bad_parameters(blobs, params, error, match):
+    X, _ = blobs
+    with pytest.raises(error, match=match):
+        FeatureClusterer(**params).fit(X)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cuml") is not None, reason="cuML is installed")
+@pytest.mark.parametrize("name", ["cuml_kmeans", "cuml_hdbscan"])
+def test_cuml_names_without_cuml_say_how_to_install(blobs, name):
+    X, _ = blobs
+    with pytest.raises(ImportError, match="needs RAPIDS cuML.*pip install"):
+        FeatureClusterer(name).fit(X)
+
+
+def test_names_are_listed():
+    names = available_clusterer_names()
+    assert {"kmeans", "agglomerative", "gmm", "hdbscan", "cuml_kmeans"} <= set(names)

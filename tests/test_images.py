@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skdeepclust.embedding.images import as_images, find_image_files
+
+
+def _first_batch(X, batch_size=64):
+    return next(as_images(X).batches(batch_size))
+
+
+def test_nhwc_and_nchw_give_the_same_pixels(images):
+    nhwc = _first_batch(images)
+    nchw = _first_batch(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    assert nhwc.dtype == torch.uint8 and nhwc.shape == (16, 3, 32, 32)
+    assert torch.equal(nhwc, nchw)
+
+
+def test_grayscale_is_repeated_to_rgb(images):
+    gray = images[..., 0]
+    for X in (gray, gray[..., None], gray[:, None]):
+        batch = _first_batch(X)
+        assert batch.shape == (16, 3, 32, 32)
+        assert torch.equal(batch[:, 0], batch[:, 2])
+
+
+def test_alpha_channel_is_dropped(images):
+    rgba = np.concatenate([images, np.full(images.shape[:3] + (1,), 7, np.uint8)], axis=-1)
+    assert torch.equal(_first_batch(rgba), _first_batch(images))
+
+
+def test_float_and_integer_arrays(images):
+    as_float = _first_batch(images.astype(np.float64) / 255)
+    assert as_float.dtype == torch.float32
+    np.testing.assert_allclose(as_float.numpy() * 255, _first_batch(images).numpy(), atol=1e-3)
+    assert torch.equal(_first_batch(images.astype(np.int64)), _first_batch(images))
+
+
+def test_input_is_not_modified(images):
+    original = images.copy()
+    list(as_images(images.transpose(0, 3, 1, 2)).batches(5))
+    np.testing.assert_array_equal(images, original)
+
+
+def test_batches_cover_all_images_in_order(images):
+    batches = list(as_images(images).batches(5))
+    assert [len(b) for b in batches] == [5, 5, 5, 1]
+    assert torch.equal(torch.cat(batches), _first_batch(images))
+
+
+def test_pil_and_array_lists_of_mixed_sizes(images):
+    pictures = [Image.fromarray(images[0]), Image.fromarray(images[1]).resize((20, 40)).convert("L")]
+    pictures.append(images[2][:16])
+    pictures.append(Image.fromarray(images[3]).convert("RGBA"))
+    batch = _first_batch(pictures)
+    assert isinstance(batch, list)
+    assert [tuple(image.shape) for image in batch] == [(3, 32, 32), (3, 40, 20), (3, 16, 32), (3, 32, 32)]
+
+
+def test_folder_and_paths(image_folder):
+    files = find_image_files(image_folder)
+    assert len(files) == 8
+    from_folder = as_images(str(image_folder))
+    assert len(from_folder) == 8
+    assert sum(len(b) for b in from_folder.batches(3)) == 8
+    assert len(as_images(files)) == 8
+
+
+def test_torch_tensor_input(images):
+    assert torch.equal(_first_batch(torch.from_numpy(images)), _first_batch(images))
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (np.zeros((0, 32, 32, 3), np.uint8), ValueError, "0 images"),
+        ([], ValueError, "0 images"),
+        (np.zeros((32, 32), np.uint8), ValueError, "4-D"),
+        (np.zeros((2, 32, 32, 3, 1), np.uint8), ValueError, "4-D"),
+        (np.zeros((32, 32, 3), np.uint8), ValueError, "one color image"),
+        (np.zeros((2, 32, 32, 5), np.uint8), ValueError, "channel axis"),
+        (np.full((2, 8, 8, 3), np.nan), ValueError, "NaN"),
+        (np.full((2, 8, 8, 3), np.inf, np.float32), ValueError, "NaN or infinite"),
+        (np.full((2, 8, 8, 3), 255.0), ValueError, r"\[0, 1\]"),
+        (np.full((2, 8, 8, 3), 300, np.int32), ValueError, r"\[0, 255\]"),
+        (np.zeros((2, 8, 8, 3), bool), TypeError, "dtype bool"),
+        (["/no/such/file.jpg"], ValueError, "not found"),
+        ([1, 2], TypeError, "list of images"),
+        ("/no/such/folder", ValueError, "neither an existing folder"),
+        (42, TypeError, "Cannot read images"),
+    ],
+)
+def test_bad_input_is_named(bad, error, match):
+    with pytest.raises(error, match=match):
+        as_images(bad)
+
+
+def test_single_file_path_asks_for_a_list(image_folder):
+    file = find_image_files(image_folder)[0]
+    with pytest.raises(TypeError, match="list of paths"):
+        as_images(file)
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        _first_batch([str(broken)])
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="No image files"):
+        as_images(str(tmp_path))

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+from sklearn.model_selection import GridSearchCV
+
+from skdeepclust import FeatureClusterer
+from skdeepclust.metrics import CLUSTERING_SCORERS, cluster_accuracy
+
+
+def test_accuracy_ignores_cluster_names():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    assert cluster_accuracy(y, np.array([2, 2, 0, 0, 1, 1])) == 1.0
+    assert cluster_accuracy(["a", "a", "b"], [7, 7, 7]) == pytest.approx(2 / 3)
+
+
+def test_accuracy_with_more_or_fewer_clusters_than_classes():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    # Four clusters: only two can be matched, so the best is 2 + 2 of 6 right.
+    assert cluster_accuracy(y, [0, 0, 1, 2, 2, 3]) == pytest.approx(4 / 6)
+    assert cluster_accuracy(y, np.zeros(6)) == pytest.approx(3 / 6)
+
+
+def test_accuracy_matches_a_brute_force_search():
+    from itertools import permutations
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    best = max(np.mean(np.array(perm)[pred] == y) for perm in permutations(range(4)))
+    assert cluster_accuracy(y, pred) == pytest.approx(best)
+
+
+def test_accuracy_input_errors():
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        cluster_accuracy([0, 1], [0])
+    with pytest.raises(ValueError, match="at least one sample"):
+        cluster_accuracy([], [])
+
+
+def test_scorers_work_in_grid_search():
+    X, y = make_blobs(n_samples=120, centers=4, cluster_std=0.5, random_state=1)
+    search = GridSearchCV(
+        FeatureClusterer(random_state=0),
+        {"n_clusters": [2, 4, 6]},
+        scoring=CLUSTERING_SCORERS,
+        refit="accuracy",
+        cv=3,
+    ).fit(X, y)
+    assert search.best_params_ == {"n_clusters": 4}
+    for name in ("accuracy", "nmi", "ari"):
+        assert search.cv_results_[f"mean_test_{name}"][1] > 0.95
+    kmeans = KMeans(n_clusters=4, n_init=3, random_state=0).fit(X)
+    assert CLUSTERING_SCORERS["accuracy"](kmeans, X, y) == 1.0

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+from conftest import TINY, two_tone_images
+from sklearn.cluster import AgglomerativeClustering, KMeans
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import Pipeline
+
+from skdeepclust import FeatureClusterer, ImageEmbedder, PretrainedFeatureClusterer
+from skdeepclust.metrics import CLUSTERING_SCORERS
+
+
+def test_fit_predict_separates_two_obvious_groups(labelled_images):
+    X, y = labelled_images
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2)
+    labels = est.fit_predict(X)
+    np.testing.assert_array_equal(labels, est.labels_)
+    assert est.score(X, y) == 1.0
+    assert isinstance(est.clusterer_, KMeans)
+    assert est.embedding_dim_ == 64 and est.cluster_centers_.shape == (2, 64)
+    assert est.transform(X).shape == (16, 64)
+
+
+def test_predict_assigns_new_images_to_the_learned_clusters(labelled_images):
+    X, y = labelled_images
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(X)
+    new_X, new_y = two_tone_images(n_per_group=3, size=40, seed=1)  # other images, other size
+    predicted = est.predict(new_X)
+    dark_cluster = est.labels_[y == 0][0]
+    np.testing.assert_array_equal(predicted == dark_cluster, new_y == 0)
+
+
+def test_clusterer_without_predict_still_predicts(labelled_images):
+    X, y = labelled_images
+    given = AgglomerativeClustering()
+    est = PretrainedFeatureClusterer(**TINY, clusterer=given, n_clusters=2).fit(X)
+    assert given.n_clusters == 2 and not hasattr(given, "labels_")  # cloned, not changed
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+
+
+def test_predict_proba_with_a_soft_clusterer(labelled_images):
+    X, _ = labelled_images
+    assert not hasattr(PretrainedFeatureClusterer(**TINY), "predict_proba")
+    est = PretrainedFeatureClusterer(**TINY, clusterer="gmm", n_clusters=2).fit(X)
+    proba = est.predict_proba(X[:5])
+    assert proba.shape == (5, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_folder_input(image_folder):
+    from skdeepclust.datasets import load_image_folder
+
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(str(image_folder))
+    data = load_image_folder(image_folder)
+    assert est.labels_.shape == (8,)
+    assert est.score(data.filenames, data.target) == 1.0
+
+
+def test_too_many_clusters_is_caught_before_embedding(images, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the backbone should not run")
+
+    monkeypatch.setattr(ImageEmbedder, "fit", fail)
+    with pytest.raises(ValueError, match="n_samples=16 is fewer than n_clusters=20"):
+        PretrainedFeatureClusterer(**TINY, n_clusters=20).fit(images)
+
+
+def test_label_free_score_is_a_silhouette(labelled_images):
+    X, _ = labelled_images
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(X)
+    assert 0.0 < est.score(X) <= 1.0
+    single = PretrainedFeatureClusterer(**TINY, n_clusters=1).fit(X)
+    assert single.score(X) == 0.0
+
+
+def test_grid_search_over_n_clusters_with_and_without_labels():
+    X, y = two_tone_images(n_per_group=9)
+    params = {"n_clusters": [2, 3, 4]}
+    base = PretrainedFeatureClusterer(**TINY)
+    with_labels = GridSearchCV(base, params, scoring=CLUSTERING_SCORERS, refit="accuracy", cv=3).fit(X, y)
+    assert with_labels.best_params_ == {"n_clusters": 2}
+    assert with_labels.best_score_ == 1.0
+    # Shuffled folds: a test fold holding one group only has no structure to score.
+    without_labels = GridSearchCV(base, params, cv=KFold(3, shuffle=True, random_state=0)).fit(X)
+    assert without_labels.best_params_ == {"n_clusters": 2}
+    assert without_labels.predict(X[:2]).shape == (2,)
+
+
+def test_pipeline_of_the_two_stages_matches_the_composite(labelled_images):
+    X, _ = labelled_images
+    pipeline = Pipeline(
+        [("embed", ImageEmbedder(**TINY)), ("cluster", FeatureClusterer(n_clusters=2, random_state=0))]
+    )
+    composite = PretrainedFeatureClusterer(**TINY, n_clusters=2)
+    np.testing.assert_array_equal(pipeline.fit(X).predict(X), composite.fit(X).predict(X))
+
+
+def test_bad_n_clusters_is_named_before_embedding(images):
+    with pytest.raises(ValueError, match="n_clusters must be a positive integer"):
+        PretrainedFeatureClusterer(**TINY, n_clusters=-1).fit(images)
+
+
+def test_list_of_paths_with_a_missing_file(image_folder):
+    from skdeepclust.datasets import load_image_folder
+
+    files = load_image_folder(image_folder).filenames + ["/no/such/image.png"]
+    with pytest.raises(ValueError, match="not found: '/no/such/image.png'"):
+        PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(files)
