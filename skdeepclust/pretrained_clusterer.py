@@ -64,7 +64,7 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the clusterer and, with ``pretrained=False``, the backbone's weights.
     verbose : int, default=0
-        Print progress when positive.
+        Show progress bars (embedding, and training of the clustering heads) when positive.
 
     Attributes
     ----------
@@ -151,6 +151,7 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
             n_clusters=self.n_clusters,
             device=self.device,
             random_state=self.random_state,
+            verbose=self.verbose,
         )
 
     def fit(self, X, y=None):
@@ -188,7 +189,7 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         return self
 
     def transform(self, X):
-        """The embeddings of images: (n_images, embedding_dim_) float32, unit norm."""
+        """The embeddings of images: ``(n_images, embedding_dim_)`` float32, unit norm."""
         check_is_fitted(self)
         return self.embedder_.transform(X)
 

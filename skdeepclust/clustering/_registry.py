@@ -20,6 +20,10 @@ CLUSTERER_NAMES = {
     "hdbscan": ("sklearn.cluster", "HDBSCAN", {"copy": True}),
     "cuml_kmeans": ("cuml.cluster", "KMeans", {}),
     "cuml_hdbscan": ("cuml.cluster.hdbscan", "HDBSCAN", {}),
+    "torch_kmeans": ("skdeepclust.clustering.kmeans", "TorchKMeans", {}),
+    "scan": ("skdeepclust.clustering.scan", "SCANClusterer", {}),
+    "temi": ("skdeepclust.clustering.temi", "TEMIClusterer", {}),
+    "debiased": ("skdeepclust.clustering.debiased", "DebiasedClusterer", {}),
 }
 
 # Names whose class counts its clusters with a parameter other than ``n_clusters``.
@@ -31,11 +35,13 @@ def available_clusterer_names():
     return sorted(CLUSTERER_NAMES)
 
 
-def build_named_clusterer(name, *, n_clusters, random_state, device):
+def build_named_clusterer(name, *, n_clusters, random_state, device, verbose=0):
     """Build the unfitted clusterer called ``name``.
 
     ``n_clusters``, ``random_state`` and ``device`` are passed on only to classes
-    that take them; ``n_clusters=None`` keeps the class's own default.
+    that take them; ``n_clusters=None`` keeps the class's own default. ``verbose``
+    goes to this package's heads only: scikit-learn's ``verbose`` prints a log line
+    per iteration, not a progress bar.
     """
     if not isinstance(name, str) or name not in CLUSTERER_NAMES:
         raise ValueError(
@@ -68,5 +74,7 @@ def build_named_clusterer(name, *, n_clusters, random_state, device):
         params["random_state"] = random_state
     if "device" in accepted:
         params["device"] = device
+    if "verbose" in accepted and module_name.startswith("skdeepclust."):
+        params["verbose"] = verbose
     return cls(**params)
 

@@ -20,11 +20,12 @@ SILHOUETTE_MAX_SAMPLES = 5000
 _COUNT_PARAMETERS = ("n_clusters", "n_components")
 
 
-def _build_clusterer(clusterer, n_clusters, random_state, device):
+def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
     """An unfitted clusterer from a name or an instance; the instance is cloned, never changed."""
     if isinstance(clusterer, str):
         return build_named_clusterer(
-            clusterer, n_clusters=n_clusters, random_state=random_state, device=device
+            clusterer, n_clusters=n_clusters, random_state=random_state, device=device,
+            verbose=verbose,
         )
     if isinstance(clusterer, type):
         raise TypeError(
@@ -115,6 +116,9 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         Passed to clusterers that run on torch; ignored by the others.
     random_state : int, RandomState instance or None, default=None
         Passed to the clusterer when it takes one and has none set.
+    verbose : int, default=0
+        Passed to this package's clustering heads given by name, which then show
+        a progress bar of their training.
 
     Attributes
     ----------
@@ -155,11 +159,14 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
     1.0
     """
 
-    def __init__(self, clusterer="kmeans", n_clusters=None, device="auto", random_state=None):
+    def __init__(
+        self, clusterer="kmeans", n_clusters=None, device="auto", random_state=None, verbose=0
+    ):
         self.clusterer = clusterer
         self.n_clusters = n_clusters
         self.device = device
         self.random_state = random_state
+        self.verbose = verbose
 
     def _validate_params(self):
         if self.n_clusters is not None and (
@@ -189,7 +196,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
         clusterer = _build_clusterer(
-            self.clusterer, self.n_clusters, self.random_state, self.device
+            self.clusterer, self.n_clusters, self.random_state, self.device, self.verbose
         )
         requested = _requested_cluster_count(clusterer)
         if requested is not None and requested > X.shape[0]:

@@ -1,0 +1,321 @@
+"""Shared machinery of the torch clustering heads: parameter checks, multi-head
+modules, the mini-batch loop, progress bars, CPU export of fitted weights, and the
+estimator base class with prediction.
+
+The heads (:mod:`.scan`, :mod:`.temi`, :mod:`.debiased`) all train several small
+classifiers at once on frozen, L2-normalised features and keep the best one; what
+differs between them is only the loss, which each module writes itself.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._device import resolve_device, seeded_torch, torch_seed_from
+
+# Rows with a norm below this are left (almost) as they are by the L2 normalisation
+# instead of being blown up into arbitrary directions.
+NORM_EPSILON = 1e-12
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_int(name, value, minimum=1, allow_none=False):
+    """Raise a ValueError naming ``name`` unless ``value`` is an integer >= ``minimum``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def check_float(name, value, low=0.0, high=math.inf, low_inclusive=True, high_inclusive=True):
+    """Raise a ValueError naming ``name`` unless ``value`` is a real number in the range."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a real number; got {value!r}.")
+    value = float(value)
+    too_low = value < low if low_inclusive else value <= low
+    too_high = value > high if high_inclusive else value >= high
+    if too_low or too_high or math.isnan(value):
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must lie in {left}{low}, {high}{right}; got {value!r}.")
+    return value
+
+
+def check_choice(name, value, choices):
+    """Raise a ValueError naming ``name`` unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}; got {value!r}.")
+    return value
+
+
+def check_enough_samples(n_samples, n_clusters):
+    """Heads need at least one sample per cluster and one neighbour per sample."""
+    if n_samples < max(n_clusters, 2):
+        raise ValueError(
+            f"n_samples={n_samples} is too few for n_clusters={n_clusters}: a clustering "
+            "head needs at least 2 samples and at least one sample per cluster."
+        )
+
+
+# --------------------------------------------------------------------------- data
+
+
+def normalize_rows(X):
+    """Rows of ``X`` scaled to unit L2 norm, as float32 (a new array; ``X`` is untouched)."""
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.maximum(norms, NORM_EPSILON)
+
+
+def make_generator(seed, device):
+    """A torch.Generator on ``device`` seeded with ``seed`` (an int)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def minibatches(n_samples, batch_size, generator):
+    """Random index batches covering all samples once (an epoch).
+
+    The permutation is split into ``n_samples // batch_size`` near-equal parts
+    rather than cut into full batches plus a remainder: a tiny last batch would
+    make the batch statistics (entropy of the mean assignment, pooled moments)
+    noisy.
+    """
+    order = torch.randperm(n_samples, generator=generator, device=generator.device)
+    n_batches = max(1, n_samples // batch_size)
+    return list(torch.tensor_split(order, n_batches))
+
+
+def sample_neighbors(neighbor_indices, anchors, generator):
+    """One random neighbour (from the mined k-NN lists) for each anchor index."""
+    n_neighbors = neighbor_indices.shape[1]
+    pick = torch.randint(
+        n_neighbors, (anchors.shape[0],), generator=generator, device=generator.device
+    )
+    return neighbor_indices[anchors, pick]
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class MultiHead(nn.Module):
+    """``n_heads`` independent linear or one-hidden-layer MLP classifiers run as one.
+
+    The weights of all heads are stacked, so one batched matrix product evaluates
+    them all: training ten heads costs little more than training one.
+    Output: logits of shape (n_heads, batch, n_clusters).
+    """
+
+    def __init__(self, n_heads, in_features, n_clusters, hidden_size=None):
+        super().__init__()
+        self.hidden_size = hidden_size
+        sizes = [in_features, n_clusters] if hidden_size is None else [
+            in_features, hidden_size, n_clusters
+        ]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(n_heads, fan_in, fan_out).uniform_(
+                -bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n_heads, 1, fan_out).uniform_(
+                -bound, bound)))
+
+    def forward(self, x):
+        # x: (batch, in) shared by all heads, or (n_heads, batch, in) per head.
+        hidden = x
+        last = len(self.weights) - 1
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if hidden.dim() == 2:
+                # One wide matrix product instead of a broadcast batched one, which is
+                # several times slower on CPUs.
+                n_heads, fan_in, fan_out = weight.shape
+                wide = weight.permute(1, 0, 2).reshape(fan_in, n_heads * fan_out)
+                hidden = (hidden @ wide).reshape(-1, n_heads, fan_out).transpose(0, 1) + bias
+            else:
+                hidden = torch.matmul(hidden, weight) + bias
+            if layer < last:
+                hidden = torch.relu(hidden)
+        return hidden
+
+    def export(self, head):
+        """The weights of one head as a list of (weight, bias) CPU numpy arrays."""
+        return [
+            (w[head].detach().cpu().numpy().copy(), b[head, 0].detach().cpu().numpy().copy())
+            for w, b in zip(self.weights, self.biases)
+        ]
+
+
+def exported_logits(layers, X):
+    """Logits of an exported head (see :meth:`MultiHead.export`) for rows ``X``, in numpy."""
+    hidden = X
+    for position, (weight, bias) in enumerate(layers):
+        hidden = hidden @ weight + bias
+        if position < len(layers) - 1:
+            hidden = np.maximum(hidden, 0.0)
+    return hidden
+
+
+def softmax(logits, axis=1):
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+def occupied_clusters(proba):
+    """Columns of ``proba`` that are the arg-max of at least one row, in order.
+
+    Heads are pruned to these clusters after training: a cluster no training
+    sample chooses carries no information, and dropping it keeps labels
+    consecutive (0 .. n_clusters_ - 1), which also makes over-clustering a way
+    to let the head choose the number of clusters.
+    """
+    return np.flatnonzero(np.bincount(proba.argmax(axis=1), minlength=proba.shape[1]))
+
+
+# --------------------------------------------------------------------------- loop
+
+
+class Progress:
+    """A tqdm progress bar over the epochs, with the best head's loss, when ``verbose`` > 0."""
+
+    def __init__(self, name, n_epochs, verbose):
+        self.bar = tqdm(total=n_epochs, desc=name, unit="epoch", disable=not verbose)
+
+    def epoch(self, epoch, loss):
+        self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+        self.bar.update(1)
+        if epoch + 1 == self.bar.total:
+            self.bar.close()
+
+
+def train_epochs(step, *, n_samples, batch_size, n_epochs, generator, progress):
+    """Call ``step(batch_indices, epoch) -> per-head losses`` over ``n_epochs`` epochs.
+
+    Returns the per-head mean loss of the last epoch (a CPU tensor), which the
+    heads use to pick their best head.
+    """
+    batch_size = min(batch_size, n_samples)
+    last_losses = None
+    for epoch in range(n_epochs):
+        total, count = None, 0
+        for batch in minibatches(n_samples, batch_size, generator):
+            losses = step(batch, epoch).detach()
+            total = losses if total is None else total + losses
+            count += 1
+        last_losses = (total / count).cpu()
+        progress.epoch(epoch, float(last_losses.min()))
+    return last_losses
+
+
+class HeadTraining:
+    """What every head needs before its loop: the data and its k-NN on the device,
+    a seed for weight initialisation and a generator for batches and neighbours."""
+
+    def __init__(self, unit_features, n_neighbors, random_state, device):
+        # Imported here: neighbors itself uses this module's helpers.
+        from .neighbors import topk_cosine_neighbors
+
+        self.device = resolve_device(device)
+        self.features = torch.from_numpy(unit_features).to(self.device)
+        self.n_samples = unit_features.shape[0]
+        self.n_neighbors = min(n_neighbors, self.n_samples - 1)
+        self.neighbors, _ = topk_cosine_neighbors(self.features, self.n_neighbors)
+        self.seed = torch_seed_from(random_state)
+        # Weights are initialised on the CPU from this seed, then moved: the same
+        # random_state gives the same initial heads on every device.
+        self.generator = make_generator(self.seed + 1, self.device)
+
+    def new_module(self, module_factory):
+        with seeded_torch(self.seed):
+            module = module_factory()
+        return module.to(self.device)
+
+
+def single_head(multi_head, head):
+    """A one-head :class:`MultiHead` holding a copy of head ``head`` of ``multi_head``."""
+    weights = [w.detach()[head:head + 1] for w in multi_head.weights]
+    biases = [b.detach()[head:head + 1] for b in multi_head.biases]
+    copy = MultiHead(1, weights[0].shape[1], weights[-1].shape[2],
+                     None if len(weights) == 1 else weights[0].shape[2])
+    with torch.no_grad():
+        for target, source in zip(list(copy.weights) + list(copy.biases), weights + biases):
+            target.copy_(source)
+    return copy.to(weights[0].device)
+
+
+def prune_exported(layers, proba):
+    """Drop the output columns of an exported head that no training row chooses.
+
+    Returns the pruned layers and the indices of the kept columns.
+    """
+    kept = occupied_clusters(proba)
+    *hidden, (weight, bias) = layers
+    return hidden + [(weight[:, kept].copy(), bias[kept].copy())], kept
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+class HeadClusterer(ClusterMixin, BaseEstimator):
+    """What the heads share once trained: the kept head as CPU numpy arrays, and prediction.
+
+    Subclasses train in ``fit`` and end it with :meth:`_keep_head` (or set the same
+    attributes themselves and override :meth:`_proba`). ``fit_predict`` comes from
+    ``ClusterMixin``.
+    """
+
+    def _keep_head(self, layers, unit, best_head, head_losses):
+        """Store head ``best_head`` (exported ``layers``) with its empty clusters pruned."""
+        self.head_weights_, _ = prune_exported(layers, softmax(exported_logits(layers, unit)))
+        self.n_clusters_ = self.head_weights_[-1][1].shape[0]
+        self.best_head_ = best_head
+        self.head_losses_ = head_losses.numpy().astype(np.float64)
+        self.labels_ = self._proba(unit).argmax(axis=1).astype(np.int64)
+
+    def _proba(self, unit):
+        return softmax(exported_logits(self.head_weights_, unit))
+
+    def predict_proba(self, X):
+        """Probability of each kept cluster for each row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Feature matrix with the features seen in ``fit``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters_)
+            Rows sum to 1.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return self._proba(normalize_rows(X))
+
+    def predict(self, X):
+        """Most probable cluster of each row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Feature matrix with the features seen in ``fit``.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Cluster of each row, in ``0 .. n_clusters_ - 1``.
+        """
+        return self.predict_proba(X).argmax(axis=1).astype(np.int64)

@@ -1,0 +1,257 @@
+"""k-means in torch, for a GPU without cuML: k-means++ seeding, several restarts,
+squared distances as matrix products over chunks of rows."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .._device import resolve_device, torch_seed_from
+from ._training import check_choice, check_float, check_int, make_generator
+
+__all__ = ["TorchKMeans"]
+
+# Rows per distance block: memory peaks at CHUNK_ROWS * n_clusters distances.
+CHUNK_ROWS = 16384
+
+
+def _squared_distances(X, centers, center_sq_norms):
+    """|x - c|^2 for every row and centre, via |x|^2 - 2 x.c + |c|^2 (clamped at 0)."""
+    row_sq_norms = (X * X).sum(dim=1, keepdim=True)
+    distances = row_sq_norms - 2.0 * (X @ centers.T) + center_sq_norms
+    return distances.clamp_min_(0.0)
+
+
+def _assign(X, centers):
+    """Nearest centre of each row and its squared distance, computed chunk by chunk."""
+    center_sq_norms = (centers * centers).sum(dim=1)
+    labels, distances = [], []
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        block = _squared_distances(X[start:start + CHUNK_ROWS], centers, center_sq_norms)
+        nearest, label = block.min(dim=1)
+        labels.append(label)
+        distances.append(nearest)
+    return torch.cat(labels), torch.cat(distances)
+
+
+def _min_distance_to(X, points):
+    """Squared distance of each row of X to the nearest of ``points``, per point column."""
+    point_sq_norms = (points * points).sum(dim=1)
+    return torch.cat([
+        _squared_distances(X[start:start + CHUNK_ROWS], points, point_sq_norms)
+        for start in range(0, X.shape[0], CHUNK_ROWS)
+    ])
+
+
+def _kmeans_plusplus(X, n_clusters, generator):
+    """Greedy k-means++ (Arthur & Vassilvitskii 2007): several candidates per step,
+    keep the one that lowers the potential most, as scikit-learn does."""
+    n_samples = X.shape[0]
+    n_candidates = 2 + int(np.log(n_clusters))
+    first = torch.randint(n_samples, (1,), generator=generator, device=X.device)
+    chosen = [first]
+    closest = _min_distance_to(X, X[first])[:, 0]
+    for _ in range(1, n_clusters):
+        potential = closest.sum()
+        # All rows coincide with a centre already: any row is as good as another.
+        weights = closest if potential > 0 else torch.ones_like(closest)
+        candidates = torch.multinomial(weights, n_candidates, replacement=True,
+                                       generator=generator)
+        candidate_closest = torch.minimum(closest[:, None], _min_distance_to(X, X[candidates]))
+        best = candidate_closest.sum(dim=0).argmin()
+        closest = candidate_closest[:, best]
+        chosen.append(candidates[best:best + 1])
+    return X[torch.cat(chosen)].clone()
+
+
+def _lloyd(X, centers, max_iter, shift_tolerance):
+    """Lloyd iterations until the squared centre shift is at most ``shift_tolerance``."""
+    n_clusters = centers.shape[0]
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        labels, distances = _assign(X, centers)
+        sums = torch.zeros_like(centers).index_add_(0, labels, X)
+        counts = torch.bincount(labels, minlength=n_clusters).to(X.dtype)
+        new_centers = sums / counts.clamp_min(1.0)[:, None]
+        empty = torch.nonzero(counts == 0).flatten()
+        if empty.numel():
+            # An empty cluster restarts on the rows worst served by the others.
+            farthest = distances.topk(empty.numel()).indices
+            new_centers[empty] = X[farthest]
+        shift = ((new_centers - centers) ** 2).sum()
+        centers = new_centers
+        if shift <= shift_tolerance:
+            break
+    labels, distances = _assign(X, centers)
+    return centers, labels, distances.sum(), n_iter
+
+
+class TorchKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+    """k-means on the GPU (or CPU) with torch, mirroring scikit-learn's KMeans.
+
+    k-means++ seeding (greedy, like scikit-learn's), ``n_init`` restarts keeping
+    the lowest inertia, and Lloyd iterations whose distances are matrix products
+    over chunks of rows, so memory stays at ``16384 * n_clusters`` distances.
+    On the same data it reaches the same inertia as
+    :class:`sklearn.cluster.KMeans` within a small tolerance (the random draws
+    differ, so the labels may differ on ambiguous data).
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    n_init : int, default=3
+        Number of k-means++ restarts; the one with the lowest inertia is kept.
+    max_iter : int, default=300
+        Maximum Lloyd iterations per restart.
+    tol : float, default=1e-4
+        Convergence when the squared shift of all centres is at most ``tol``
+        times the mean per-feature variance of the data (scikit-learn's rule).
+    init : {"k-means++", "random"}, default="k-means++"
+        Seeding: k-means++ or ``n_clusters`` distinct random rows.
+    device : str or torch.device, default="auto"
+        Where to compute; ``"auto"`` uses CUDA when present.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisations; an int makes runs repeatable on one device.
+    verbose : int, default=0
+        Print the inertia of each restart to stderr when > 0.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Centres, as numpy on the CPU (a fitted model pickles and loads anywhere).
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training row.
+    inertia_ : float
+        Sum of squared distances of the training rows to their centres.
+    n_iter_ : int
+        Lloyd iterations of the kept restart.
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdeepclust.clustering import TorchKMeans
+    >>> X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    >>> km = TorchKMeans(n_clusters=2, random_state=0, device="cpu").fit(X)
+    >>> int(km.labels_[0] == km.labels_[1]), int(km.labels_[0] == km.labels_[2])
+    (1, 0)
+    >>> km.predict([[4.9, 5.1]]).tolist() == [int(km.labels_[2])]
+    True
+    """
+
+    def __init__(self, n_clusters=8, n_init=3, max_iter=300, tol=1e-4, init="k-means++",
+                 device="auto", random_state=None, verbose=0):
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y=None):
+        """Compute the k-means clustering of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : TorchKMeans
+            The fitted estimator.
+        """
+        n_clusters = check_int("n_clusters", self.n_clusters)
+        n_init = check_int("n_init", self.n_init)
+        max_iter = check_int("max_iter", self.max_iter)
+        tol = check_float("tol", self.tol)
+        check_choice("init", self.init, {"k-means++", "random"})
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        if X.shape[0] < n_clusters:
+            raise ValueError(
+                f"n_samples={X.shape[0]} should be >= n_clusters={n_clusters}; pass more "
+                "samples or ask for fewer clusters."
+            )
+        device = resolve_device(self.device)
+        # np.require copies read-only input (e.g. a memmap) that torch cannot wrap.
+        data = torch.from_numpy(np.require(X, requirements=["C", "W"])).to(device)
+        shift_tolerance = tol * float(data.var(dim=0, unbiased=False).mean())
+        generator = make_generator(torch_seed_from(self.random_state), device)
+        best = None
+        for restart in range(n_init):
+            if self.init == "k-means++":
+                centers = _kmeans_plusplus(data, n_clusters, generator)
+            else:
+                rows = torch.randperm(data.shape[0], generator=generator, device=device)
+                centers = data[rows[:n_clusters]].clone()
+            centers, labels, inertia, n_iter = _lloyd(data, centers, max_iter, shift_tolerance)
+            if self.verbose:
+                print(f"[TorchKMeans] init {restart + 1}/{n_init}: inertia {float(inertia):.6g}"
+                      f" after {n_iter} iterations", file=sys.stderr, flush=True)
+            if best is None or inertia < best[2]:
+                best = (centers, labels, inertia, n_iter)
+        centers, labels, inertia, n_iter = best
+        self.cluster_centers_ = centers.cpu().numpy()
+        self.labels_ = labels.cpu().numpy().astype(np.int64)
+        self.inertia_ = float(inertia)
+        self.n_iter_ = int(n_iter)
+        return self
+
+    def transform(self, X):
+        """Euclidean distance of each row of ``X`` to each centre.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows with the features seen in ``fit``.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_samples, n_clusters)
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        centers = self.cluster_centers_.astype(X.dtype, copy=False)
+        squared = ((X * X).sum(axis=1)[:, None] - 2.0 * (X @ centers.T)
+                   + (centers * centers).sum(axis=1))
+        return np.sqrt(np.maximum(squared, 0.0))
+
+    def predict(self, X):
+        """Nearest centre of each row of ``X`` (computed on the CPU with numpy).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows with the features seen in ``fit``.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return self.transform(X).argmin(axis=1).astype(np.int64)
+
+    def fit_predict(self, X, y=None):
+        """Fit on ``X`` and return ``labels_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return self.fit(X).labels_

@@ -1,0 +1,77 @@
+"""Choosing the number of clusters without labels."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.utils.validation import check_array
+
+from .feature_clusterer import FeatureClusterer, label_free_score
+
+__all__ = ["select_n_clusters"]
+
+
+def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=None,
+                      device="auto"):
+    """Pick the number of clusters with the best cosine silhouette.
+
+    Each candidate ``k`` is fitted with ``FeatureClusterer(clusterer, n_clusters=k)``
+    and its training labels are scored with
+    :func:`~skdeepclust.clustering.label_free_score` (cosine silhouette). The
+    silhouette is scale-free and does not grow with ``k`` by itself, unlike the
+    inertia, so its maximum is a usable choice when no labels exist.
+
+    A second, head-specific way: fit a head (``"scan"``, ``"temi"``,
+    ``"debiased"``) with more clusters than expected and read ``n_clusters_``;
+    heads prune the clusters that no sample chooses.
+
+    Parameters
+    ----------
+    features : array-like of shape (n_samples, n_features)
+        Feature matrix (not modified).
+    candidates : iterable of int
+        Numbers of clusters to try, each >= 2 and < n_samples.
+    clusterer : str or estimator, default="kmeans"
+        As in :class:`~skdeepclust.clustering.FeatureClusterer`; a head such as
+        ``"scan"`` works too, at the cost of one training per candidate.
+    random_state : int, RandomState instance or None, default=None
+        Passed to the clusterer and to the silhouette's subsampling.
+    device : str or torch.device, default="auto"
+        Passed to torch-based clusterers.
+
+    Returns
+    -------
+    best_n_clusters : int
+        The candidate with the largest silhouette (the smallest such on ties).
+    scores : dict of int to float
+        Silhouette of every candidate.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> from skdeepclust.clustering import select_n_clusters
+    >>> X, _ = make_blobs(n_samples=300, centers=4, n_features=8, random_state=0)
+    >>> best, scores = select_n_clusters(X, [2, 3, 4, 5, 6], random_state=0)
+    >>> best
+    4
+    """
+    features = check_array(features, dtype=[np.float64, np.float32])
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("candidates is empty; pass numbers of clusters to try, e.g. range(2, 21).")
+    for k in candidates:
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not (
+            2 <= k < features.shape[0]
+        ):
+            raise ValueError(
+                f"Every one of candidates must be an integer in [2, n_samples - 1 = "
+                f"{features.shape[0] - 1}]; got {k!r}."
+            )
+    scores = {}
+    for k in sorted(set(int(k) for k in candidates)):
+        model = FeatureClusterer(clusterer, n_clusters=k, device=device,
+                                 random_state=random_state).fit(features)
+        scores[k] = label_free_score(features, model.labels_, random_state=random_state)
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return best, scores

@@ -1,0 +1,88 @@
+"""Nearest neighbours in cosine space with torch, in bounded memory.
+
+The similarity matrix of n samples has n**2 entries (400 MB for 10,000 samples in
+float32), so queries are processed in chunks: one chunk of queries times all keys,
+then a top-k, so at most ``chunk_size * n_samples`` similarities exist at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._device import resolve_device
+from ._training import check_int, normalize_rows
+
+__all__ = ["mine_nearest_neighbors"]
+
+
+def topk_cosine_neighbors(unit_features, n_neighbors, chunk_size=2048):
+    """k nearest neighbours of each row of an L2-normalised torch matrix, itself excluded.
+
+    Returns ``(indices, similarities)``, both of shape (n_samples, n_neighbors), on
+    the matrix's device, nearest first.
+    """
+    n_samples = unit_features.shape[0]
+    all_indices, all_similarities = [], []
+    for start in range(0, n_samples, chunk_size):
+        queries = unit_features[start:start + chunk_size]
+        similarities = queries @ unit_features.T
+        rows = torch.arange(queries.shape[0], device=unit_features.device)
+        # Excluding a sample by its index, not by its top rank: with duplicate rows
+        # the sample itself need not come first.
+        similarities[rows, rows + start] = -torch.inf
+        values, indices = similarities.topk(n_neighbors, dim=1)
+        all_indices.append(indices)
+        all_similarities.append(values)
+    return torch.cat(all_indices), torch.cat(all_similarities)
+
+
+def mine_nearest_neighbors(features, n_neighbors=20, *, device="auto", chunk_size=2048):
+    """Find the ``n_neighbors`` most cosine-similar other rows of each row of ``features``.
+
+    Parameters
+    ----------
+    features : array-like of shape (n_samples, n_features)
+        Feature matrix; rows are L2-normalised internally (a copy; the input is
+        not modified).
+    n_neighbors : int, default=20
+        Neighbours per sample, at most ``n_samples - 1``.
+    device : str or torch.device, default="auto"
+        Where the similarities are computed; ``"auto"`` uses CUDA when present.
+    chunk_size : int, default=2048
+        Query rows per matrix product; memory peaks at about
+        ``chunk_size * n_samples`` floats.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_samples, n_neighbors)
+        Row indices of the neighbours, most similar first; a row is never its
+        own neighbour.
+    similarities : ndarray of shape (n_samples, n_neighbors)
+        Their cosine similarities.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdeepclust.clustering import mine_nearest_neighbors
+    >>> X = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> indices, _ = mine_nearest_neighbors(X, n_neighbors=1, device="cpu")
+    >>> indices.ravel().tolist()
+    [1, 0, 3, 2]
+    """
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(
+            f"features must be a 2-D array (n_samples, n_features); got shape {features.shape}."
+        )
+    n_samples = features.shape[0]
+    check_int("chunk_size", chunk_size)
+    check_int("n_neighbors", n_neighbors)
+    if n_neighbors > n_samples - 1:
+        raise ValueError(
+            f"n_neighbors={n_neighbors} needs at least {n_neighbors + 1} samples; got "
+            f"n_samples={n_samples}. Ask for fewer neighbours."
+        )
+    unit = torch.from_numpy(normalize_rows(features)).to(resolve_device(device))
+    indices, similarities = topk_cosine_neighbors(unit, n_neighbors, chunk_size)
+    return indices.cpu().numpy(), similarities.cpu().numpy()

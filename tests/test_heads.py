@@ -1,0 +1,247 @@
+"""Clustering heads (SCAN, TEMI, debiased), torch k-means, k-NN mining and the choice
+of n_clusters, on small synthetic data whose right answer is known."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from skdeepclust.clustering import (
+    DebiasedClusterer,
+    FeatureClusterer,
+    SCANClusterer,
+    TEMIClusterer,
+    TorchKMeans,
+    mine_nearest_neighbors,
+    select_n_clusters,
+)
+
+FAST = dict(n_epochs=30, batch_size=32, n_heads=4)
+HEADS = {
+    "scan": lambda **kw: SCANClusterer(**{**FAST, **kw}),
+    "temi": lambda **kw: TEMIClusterer(**{**FAST, **kw}),
+    "debiased": lambda **kw: DebiasedClusterer(**{**FAST, **kw}),
+}
+
+
+def sphere_blobs(sizes, n_features=16, noise=0.08, seed=0):
+    """Well-separated clusters on the unit sphere: random unit centres plus noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(sizes), n_features))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    X = centres[labels] + noise * rng.standard_normal((labels.size, n_features))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X.astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return sphere_blobs([60, 60, 60, 60])
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_recovers_blobs(name, blobs):
+    X, y = blobs
+    model = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X)
+    assert adjusted_rand_score(y, model.labels_) > 0.95
+    assert model.n_clusters_ == 4
+    proba = model.predict_proba(X)
+    assert proba.shape == (X.shape[0], 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(model.predict(X), model.labels_)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_is_repeatable_and_leaves_input_alone(name, blobs):
+    X, _ = blobs
+    X_before = X.copy()
+    first = HEADS[name](n_clusters=4, random_state=3, device="cpu").fit(X)
+    second = HEADS[name](n_clusters=4, random_state=3, device="cpu").fit(X)
+    np.testing.assert_array_equal(first.labels_, second.labels_)
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+    np.testing.assert_array_equal(X, X_before)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_pickles(name, blobs):
+    X, _ = blobs
+    model = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X)
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_by_name_through_feature_clusterer(name, blobs):
+    X, y = blobs
+    model = FeatureClusterer(name, n_clusters=4, device="cpu", random_state=0)
+    model.clusterer = HEADS[name]()  # fewer epochs than the named default, same class
+    model.fit(X)
+    assert adjusted_rand_score(y, model.labels_) > 0.95
+    assert model.predict_proba(X[:5]).shape == (5, 4)
+    named = FeatureClusterer(name, n_clusters=4, device="cpu", random_state=0)
+    assert type(named.fit(X[:40]).clusterer_) is type(HEADS[name]())
+
+
+def test_heads_overclustering_prunes_empty_clusters(blobs):
+    X, y = blobs
+    model = SCANClusterer(n_clusters=12, entropy_weight=0.5, random_state=0, device="cpu",
+                          **FAST).fit(X)
+    assert model.n_clusters_ < 12
+    np.testing.assert_array_equal(np.unique(model.labels_), np.arange(model.n_clusters_))
+    assert model.predict_proba(X).shape[1] == model.n_clusters_
+
+
+def test_debiased_keeps_small_cluster_that_scan_splits_big_ones_for():
+    # One big class and two small ones: SCAN's equal-size prior hands part of the
+    # big class to the small clusters; the debiased head keeps the sizes.
+    X, y = sphere_blobs([400, 40, 20], noise=0.12, seed=1)
+    settings = dict(n_clusters=3, n_epochs=30, batch_size=128, n_heads=4, random_state=0,
+                    device="cpu")
+    scan = SCANClusterer(**settings).fit(X)
+    debiased = DebiasedClusterer(**settings).fit(X)
+    scan_ari = adjusted_rand_score(y, scan.labels_)
+    debiased_ari = adjusted_rand_score(y, debiased.labels_)
+    assert debiased_ari > 0.95
+    assert debiased_ari > scan_ari + 0.1
+    assert sorted(np.bincount(debiased.labels_))[0] >= 15
+
+
+def test_debiased_predictions_do_not_depend_on_the_other_rows(blobs):
+    X, _ = blobs
+    model = DebiasedClusterer(n_clusters=4, random_state=0, device="cpu", **FAST).fit(X)
+    whole = model.predict_proba(X)
+    np.testing.assert_allclose(model.predict_proba(X[:3]), whole[:3], rtol=1e-5)
+    assert model.pooled_statistics_.shape == (2 * X.shape[1] + 1,)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(n_clusters=0), "n_clusters"),
+        (dict(n_neighbors=0), "n_neighbors"),
+        (dict(head="conv"), "head"),
+        (dict(batch_size=1), "batch_size"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(n_heads=2.5), "n_heads"),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_rejects_bad_parameters(name, params, match, blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match=match):
+        HEADS[name](**params).fit(X)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_rejects_too_few_samples(name):
+    with pytest.raises(ValueError, match="n_samples=3"):
+        HEADS[name](n_clusters=4).fit(np.ones((3, 5)))
+
+
+def test_verbose_reports_progress(capsys, blobs):
+    X, _ = blobs
+    SCANClusterer(n_clusters=4, verbose=1, random_state=0, device="cpu", **FAST).fit(X)
+    err = capsys.readouterr().err
+    assert "SCAN" in err and "30/30" in err and "loss" in err
+    SCANClusterer(n_clusters=4, random_state=0, device="cpu", **FAST).fit(X)
+    assert capsys.readouterr().err == ""
+
+
+def test_scan_self_labelling_and_mlp_head_run(blobs):
+    X, y = blobs
+    model = SCANClusterer(n_clusters=4, head="mlp", hidden_size=32, self_label_epochs=5,
+                          random_state=0, device="cpu", **FAST).fit(X)
+    assert adjusted_rand_score(y, model.labels_) > 0.95
+    assert len(model.head_weights_) == 2
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_torch_kmeans_matches_sklearn_inertia(dtype):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 12)) + 4 * rng.standard_normal((8, 12))[
+        rng.integers(0, 8, 600)]
+    X = X.astype(dtype)
+    ours = TorchKMeans(n_clusters=8, n_init=3, random_state=0, device="cpu").fit(X)
+    reference = KMeans(n_clusters=8, n_init=3, random_state=0).fit(X)
+    assert ours.inertia_ == pytest.approx(reference.inertia_, rel=0.01)
+    assert ours.cluster_centers_.shape == (8, 12)
+    np.testing.assert_array_equal(ours.predict(X), ours.labels_)
+    assert ours.transform(X).shape == (600, 8)
+    assert ours.n_iter_ >= 1
+
+
+def test_torch_kmeans_recovers_blobs_and_is_repeatable(blobs):
+    X, y = blobs
+    first = TorchKMeans(n_clusters=4, random_state=1, device="cpu").fit(X)
+    second = TorchKMeans(n_clusters=4, random_state=1, device="cpu").fit(X)
+    assert adjusted_rand_score(y, first.labels_) == pytest.approx(1.0)
+    np.testing.assert_array_equal(first.cluster_centers_, second.cluster_centers_)
+    restored = pickle.loads(pickle.dumps(first))
+    np.testing.assert_array_equal(restored.predict(X), first.labels_)
+
+
+def test_torch_kmeans_handles_duplicates_and_bad_input():
+    X = np.repeat(np.eye(3), 5, axis=0)
+    model = TorchKMeans(n_clusters=3, random_state=0, device="cpu").fit(X)
+    assert model.inertia_ == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="n_samples=2"):
+        TorchKMeans(n_clusters=3, device="cpu").fit(X[:2])
+    with pytest.raises(ValueError, match="init"):
+        TorchKMeans(init="forgy", device="cpu").fit(X)
+
+
+# --------------------------------------------------------------------------- neighbours
+
+
+def test_mined_neighbors_match_brute_force_in_any_chunking(blobs):
+    X, _ = blobs
+    similarities = X @ X.T
+    np.fill_diagonal(similarities, -np.inf)
+    expected = np.sort(similarities, axis=1)[:, ::-1][:, :5]
+    for chunk_size in (7, 1000):
+        indices, values = mine_nearest_neighbors(X, 5, device="cpu", chunk_size=chunk_size)
+        np.testing.assert_allclose(values, expected, rtol=1e-5)
+        assert not (indices == np.arange(X.shape[0])[:, None]).any()
+
+
+def test_mined_neighbors_exclude_self_among_duplicates():
+    X = np.ones((4, 3))
+    indices, _ = mine_nearest_neighbors(X, 3, device="cpu")
+    for row, neighbours in enumerate(indices):
+        assert sorted(neighbours) == [i for i in range(4) if i != row]
+    with pytest.raises(ValueError, match="n_neighbors=4"):
+        mine_nearest_neighbors(X, 4, device="cpu")
+
+
+# --------------------------------------------------------------------------- n_clusters
+
+
+def test_select_n_clusters_recovers_true_k():
+    X, _ = sphere_blobs([50, 50, 50, 50, 50], noise=0.1, seed=2)
+    best, scores = select_n_clusters(X, range(2, 9), random_state=0)
+    assert best == 5
+    assert set(scores) == set(range(2, 9))
+    with pytest.raises(ValueError, match="candidates"):
+        select_n_clusters(X, [1, 5])
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_trains_on_gpu_and_predicts_after_pickle(name, blobs):
+    X, y = blobs
+    model = HEADS[name](n_clusters=4, random_state=0, device="cuda").fit(X)
+    assert adjusted_rand_score(y, model.labels_) > 0.95
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(X), model.labels_)
+    kmeans = TorchKMeans(n_clusters=4, random_state=0, device="cuda").fit(X)
+    assert adjusted_rand_score(y, kmeans.labels_) == pytest.approx(1.0)
