@@ -7,7 +7,6 @@ samples whose matched class is right. NMI and ARI need no matching.
 
 from __future__ import annotations
 
-import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import (
     adjusted_rand_score,

@@ -67,6 +67,14 @@ def test_folder_and_paths(image_folder):
     assert len(as_images(files)) == 8
 
 
+def test_arrays_of_paths(image_folder):
+    files = find_image_files(image_folder)
+    for X in (np.array(files), np.array(files, dtype=object), np.array(files, dtype=bytes)):
+        assert len(as_images(X)) == 8
+    pandas = pytest.importorskip("pandas")
+    assert len(as_images(pandas.Series(files))) == 8
+
+
 def test_torch_tensor_input(images):
     assert torch.equal(_first_batch(torch.from_numpy(images)), _first_batch(images))
 

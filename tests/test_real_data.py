@@ -7,16 +7,9 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from skdeepclust import PretrainedFeatureClusterer
 from skdeepclust.datasets import load_image_folder
+from skdeepclust.embedding.presets import SIMCLR_RESNET18_CIFAR10
 from skdeepclust.metrics import cluster_accuracy
 
-# How the backbone was trained (../shared/models/README.md).
-SIMCLR_SETTINGS = dict(
-    backbone="resnet18",
-    image_size=96,
-    interpolation="bilinear",
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-)
 
 
 @pytest.mark.slow
@@ -25,7 +18,7 @@ def test_cifar10_clusters_far_above_chance(cifar10_test_folder):
         pytest.skip(f"SimCLR backbone not found at {SIMCLR_RESNET18} (../shared is absent)")
     files, y = load_image_folder(cifar10_test_folder, max_per_class=100, random_state=0, return_X_y=True)
     est = PretrainedFeatureClusterer(
-        **SIMCLR_SETTINGS, pretrained=SIMCLR_RESNET18, n_clusters=10, batch_size=250, random_state=0
+        **SIMCLR_RESNET18_CIFAR10, pretrained=SIMCLR_RESNET18, n_clusters=10, batch_size=250, random_state=0
     ).fit(files)
     accuracy = cluster_accuracy(y, est.labels_)
     nmi = normalized_mutual_info_score(y, est.labels_)

@@ -85,6 +85,20 @@ def make_generator(seed, device):
     return generator
 
 
+# An epoch of fewer batches leaves small data sets too few optimisation steps: on
+# 1,000 CIFAR-10 features TEMI reached 0.30 accuracy with one batch of 1,000 per epoch
+# and 0.51-0.54 with eight batches of 125 (two seeds).
+MIN_BATCHES_PER_EPOCH = 8
+MIN_BATCH_SIZE = 64
+
+
+def effective_batch_size(batch_size, n_samples):
+    """The batch size training uses: ``batch_size``, shrunk on small data sets so that
+    an epoch has at least ``MIN_BATCHES_PER_EPOCH`` batches, but not below
+    ``MIN_BATCH_SIZE`` samples, and never above ``n_samples``."""
+    return min(batch_size, n_samples, max(MIN_BATCH_SIZE, n_samples // MIN_BATCHES_PER_EPOCH))
+
+
 def minibatches(n_samples, batch_size, generator):
     """Random index batches covering all samples once (an epoch).
 
@@ -207,7 +221,7 @@ def train_epochs(step, *, n_samples, batch_size, n_epochs, generator, progress):
     Returns the per-head mean loss of the last epoch (a CPU tensor), which the
     heads use to pick their best head.
     """
-    batch_size = min(batch_size, n_samples)
+    batch_size = effective_batch_size(batch_size, n_samples)
     last_losses = None
     for epoch in range(n_epochs):
         total, count = None, 0

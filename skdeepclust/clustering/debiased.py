@@ -173,6 +173,8 @@ class DebiasedClusterer(tr.HeadClusterer):
         Passes over the data.
     batch_size : int, default=1024
         Samples per batch, which is also the set the statistics are pooled over.
+        On small data sets the batch shrinks so that an epoch has at least 8
+        batches (but not below 64 samples), which keeps enough optimisation steps.
     learning_rate : float, default=1e-2
         AdamW learning rate.
     weight_decay : float, default=1e-4
@@ -325,7 +327,7 @@ class DebiasedClusterer(tr.HeadClusterer):
         weights = heads.export(best_head)
 
         # Training-set moments, with the cardinality the heads were trained at.
-        trained_batch = min(self.batch_size, setup.n_samples)
+        trained_batch = tr.effective_batch_size(self.batch_size, setup.n_samples)
         pooled = pool_statistics(setup.features).cpu().numpy().astype(np.float32)
         pooled[-1] = math.log(setup.n_samples // max(1, setup.n_samples // trained_batch))
         train_proba = tr.softmax(exported_debiased_logits(weights, pooled, unit))

@@ -61,6 +61,8 @@ class SCANClusterer(tr.HeadClusterer):
         Probability above which a prediction counts as confident when self-labelling.
     batch_size : int, default=1024
         Anchors per step.
+        On small data sets the batch shrinks so that an epoch has at least 8
+        batches (but not below 64 samples), which keeps enough optimisation steps.
     learning_rate : float, default=1e-2
         Adam learning rate.
     weight_decay : float, default=1e-4

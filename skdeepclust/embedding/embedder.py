@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
 
 from .._device import resolve_device
 from .backbone import build_backbone
@@ -131,7 +132,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the random weights when ``pretrained=False``.
     verbose : int, default=0
-        Print progress when positive.
+        Show a progress bar (tqdm) over the images when positive.
 
     Attributes
     ----------
@@ -295,7 +296,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         features = np.empty((len(images), self.embedding_dim_), dtype=np.float32)
         forward_size = self.batch_size
         done = 0
-        with torch.inference_mode():
+        progress = tqdm(total=len(images), desc="embedding", unit="img", disable=not self.verbose)
+        with torch.inference_mode(), progress:
             for batch in images.batches(self.batch_size):
                 inputs = prepare_batch(batch, self.preprocessing_, device)
                 position = 0
@@ -321,8 +323,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                     features[done:done + output.shape[0]] = output.cpu().numpy()
                     done += output.shape[0]
                     position += output.shape[0]
-                if self.verbose:
-                    print(f"[ImageEmbedder] embedded {done}/{len(images)} images", flush=True)
+                    progress.update(output.shape[0])
         return features
 
     def __getstate__(self):

@@ -12,6 +12,7 @@ are decoded only when their batch is reached, so memory holds one batch.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,6 +152,12 @@ class ArrayImages:
     def __len__(self):
         return self._array.shape[0]
 
+    def subset(self, positions):
+        """The images at ``positions``, in that order."""
+        subset = copy.copy(self)
+        subset._array = self._array[np.asarray(positions, dtype=np.intp)]
+        return subset
+
     def batches(self, batch_size):
         for start in range(0, len(self), batch_size):
             chunk = self._array[start:start + batch_size]
@@ -192,6 +199,12 @@ class ImageList:
     def __len__(self):
         return len(self._items)
 
+    def subset(self, positions):
+        """The images at ``positions``, in that order."""
+        subset = copy.copy(self)
+        subset._items = [self._items[int(p)] for p in positions]
+        return subset
+
     def _decode(self, position):
         from PIL import Image
 
@@ -232,9 +245,13 @@ def as_images(X):
         raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
-    if isinstance(X, np.ndarray) and X.dtype != object:
+    elif hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
+        X = np.asarray(X)
+    if isinstance(X, np.ndarray) and X.dtype.kind in "OUS":  # paths or objects, one per image
+        return ImageList(list(X.astype(str) if X.dtype.kind == "S" else X))
+    if isinstance(X, np.ndarray):
         return ArrayImages(X)
-    if isinstance(X, np.ndarray) or isinstance(X, Sequence):
+    if isinstance(X, Sequence):
         return ImageList(list(X))
     raise TypeError(
         f"Cannot read images from a {type(X).__name__}. Pass a 4-D array (NHWC or NCHW), a "

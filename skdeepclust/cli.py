@@ -1,0 +1,274 @@
+"""The ``skdeepclust`` command: cluster a folder of images, or run the offline demo.
+
+Every user mistake ends in one line on stderr and exit status 2, never a traceback
+(set ``SKDEEPCLUST_DEBUG=1`` to see the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .embedding.presets import SIMCLR_RESNET18_CIFAR10
+
+EXIT_USAGE = 2
+SIMCLR_FILE = Path("models") / "resnet18-simclr-cifar10.safetensors"
+CIFAR10_ARCHIVE = Path("data") / "cifar10" / "cifar10-jpg.tar.gz"
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line."""
+
+
+def _is_readable_image(path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (64, 64))  # JPEGs decode at reduced scale: a cheap full read
+            image.load()
+        return True
+    except Exception:  # PIL raises many types for damaged files
+        return False
+
+
+def _warn(message):
+    print(f"skdeepclust: warning: {message}", file=sys.stderr)
+
+
+def _readable_images(folder, quiet):
+    from tqdm.auto import tqdm
+
+    from .embedding.images import find_image_files
+
+    files = find_image_files(folder)
+    readable, skipped = [], []
+    for path in tqdm(files, desc="checking files", unit="file", disable=quiet):
+        (readable if _is_readable_image(path) else skipped).append(path)
+    for path in skipped:
+        _warn(f"skipping unreadable image file {path}")
+    if not readable:
+        raise UserError(f"none of the {len(files)} image files under {folder} could be read")
+    return readable, skipped
+
+
+def _labels_from_folders(folder, files):
+    """Class of each file from ``folder/<class>/...``, or None if any file lies in ``folder``."""
+    parts = [Path(file).relative_to(folder).parts for file in files]
+    if any(len(p) == 1 for p in parts):
+        return None
+    names = sorted({p[0] for p in parts})
+    return np.array([names.index(p[0]) for p in parts])
+
+
+def _embed_and_cluster(files_or_images, embedder_params, clusterer, n_clusters, random_state, quiet):
+    """Both stages, embedding each image once; returns (features, fitted FeatureClusterer)."""
+    from .clustering import FeatureClusterer
+    from .embedding import ImageEmbedder
+
+    embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
+    features = embedder.fit_transform(files_or_images)
+    stage = FeatureClusterer(
+        clusterer,
+        n_clusters=n_clusters,
+        device=embedder_params.get("device", "auto"),
+        random_state=random_state,
+        verbose=0 if quiet else 1,
+    ).fit(features)
+    return features, stage
+
+
+def _confidence(stage, features):
+    """Cluster probability when the clusterer gives one, else cosine similarity to the centre."""
+    if hasattr(stage, "predict_proba"):
+        return stage.predict_proba(features).max(axis=1)
+    if stage.cluster_ids_.size == 0:
+        return np.zeros(len(features))
+    centres = stage.cluster_centers_ / np.linalg.norm(stage.cluster_centers_, axis=1, keepdims=True)
+    rows = np.searchsorted(stage.cluster_ids_, stage.labels_)
+    similarity = np.einsum("ij,ij->i", features, centres[np.clip(rows, 0, len(centres) - 1)])
+    return np.where(stage.labels_ >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
+
+
+def _metrics_line(y, labels):
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from .metrics import cluster_accuracy
+
+    return (
+        f"accuracy {cluster_accuracy(y, labels):.3f}  "
+        f"NMI {normalized_mutual_info_score(y, labels):.3f}  "
+        f"ARI {adjusted_rand_score(y, labels):.3f}"
+    )
+
+
+def _write_results(out, files, stage, features, save_embeddings):
+    from .visualization import cluster_montage
+
+    confidence = _confidence(stage, features)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "clusters.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "cluster", "confidence"])
+        for file, cluster, score in zip(files, stage.labels_, confidence):
+            writer.writerow([file, int(cluster), f"{score:.4f}"])
+    if save_embeddings:
+        np.save(out / "embeddings.npy", features)
+    cluster_montage(files, stage.labels_, scores=confidence).save(out / "montage.png")
+
+
+def _pretrained_argument(value):
+    if value == "hub":
+        return True
+    if value == "none":
+        return False
+    if not os.path.isfile(value):
+        raise UserError(f"--pretrained {value}: no such file (give a checkpoint path, 'hub' or 'none')")
+    return value
+
+
+def cluster_command(args):
+    folder = Path(args.path)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    files, skipped = _readable_images(folder, args.quiet)
+    if args.eval:
+        y = _labels_from_folders(folder, files)
+        if y is None:
+            raise UserError("--eval needs class folders, PATH/<class>/<file>, but some images lie in PATH itself")
+    start = time.perf_counter()
+    embedder_params = dict(
+        backbone=args.backbone,
+        pretrained=_pretrained_argument(args.pretrained),
+        image_size=args.image_size,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    features, stage = _embed_and_cluster(
+        files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet
+    )
+    out = Path(args.out)
+    _write_results(out, files, stage, features, args.embeddings)
+    print(
+        f"{len(files)} images in {len(stage.cluster_ids_)} clusters "
+        f"({time.perf_counter() - start:.1f} s); wrote {out / 'clusters.csv'} and {out / 'montage.png'}"
+    )
+    if args.eval:
+        print(_metrics_line(y, stage.labels_))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):")
+        for path in skipped:
+            print(f"  {path}")
+    return 0
+
+
+def _find_shared(explicit):
+    """The shared data folder: --shared, $SKDEEPCLUST_SHARED, or ``shared`` beside the repository."""
+    if explicit:
+        return Path(explicit)
+    candidates = [os.environ.get("SKDEEPCLUST_SHARED")]
+    candidates += [Path(__file__).resolve().parents[2] / "shared", Path.cwd().parent / "shared"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / CIFAR10_ARCHIVE).is_file():
+            return Path(candidate)
+    return None
+
+
+def demo_command(args):
+    from .datasets import extract_image_archive, load_image_folder
+
+    shared = _find_shared(args.shared)
+    if shared is None or not (shared / CIFAR10_ARCHIVE).is_file():
+        raise UserError(
+            "the demo's photos (CIFAR-10 JPEGs, data/cifar10/cifar10-jpg.tar.gz) were not found; "
+            "point --shared or SKDEEPCLUST_SHARED at the folder that holds them"
+        )
+    folder = extract_image_archive(shared / CIFAR10_ARCHIVE) / "test"
+    files, y = load_image_folder(folder, max_per_class=args.per_class, random_state=0, return_X_y=True)
+    if (shared / SIMCLR_FILE).is_file():
+        embedder_params = dict(SIMCLR_RESNET18_CIFAR10, pretrained=shared / SIMCLR_FILE)
+        described = "ResNet-18 trained by SimCLR on CIFAR-10 (no labels)"
+    else:
+        embedder_params = dict(backbone="efficientnet_lite0.offline", image_size=128)
+        described = "EfficientNet-Lite0 trained on ImageNet (packaged weights)"
+    embedder_params.update(device=args.device, batch_size=128)
+    print(f"Clustering {len(files)} CIFAR-10 test photos into 10 groups with a {described}.")
+    start = time.perf_counter()
+    features, stage = _embed_and_cluster(files, embedder_params, args.clusterer, 10, 0, args.quiet)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    _write_results(out, files, stage, features, False)
+    print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")
+    print(f"wrote {out / 'montage.png'} (one row of photos per cluster) and {out / 'clusters.csv'}")
+    return 0
+
+
+def build_parser():
+    from .clustering import available_clusterer_names
+
+    parser = argparse.ArgumentParser(
+        prog="skdeepclust", description="Cluster images with a frozen pretrained backbone."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="cluster a folder of images",
+        description="Cluster the images under PATH (nested folders allowed) and write "
+        "OUT/clusters.csv (file, cluster, confidence) and OUT/montage.png. Confidence is the "
+        "cluster probability for clusterers that give one, else the cosine similarity of the "
+        "image to its cluster's centre.",
+    )
+    cluster.add_argument("path", metavar="PATH", help="folder of images")
+    cluster.add_argument("--n-clusters", type=int, default=None, help="number of clusters")
+    cluster.add_argument("--backbone", default="vit_small_patch16_224.dino",
+                         help="timm model name, or efficientnet_lite0.offline (default: %(default)s)")
+    cluster.add_argument("--pretrained", default="hub", metavar="PATH|hub|none",
+                         help="weights: a local checkpoint, 'hub' for timm's, 'none' for random")
+    cluster.add_argument("--image-size", type=int, default=None, help="backbone input size")
+    cluster.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names())
+    cluster.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    cluster.add_argument("--batch-size", type=int, default=64)
+    cluster.add_argument("--random-state", type=int, default=0)
+    cluster.add_argument("--out", default="skdeepclust-out", help="output folder (default: %(default)s)")
+    cluster.add_argument("--embeddings", action="store_true", help="also write OUT/embeddings.npy")
+    cluster.add_argument("--eval", action="store_true",
+                         help="PATH/<class>/ folders are the true classes: print accuracy, NMI, ARI")
+    cluster.add_argument("--quiet", action="store_true", help="no progress bars")
+    cluster.set_defaults(run=cluster_command)
+
+    demo = commands.add_parser(
+        "demo", help="cluster real photos offline and show the result",
+        description="Cluster CIFAR-10 test photos from the shared data folder, print accuracy, "
+        "NMI and ARI, and write a montage of the clusters.",
+    )
+    demo.add_argument("--shared", default=None, help="folder holding data/cifar10/ (and models/)")
+    demo.add_argument("--per-class", type=int, default=200, help="photos per class (default: %(default)s)")
+    demo.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names())
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--out", default="skdeepclust-demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=demo_command)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``skdeepclust`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (UserError, ValueError, TypeError, OSError, ImportError) as exc:
+        if os.environ.get("SKDEEPCLUST_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"skdeepclust: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("skdeepclust: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,117 @@
+"""Pictures of clusters: a montage with one row of thumbnails per cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from sklearn.utils import check_random_state
+
+from .embedding.images import as_images
+
+_BACKGROUND = (255, 255, 255)
+_LABEL_WIDTH = 110
+_GAP = 4
+
+
+def _thumbnail(pixels, size):
+    """A (3, H, W) tensor of pixels as a size x size PIL thumbnail, aspect kept, centred."""
+    array = pixels.numpy()
+    array = np.moveaxis(array, 0, -1)
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    image = Image.fromarray(array)
+    # Scale to fit the tile both ways: small images (CIFAR's 32 px) are enlarged to be seen.
+    scale = size / max(image.size)
+    image = image.resize(
+        (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))),
+        Image.Resampling.LANCZOS,
+    )
+    tile = Image.new("RGB", (size, size), _BACKGROUND)
+    tile.paste(image, ((size - image.size[0]) // 2, (size - image.size[1]) // 2))
+    return tile
+
+
+def _pick_examples(labels, scores, n_per_cluster, rng):
+    """Per cluster, the most confident members when scores are given, else a random draw."""
+    chosen = {}
+    for cluster in np.unique(labels):
+        members = np.flatnonzero(labels == cluster)
+        if scores is not None:
+            members = members[np.argsort(-scores[members], kind="stable")]
+        else:
+            members = rng.permutation(members)
+        chosen[cluster] = np.sort(members[:n_per_cluster]) if scores is None else members[:n_per_cluster]
+    return chosen
+
+
+def _decode_selected(source, positions):
+    """Decode only the images at ``positions``, keyed by position."""
+    positions = sorted(set(int(p) for p in positions))
+    pixels = [image for batch in source.subset(positions).batches(256) for image in batch]
+    return dict(zip(positions, pixels))
+
+
+def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, scores=None, random_state=0):
+    """One row of thumbnails per cluster, so that a person can see what each cluster holds.
+
+    Parameters
+    ----------
+    images : array-like of images, list of images or paths, or folder path
+        Any input that :class:`~skdeepclust.ImageEmbedder` accepts, in the order of
+        ``labels``. Only the images shown are decoded.
+    labels : array-like of shape (n_images,)
+        Cluster of each image; -1 (noise) gets a row of its own.
+    n_per_cluster : int, default=8
+        Thumbnails per row.
+    thumbnail_size : int, default=48
+        Side of each square thumbnail, in pixels.
+    scores : array-like of shape (n_images,), default=None
+        Confidence of each assignment; when given, each row shows the most
+        confident members, else a random draw seeded by ``random_state``.
+    random_state : int, RandomState instance or None, default=0
+        Seeds the random draw.
+
+    Returns
+    -------
+    montage : PIL.Image.Image
+        An RGB image; ``montage.save("montage.png")`` writes it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdeepclust.visualization import cluster_montage
+    >>> images = np.zeros((6, 16, 16, 3), dtype=np.uint8)
+    >>> montage = cluster_montage(images, [0, 0, 1, 1, 1, 2], n_per_cluster=2, thumbnail_size=32)
+    >>> montage.size
+    (182, 112)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array; got shape {labels.shape}.")
+    if scores is not None:
+        scores = np.asarray(scores, dtype=float)
+        if scores.shape != labels.shape:
+            raise ValueError(f"scores has shape {scores.shape} but labels has {labels.shape}.")
+    if n_per_cluster < 1 or thumbnail_size < 8:
+        raise ValueError("n_per_cluster must be at least 1 and thumbnail_size at least 8.")
+    source = as_images(images)
+    if len(source) != labels.size:
+        raise ValueError(f"Got {len(source)} images but {labels.size} labels; they must pair up.")
+    rng = check_random_state(random_state)
+    chosen = _pick_examples(labels, scores, n_per_cluster, rng)
+    decoded = _decode_selected(source, np.concatenate(list(chosen.values())))
+
+    row_height = thumbnail_size + _GAP
+    width = _LABEL_WIDTH + n_per_cluster * (thumbnail_size + _GAP)
+    montage = Image.new("RGB", (width, len(chosen) * row_height + _GAP), _BACKGROUND)
+    draw = ImageDraw.Draw(montage)
+    font = ImageFont.load_default()
+    for row, (cluster, members) in enumerate(chosen.items()):
+        top = _GAP + row * row_height
+        name = "noise" if cluster == -1 else f"cluster {cluster}"
+        draw.text((4, top + 2), name, fill=(0, 0, 0), font=font)
+        draw.text((4, top + 16), f"{np.sum(labels == cluster)} images", fill=(90, 90, 90), font=font)
+        for column, position in enumerate(members):
+            left = _LABEL_WIDTH + column * (thumbnail_size + _GAP)
+            montage.paste(_thumbnail(decoded[int(position)], thumbnail_size), (left, top))
+    return montage

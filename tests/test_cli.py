@@ -1,0 +1,112 @@
+import csv
+
+import numpy as np
+import pytest
+from conftest import CIFAR10_ARCHIVE, SHARED
+from PIL import Image
+
+from skdeepclust.cli import main
+
+TINY_ARGS = ["--backbone", "test_vit", "--pretrained", "none", "--image-size", "32", "--quiet"]
+
+
+def _run(capsys, *argv):
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cluster_writes_csv_montage_and_embeddings(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    status, stdout, err = _run(
+        capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+        "--eval", "--embeddings", *TINY_ARGS,
+    )
+    assert status == 0, err
+    with open(out / "clusters.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and set(rows[0]) == {"file", "cluster", "confidence"}
+    assert all(0.0 <= float(row["confidence"]) <= 1.0 for row in rows)
+    assert np.load(out / "embeddings.npy").shape == (8, 64)
+    with Image.open(out / "montage.png") as montage:
+        assert montage.size[1] > 2 * 40
+    assert "accuracy 1.000" in stdout
+
+
+def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path):
+    (image_folder / "dark" / "broken.jpg").write_bytes(b"not a jpeg")
+    status, stdout, err = _run(
+        capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS
+    )
+    assert status == 0
+    assert "warning: skipping unreadable image file" in err and "broken.jpg" in err
+    assert "skipped 1 unreadable file(s)" in stdout and stdout.rstrip().endswith("broken.jpg")
+
+
+def test_soft_clusterer_confidence_is_a_probability(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    status, _, err = _run(
+        capsys, "cluster", str(image_folder), "--n-clusters", "2", "--clusterer", "gmm", "--out", str(out), *TINY_ARGS
+    )
+    assert status == 0, err
+    with open(out / "clusters.csv") as handle:
+        confidences = [float(row["confidence"]) for row in csv.DictReader(handle)]
+    assert min(confidences) >= 0.5  # the larger of two probabilities
+
+
+def _flat_folder(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "make_argv, message",
+    [
+        (lambda tmp: ["cluster", str(tmp / "missing")], "is not a folder"),
+        (lambda tmp: ["cluster", str(tmp)], "No image files"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "vit_nonexistent"], "Unknown backbone"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "test_vit"], "offline"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--pretrained", str(tmp / "w.pth")], "no such file"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--eval", *TINY_ARGS], "--eval needs class folders"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", *TINY_ARGS], "fewer than n_clusters"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--device", "cuda:7", *TINY_ARGS], "cuda"),
+    ],
+)
+def test_user_mistakes_are_one_line(capsys, tmp_path, monkeypatch, make_argv, message):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    status, _, err = _run(capsys, *make_argv(tmp_path), "--quiet")
+    assert status == 2
+    assert message in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skdeepclust: error:"), err
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "skdeepclust", "cluster", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"skdeepclust: error: {tmp_path / 'nope'} is not a folder"
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_on_the_shared_photos(capsys, tmp_path):
+    if not CIFAR10_ARCHIVE.is_file():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR10_ARCHIVE} (../shared is absent)")
+    status, stdout, err = _run(
+        capsys, "demo", "--shared", str(SHARED), "--per-class", "10", "--out", str(tmp_path), "--quiet"
+    )
+    assert status == 0, err
+    assert "accuracy" in stdout and "NMI" in stdout
+    assert (tmp_path / "montage.png").is_file() and (tmp_path / "clusters.csv").is_file()
+
+
+def test_demo_without_its_photos_says_where_to_point(capsys, tmp_path):
+    status, _, err = _run(capsys, "demo", "--shared", str(tmp_path), "--quiet")
+    assert status == 2 and "SKDEEPCLUST_SHARED" in err

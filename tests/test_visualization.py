@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from skdeepclust.embedding import images as images_module
+from skdeepclust.visualization import cluster_montage
+
+
+def _colour_images():
+    """Image i is filled with the value 10 * i, so a thumbnail tells which image it shows."""
+    return np.stack([np.full((20, 30, 3), 10 * i, np.uint8) for i in range(12)])
+
+
+def test_one_row_per_cluster_including_noise():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, -1, -1, 1])
+    montage = cluster_montage(_colour_images(), labels, n_per_cluster=3, thumbnail_size=16)
+    assert montage.size == (110 + 3 * 20, 4 + 4 * 20)
+
+
+def test_scores_pick_the_most_confident_members():
+    labels = np.zeros(12, dtype=int)
+    scores = np.arange(12) / 12.0  # the last images are the most confident
+    montage = np.asarray(cluster_montage(_colour_images(), labels, n_per_cluster=2, thumbnail_size=16, scores=scores))
+    first_tile = montage[4 + 8, 110 + 8]  # centre of the first thumbnail
+    assert first_tile[0] == 110  # image 11, filled with 110
+
+
+def test_only_shown_images_are_decoded(tmp_path, monkeypatch):
+    from PIL import Image
+
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (8, 8), (i, i, i)).save(paths[-1])
+    decoded = []
+    real_decode = images_module._decode_file
+    monkeypatch.setattr(images_module, "_decode_file", lambda p: decoded.append(p) or real_decode(p))
+    cluster_montage(paths, [0, 0, 0, 1, 1, 1], n_per_cluster=1, thumbnail_size=8, scores=[1, 0, 0, 1, 0, 0])
+    assert sorted(decoded) == [paths[0], paths[3]]
+
+
+@pytest.mark.parametrize(
+    "labels, kwargs, match",
+    [
+        ([0, 1], {}, "12 images but 2 labels"),
+        ([], {}, "non-empty"),
+        (np.zeros(12), {"scores": [1.0]}, "scores has shape"),
+        (np.zeros(12), {"n_per_cluster": 0}, "n_per_cluster"),
+    ],
+)
+def test_bad_arguments(labels, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cluster_montage(_colour_images(), labels, **kwargs)
