@@ -260,9 +260,19 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of the ``skdeepclust`` command; returns the exit status."""
+    from .embedding import PretrainedWeightsUnavailable
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except PretrainedWeightsUnavailable as exc:
+        print(
+            f"skdeepclust: error: cannot download the weights of {exc.backbone} (is this machine "
+            "offline?); pass --pretrained /path/to/weights.safetensors, --pretrained none for "
+            "random weights, or --backbone efficientnet_lite0.offline",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except (UserError, ValueError, TypeError, OSError, ImportError) as exc:
         if os.environ.get("SKDEEPCLUST_DEBUG"):
             raise

@@ -65,7 +65,7 @@ def _flat_folder(tmp_path):
         (lambda tmp: ["cluster", str(tmp / "missing")], "is not a folder"),
         (lambda tmp: ["cluster", str(tmp)], "No image files"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "vit_nonexistent"], "Unknown backbone"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "test_vit"], "offline"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "test_vit"], "--pretrained /path/to"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--pretrained", str(tmp / "w.pth")], "no such file"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--eval", *TINY_ARGS], "--eval needs class folders"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", *TINY_ARGS], "fewer than n_clusters"),

@@ -36,6 +36,20 @@ _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
 _ENCODER_PREFIX = "backbone."
 
 
+class PretrainedWeightsUnavailable(OSError):
+    """timm's own weights for a backbone could not be fetched (offline, or no such tag)."""
+
+    def __init__(self, backbone, reason):
+        self.backbone = backbone
+        super().__init__(
+            f"Could not get the pretrained weights of {backbone!r} from the model hub ({reason}). "
+            "The machine may be offline or the tag may not exist (timm.list_pretrained('name*') "
+            "lists the tags). Download the weights where there is a connection and pass the "
+            "local file, pretrained='/path/to/weights.safetensors' (.pth and .bin work too), or "
+            "use pretrained=False for random weights."
+        )
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How images are prepared for a backbone: resized to ``input_size`` and normalised."""
@@ -222,14 +236,7 @@ def _load_timm_backbone(name, pretrained, image_size):
             with hub_context:
                 return _create_timm_model(name, image_size, pretrained=True)
         except Exception as exc:  # hub, HTTP and cache errors have no common base class
-            raise OSError(
-                f"Could not get the pretrained weights of {name!r} from the model hub "
-                f"({type(exc).__name__}: {str(exc)[:300]}). The machine may be offline or the "
-                "tag may not exist (timm.list_pretrained('name*') lists the tags). Download the "
-                "weights where there is a connection and pass the local file, "
-                "pretrained='/path/to/weights.safetensors' (.pth and .bin work too), or use "
-                "pretrained=False for random weights."
-            ) from exc
+            raise PretrainedWeightsUnavailable(name, f"{type(exc).__name__}: {str(exc)[:300]}") from exc
     return _create_timm_model_with_weights(name, image_size, read_checkpoint(pretrained), str(pretrained))
 
 
