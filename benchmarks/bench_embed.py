@@ -1,0 +1,163 @@
+"""Images per second: skdeepclust's ImageEmbedder against the naive way, in one run.
+
+Three ways to embed the same host uint8 array (N, 224, 224, 3), random weights:
+
+* model only: the input already on the device, in the compute dtype; the ceiling;
+* package:    ``ImageEmbedder(...).transform(array)``;
+* baseline:   the way many users write it: a torchvision ``transforms`` pipeline per
+              image in a ``DataLoader``, float32, ``model(x)`` per batch.
+
+Achieved model FLOP/s are counted with ``torch.utils.flop_counter`` on one batch.
+On CUDA their share of a peak bf16 rate is printed; the default peak, 790 TFLOP/s,
+is the dense bf16 matrix rate measured on this workplace's H200/H100 machines
+(``--peak-tflops`` sets another).
+
+    python benchmarks/bench_embed.py --device cpu --n-images 256
+    python benchmarks/bench_embed.py --device cuda --n-images 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import timm
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+from skdeepclust import ImageEmbedder
+from skdeepclust._device import resolve_device
+
+MODELS = ("vit_small_patch16_224", "vit_base_patch16_224", "resnet18")
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(function, device, repeats):
+    """Best wall time of ``repeats`` calls after one warm-up call."""
+    function()
+    _synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+class _NaiveDataset(Dataset):
+    def __init__(self, array, mean, std):
+        self.array = array
+        self.transform = transforms.Compose(
+            [transforms.ToPILImage(), transforms.Resize(224), transforms.CenterCrop(224),
+             transforms.ToTensor(), transforms.Normalize(mean, std)]
+        )
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, index):
+        return self.transform(self.array[index])
+
+
+def naive_embed(model, array, mean, std, batch_size, device, workers):
+    loader = DataLoader(_NaiveDataset(array, mean, std), batch_size=batch_size, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    outputs = []
+    with torch.no_grad():
+        for batch in loader:
+            outputs.append(model(batch.to(device)).cpu())
+    return torch.cat(outputs)
+
+
+def flops_per_image(model, device, dtype):
+    probe = torch.zeros(8, 3, 224, 224, device=device, dtype=dtype)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(probe)
+    return counter.get_total_flops() / 8
+
+
+def bench_model(name, args, device):
+    torch.manual_seed(0)
+    compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = timm.create_model(name, pretrained=False, num_classes=0).eval().to(device)
+    config = timm.data.resolve_model_data_config(model)
+    array = np.random.default_rng(0).integers(0, 256, (args.n_images, 224, 224, 3), dtype=np.uint8)
+    flops = flops_per_image(model, device, torch.float32)
+
+    resident = torch.randn(args.batch_size, 3, 224, 224, device=device, dtype=compute_dtype)
+    model_for_dtype = model.to(compute_dtype)
+    batches = max(1, args.n_images // args.batch_size)
+
+    def model_only():
+        with torch.inference_mode():
+            for _ in range(batches):
+                model_for_dtype(resident)
+
+    model_seconds = _timed(model_only, device, args.repeats) / (batches * args.batch_size)
+    model.float()
+
+    embedder = ImageEmbedder(name, pretrained=False, batch_size=args.batch_size, device=device, random_state=0)
+    embedder.fit(array[:1])
+    package_seconds = _timed(lambda: embedder.transform(array), device, args.repeats) / args.n_images
+
+    baseline_model = timm.create_model(name, pretrained=False, num_classes=0).eval().to(device)
+    baseline_seconds = _timed(
+        lambda: naive_embed(baseline_model, array, config["mean"], config["std"], args.batch_size, device,
+                            args.baseline_workers),
+        device, args.repeats,
+    ) / args.n_images
+
+    row = dict(
+        model=name,
+        model_only=1 / model_seconds,
+        package=1 / package_seconds,
+        baseline=1 / baseline_seconds,
+        gflop_per_image=flops / 1e9,
+    )
+    row["package_vs_baseline"] = row["package"] / row["baseline"]
+    row["package_vs_model_only"] = row["package"] / row["model_only"]
+    row["package_tflops"] = row["package"] * flops / 1e12
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--n-images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--baseline-workers", type=int, default=0,
+                        help="DataLoader workers of the naive baseline (default: %(default)s)")
+    parser.add_argument("--peak-tflops", type=float, default=790.0,
+                        help="peak bf16 TFLOP/s of the GPU, for the share column (default: %(default)s)")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {where}; {args.n_images} images of 224x224, batch {args.batch_size}, "
+          f"best of {args.repeats}; torch {torch.__version__}, timm {timm.__version__}")
+    header = (f"{'model':24} {'model only':>11} {'package':>9} {'baseline':>9} {'pkg/base':>9} "
+              f"{'pkg/model':>10} {'GFLOP/img':>10} {'pkg TFLOP/s':>12}")
+    if device.type == "cuda":
+        header += f" {'% of peak':>10}"
+    print(header + "   (images/s)")
+    for name in args.models:
+        row = bench_model(name, args, device)
+        line = (f"{row['model']:24} {row['model_only']:11.1f} {row['package']:9.1f} {row['baseline']:9.1f} "
+                f"{row['package_vs_baseline']:9.2f} {row['package_vs_model_only']:10.2f} "
+                f"{row['gflop_per_image']:10.2f} {row['package_tflops']:12.3f}")
+        if device.type == "cuda":
+            line += f" {100 * row['package_tflops'] / args.peak_tflops:10.1f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
