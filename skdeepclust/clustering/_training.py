@@ -286,10 +286,34 @@ def prune_exported(layers, proba):
 class HeadClusterer(ClusterMixin, BaseEstimator):
     """What the heads share once trained: the kept head as CPU numpy arrays, and prediction.
 
-    Subclasses train in ``fit`` and end it with :meth:`_keep_head` (or set the same
-    attributes themselves and override :meth:`_proba`). ``fit_predict`` comes from
-    ``ClusterMixin``.
+    Subclasses define ``_check_params`` (calling :meth:`_check_head_params`), open
+    ``fit`` with :meth:`_start_training` and end it with :meth:`_keep_head` (or set the
+    same attributes themselves and override :meth:`_proba`). ``fit_predict`` comes
+    from ``ClusterMixin``.
     """
+
+    def _check_head_params(self):
+        """Check the parameters every head has; each head checks its own beside these."""
+        for name in ("n_clusters", "n_neighbors", "n_heads", "hidden_size", "n_epochs"):
+            check_int(name, getattr(self, name))
+        check_choice("head", self.head, {"linear", "mlp"})
+        check_int("batch_size", self.batch_size, minimum=2)
+        check_float("learning_rate", self.learning_rate, low_inclusive=False)
+        check_float("weight_decay", self.weight_decay)
+        check_int("verbose", self.verbose, minimum=0)
+
+    def _start_training(self, X):
+        """Check parameters and ``X``, L2-normalise it and mine its neighbours.
+
+        Returns the unit rows, the :class:`HeadTraining` set-up, and the hidden size
+        of the heads (None for linear heads).
+        """
+        self._check_params()
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        check_enough_samples(X.shape[0], self.n_clusters)
+        unit = normalize_rows(X)
+        setup = HeadTraining(unit, self.n_neighbors, self.random_state, self.device)
+        return unit, setup, None if self.head == "linear" else self.hidden_size
 
     def _keep_head(self, layers, unit, best_head, head_losses):
         """Store head ``best_head`` (exported ``layers``) with its empty clusters pruned."""

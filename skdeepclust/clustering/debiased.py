@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.utils.validation import validate_data
 from torch import nn
 
 from . import _training as tr
@@ -260,20 +259,11 @@ class DebiasedClusterer(tr.HeadClusterer):
         self.verbose = verbose
 
     def _check_params(self):
-        tr.check_int("n_clusters", self.n_clusters)
-        tr.check_int("n_neighbors", self.n_neighbors)
-        tr.check_int("n_heads", self.n_heads)
-        tr.check_choice("head", self.head, {"linear", "mlp"})
-        tr.check_int("hidden_size", self.hidden_size)
+        self._check_head_params()
         tr.check_int("context_size", self.context_size)
         tr.check_float("entropy_weight", self.entropy_weight)
         tr.check_float("final_entropy_weight", self.final_entropy_weight)
         tr.check_int("overclustering", self.overclustering)
-        tr.check_int("n_epochs", self.n_epochs)
-        tr.check_int("batch_size", self.batch_size, minimum=2)
-        tr.check_float("learning_rate", self.learning_rate, low_inclusive=False)
-        tr.check_float("weight_decay", self.weight_decay)
-        tr.check_int("verbose", self.verbose, minimum=0)
 
     def fit(self, X, y=None):
         """Mine neighbours, train the statistics-pooling heads and keep the best one.
@@ -290,12 +280,7 @@ class DebiasedClusterer(tr.HeadClusterer):
         self : DebiasedClusterer
             The fitted estimator.
         """
-        self._check_params()
-        X = validate_data(self, X, dtype=[np.float64, np.float32])
-        tr.check_enough_samples(X.shape[0], self.n_clusters)
-        unit = tr.normalize_rows(X)
-        setup = tr.HeadTraining(unit, self.n_neighbors, self.random_state, self.device)
-        hidden = None if self.head == "linear" else self.hidden_size
+        unit, setup, hidden = self._start_training(X)
         heads = setup.new_module(lambda: StatisticsPoolingHeads(
             self.n_heads, unit.shape[1], self.n_clusters * self.overclustering, hidden,
             self.context_size))

@@ -239,19 +239,3 @@ class TorchKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,)
         """
         return self.transform(X).argmin(axis=1).astype(np.int64)
-
-    def fit_predict(self, X, y=None):
-        """Fit on ``X`` and return ``labels_``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training rows.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-        """
-        return self.fit(X).labels_

@@ -8,9 +8,7 @@ this works on frozen DINO features, with the backbone never fine-tuned.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from sklearn.utils.validation import validate_data
 
 from . import _training as tr
 from ._losses import marginal_entropy, neighbor_consistency
@@ -131,20 +129,11 @@ class SCANClusterer(tr.HeadClusterer):
         self.verbose = verbose
 
     def _check_params(self):
-        tr.check_int("n_clusters", self.n_clusters)
-        tr.check_int("n_neighbors", self.n_neighbors)
-        tr.check_int("n_heads", self.n_heads)
-        tr.check_choice("head", self.head, {"linear", "mlp"})
-        tr.check_int("hidden_size", self.hidden_size)
+        self._check_head_params()
         tr.check_float("entropy_weight", self.entropy_weight)
-        tr.check_int("n_epochs", self.n_epochs)
         tr.check_int("self_label_epochs", self.self_label_epochs, minimum=0)
         tr.check_float("confidence_threshold", self.confidence_threshold, 0.0, 1.0,
                        low_inclusive=False, high_inclusive=False)
-        tr.check_int("batch_size", self.batch_size, minimum=2)
-        tr.check_float("learning_rate", self.learning_rate, low_inclusive=False)
-        tr.check_float("weight_decay", self.weight_decay)
-        tr.check_int("verbose", self.verbose, minimum=0)
 
     def fit(self, X, y=None):
         """Mine neighbours, train the heads and keep the best one.
@@ -161,12 +150,7 @@ class SCANClusterer(tr.HeadClusterer):
         self : SCANClusterer
             The fitted estimator.
         """
-        self._check_params()
-        X = validate_data(self, X, dtype=[np.float64, np.float32])
-        tr.check_enough_samples(X.shape[0], self.n_clusters)
-        unit = tr.normalize_rows(X)
-        setup = tr.HeadTraining(unit, self.n_neighbors, self.random_state, self.device)
-        hidden = None if self.head == "linear" else self.hidden_size
+        unit, setup, hidden = self._start_training(X)
         heads = setup.new_module(
             lambda: tr.MultiHead(self.n_heads, unit.shape[1], self.n_clusters, hidden))
         optimizer = torch.optim.AdamW(heads.parameters(), lr=self.learning_rate,

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
-from sklearn.utils.validation import validate_data
 
 from . import _training as tr
 from ._losses import beta_pmi
@@ -130,21 +128,12 @@ class TEMIClusterer(tr.HeadClusterer):
         self.verbose = verbose
 
     def _check_params(self):
-        tr.check_int("n_clusters", self.n_clusters)
-        tr.check_int("n_neighbors", self.n_neighbors)
-        tr.check_int("n_heads", self.n_heads)
-        tr.check_choice("head", self.head, {"linear", "mlp"})
-        tr.check_int("hidden_size", self.hidden_size)
+        self._check_head_params()
         tr.check_float("beta", self.beta, 0.0, 1.0, low_inclusive=False)
         tr.check_float("student_temperature", self.student_temperature, low_inclusive=False)
         tr.check_float("teacher_temperature", self.teacher_temperature, low_inclusive=False)
         tr.check_float("teacher_momentum", self.teacher_momentum, 0.0, 1.0, high_inclusive=False)
         tr.check_float("prior_momentum", self.prior_momentum, 0.0, 1.0, high_inclusive=False)
-        tr.check_int("n_epochs", self.n_epochs)
-        tr.check_int("batch_size", self.batch_size, minimum=2)
-        tr.check_float("learning_rate", self.learning_rate, low_inclusive=False)
-        tr.check_float("weight_decay", self.weight_decay)
-        tr.check_int("verbose", self.verbose, minimum=0)
 
     def fit(self, X, y=None):
         """Mine neighbours, train the student and teacher heads, keep the best teacher.
@@ -161,12 +150,7 @@ class TEMIClusterer(tr.HeadClusterer):
         self : TEMIClusterer
             The fitted estimator.
         """
-        self._check_params()
-        X = validate_data(self, X, dtype=[np.float64, np.float32])
-        tr.check_enough_samples(X.shape[0], self.n_clusters)
-        unit = tr.normalize_rows(X)
-        setup = tr.HeadTraining(unit, self.n_neighbors, self.random_state, self.device)
-        hidden = None if self.head == "linear" else self.hidden_size
+        unit, setup, hidden = self._start_training(X)
         student = setup.new_module(
             lambda: tr.MultiHead(self.n_heads, unit.shape[1], self.n_clusters, hidden))
         teacher = copy.deepcopy(student).requires_grad_(False)
