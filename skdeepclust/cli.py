@@ -58,15 +58,6 @@ def _readable_images(folder, quiet):
     return readable, skipped
 
 
-def _labels_from_folders(folder, files):
-    """Class of each file from ``folder/<class>/...``, or None if any file lies in ``folder``."""
-    parts = [Path(file).relative_to(folder).parts for file in files]
-    if any(len(p) == 1 for p in parts):
-        return None
-    names = sorted({p[0] for p in parts})
-    return np.array([names.index(p[0]) for p in parts])
-
-
 def _embed_and_cluster(files_or_images, embedder_params, clusterer, n_clusters, random_state, quiet):
     """Both stages, embedding each image once; returns (features, fitted FeatureClusterer)."""
     from .clustering import FeatureClusterer
@@ -134,12 +125,14 @@ def _pretrained_argument(value):
 
 
 def cluster_command(args):
+    from .datasets import class_folder_labels
+
     folder = Path(args.path)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
     files, skipped = _readable_images(folder, args.quiet)
     if args.eval:
-        y = _labels_from_folders(folder, files)
+        y, _ = class_folder_labels(folder, files)
         if y is None:
             raise UserError("--eval needs class folders, PATH/<class>/<file>, but some images lie in PATH itself")
     start = time.perf_counter()

@@ -55,12 +55,9 @@ def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y
     if not root.is_dir():
         raise ValueError(f"root={str(root)!r} is not a folder.")
     files = find_image_files(root)
-    class_of = [Path(file).relative_to(root).parts for file in files]
-    if any(len(parts) == 1 for parts in class_of):
+    target, target_names = class_folder_labels(root, files)
+    if target is None:
         return (files, None) if return_X_y else Bunch(filenames=files, target=None, target_names=[])
-    target_names = sorted({parts[0] for parts in class_of})
-    index = {name: label for label, name in enumerate(target_names)}
-    target = np.array([index[parts[0]] for parts in class_of], dtype=np.int64)
     if max_per_class is not None:
         if not isinstance(max_per_class, (int, np.integer)) or max_per_class < 1:
             raise ValueError(f"max_per_class must be a positive integer; got {max_per_class!r}.")
@@ -76,6 +73,20 @@ def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y
     if return_X_y:
         return files, target
     return Bunch(filenames=files, target=target, target_names=target_names)
+
+
+def class_folder_labels(root, files):
+    """Labels of ``files`` from their class folder, ``root/<class>/...``.
+
+    Returns ``(target, target_names)``: int labels indexing the sorted class
+    names, or ``(None, [])`` if any file lies directly in ``root``.
+    """
+    class_of = [Path(file).relative_to(root).parts for file in files]
+    if any(len(parts) == 1 for parts in class_of):
+        return None, []
+    target_names = sorted({parts[0] for parts in class_of})
+    index = {name: label for label, name in enumerate(target_names)}
+    return np.array([index[parts[0]] for parts in class_of], dtype=np.int64), target_names
 
 
 def extract_image_archive(archive, cache_dir=None):
