@@ -124,6 +124,15 @@ def _pretrained_argument(value):
     return value
 
 
+def _batch_size_argument(value):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number or 'auto', not {value!r}") from None
+
+
 def cluster_command(args):
     from .datasets import class_folder_labels
 
@@ -142,6 +151,8 @@ def cluster_command(args):
         image_size=args.image_size,
         device=args.device,
         batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        compile=args.compile,
     )
     features, stage = _embed_and_cluster(
         files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet
@@ -190,7 +201,7 @@ def demo_command(args):
     else:
         embedder_params = dict(backbone="efficientnet_lite0.offline", image_size=128)
         described = "EfficientNet-Lite0 trained on ImageNet (packaged weights)"
-    embedder_params.update(device=args.device, batch_size=128)
+    embedder_params.update(device=args.device)
     print(f"Clustering {len(files)} CIFAR-10 test photos into 10 groups with a {described}.")
     start = time.perf_counter()
     features, stage = _embed_and_cluster(files, embedder_params, args.clusterer, 10, 0, args.quiet)
@@ -227,7 +238,12 @@ def build_parser():
     cluster.add_argument("--image-size", type=int, default=None, help="backbone input size")
     cluster.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names())
     cluster.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    cluster.add_argument("--batch-size", type=int, default=64)
+    cluster.add_argument("--batch-size", type=_batch_size_argument, default="auto",
+                         help="images per forward pass, or 'auto' (default: %(default)s)")
+    cluster.add_argument("--num-workers", type=int, default=None,
+                         help="processes decoding images (default: up to 8 on a GPU, 0 on the CPU)")
+    cluster.add_argument("--compile", action="store_true",
+                         help="compile the backbone with torch.compile (slow start, faster batches)")
     cluster.add_argument("--random-state", type=int, default=0)
     cluster.add_argument("--out", default="skdeepclust-out", help="output folder (default: %(default)s)")
     cluster.add_argument("--embeddings", action="store_true", help="also write OUT/embeddings.npy")

@@ -20,8 +20,10 @@ _EMBEDDER_PARAMS = (
     "std",
     "interpolation",
     "batch_size",
+    "num_workers",
     "device",
     "precision",
+    "compile",
     "random_state",
     "verbose",
 )
@@ -55,12 +57,19 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         Normalisation, overriding the model's own.
     interpolation : {"bilinear", "bicubic", "nearest"}, default=None
         Resampling, overriding the model's own.
-    batch_size : int, default=64
-        Images per forward pass of the backbone.
+    batch_size : int or "auto", default="auto"
+        Images per forward pass of the backbone; ``"auto"`` suits the backbone and
+        device (see :class:`~skdeepclust.ImageEmbedder`).
+    num_workers : int or None, default=None
+        Processes that decode image files ahead of the backbone; ``None`` uses up
+        to 8 on a GPU and none on the CPU.
     device : str or torch.device, default="auto"
         Where the backbone (and torch clusterers) run; ``"auto"`` picks CUDA when present.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Backbone compute precision; ``"auto"`` is bfloat16 on CUDA, float32 elsewhere.
+    compile : bool or dict, default=False
+        Compile the backbone with :func:`torch.compile` (a dict gives its keyword
+        arguments); worth it for large inputs.
     random_state : int, RandomState instance or None, default=None
         Seeds the clusterer and, with ``pretrained=False``, the backbone's weights.
     verbose : int, default=0
@@ -125,9 +134,11 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         mean=None,
         std=None,
         interpolation=None,
-        batch_size=64,
+        batch_size="auto",
+        num_workers=None,
         device="auto",
         precision="auto",
+        compile=False,
         random_state=None,
         verbose=0,
     ):
@@ -140,8 +151,10 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         self.std = std
         self.interpolation = interpolation
         self.batch_size = batch_size
+        self.num_workers = num_workers
         self.device = device
         self.precision = precision
+        self.compile = compile
         self.random_state = random_state
         self.verbose = verbose
 

@@ -17,12 +17,22 @@ TINY = dict(backbone="test_vit", pretrained=False, image_size=32, random_state=0
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Any attempt to open a connection fails at once, as on an offline machine."""
+    """Any attempt to open a network connection fails at once, as on an offline machine.
+
+    Unix-domain sockets stay open: they are how worker processes hand tensors back.
+    """
 
     def refuse(*args, **kwargs):
         raise OSError("network access is disabled in the test suite")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    connect = socket.socket.connect
+
+    def connect_locally_only(sock, address):
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            return connect(sock, address)
+        return refuse()
+
+    monkeypatch.setattr(socket.socket, "connect", connect_locally_only)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 

@@ -110,3 +110,23 @@ def test_demo_runs_offline_on_the_shared_photos(capsys, tmp_path):
 def test_demo_without_its_photos_says_where_to_point(capsys, tmp_path):
     status, _, err = _run(capsys, "demo", "--shared", str(tmp_path), "--quiet")
     assert status == 2 and "SKDEEPCLUST_SHARED" in err
+
+
+def test_speed_flags_reach_the_embedder(capsys, image_folder, tmp_path, monkeypatch):
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **options: compiled.append(options) or model)
+    status, _, err = _run(
+        capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"),
+        "--batch-size", "3", "--num-workers", "2", "--compile", *TINY_ARGS,
+    )
+    assert status == 0, err
+    assert compiled == [{}]
+
+
+def test_batch_size_must_be_a_number_or_auto(capsys, image_folder):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", str(image_folder), "--batch-size", "big"])
+    assert exit_info.value.code == 2
+    assert "must be a whole number or 'auto', not 'big'" in capsys.readouterr().err

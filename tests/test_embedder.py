@@ -89,10 +89,10 @@ def test_pickle_and_joblib_roundtrip(images, tmp_path):
 
 def test_pickle_leaves_out_device_copies(images):
     embedder = ImageEmbedder(**TINY).fit(images)
-    embedder._device_model = (torch.device("meta"), "a device copy")
+    embedder._runtime = ("a key", "a device copy")
     state = embedder.__getstate__()
-    assert "_device_model" not in state
-    assert embedder._device_model is not None
+    assert "_runtime" not in state
+    assert embedder._runtime is not None
 
 
 def test_bfloat16_precision_is_close_to_float32(images):

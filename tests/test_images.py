@@ -121,3 +121,32 @@ def test_empty_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match="No image files"):
         as_images(str(tmp_path))
+
+
+def _photo(height, width):
+    """A smooth gradient, which survives JPEG compression and downscaling alike."""
+    rows = np.linspace(0, 255, height)[:, None, None]
+    cols = np.linspace(0, 255, width)[None, :, None]
+    return np.concatenate([rows + 0 * cols, 0 * rows + cols, (rows + cols) / 2], axis=-1).astype(np.uint8)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_that_still_covers_min_size(tmp_path):
+    path = str(tmp_path / "large.jpg")
+    Image.fromarray(_photo(384, 512)).save(path, quality=95)
+    full = _first_batch([path])
+    reduced = next(as_images([path]).batches(1, min_size=(64, 64)))
+    assert full.shape == (1, 3, 384, 512)
+    assert reduced.shape == (1, 3, 96, 128)  # 1/4 scale: 1/8 would give 48 rows, below 64
+    shrunk = torch.nn.functional.interpolate(full.float(), size=(96, 128), mode="area")
+    assert (shrunk - reduced.float()).abs().mean() < 3
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    picture = Image.fromarray(_photo(40, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: a viewer turns it 90 degrees clockwise
+    path = str(tmp_path / "sideways.jpg")
+    picture.save(path, exif=exif)
+    assert _first_batch([path]).shape == (1, 3, 80, 40)
+    reduced = next(as_images([path]).batches(1, min_size=(20, 10)))
+    assert reduced.shape == (1, 3, 20, 10)  # the reduced scale is chosen for the upright size

@@ -105,3 +105,10 @@ def test_list_of_paths_with_a_missing_file(image_folder):
     files = load_image_folder(image_folder).filenames + ["/no/such/image.png"]
     with pytest.raises(ValueError, match="not found: '/no/such/image.png'"):
         PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(files)
+
+
+def test_every_embedder_parameter_is_a_parameter_of_the_composite(images):
+    embedder_params = set(ImageEmbedder().get_params()) - {"normalize"}  # always on: the clusterers expect unit vectors
+    assert embedder_params <= set(PretrainedFeatureClusterer().get_params())
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2, batch_size=5, num_workers=0, compile=False).fit(images)
+    assert est.embedder_.get_params()["batch_size"] == 5

@@ -33,7 +33,7 @@ def test_only_shown_images_are_decoded(tmp_path, monkeypatch):
         Image.new("RGB", (8, 8), (i, i, i)).save(paths[-1])
     decoded = []
     real_decode = images_module._decode_file
-    monkeypatch.setattr(images_module, "_decode_file", lambda p: decoded.append(p) or real_decode(p))
+    monkeypatch.setattr(images_module, "_decode_file", lambda p, *rest: decoded.append(p) or real_decode(p, *rest))
     cluster_montage(paths, [0, 0, 0, 1, 1, 1], n_per_cluster=1, thumbnail_size=8, scores=[1, 0, 0, 1, 0, 0])
     assert sorted(decoded) == [paths[0], paths[3]]
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import copy
+import functools
 import numbers
 import os
 import warnings
@@ -21,6 +22,18 @@ from .images import as_images
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+# Measured on a 2-core CPU (benchmarks/README.md): ResNet-18 and ViT-S/16 run
+# fastest per image at batches of 16 to 32; larger ones only cost memory.
+CPU_BATCH_SIZE = 32
+# On a GPU the default batch is the largest power of two whose activations fit
+# in this share of the free memory, capped where throughput stops growing.
+GPU_MEMORY_SHARE = 0.4
+MAX_GPU_BATCH_SIZE = 256
+MAX_DECODE_WORKERS = 8
+# Device-to-host copies of features that may be in flight at once, so that the
+# GPU never waits for the host to collect a batch.
+FEATURE_COPIES_IN_FLIGHT = 3
 
 
 def _resize_and_center_crop(images, size, interpolation):
@@ -46,32 +59,50 @@ def _resize_and_center_crop(images, size, interpolation):
     return images
 
 
-def prepare_batch(batch, preprocessing, device):
+@functools.lru_cache(maxsize=16)
+def _normalization(mean, std, device):
+    """Mean and std as (1, 3, 1, 1) tensors on ``device``, made once.
+
+    Made per batch, their small copies from pageable host memory would make the
+    host wait for all queued GPU work, and so stall the pipeline each batch.
+    """
+    mean = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    return mean, std
+
+
+def prepare_batch(batch, preprocessing, device, copy_stream=None):
     """Pixels (uint8 or [0, 1] floats, on the host) to the backbone's normalised input on ``device``.
 
     The copy to ``device`` is of the raw pixels: uint8 is 4x smaller than float32,
-    and resizing and normalising run on the device.
+    and resizing and normalising run on the device. With a CUDA ``copy_stream``
+    the copy runs on it, beside the computation on the current stream.
     """
     if isinstance(batch, list):  # images of different sizes: resize each, then stack
-        return torch.cat([prepare_batch(image[None], preprocessing, device) for image in batch])
-    if device.type == "cuda":
-        batch = batch.pin_memory()
-    pixels = batch.to(device, non_blocking=True)
+        return torch.cat([prepare_batch(image[None], preprocessing, device, copy_stream) for image in batch])
+    if device.type == "cuda" and not batch.is_pinned():
+        batch = batch.pin_memory()  # keeps the channels-last strides: a plain memcpy
+    if copy_stream is None:
+        pixels = batch.to(device, non_blocking=True)
+    else:
+        with torch.cuda.stream(copy_stream):
+            pixels = batch.to(device, non_blocking=True)
+        compute_stream = torch.cuda.current_stream(device)
+        compute_stream.wait_stream(copy_stream)
+        pixels.record_stream(compute_stream)  # its memory is reused only once the computation is done
     pixels = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
     pixels = _resize_and_center_crop(pixels, preprocessing.input_size, preprocessing.interpolation)
-    mean = torch.tensor(preprocessing.mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(preprocessing.std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    mean, std = _normalization(tuple(preprocessing.mean), tuple(preprocessing.std), device)
     return (pixels - mean) / std
 
 
-def _autocast(device, precision):
+def compute_dtype(device, precision):
+    """The dtype that the backbone's weights and inputs take for ``precision`` on ``device``."""
     if precision == "auto":
         if device.type != "cuda":
-            return contextlib.nullcontext()
-        precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, precision))
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, precision)
 
 
 def _check_features(features, backbone):
@@ -87,6 +118,79 @@ def _check_features(features, backbone):
 
 def _is_positive_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def _is_convolutional(model):
+    """Whether ``model`` is mostly convolutions (a ViT has a single one, its patch embedding)."""
+    return sum(isinstance(module, torch.nn.Conv2d) for module in model.modules()) > 1
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_batch_size(model, input_size, device, dtype):
+    """Images per forward pass that suit ``model`` on ``device``.
+
+    On a GPU, one forward pass of a small probe batch measures the activation
+    memory per image; the batch is the largest power of two whose activations
+    fill at most ``GPU_MEMORY_SHARE`` of the free memory, capped at
+    ``MAX_GPU_BATCH_SIZE``. Elsewhere it is ``CPU_BATCH_SIZE``.
+    """
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    probe_size = 8
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        model(torch.zeros(probe_size, 3, *input_size, device=device, dtype=dtype))
+    torch.cuda.synchronize(device)
+    per_image = max(1, (torch.cuda.max_memory_allocated(device) - before) / probe_size)
+    free, _ = torch.cuda.mem_get_info(device)
+    reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    fits = int(GPU_MEMORY_SHARE * (free + reusable) / per_image)
+    if fits < 1:
+        return 1
+    return min(MAX_GPU_BATCH_SIZE, 2 ** int(np.log2(fits)))
+
+
+_Runtime = collections.namedtuple("_Runtime", "model batch_size dtype memory_format")
+
+
+class _FeatureSink:
+    """Writes feature batches into a host array, letting copies from a GPU run asynchronously."""
+
+    def __init__(self, n_images, embedding_dim):
+        self.features = np.empty((n_images, embedding_dim), dtype=np.float32)
+        self._filled = 0
+        self._in_flight = collections.deque()
+
+    def add(self, output):
+        start, self._filled = self._filled, self._filled + output.shape[0]
+        if output.device.type != "cuda":
+            self.features[start:self._filled] = output.cpu().numpy()  # a no-op on the CPU
+            return
+        host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
+        host.copy_(output, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        self._in_flight.append((start, host, copied))
+        while len(self._in_flight) > FEATURE_COPIES_IN_FLIGHT:
+            self._collect_oldest()
+
+    def _collect_oldest(self):
+        start, host, copied = self._in_flight.popleft()
+        copied.synchronize()
+        self.features[start:start + host.shape[0]] = host.numpy()
+
+    def result(self):
+        while self._in_flight:
+            self._collect_oldest()
+        return self.features
 
 
 class ImageEmbedder(TransformerMixin, BaseEstimator):
@@ -116,17 +220,33 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         Normalisation, overriding the model's own.
     interpolation : {"bilinear", "bicubic", "nearest"}, default=None
         Resampling for resizing, overriding the model's own.
-    batch_size : int, default=64
-        Images per forward pass. On a CUDA out-of-memory error the batch is halved
-        and retried.
+    batch_size : int or "auto", default="auto"
+        Images per forward pass. ``"auto"`` is 32 on the CPU; on a GPU it is the
+        largest power of two up to 256 whose activations, measured on a probe
+        batch, fill at most 40% of the free memory. On a CUDA out-of-memory error
+        the batch is halved and retried.
+    num_workers : int or None, default=None
+        Worker processes that decode image files (and lists of PIL images or
+        arrays) ahead of the backbone, a few batches at a time. ``0`` decodes in
+        the calling process. ``None`` uses up to 8 workers, one per usable core,
+        when the backbone runs on CUDA, and none elsewhere: on the CPU the
+        backbone already keeps every core busy. Arrays of images need no
+        decoding and ignore it.
     device : str or torch.device, default="auto"
         ``"auto"`` runs on CUDA when there is a CUDA device, else on the CPU. It is
         read at each ``transform``, so an embedder fitted on a GPU runs on a CPU after
         unpickling.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        Compute precision of the backbone. ``"auto"`` is bfloat16 (float16 where
-        bfloat16 is unsupported) on CUDA and float32 elsewhere. Features are
-        returned as float32 in every case.
+        Compute precision of the backbone: a copy of it, and its inputs, are cast
+        to this dtype. ``"auto"`` is bfloat16 (float16 where bfloat16 is
+        unsupported) on CUDA and float32 elsewhere. Features are returned as
+        float32 in every case.
+    compile : bool or dict, default=False
+        Compile the backbone with :func:`torch.compile`; a dict is passed to it as
+        keyword arguments, e.g. ``{"mode": "max-autotune"}``. Compiling takes from
+        seconds to minutes at the first ``transform`` on each device and then
+        speeds up every batch; the last, smaller batch is padded so that it
+        needs no second compilation.
     normalize : bool, default=True
         Scale each feature vector to unit L2 norm.
     random_state : int, RandomState instance or None, default=None
@@ -137,7 +257,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     model_ : torch.nn.Module
-        The backbone, in eval mode, with its weights on the CPU.
+        The backbone, in eval mode, with its weights on the CPU. Convolutional
+        backbones run in channels-last memory format, on a copy made per device.
     preprocessing_ : Preprocessing
         Input size, mean, std and interpolation in use.
     embedding_dim_ : int
@@ -164,9 +285,11 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         mean=None,
         std=None,
         interpolation=None,
-        batch_size=64,
+        batch_size="auto",
+        num_workers=None,
         device="auto",
         precision="auto",
+        compile=False,
         normalize=True,
         random_state=None,
         verbose=0,
@@ -178,8 +301,10 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.std = std
         self.interpolation = interpolation
         self.batch_size = batch_size
+        self.num_workers = num_workers
         self.device = device
         self.precision = precision
+        self.compile = compile
         self.normalize = normalize
         self.random_state = random_state
         self.verbose = verbose
@@ -213,8 +338,22 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"interpolation must be None or one of {INTERPOLATIONS}; got {self.interpolation!r}."
             )
-        if not _is_positive_int(self.batch_size):
-            raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
+        is_auto = isinstance(self.batch_size, str) and self.batch_size == "auto"
+        if not (_is_positive_int(self.batch_size) or is_auto):
+            raise ValueError(f"batch_size must be a positive integer or 'auto'; got {self.batch_size!r}.")
+        if self.num_workers is not None and not (
+            isinstance(self.num_workers, numbers.Integral)
+            and not isinstance(self.num_workers, bool)
+            and self.num_workers >= 0
+        ):
+            raise ValueError(
+                f"num_workers must be None or a non-negative integer; got {self.num_workers!r}."
+            )
+        if not isinstance(self.compile, (bool, dict)):
+            raise TypeError(
+                "compile must be True, False or a dict of torch.compile keyword arguments; "
+                f"got {self.compile!r}."
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}.")
         resolve_device(self.device)
@@ -261,20 +400,44 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.model_ = model
         self.preprocessing_ = preprocessing
         self.embedding_dim_ = int(_check_features(features, backbone_name).shape[1])
-        self._device_model = None
+        self._runtime = None
         return self
 
     def _backbone_name(self):
         return self.backbone if isinstance(self.backbone, str) else type(self.backbone).__name__
 
-    def _model_on(self, device):
-        if device.type == "cpu":
-            return self.model_
-        cached = getattr(self, "_device_model", None)
-        if cached is None or cached[0] != device:
-            cached = (device, copy.deepcopy(self.model_).to(device))
-            self._device_model = cached
-        return cached[1]
+    def _runtime_on(self, device):
+        """The backbone prepared for ``device``, with the batch size and input format to use there.
+
+        Cached until a parameter that shapes them changes.
+        """
+        key = (device, repr(self.compile), self.batch_size, self.precision)
+        cached = getattr(self, "_runtime", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        model = self.model_
+        convolutional = _is_convolutional(model)
+        dtype = compute_dtype(device, self.precision)
+        if device.type != "cpu" or convolutional or dtype != torch.float32 or self.compile is not False:
+            model = copy.deepcopy(model).to(device, dtype)  # model_ itself stays as fitted, on the CPU
+        memory_format = torch.channels_last if convolutional else torch.contiguous_format
+        if convolutional:
+            model = model.to(memory_format=memory_format)
+        batch_size = self.batch_size
+        if batch_size == "auto":
+            batch_size = auto_batch_size(model, self.preprocessing_.input_size, device, dtype)
+        if self.compile is not False:
+            model = torch.compile(model, **({} if self.compile is True else self.compile))
+        runtime = _Runtime(model, batch_size, dtype, memory_format)
+        self._runtime = (key, runtime)
+        return runtime
+
+    def _decode_workers(self, device):
+        if self.num_workers is not None:
+            return self.num_workers
+        if device.type != "cuda":  # the backbone keeps the cores busy; macOS (MPS) would spawn workers
+            return 0
+        return min(MAX_DECODE_WORKERS, _usable_cores())
 
     def transform(self, X):
         """Embed images.
@@ -292,20 +455,26 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         images = as_images(X)
         device = resolve_device(self.device)
-        model = self._model_on(device)
-        features = np.empty((len(images), self.embedding_dim_), dtype=np.float32)
-        forward_size = self.batch_size
-        done = 0
+        runtime = self._runtime_on(device)
+        sink = _FeatureSink(len(images), self.embedding_dim_)
+        forward_size = runtime.batch_size
+        batches = images.batches(
+            runtime.batch_size,
+            num_workers=self._decode_workers(device),
+            pin_memory=device.type == "cuda",
+            min_size=self.preprocessing_.input_size,
+        )
+        copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         progress = tqdm(total=len(images), desc="embedding", unit="img", disable=not self.verbose)
         with torch.inference_mode(), progress:
-            for batch in images.batches(self.batch_size):
-                inputs = prepare_batch(batch, self.preprocessing_, device)
+            for batch in batches:
+                inputs = prepare_batch(batch, self.preprocessing_, device, copy_stream)
+                inputs = inputs.to(runtime.dtype).contiguous(memory_format=runtime.memory_format)
                 position = 0
                 while position < inputs.shape[0]:
                     chunk = inputs[position:position + forward_size]
                     try:
-                        with _autocast(device, self.precision):
-                            output = model(chunk)
+                        output = self._forward(runtime.model, chunk, forward_size)
                     except torch.cuda.OutOfMemoryError:
                         if forward_size == 1:
                             raise
@@ -317,18 +486,24 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                             stacklevel=2,
                         )
                         continue
-                    output = _check_features(output, self._backbone_name()).float()
-                    if self.normalize:
-                        output = F.normalize(output, dim=1)
-                    features[done:done + output.shape[0]] = output.cpu().numpy()
-                    done += output.shape[0]
+                    sink.add(output)
                     position += output.shape[0]
                     progress.update(output.shape[0])
-        return features
+        return sink.result()
+
+    def _forward(self, model, chunk, forward_size):
+        """Features of ``chunk`` as float32; a compiled model always sees full batches."""
+        n_images = chunk.shape[0]
+        if self.compile is not False and n_images < forward_size:
+            padding = chunk.new_zeros((forward_size - n_images, *chunk.shape[1:]))
+            chunk = torch.cat([chunk, padding])
+        output = model(chunk)
+        output = _check_features(output, self._backbone_name())[:n_images].float()
+        return F.normalize(output, dim=1) if self.normalize else output
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state.pop("_device_model", None)  # device copies are rebuilt where the pickle is loaded
+        state.pop("_runtime", None)  # device copies are rebuilt where the pickle is loaded
         return state
 
     def __sklearn_tags__(self):

@@ -5,14 +5,17 @@ range, or floats in [0, 1]), a 3-D array of grayscale images, a sequence of PIL
 images, of HWC/HW arrays or of file paths, and the path of a folder (searched
 recursively). Grayscale is repeated to RGB and an alpha channel is dropped.
 
-Batches are torch tensors of shape (batch, 3, H, W), uint8 or float in [0, 1];
+Batches are torch tensors of shape (batch, 3, H, W), uint8 or float in [0, 1],
+stored channels-last (a view of the HWC pixels, so no host copy reorders them);
 images of different sizes come as a list of (3, H, W) tensors instead. Files
-are decoded only when their batch is reached, so memory holds one batch.
+are decoded only when their batch is reached, in worker processes when asked,
+so memory holds a few batches, never the whole input.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,12 +56,28 @@ def _pil_to_rgb_array(image, name):
     return np.asarray(image)
 
 
-def _decode_file(path):
-    from PIL import Image, UnidentifiedImageError
+_EXIF_ORIENTATION = 0x0112
+_ORIENTATIONS_THAT_SWAP_AXES = (5, 6, 7, 8)
+
+
+def _decode_file(path, min_size=None):
+    """The RGB pixels of an image file, upright as its EXIF orientation says (as photo viewers show it).
+
+    With ``min_size=(height, width)``, a JPEG much larger than that is decoded at
+    a reduced scale (1/2, 1/4 or 1/8, done inside the JPEG decoder and several
+    times faster), never below ``min_size`` in either dimension.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            if min_size is not None:
+                height, width = min_size
+                if image.getexif().get(_EXIF_ORIENTATION) in _ORIENTATIONS_THAT_SWAP_AXES:
+                    height, width = width, height
+                image.draft("RGB", (width, height))
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)
             return _pil_to_rgb_array(image, f"Image file {path!r}")
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise ValueError(f"Cannot read image file {path!r}: {exc}") from exc
@@ -158,7 +177,8 @@ class ArrayImages:
         subset._array = self._array[np.asarray(positions, dtype=np.intp)]
         return subset
 
-    def batches(self, batch_size):
+    def batches(self, batch_size, num_workers=0, pin_memory=False, min_size=None):
+        """Batches in order; slicing an array is cheap, so no worker decodes it."""
         for start in range(0, len(self), batch_size):
             chunk = self._array[start:start + batch_size]
             if self._channels_first:
@@ -205,12 +225,12 @@ class ImageList:
         subset._items = [self._items[int(p)] for p in positions]
         return subset
 
-    def _decode(self, position):
+    def _decode(self, position, min_size=None):
         from PIL import Image
 
         item = self._items[position]
         if isinstance(item, (str, os.PathLike)):
-            return _decode_file(os.fspath(item))
+            return _decode_file(os.fspath(item), min_size)
         if isinstance(item, Image.Image):
             return _pil_to_rgb_array(item, f"Image {position}")
         name = f"Image {position}"
@@ -219,15 +239,59 @@ class ImageList:
             array = array[..., None]
         return _channels_last_to_rgb(array, name)
 
-    def batches(self, batch_size):
-        for start in range(0, len(self), batch_size):
-            images = [self._decode(i) for i in range(start, min(start + batch_size, len(self)))]
-            if all(image.shape == images[0].shape for image in images) and all(
-                image.dtype == images[0].dtype for image in images
-            ):
-                yield _to_tensor(np.stack(images))
-            else:
-                yield [_to_tensor(image) for image in images]
+    def decode_range(self, start, stop, min_size=None):
+        """Images ``start`` to ``stop``: one tensor when they share size and dtype, else a list."""
+        images = [self._decode(position, min_size) for position in range(start, stop)]
+        first = images[0]
+        if all(image.shape == first.shape and image.dtype == first.dtype for image in images):
+            return _to_tensor(np.stack(images))
+        return [_to_tensor(image) for image in images]
+
+    def batches(self, batch_size, num_workers=0, pin_memory=False, min_size=None):
+        """Decoded batches in order.
+
+        With ``num_workers > 0`` that many processes decode the next batches while
+        the caller works on the current one; at most two batches per worker wait
+        in memory. ``pin_memory`` puts them in page-locked memory, from which a
+        copy to a GPU can run asynchronously. ``min_size`` lets large JPEG files
+        decode at a reduced scale that still covers it (see ``_decode_file``).
+        """
+        n_batches = math.ceil(len(self) / batch_size)
+        num_workers = min(num_workers, n_batches - 1)  # one batch gains nothing from a worker
+        if num_workers <= 0:
+            for start in range(0, len(self), batch_size):
+                yield self.decode_range(start, min(start + batch_size, len(self)), min_size)
+            return
+        loader = torch.utils.data.DataLoader(
+            _BatchDecoder(self, batch_size, min_size),
+            batch_size=None,  # each item is already a batch
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+        for batch in loader:
+            if isinstance(batch, Exception):  # raised here so that the user sees the message alone
+                raise batch
+            yield batch
+
+
+class _BatchDecoder(torch.utils.data.Dataset):
+    """Batch number ``index`` of an :class:`ImageList`, decoded in a DataLoader worker."""
+
+    def __init__(self, images, batch_size, min_size):
+        self.images = images
+        self.batch_size = batch_size
+        self.min_size = min_size
+
+    def __len__(self):
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index):
+        start = index * self.batch_size
+        try:
+            stop = min(start + self.batch_size, len(self.images))
+            return self.images.decode_range(start, stop, self.min_size)
+        except (ValueError, TypeError) as exc:
+            return exc
 
 
 def as_images(X):

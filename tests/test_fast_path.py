@@ -1,0 +1,157 @@
+"""The speed features of ImageEmbedder: decode workers, channels-last, torch.compile, batch size.
+
+Their speed is measured in benchmarks/; these tests check that each gives the
+same features as the plain path and that its parameter is checked.
+"""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image
+
+from skdeepclust import ImageEmbedder
+from skdeepclust.embedding import embedder as embedder_module
+from skdeepclust.embedding.images import as_images
+
+CONV = dict(backbone="test_resnet", pretrained=False, image_size=32, random_state=0)
+
+
+@pytest.fixture
+def image_files(images, tmp_path):
+    paths = []
+    for position, image in enumerate(images):
+        paths.append(str(tmp_path / f"{position:02d}.png"))
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def test_decode_workers_give_the_same_batches_in_order(image_files):
+    in_process = list(as_images(image_files).batches(5))
+    with_workers = list(as_images(image_files).batches(5, num_workers=2))
+    assert [len(batch) for batch in with_workers] == [5, 5, 5, 1]
+    for ours, theirs in zip(with_workers, in_process):
+        assert torch.equal(ours, theirs)
+
+
+def test_decode_workers_keep_images_of_different_sizes_apart(images):
+    pictures = [Image.fromarray(image).resize((20 + i, 30)) for i, image in enumerate(images[:6])]
+    batches = list(as_images(pictures).batches(3, num_workers=2))
+    assert [[tuple(image.shape) for image in batch] for batch in batches] == [
+        [(3, 30, 20 + i) for i in range(3)],
+        [(3, 30, 20 + i) for i in range(3, 6)],
+    ]
+
+
+def test_unreadable_file_in_a_worker_is_a_clear_error(image_files):
+    with open(image_files[12], "wb") as broken:
+        broken.write(b"not an image")
+    with pytest.raises(ValueError, match=r"^Cannot read image file .*12\.png"):
+        list(as_images(image_files).batches(4, num_workers=2))
+
+
+def test_embedding_files_with_workers_matches_in_process(images, image_files):
+    embedder = ImageEmbedder(**TINY, batch_size=4, num_workers=0).fit(images)
+    expected = embedder.transform(image_files)
+    np.testing.assert_array_equal(embedder.set_params(num_workers=2).transform(image_files), expected)
+
+
+def test_default_workers_decode_in_process_on_the_cpu(images):
+    embedder = ImageEmbedder(**TINY, device="cpu")
+    assert embedder._decode_workers(torch.device("cpu")) == 0
+    assert 1 <= embedder._decode_workers(torch.device("cuda")) <= embedder_module.MAX_DECODE_WORKERS
+    assert embedder.set_params(num_workers=3)._decode_workers(torch.device("cpu")) == 3
+
+
+def test_convolutional_backbone_runs_channels_last_on_a_copy(images):
+    embedder = ImageEmbedder(**CONV, device="cpu").fit(images)
+    features = embedder.transform(images)
+    runtime = embedder._runtime_on(torch.device("cpu"))
+    assert runtime.memory_format == torch.channels_last and runtime.model is not embedder.model_
+    assert all(p.is_contiguous() for p in embedder.model_.parameters())  # the fitted model is untouched
+    inputs = embedder_module.prepare_batch(
+        as_images(images).batches(16).__next__(), embedder.preprocessing_, torch.device("cpu")
+    )
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(embedder.model_(inputs.contiguous()), dim=1)
+    np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
+
+
+def test_transformer_backbone_is_not_copied_on_the_cpu(images):
+    embedder = ImageEmbedder(**TINY, device="cpu").fit(images)
+    runtime = embedder._runtime_on(torch.device("cpu"))
+    assert runtime.model is embedder.model_ and runtime.memory_format == torch.contiguous_format
+
+
+def test_compile_passes_its_options_and_always_sees_full_batches(images, monkeypatch):
+    expected = ImageEmbedder(**TINY, batch_size=6).fit_transform(images)
+    calls, seen_sizes = [], []
+
+    def fake_compile(model, **options):
+        calls.append(options)
+
+        def run(inputs):
+            seen_sizes.append(inputs.shape[0])
+            return model(inputs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    embedder = ImageEmbedder(**TINY, batch_size=6, compile={"mode": "max-autotune"}).fit(images)
+    features = embedder.transform(images)
+    assert calls == [{"mode": "max-autotune"}]
+    assert seen_sizes == [6, 6, 6]  # 16 images: the last 4 are padded to 6
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+    embedder.transform(images[:3])
+    assert len(calls) == 1  # the compiled model is kept between calls
+
+
+def test_compile_with_torch_gives_the_same_features(images):
+    expected = ImageEmbedder(**TINY, batch_size=8).fit_transform(images)
+    compiled = ImageEmbedder(**TINY, batch_size=8, compile={"backend": "eager"}).fit(images)
+    np.testing.assert_allclose(compiled.transform(images), expected, atol=1e-5)
+    np.testing.assert_allclose(compiled.transform(images[:5]), expected[:5], atol=1e-5)
+
+
+def test_auto_batch_size_on_the_cpu(images):
+    embedder = ImageEmbedder(**TINY, device="cpu").fit(images)
+    assert embedder._runtime_on(torch.device("cpu")).batch_size == embedder_module.CPU_BATCH_SIZE
+    embedder.set_params(batch_size=5)
+    assert embedder._runtime_on(torch.device("cpu")).batch_size == 5
+
+
+@pytest.mark.parametrize(
+    "params, error, match",
+    [
+        ({"batch_size": "large"}, ValueError, "batch_size must be a positive integer or 'auto'"),
+        ({"batch_size": 2.5}, ValueError, "batch_size"),
+        ({"num_workers": -1}, ValueError, "num_workers must be None or a non-negative integer"),
+        ({"num_workers": True}, ValueError, "num_workers"),
+        ({"num_workers": 1.5}, ValueError, "num_workers"),
+        ({"compile": "yes"}, TypeError, "compile must be True, False or a dict"),
+    ],
+)
+def test_bad_speed_parameters_are_named_at_fit(images, params, error, match):
+    with pytest.raises(error, match=match):
+        ImageEmbedder(**{**TINY, **params}).fit(images)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_auto_batch_size_is_a_power_of_two_that_fits(images):
+    embedder = ImageEmbedder(**TINY, device="cuda").fit(images)
+    batch_size = embedder._runtime_on(torch.device("cuda")).batch_size
+    assert 1 <= batch_size <= embedder_module.MAX_GPU_BATCH_SIZE
+    assert batch_size & (batch_size - 1) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("params", [TINY, CONV])
+def test_gpu_pipeline_matches_the_cpu(images, image_files, params):
+    """Many small batches keep several asynchronous feature copies in flight."""
+    on_cpu = ImageEmbedder(**params, device="cpu", batch_size=2).fit_transform(images)
+    on_gpu = ImageEmbedder(**params, device="cuda", precision="float32", batch_size=2, num_workers=2)
+    on_gpu.fit(images)
+    np.testing.assert_allclose(on_gpu.transform(images), on_cpu, atol=1e-3)
+    np.testing.assert_allclose(on_gpu.transform(image_files), on_cpu, atol=1e-3)
