@@ -1,8 +1,9 @@
-"""Choosing the torch device and seeding torch from a scikit-learn ``random_state``."""
+"""Choosing the torch device, counting usable CPU cores, and seeding torch from a ``random_state``."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -71,3 +72,10 @@ def seeded_torch(random_state):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(torch_seed_from(random_state))
         yield
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

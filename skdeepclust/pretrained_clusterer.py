@@ -61,8 +61,8 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         Images per forward pass of the backbone; ``"auto"`` suits the backbone and
         device (see :class:`~skdeepclust.ImageEmbedder`).
     num_workers : int or None, default=None
-        Processes that decode image files ahead of the backbone; ``None`` uses up
-        to 8 on a GPU and none on the CPU.
+        Processes that decode image files ahead of the backbone; ``None`` uses one
+        per core but one on a GPU, and none on the CPU.
     device : str or torch.device, default="auto"
         Where the backbone (and torch clusterers) run; ``"auto"`` picks CUDA when present.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"

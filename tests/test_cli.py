@@ -33,7 +33,11 @@ def test_cluster_writes_csv_montage_and_embeddings(capsys, image_folder, tmp_pat
     assert "accuracy 1.000" in stdout
 
 
-def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path):
+@pytest.mark.parametrize("files_per_process", [1000, 2], ids=["in-process", "process-pool"])
+def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path, monkeypatch, files_per_process):
+    import skdeepclust.cli
+
+    monkeypatch.setattr(skdeepclust.cli, "PARALLEL_CHECK_MIN_FILES", files_per_process)
     (image_folder / "dark" / "broken.jpg").write_bytes(b"not a jpeg")
     status, stdout, err = _run(
         capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS

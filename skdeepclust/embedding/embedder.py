@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from .._device import resolve_device
+from .._device import resolve_device, usable_cores
 from .backbone import build_backbone
 from .images import as_images
 
@@ -27,10 +27,14 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # fastest per image at batches of 16 to 32; larger ones only cost memory.
 CPU_BATCH_SIZE = 32
 # On a GPU the default batch is the largest power of two whose activations fit
-# in this share of the free memory, capped where throughput stops growing.
+# in this share of the free memory, up to a cap. The cap is not yet measured on a
+# GPU (benchmarks/run_gpu.sh will): at 256, one ViT-B/16 batch is about 9 TFLOP,
+# some 25 ms for an H100 at the ~10,000 images/s reported for that model.
 GPU_MEMORY_SHARE = 0.4
 MAX_GPU_BATCH_SIZE = 256
-MAX_DECODE_WORKERS = 8
+# One core decodes a 298x224 JPEG in 0.9 ms and a 500x375 one in 2.0 ms, so a
+# GPU model running at thousands of images/s needs every core the host can spare.
+MAX_DECODE_WORKERS = 16
 # Device-to-host copies of features that may be in flight at once, so that the
 # GPU never waits for the host to collect a batch.
 FEATURE_COPIES_IN_FLIGHT = 3
@@ -123,13 +127,6 @@ def _is_positive_int(value):
 def _is_convolutional(model):
     """Whether ``model`` is mostly convolutions (a ViT has a single one, its patch embedding)."""
     return sum(isinstance(module, torch.nn.Conv2d) for module in model.modules()) > 1
-
-
-def _usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def auto_batch_size(model, input_size, device, dtype):
@@ -228,10 +225,10 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     num_workers : int or None, default=None
         Worker processes that decode image files (and lists of PIL images or
         arrays) ahead of the backbone, a few batches at a time. ``0`` decodes in
-        the calling process. ``None`` uses up to 8 workers, one per usable core,
-        when the backbone runs on CUDA, and none elsewhere: on the CPU the
-        backbone already keeps every core busy. Arrays of images need no
-        decoding and ignore it.
+        the calling process. ``None`` uses one worker per usable core but one
+        (at most 16) when the backbone runs on CUDA, and none elsewhere: on the
+        CPU the backbone already keeps every core busy. Arrays of images need
+        no decoding and ignore it.
     device : str or torch.device, default="auto"
         ``"auto"`` runs on CUDA when there is a CUDA device, else on the CPU. It is
         read at each ``transform``, so an embedder fitted on a GPU runs on a CPU after
@@ -437,7 +434,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             return self.num_workers
         if device.type != "cuda":  # the backbone keeps the cores busy; macOS (MPS) would spawn workers
             return 0
-        return min(MAX_DECODE_WORKERS, _usable_cores())
+        return min(MAX_DECODE_WORKERS, max(1, usable_cores() - 1))  # one core runs the main loop
 
     def transform(self, X):
         """Embed images.
