@@ -235,6 +235,7 @@ def test_select_n_clusters_recovers_true_k():
 # --------------------------------------------------------------------------- GPU
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_head_trains_on_gpu_and_predicts_after_pickle(name, blobs):
@@ -245,3 +246,16 @@ def test_head_trains_on_gpu_and_predicts_after_pickle(name, blobs):
     np.testing.assert_array_equal(restored.predict(X), model.labels_)
     kmeans = TorchKMeans(n_clusters=4, random_state=0, device="cuda").fit(X)
     assert adjusted_rand_score(y, kmeans.labels_) == pytest.approx(1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_neighbours_and_kmeans_match_the_cpu(blobs):
+    X, y = blobs
+    on_cpu, _ = mine_nearest_neighbors(X, n_neighbors=5, device="cpu", chunk_size=7)
+    on_gpu, _ = mine_nearest_neighbors(X, n_neighbors=5, device="cuda", chunk_size=7)
+    assert np.mean(on_cpu == on_gpu) > 0.99  # ties may break differently
+    kmeans = TorchKMeans(n_clusters=4, random_state=0, device="cuda").fit(X)
+    assert adjusted_rand_score(y, kmeans.labels_) > 0.95
+    restored = pickle.loads(pickle.dumps(kmeans))
+    np.testing.assert_array_equal(restored.set_params(device="cpu").predict(X), kmeans.labels_)
