@@ -4,7 +4,7 @@ The archive is unpacked once (not timed). Then, on the same files:
 
 * decode:  reading the JPEGs alone, with the embedder's decode workers; the rate
            at which files could be fed to any model;
-* embed:   ``ImageEmbedder.fit_transform(files)``: decoding and the backbone,
+* embed:   ``ImageEmbedder.transform(files)``: decoding and the backbone,
            overlapped (the workers decode ahead while the device computes);
 * cluster: ``FeatureClusterer.fit(features)``: k-means on the embeddings;
 * total:   ``PretrainedFeatureClusterer.fit(files)``, which runs the two stages
