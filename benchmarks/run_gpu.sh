@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# Every GPU row of benchmarks/README.md, and the CUDA-only tests, in one run.
+# Every GPU row of benchmarks/README.md, and the CUDA-only tests.
 #
-#   bash benchmarks/run_gpu.sh [CIFAR-10 JPEG ARCHIVE]
+#   bash benchmarks/run_gpu.sh ARCHIVE [STEP ...]
 #
-# Runs from the repository root on a machine with CUDA, timm and scikit-learn;
-# the package is used from the checkout, not installed.
+# ARCHIVE is the CIFAR-10 JPEG archive (../shared/data/cifar10/cifar10-jpg.tar.gz).
+# STEPs, all by default: tests embed embed-compiled cluster e2e e2e-compiled; name
+# some to split the run across commands that each have a time limit.
+# Runs from the repository root on a machine with CUDA, torch, torchvision, timm,
+# scikit-learn and tqdm; the package is used from the checkout, not installed.
 set -uo pipefail
-archive=${1:-../shared/data/cifar10/cifar10-jpg.tar.gz}
+archive=${1:?give the CIFAR-10 JPEG archive}
+shift
+steps=${*:-tests embed embed-compiled cluster e2e e2e-compiled}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
+e2e=(benchmarks/bench_e2e.py --device cuda --archive "$archive" --cache-dir /tmp/skdeepclust-bench)
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-"$python" -m pytest -q -rs -m gpu -p no:cacheprovider tests
-"$python" benchmarks/bench_embed.py --device cuda --n-images 8192
-"$python" benchmarks/bench_embed.py --device cuda --n-images 8192 --compile \
-    --models vit_small_patch16_224 vit_base_patch16_224
-"$python" benchmarks/bench_cluster.py --device cuda --n-samples 1000000 --n-clusters 1000
-"$python" benchmarks/bench_e2e.py --device cuda --archive "$archive" --cache-dir /tmp/skdeepclust-bench
-"$python" benchmarks/bench_e2e.py --device cuda --archive "$archive" --cache-dir /tmp/skdeepclust-bench --compile
+for step in $steps; do
+    echo "=== $step"
+    case $step in
+        tests) "$python" -m pytest -q -rs -m gpu -p no:cacheprovider tests ;;
+        # The naive baseline gets 8 DataLoader workers, as a user who knows DataLoader would give it.
+        embed) "$python" benchmarks/bench_embed.py --device cuda --n-images 8192 --baseline-workers 8 ;;
+        embed-compiled) "$python" benchmarks/bench_embed.py --device cuda --n-images 8192 --baseline-workers 8 \
+            --compile --models vit_small_patch16_224 vit_base_patch16_224 ;;
+        cluster) "$python" benchmarks/bench_cluster.py --device cuda --n-samples 1000000 --n-clusters 1000 ;;
+        e2e) "$python" "${e2e[@]}" ;;
+        e2e-compiled) "$python" "${e2e[@]}" --compile ;;
+        *) echo "unknown step $step" >&2; exit 2 ;;
+    esac
+done

@@ -113,6 +113,20 @@ def test_compile_with_torch_gives_the_same_features(images):
     np.testing.assert_allclose(compiled.transform(images[:5]), expected[:5], atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "bytes_per_image, available, expected",
+    [
+        (1e6, 1e9, 256),  # 400 fit: capped
+        (1e7, 1e9, 32),  # 40 fit: the power of two below
+        (1e7, 3.2e8, 8),  # exactly 12.8 fit
+        (4e8, 1e9, 1),  # not even one fits: try one, and let the out-of-memory halving speak
+        (0, 1e9, 256),  # a backbone that allocates nothing
+    ],
+)
+def test_gpu_batch_size_is_the_largest_power_of_two_that_fits(bytes_per_image, available, expected):
+    assert embedder_module.batch_size_that_fits(bytes_per_image, available) == expected
+
+
 def test_auto_batch_size_on_the_cpu(images):
     embedder = ImageEmbedder(**TINY, device="cpu").fit(images)
     assert embedder._runtime_on(torch.device("cpu")).batch_size == embedder_module.CPU_BATCH_SIZE

@@ -146,13 +146,21 @@ def auto_batch_size(model, input_size, device, dtype):
     with torch.inference_mode():
         model(torch.zeros(probe_size, 3, *input_size, device=device, dtype=dtype))
     torch.cuda.synchronize(device)
-    per_image = max(1, (torch.cuda.max_memory_allocated(device) - before) / probe_size)
+    per_image = (torch.cuda.max_memory_allocated(device) - before) / probe_size
     free, _ = torch.cuda.mem_get_info(device)
     reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    fits = int(GPU_MEMORY_SHARE * (free + reusable) / per_image)
+    return batch_size_that_fits(per_image, free + reusable)
+
+
+def batch_size_that_fits(bytes_per_image, available_bytes):
+    """Largest power of two up to ``MAX_GPU_BATCH_SIZE`` whose images fill ``GPU_MEMORY_SHARE`` at most.
+
+    At least 1: when not even one image fits, the out-of-memory halving has the last word.
+    """
+    fits = int(GPU_MEMORY_SHARE * available_bytes / max(1.0, bytes_per_image))
     if fits < 1:
         return 1
-    return min(MAX_GPU_BATCH_SIZE, 2 ** int(np.log2(fits)))
+    return min(MAX_GPU_BATCH_SIZE, 1 << (fits.bit_length() - 1))
 
 
 _Runtime = collections.namedtuple("_Runtime", "model batch_size dtype memory_format")
