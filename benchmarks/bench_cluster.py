@@ -12,12 +12,12 @@ speed-up, and the inertia ratio (TorchKMeans / scikit-learn: at most 1.01 means
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from _timing import timed
 from skdeepclust._device import resolve_device
 from skdeepclust.clustering import TorchKMeans
 
@@ -28,14 +28,6 @@ def clustered_features(n_samples, n_features, n_clusters, seed=0):
     members = rng.integers(0, n_clusters, n_samples)
     noise = rng.standard_normal((n_samples, n_features), dtype=np.float32)
     return centres[members] + 0.5 * noise
-
-
-def timed_fit(estimator, X, device):
-    start = time.perf_counter()
-    estimator.fit(X)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main():
@@ -57,9 +49,9 @@ def main():
     TorchKMeans(n_clusters=2, n_init=1, max_iter=2, device=device, random_state=0).fit(X[:1000])
     ours = TorchKMeans(n_clusters=args.n_clusters, n_init=args.n_init, max_iter=args.max_iter,
                        device=device, random_state=0)
-    ours_seconds = timed_fit(ours, X, device)
+    ours_seconds, _ = timed(lambda: ours.fit(X), device)
     reference = KMeans(n_clusters=args.n_clusters, n_init=args.n_init, max_iter=args.max_iter, random_state=0)
-    reference_seconds = timed_fit(reference, X, torch.device("cpu"))
+    reference_seconds, _ = timed(lambda: reference.fit(X), torch.device("cpu"))
 
     print(f"{'':14} {'seconds':>9} {'iterations':>11} {'inertia':>14}")
     print(f"{'TorchKMeans':14} {ours_seconds:9.2f} {ours.n_iter_:11d} {ours.inertia_:14.5g}")

@@ -22,31 +22,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import timm
 import torch
 
+from _timing import timed
 from skdeepclust import FeatureClusterer, ImageEmbedder, PretrainedFeatureClusterer
 from skdeepclust._device import resolve_device
 from skdeepclust.datasets import extract_image_archive
 from skdeepclust.embedding.images import as_images, find_image_files
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
-
-
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, device):
-    start = time.perf_counter()
-    result = function()
-    _synchronize(device)
-    return time.perf_counter() - start, result
 
 
 def main():

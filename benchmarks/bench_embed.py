@@ -23,7 +23,6 @@ is the dense bf16 matrix rate measured on this workplace's H200/H100 machines
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import timm
@@ -32,15 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from _timing import synchronize, timed
 from skdeepclust import ImageEmbedder
 from skdeepclust._device import resolve_device
 
 MODELS = ("vit_small_patch16_224", "vit_base_patch16_224", "resnet18")
-
-
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def best_times(functions, device, repeats):
@@ -52,12 +47,10 @@ def best_times(functions, device, repeats):
     best = dict.fromkeys(functions, float("inf"))
     for round_number in range(repeats + 1):
         for name, function in functions.items():
-            _synchronize(device)
-            start = time.perf_counter()
-            function()
-            _synchronize(device)
+            synchronize(device)
+            seconds, _ = timed(function, device)
             if round_number > 0:
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], seconds)
     return best
 
 
@@ -100,8 +93,8 @@ def bench_model(name, args, device):
     embedder = ImageEmbedder(name, pretrained=False, batch_size=batch_size, device=device,
                              compile=args.compile, random_state=0)
     embedder.fit(array[:1])
-    batch_size = embedder._runtime_on(device).batch_size
-    compute_dtype = embedder._runtime_on(device).dtype
+    runtime = embedder._runtime_on(device)
+    batch_size, compute_dtype = runtime.batch_size, runtime.dtype
 
     model = timm.create_model(name, pretrained=False, num_classes=0).eval().to(device)
     config = timm.data.resolve_model_data_config(model)
