@@ -30,12 +30,11 @@ class UserError(Exception):
 
 
 def _is_readable_image(path):
-    from PIL import Image
+    """Whether the embedder can decode ``path``: the same decoder, with JPEGs at a cheap reduced scale."""
+    from .embedding.images import _decode_file
 
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (64, 64))  # JPEGs decode at reduced scale: a cheap full read
-            image.load()
+        _decode_file(path, min_size=(64, 64))
         return True
     except Exception:  # PIL raises many types for damaged files
         return False

@@ -134,3 +134,12 @@ def test_batch_size_must_be_a_number_or_auto(capsys, image_folder):
         main(["cluster", str(image_folder), "--batch-size", "big"])
     assert exit_info.value.code == 2
     assert "must be a whole number or 'auto', not 'big'" in capsys.readouterr().err
+
+
+def test_files_the_embedder_cannot_decode_are_skipped_too(capsys, image_folder, tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(image_folder / "dark" / "sixteen_bit.png")
+    status, stdout, err = _run(
+        capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS
+    )
+    assert status == 0, err
+    assert "sixteen_bit.png" in err and "skipped 1 unreadable file(s)" in stdout
