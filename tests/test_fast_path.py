@@ -83,24 +83,27 @@ def test_transformer_backbone_is_not_copied_on_the_cpu(images):
     assert runtime.model is embedder.model_ and runtime.memory_format == torch.contiguous_format
 
 
-def test_compile_passes_its_options_and_always_sees_full_batches(images, monkeypatch):
-    expected = ImageEmbedder(**TINY, batch_size=6).fit_transform(images)
-    calls, seen_sizes = [], []
+@pytest.mark.parametrize("params", [TINY, CONV], ids=["transformer", "convolutional"])
+def test_compile_passes_its_options_and_always_sees_full_batches(images, monkeypatch, params):
+    expected = ImageEmbedder(**params, batch_size=6).fit_transform(images)
+    calls, seen_inputs = [], []
 
     def fake_compile(model, **options):
         calls.append(options)
 
         def run(inputs):
-            seen_sizes.append(inputs.shape[0])
+            seen_inputs.append((inputs.shape, inputs.stride()))
             return model(inputs)
 
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    embedder = ImageEmbedder(**TINY, batch_size=6, compile={"mode": "max-autotune"}).fit(images)
+    embedder = ImageEmbedder(**params, batch_size=6, compile={"mode": "max-autotune"}).fit(images)
     features = embedder.transform(images)
     assert calls == [{"mode": "max-autotune"}]
-    assert seen_sizes == [6, 6, 6]  # 16 images: the last 4 are padded to 6
+    # 16 images: the last 4 are padded to 6, with the strides of the full batches,
+    # since torch.compile guards on both.
+    assert len(seen_inputs) == 3 and len(set(seen_inputs)) == 1 and seen_inputs[0][0][0] == 6
     np.testing.assert_allclose(features, expected, atol=1e-5)
     embedder.transform(images[:3])
     assert len(calls) == 1  # the compiled model is kept between calls

@@ -18,6 +18,7 @@ from skdeepclust.clustering import (
     mine_nearest_neighbors,
     select_n_clusters,
 )
+from skdeepclust.clustering import kmeans as kmeans_module
 
 FAST = dict(n_epochs=30, batch_size=32, n_heads=4)
 HEADS = {
@@ -185,6 +186,16 @@ def test_torch_kmeans_recovers_blobs_and_is_repeatable(blobs):
     np.testing.assert_array_equal(first.cluster_centers_, second.cluster_centers_)
     restored = pickle.loads(pickle.dumps(first))
     np.testing.assert_array_equal(restored.predict(X), first.labels_)
+
+
+def test_torch_kmeans_gives_the_same_result_in_any_blocking(blobs, monkeypatch):
+    X, _ = blobs
+    whole = TorchKMeans(n_clusters=4, random_state=3, device="cpu").fit(X)
+    monkeypatch.setattr(kmeans_module, "DISTANCES_PER_BLOCK", 7)  # 1 row per block at k=4
+    blocked = TorchKMeans(n_clusters=4, random_state=3, device="cpu").fit(X)
+    np.testing.assert_array_equal(blocked.labels_, whole.labels_)
+    np.testing.assert_allclose(blocked.cluster_centers_, whole.cluster_centers_, rtol=1e-6)
+    assert blocked.inertia_ == pytest.approx(whole.inertia_, rel=1e-6)
 
 
 def test_torch_kmeans_handles_duplicates_and_bad_input():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import functools
 import numbers
@@ -460,6 +461,12 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         images = as_images(X)
         device = resolve_device(self.device)
+        # CUDA calls without a device argument (events, bf16 support, pinning
+        # threads) take the current device, which for "cuda:1" is not this one.
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            return self._embed(images, device)
+
+    def _embed(self, images, device):
         runtime = self._runtime_on(device)
         sink = _FeatureSink(len(images), self.embedding_dim_)
         forward_size = runtime.batch_size
@@ -479,7 +486,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 while position < inputs.shape[0]:
                     chunk = inputs[position:position + forward_size]
                     try:
-                        output = self._forward(runtime.model, chunk, forward_size)
+                        output = self._forward(runtime, chunk, forward_size)
                     except torch.cuda.OutOfMemoryError:
                         if forward_size == 1:
                             raise
@@ -488,7 +495,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                         warnings.warn(
                             f"Out of device memory; retrying with batches of {forward_size} images.",
                             RuntimeWarning,
-                            stacklevel=2,
+                            stacklevel=3,  # the caller of transform
                         )
                         continue
                     sink.add(output)
@@ -496,13 +503,17 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                     progress.update(output.shape[0])
         return sink.result()
 
-    def _forward(self, model, chunk, forward_size):
-        """Features of ``chunk`` as float32; a compiled model always sees full batches."""
+    def _forward(self, runtime, chunk, forward_size):
+        """Features of ``chunk`` as float32.
+
+        A compiled model always sees full batches in one memory format: a new
+        shape or new strides would compile it again.
+        """
         n_images = chunk.shape[0]
         if self.compile is not False and n_images < forward_size:
             padding = chunk.new_zeros((forward_size - n_images, *chunk.shape[1:]))
-            chunk = torch.cat([chunk, padding])
-        output = model(chunk)
+            chunk = torch.cat([chunk, padding]).contiguous(memory_format=runtime.memory_format)
+        output = runtime.model(chunk)
         output = _check_features(output, self._backbone_name())[:n_images].float()
         return F.normalize(output, dim=1) if self.normalize else output
 
