@@ -3,7 +3,9 @@
 Three ways to embed the same host uint8 array (N, 224, 224, 3), random weights:
 
 * model only: timm's model and a resident input already on the device, both in
-              the compute dtype (bf16 on CUDA, float32 on the CPU); the ceiling;
+              the compute dtype (bf16 on CUDA, float32 on the CPU) and the
+              package's memory format (channels-last for convolutional nets);
+              the ceiling;
 * package:    ``ImageEmbedder(...).transform(array)`` with its defaults (the
               batch size it picks is used for all three);
 * baseline:   the way many users write it: a torchvision ``transforms`` pipeline per
@@ -99,8 +101,11 @@ def bench_model(name, args, device):
     model = timm.create_model(name, pretrained=False, num_classes=0).eval().to(device)
     config = timm.data.resolve_model_data_config(model)
     flops = flops_per_image(model, device)
+    # The ceiling runs in the package's memory format (channels-last for a
+    # convolutional net), so that package / model only compares the feeding alone.
     resident = torch.randn(batch_size, 3, 224, 224, device=device, dtype=compute_dtype)
-    model_for_dtype = model.to(compute_dtype)
+    resident = resident.contiguous(memory_format=runtime.memory_format)
+    model_for_dtype = model.to(compute_dtype, memory_format=runtime.memory_format)
     if args.compile:
         model_for_dtype = torch.compile(model_for_dtype)
     batches = max(1, args.n_images // batch_size)

@@ -4,6 +4,10 @@ Their speed is measured in benchmarks/; these tests check that each gives the
 same features as the plain path and that its parameter is checked.
 """
 
+import itertools
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +16,7 @@ from PIL import Image
 
 from skdeepclust import ImageEmbedder
 from skdeepclust.embedding import embedder as embedder_module
+from skdeepclust.embedding import images as images_module
 from skdeepclust.embedding.images import as_images
 
 CONV = dict(backbone="test_resnet", pretrained=False, image_size=32, random_state=0)
@@ -172,3 +177,55 @@ def test_gpu_pipeline_matches_the_cpu(images, image_files, params):
     on_gpu.fit(images)
     np.testing.assert_allclose(on_gpu.transform(images), on_cpu, atol=1e-3)
     np.testing.assert_allclose(on_gpu.transform(image_files), on_cpu, atol=1e-3)
+
+
+def test_produced_ahead_keeps_order_and_stays_bounded():
+    made = []
+
+    def source():
+        for number in range(10):
+            made.append(number)
+            yield number
+
+    items = images_module.produced_ahead(source(), depth=2)
+    assert next(items) == 0
+    time.sleep(0.05)  # room for the thread to run ahead as far as it may
+    assert len(made) <= 3  # the item handed out, and at most 2 ahead of it
+    assert list(items) == list(range(1, 10))
+
+
+def test_produced_ahead_raises_where_the_source_failed_and_stops_early():
+    def failing():
+        yield 1
+        raise ValueError("Cannot read image file 'broken.jpg'")
+
+    items = images_module.produced_ahead(failing(), depth=2)
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="broken.jpg"):
+        next(items)
+    endless = images_module.produced_ahead(itertools.count(), depth=3)
+    assert next(endless) == 0
+    endless.close()  # returns: the thread is not left producing
+
+
+@pytest.mark.parametrize("source", ["array", "files", "mixed sizes"])
+def test_pinned_batches_are_pinned_in_a_background_thread(images, image_files, monkeypatch, source):
+    pinned_in = []
+
+    def fake_pin_memory(tensor):  # pinning needs CUDA; record who asked for it
+        pinned_in.append(threading.current_thread())
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin_memory)
+    items = {
+        "array": images,
+        "files": image_files,
+        "mixed sizes": [Image.fromarray(image).resize((20 + i % 2, 30)) for i, image in enumerate(images)],
+    }[source]
+    expected = list(as_images(items).batches(5))
+    pinned = list(as_images(items).batches(5, pin_memory=True))
+    assert len(pinned) == len(expected) == 4
+    for ours, theirs in zip(pinned, expected):
+        for our_image, their_image in zip(ours, theirs):  # tensors and lists alike
+            assert torch.equal(our_image, their_image)
+    assert pinned_in and threading.main_thread() not in pinned_in

@@ -198,6 +198,14 @@ def test_torch_kmeans_gives_the_same_result_in_any_blocking(blobs, monkeypatch):
     assert blocked.inertia_ == pytest.approx(whole.inertia_, rel=1e-6)
 
 
+def test_torch_kmeans_restarts_empty_clusters():
+    X = np.random.default_rng(0).standard_normal((300, 4))
+    X[:200] = 0.0  # random seeding picks this row many times over: all but one copy start empty
+    model = TorchKMeans(n_clusters=20, init="random", random_state=0, device="cpu").fit(X)
+    assert len(np.unique(model.labels_)) == 20
+    assert np.isfinite(model.cluster_centers_).all()
+
+
 def test_torch_kmeans_handles_duplicates_and_bad_input():
     X = np.repeat(np.eye(3), 5, axis=0)
     model = TorchKMeans(n_clusters=3, random_state=0, device="cpu").fit(X)

@@ -25,8 +25,9 @@ def pool_statistics(features):
     log of the batch size (cardinality), as one vector of length 2 * n_features + 1."""
     mean = features.mean(dim=0)
     variance = features.var(dim=0, unbiased=False)
-    cardinality = torch.tensor([math.log(features.shape[0])], device=features.device,
-                               dtype=features.dtype)
+    # A fill on the device: a tensor made from a Python list would be copied from
+    # the host, and on CUDA that copy waits for all queued work, every training step.
+    cardinality = features.new_full((1,), math.log(features.shape[0]))
     return torch.cat([mean, variance, cardinality])
 
 

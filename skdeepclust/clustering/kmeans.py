@@ -69,9 +69,10 @@ def _kmeans_plusplus(X, row_sq_norms, n_clusters, generator):
                                        generator=generator)
         candidate_closest = torch.minimum(closest[:, None],
                                           _squared_distances(X, row_sq_norms, X[candidates]))
-        best = candidate_closest.sum(dim=0).argmin()
-        closest = candidate_closest[:, best]
-        chosen.append(candidates[best, None])
+        # index_select, because indexing with a tensor scalar reads it back to the host.
+        best = candidate_closest.sum(dim=0).argmin().view(1)
+        closest = candidate_closest.index_select(1, best).squeeze(1)
+        chosen.append(candidates.index_select(0, best))
     return X[torch.cat(chosen)].clone()
 
 
@@ -82,14 +83,20 @@ def _lloyd(X, row_sq_norms, centers, max_iter, shift_tolerance):
     for n_iter in range(1, max_iter + 1):
         labels, distances = _assign(X, row_sq_norms, centers)
         sums = torch.zeros_like(centers).index_add_(0, labels, X)
-        counts = torch.bincount(labels, minlength=n_clusters).to(X.dtype)
-        new_centers = sums / counts.clamp_min(1.0)[:, None]
-        empty = torch.nonzero(counts == 0).flatten()
-        if empty.numel():
+        # Not bincount: on CUDA it reads the range of the labels back to the host.
+        counts = torch.zeros(n_clusters, dtype=labels.dtype, device=X.device)
+        counts.index_add_(0, labels, torch.ones_like(labels))
+        new_centers = sums / counts.clamp_min(1).to(X.dtype)[:, None]
+        empty = counts == 0
+        # The one read-back of the iteration: whether any cluster emptied, and the shift.
+        n_empty, shift = torch.stack(
+            [empty.sum().to(X.dtype), ((new_centers - centers) ** 2).sum()]
+        ).tolist()
+        if n_empty:
             # An empty cluster restarts on the rows worst served by the others.
-            farthest = distances.topk(empty.numel()).indices
+            farthest = distances.topk(int(n_empty)).indices
             new_centers[empty] = X[farthest]
-        shift = ((new_centers - centers) ** 2).sum()
+            shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
         if shift <= shift_tolerance:
             break
@@ -123,7 +130,9 @@ class TorchKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     device : str or torch.device, default="auto"
         Where to compute; ``"auto"`` uses CUDA when present.
     random_state : int, RandomState instance or None, default=None
-        Seeds the initialisations; an int makes runs repeatable on one device.
+        Seeds the initialisations; an int makes runs repeatable on the CPU. On
+        CUDA the centre sums are accumulated in no fixed order, so rounding may
+        differ between runs and break near-ties another way.
     verbose : int, default=0
         Print the inertia of each restart to stderr when > 0.
 

@@ -106,7 +106,8 @@ def compute_dtype(device, precision):
     if precision == "auto":
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Pre-Ampere GPUs only emulate bfloat16, slowly; float16 runs natively there.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return getattr(torch, precision)
 
 
@@ -490,12 +491,15 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                     except torch.cuda.OutOfMemoryError:
                         if forward_size == 1:
                             raise
-                        forward_size = max(1, forward_size // 2)
+                        output = None
+                    if output is None:
+                        # Out here the failed pass's tensors, held by the traceback, are freed.
+                        forward_size //= 2
                         torch.cuda.empty_cache()
                         warnings.warn(
                             f"Out of device memory; retrying with batches of {forward_size} images.",
                             RuntimeWarning,
-                            stacklevel=3,  # the caller of transform
+                            stacklevel=3,  # whoever called transform
                         )
                         continue
                     sink.add(output)

@@ -9,12 +9,16 @@ Batches are torch tensors of shape (batch, 3, H, W), uint8 or float in [0, 1],
 stored channels-last (a view of the HWC pixels, so no host copy reorders them);
 images of different sizes come as a list of (3, H, W) tensors instead. Files
 are decoded only when their batch is reached, in worker processes when asked,
-so memory holds a few batches, never the whole input.
+so memory holds a few batches, never the whole input. Batches bound for a GPU
+are copied into page-locked memory ahead of use, by a background thread.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import copy
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -178,12 +182,19 @@ class ArrayImages:
         return subset
 
     def batches(self, batch_size, num_workers=0, pin_memory=False, min_size=None):
-        """Batches in order; slicing an array is cheap, so no worker decodes it."""
-        for start in range(0, len(self), batch_size):
-            chunk = self._array[start:start + batch_size]
-            if self._channels_first:
-                chunk = np.moveaxis(chunk, 1, -1)
-            yield _to_tensor(_channels_last_to_rgb(chunk, "The image array"))
+        """Batches in order; slicing an array is cheap, so no worker decodes it.
+
+        With ``pin_memory`` a background thread copies the next batches into
+        page-locked memory while the caller works on the current one.
+        """
+        batches = map(self._batch, range(0, len(self), batch_size), itertools.repeat(batch_size))
+        return pinned_ahead(batches) if pin_memory else batches
+
+    def _batch(self, start, batch_size):
+        chunk = self._array[start:start + batch_size]
+        if self._channels_first:
+            chunk = np.moveaxis(chunk, 1, -1)
+        return _to_tensor(_channels_last_to_rgb(chunk, "The image array"))
 
 
 class ImageList:
@@ -253,14 +264,19 @@ class ImageList:
         With ``num_workers > 0`` that many processes decode the next batches while
         the caller works on the current one; at most two batches per worker wait
         in memory. ``pin_memory`` puts them in page-locked memory, from which a
-        copy to a GPU can run asynchronously. ``min_size`` lets large JPEG files
-        decode at a reduced scale that still covers it (see ``_decode_file``).
+        copy to a GPU can run asynchronously; without workers, a background
+        thread then decodes and pins ahead of the caller. ``min_size`` lets large
+        JPEG files decode at a reduced scale that still covers it (see
+        ``_decode_file``).
         """
         n_batches = math.ceil(len(self) / batch_size)
         num_workers = min(num_workers, n_batches - 1)  # one batch gains nothing from a worker
         if num_workers <= 0:
-            for start in range(0, len(self), batch_size):
-                yield self.decode_range(start, min(start + batch_size, len(self)), min_size)
+            batches = (
+                self.decode_range(start, min(start + batch_size, len(self)), min_size)
+                for start in range(0, len(self), batch_size)
+            )
+            yield from pinned_ahead(batches) if pin_memory else batches
             return
         loader = torch.utils.data.DataLoader(
             _BatchDecoder(self, batch_size, min_size),
@@ -272,6 +288,45 @@ class ImageList:
             if isinstance(batch, Exception):  # raised here so that the user sees the message alone
                 raise batch
             yield batch
+
+
+# Batches that a background thread pins ahead of the caller: enough to cover one
+# batch's copy into page-locked memory while the device computes the one before.
+PINNED_BATCHES_AHEAD = 2
+
+
+def produced_ahead(iterator, depth):
+    """The items of ``iterator``, in order, each made by one background thread up to ``depth`` ahead.
+
+    Decoding and copying into page-locked memory release the GIL, so the thread's
+    work overlaps the caller's. Errors reach the caller at the item that raised;
+    when the caller stops early, items not yet started are dropped.
+    """
+    finished = object()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:  # one thread: items stay in order
+
+        def produce():
+            return next(iterator, finished)
+
+        pending = collections.deque(thread.submit(produce) for _ in range(depth))
+        try:
+            while (item := pending.popleft().result()) is not finished:
+                pending.append(thread.submit(produce))
+                yield item
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _pinned(batch):
+    if isinstance(batch, list):
+        return [image.pin_memory() for image in batch]
+    return batch.pin_memory()
+
+
+def pinned_ahead(batches):
+    """``batches`` in page-locked memory, made and pinned in a background thread."""
+    return produced_ahead(map(_pinned, batches), PINNED_BATCHES_AHEAD)
 
 
 class _BatchDecoder(torch.utils.data.Dataset):
