@@ -81,12 +81,12 @@ def prepare_batch(batch, preprocessing, device, copy_stream=None):
 
     The copy to ``device`` is of the raw pixels: uint8 is 4x smaller than float32,
     and resizing and normalising run on the device. With a CUDA ``copy_stream``
-    the copy runs on it, beside the computation on the current stream.
+    the copy runs on it, beside the computation on the current stream; it is
+    asynchronous only from page-locked memory, which ``batches(pin_memory=True)``
+    of the image inputs provides.
     """
     if isinstance(batch, list):  # images of different sizes: resize each, then stack
         return torch.cat([prepare_batch(image[None], preprocessing, device, copy_stream) for image in batch])
-    if device.type == "cuda" and not batch.is_pinned():
-        batch = batch.pin_memory()  # keeps the channels-last strides: a plain memcpy
     if copy_stream is None:
         pixels = batch.to(device, non_blocking=True)
     else:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import copy
-import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -187,7 +186,7 @@ class ArrayImages:
         With ``pin_memory`` a background thread copies the next batches into
         page-locked memory while the caller works on the current one.
         """
-        batches = map(self._batch, range(0, len(self), batch_size), itertools.repeat(batch_size))
+        batches = (self._batch(start, batch_size) for start in range(0, len(self), batch_size))
         return pinned_ahead(batches) if pin_memory else batches
 
     def _batch(self, start, batch_size):
@@ -325,7 +324,10 @@ def _pinned(batch):
 
 
 def pinned_ahead(batches):
-    """``batches`` in page-locked memory, made and pinned in a background thread."""
+    """``batches`` in page-locked memory, made and pinned in a background thread.
+
+    Pinning keeps the channels-last strides, so it is one plain memory copy.
+    """
     return produced_ahead(map(_pinned, batches), PINNED_BATCHES_AHEAD)
 
 
