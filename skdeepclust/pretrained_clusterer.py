@@ -173,8 +173,9 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of images, list of images or paths, or folder path
-            A 4-D array (NHWC or NCHW; uint8, or float in [0, 1]), a list of PIL
-            images, arrays or file paths, or the path of a folder of images.
+            A 4-D array or torch tensor (NHWC or NCHW; uint8, or float in [0, 1]),
+            a list of PIL images, arrays or file paths, or the path of a folder of
+            images.
         y : None
             Ignored; labels are never used for fitting.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 from sklearn.utils import check_random_state
 
@@ -15,8 +16,8 @@ _GAP = 4
 
 def _thumbnail(pixels, size):
     """A (3, H, W) tensor of pixels as a size x size PIL thumbnail, aspect kept, centred."""
-    array = pixels.numpy()
-    array = np.moveaxis(array, 0, -1)
+    pixels = pixels.cpu() if pixels.dtype == torch.uint8 else pixels.cpu().float()
+    array = np.moveaxis(pixels.numpy(), 0, -1)
     if array.dtype != np.uint8:
         array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
     image = Image.fromarray(array)

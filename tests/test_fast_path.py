@@ -179,6 +179,17 @@ def test_gpu_pipeline_matches_the_cpu(images, image_files, params):
     np.testing.assert_allclose(on_gpu.transform(image_files), on_cpu, atol=1e-3)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_tensor_input_stays_on_the_gpu(images):
+    on_cpu = ImageEmbedder(**TINY, device="cpu").fit_transform(images)
+    pixels = torch.from_numpy(images).cuda().permute(0, 3, 1, 2)
+    assert all(batch.is_cuda for batch in as_images(pixels).batches(5, pin_memory=True))
+    on_gpu = ImageEmbedder(**TINY, device="cuda", precision="float32").fit(pixels)
+    np.testing.assert_allclose(on_gpu.transform(pixels), on_cpu, atol=1e-3)
+    np.testing.assert_allclose(ImageEmbedder(**TINY, device="cpu").fit_transform(pixels), on_cpu, atol=1e-5)
+
+
 def test_produced_ahead_keeps_order_and_stays_bounded():
     made = []
 

@@ -37,6 +37,54 @@ def test_float_and_integer_arrays(images):
     assert torch.equal(_first_batch(images.astype(np.int64)), _first_batch(images))
 
 
+def test_arrays_are_batched_as_views_in_their_own_layout(images):
+    nhwc = _first_batch(images)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc.data_ptr() == images.ctypes.data
+    nchw_images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    nchw = _first_batch(nchw_images)
+    assert nchw.is_contiguous() and nchw.data_ptr() == nchw_images.ctypes.data
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_float_tensors_keep_their_values(images, dtype):
+    pixels = torch.from_numpy(images).to(dtype) / 255
+    batch = _first_batch(pixels)
+    assert batch.dtype == dtype  # converted to float32 on the device, after the copy
+    assert torch.equal(batch.float(), _first_batch(pixels.float().numpy()))
+
+
+def test_tensors_in_every_layout_match_arrays(images):
+    tensor = torch.from_numpy(images)
+    rgba = np.concatenate([images, np.zeros(images.shape[:3] + (1,), np.uint8)], axis=-1)
+    pairs = [
+        (tensor.permute(0, 3, 1, 2), images),
+        (tensor[..., 0], images[..., 0]),
+        (tensor.permute(0, 3, 1, 2)[:, :1], images[..., :1]),
+        (torch.from_numpy(rgba), rgba),
+        (tensor.to(torch.int16), images),
+        ((tensor.float() / 255).requires_grad_(), images.astype(np.float32) / 255),
+    ]
+    for X, same_as in pairs:
+        assert torch.equal(_first_batch(X), _first_batch(same_as))
+
+
+def test_bad_tensors_are_named():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        as_images(torch.full((2, 3, 8, 8), 2.0, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="NaN"):
+        as_images(torch.full((2, 3, 8, 8), float("nan")))
+    with pytest.raises(TypeError, match="dtype torch.bool"):
+        as_images(torch.zeros((2, 3, 8, 8), dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shape \(2, 8, 8, 3, 1\)"):
+        as_images(torch.zeros((2, 8, 8, 3, 1)))
+
+
+def test_negative_strides_are_copied_not_refused(images):
+    flipped = images[:, ::-1]
+    assert torch.equal(_first_batch(flipped), _first_batch(np.ascontiguousarray(flipped)))
+
+
 def test_input_is_not_modified(images):
     original = images.copy()
     list(as_images(images.transpose(0, 3, 1, 2)).batches(5))

@@ -24,6 +24,16 @@ def test_scores_pick_the_most_confident_members():
     assert first_tile[0] == 110  # image 11, filled with 110
 
 
+def test_tensor_images_of_any_dtype_make_the_same_montage():
+    import torch
+
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 0, 1, 1])
+    expected = np.asarray(cluster_montage(_colour_images(), labels, thumbnail_size=16))
+    pixels = torch.from_numpy(_colour_images())
+    for X in (pixels.permute(0, 3, 1, 2), pixels.to(torch.bfloat16) / 255):
+        np.testing.assert_array_equal(np.asarray(cluster_montage(X, labels, thumbnail_size=16)), expected)
+
+
 def test_only_shown_images_are_decoded(tmp_path, monkeypatch):
     from PIL import Image
 

@@ -271,6 +271,19 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     embedding_dim_ : int
         Length of the feature vectors.
 
+    Notes
+    -----
+    Accepted image inputs, in ``fit`` and ``transform``:
+
+    - a 4-D numpy array in NHWC or NCHW order, uint8 or float in [0, 1], or a
+      3-D stack of grayscale images;
+    - the same as a torch tensor, of any float dtype (bfloat16 included); a
+      tensor on a GPU is batched there, never copied through the host;
+    - a list of PIL images, of HWC/HW arrays, or of file paths (sizes may differ);
+    - the path of a folder, searched recursively for image files.
+
+    Grayscale is repeated to RGB and an alpha channel is dropped.
+
     Examples
     --------
     >>> import numpy as np

@@ -6,8 +6,9 @@ images, of HWC/HW arrays or of file paths, and the path of a folder (searched
 recursively). Grayscale is repeated to RGB and an alpha channel is dropped.
 
 Batches are torch tensors of shape (batch, 3, H, W), uint8 or float in [0, 1],
-stored channels-last (a view of the HWC pixels, so no host copy reorders them);
-images of different sizes come as a list of (3, H, W) tensors instead. Files
+in the memory layout of the input (HWC pixels as a channels-last view, so no
+host copy reorders them); images of different sizes come as a list of (3, H, W)
+tensors instead. A torch tensor stays on its device. Files
 are decoded only when their batch is reached, in worker processes when asked,
 so memory holds a few batches, never the whole input. Batches bound for a GPU
 are copied into page-locked memory ahead of use, by a background thread.
@@ -98,20 +99,35 @@ def _channels_last_to_rgb(array, name):
     raise ValueError(f"{name} has {channels} channels; images need 1 (gray), 3 (RGB) or 4 (RGBA).")
 
 
+def _dtype_kind(dtype):
+    """numpy's one-letter kind of a numpy or torch dtype: 'b', 'i', 'u', 'f', 'c' or other."""
+    if isinstance(dtype, torch.dtype):
+        if dtype == torch.bool:
+            return "b"
+        if dtype.is_complex:
+            return "c"
+        if dtype.is_floating_point:
+            return "f"
+        return "i" if dtype.is_signed else "u"
+    return dtype.kind
+
+
 def _check_pixel_range(array, name):
-    """Reject values that are not pixels; returns the array unchanged."""
-    if array.dtype == np.uint8:
+    """Reject values that are not pixels; returns the array (numpy or torch) unchanged."""
+    kind = _dtype_kind(array.dtype)
+    if kind == "u" and array.dtype.itemsize == 1:
         return array
-    if array.dtype.kind == "b" or array.dtype.kind not in "iuf":
+    if kind not in "iuf":
         raise TypeError(
             f"{name} has dtype {array.dtype}; images must be uint8 in [0, 255] or float in [0, 1]."
         )
-    if array.size == 0:
+    if math.prod(array.shape) == 0:
         return array
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    finite = torch.isfinite if isinstance(array, torch.Tensor) else np.isfinite
+    if kind == "f" and not finite(array).all():
         raise ValueError(f"{name} contains NaN or infinite values; images must be finite.")
-    low, high = array.min(), array.max()
-    if array.dtype.kind == "f":
+    low, high = array.min().item(), array.max().item()
+    if kind == "f":
         if low < 0.0 or high > 1.0:
             raise ValueError(
                 f"{name} is a float array with values in [{low:g}, {high:g}]; float images must "
@@ -125,33 +141,65 @@ def _check_pixel_range(array, name):
     return array
 
 
+def _from_numpy(pixels):
+    """numpy pixels as a torch tensor of the same layout: uint8 kept, other integers as uint8, floats as float32.
+
+    Shares memory with ``pixels`` where it can, and never writes to it.
+    """
+    if pixels.dtype.kind in "iu" and pixels.dtype != np.uint8:
+        pixels = pixels.astype(np.uint8)
+    elif pixels.dtype.kind == "f" and pixels.dtype != np.float32:
+        pixels = pixels.astype(np.float32)
+    # torch cannot view negative strides, and warns on read-only memory (PIL buffers, memmaps).
+    if not pixels.flags.writeable or min(pixels.strides, default=0) < 0:
+        pixels = pixels.copy()
+    return torch.from_numpy(pixels)
+
+
 def _to_tensor(batch):
     """HWC or NHWC numpy pixels to a CHW or NCHW torch tensor (uint8 kept, floats as float32)."""
-    if batch.dtype.kind in "iu" and batch.dtype != np.uint8:
-        batch = batch.astype(np.uint8)
-    elif batch.dtype.kind == "f" and batch.dtype != np.float32:
-        batch = batch.astype(np.float32)
-    batch = np.ascontiguousarray(batch)
-    if not batch.flags.writeable:  # torch warns on read-only memory (PIL buffers, memmaps)
-        batch = batch.copy()
-    return torch.from_numpy(batch).movedim(-1, -3)
+    return _from_numpy(np.ascontiguousarray(batch)).movedim(-1, -3)
+
+
+def _rgb_batch(chunk, channels_first):
+    """An (N, H, W, C) or (N, C, H, W) tensor of 1, 3 or 4 channels as an (N, 3, H, W) RGB batch.
+
+    A channels-last input stays a channels-last view (no copy reorders it), and
+    a tensor on a GPU stays there.
+    """
+    if not channels_first:
+        chunk = chunk.movedim(-1, 1)
+    if chunk.shape[1] == 1:
+        chunk = chunk.expand(-1, 3, -1, -1)
+    elif chunk.shape[1] == 4:
+        chunk = chunk[:, :3]
+    if not (chunk.is_contiguous() or chunk.is_contiguous(memory_format=torch.channels_last)):
+        chunk = chunk.contiguous()  # one dense block, which copies to a device in one go
+    if not chunk.is_floating_point() and chunk.dtype != torch.uint8:
+        chunk = chunk.to(torch.uint8)  # the values were checked to lie in [0, 255]
+    return chunk
 
 
 class ArrayImages:
-    """A 4-D (or 3-D grayscale) array of same-sized images."""
+    """A 4-D (or 3-D grayscale) numpy array or torch tensor of same-sized images.
+
+    A tensor stays on its device: batches of a GPU tensor are views of it, never
+    copied through the host.
+    """
 
     def __init__(self, array):
+        shape = tuple(array.shape)
         if array.ndim == 3:
             if array.shape[-1] in (3, 4):
                 raise ValueError(
-                    f"A 3-D input of shape {array.shape} looks like one color image; pass a "
+                    f"A 3-D input of shape {shape} looks like one color image; pass a "
                     "batch of images with shape (n_images, height, width, channels), e.g. X[None]."
                 )
             array = array[..., None]
         elif array.ndim != 4:
             raise ValueError(
                 f"Image arrays must be 4-D, (n_images, height, width, channels) or "
-                f"(n_images, channels, height, width); got {array.ndim}-D with shape {array.shape}."
+                f"(n_images, channels, height, width); got {array.ndim}-D with shape {shape}."
             )
         if array.shape[-1] in _CHANNEL_COUNTS:
             self._channels_first = False
@@ -159,7 +207,7 @@ class ArrayImages:
             self._channels_first = True
         else:
             raise ValueError(
-                f"Cannot find the channel axis of images with shape {array.shape}: neither the "
+                f"Cannot find the channel axis of images with shape {shape}: neither the "
                 "last nor the second axis has 1, 3 or 4 channels."
             )
         n_images, height, width = (
@@ -168,7 +216,7 @@ class ArrayImages:
         if n_images == 0:
             raise ValueError("Found an array with 0 images; at least one is required.")
         if height == 0 or width == 0:
-            raise ValueError(f"Images of shape {array.shape} have no pixels.")
+            raise ValueError(f"Images of shape {shape} have no pixels.")
         self._array = _check_pixel_range(array, "The image array")
 
     def __len__(self):
@@ -177,23 +225,28 @@ class ArrayImages:
     def subset(self, positions):
         """The images at ``positions``, in that order."""
         subset = copy.copy(self)
-        subset._array = self._array[np.asarray(positions, dtype=np.intp)]
+        positions = np.asarray(positions, dtype=np.intp)
+        if isinstance(self._array, torch.Tensor):
+            positions = torch.from_numpy(positions).to(self._array.device)
+        subset._array = self._array[positions]
         return subset
 
     def batches(self, batch_size, num_workers=0, pin_memory=False, min_size=None):
         """Batches in order; slicing an array is cheap, so no worker decodes it.
 
         With ``pin_memory`` a background thread copies the next batches into
-        page-locked memory while the caller works on the current one.
+        page-locked memory while the caller works on the current one; a tensor
+        already on a GPU is left where it is.
         """
         batches = (self._batch(start, batch_size) for start in range(0, len(self), batch_size))
-        return pinned_ahead(batches) if pin_memory else batches
+        on_host = not isinstance(self._array, torch.Tensor) or self._array.device.type == "cpu"
+        return pinned_ahead(batches) if pin_memory and on_host else batches
 
     def _batch(self, start, batch_size):
         chunk = self._array[start:start + batch_size]
-        if self._channels_first:
-            chunk = np.moveaxis(chunk, 1, -1)
-        return _to_tensor(_channels_last_to_rgb(chunk, "The image array"))
+        if isinstance(chunk, np.ndarray):
+            chunk = _from_numpy(chunk)
+        return _rgb_batch(chunk, self._channels_first)
 
 
 class ImageList:
@@ -365,8 +418,8 @@ def as_images(X):
             )
         raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
     if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    elif hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
+        return ArrayImages(X.detach())
+    if hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
         X = np.asarray(X)
     if isinstance(X, np.ndarray) and X.dtype.kind in "OUS":  # paths or objects, one per image
         return ImageList(list(X.astype(str) if X.dtype.kind == "S" else X))
