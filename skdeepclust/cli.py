@@ -73,16 +73,18 @@ def _embed_and_cluster(files_or_images, embedder_params, clusterer, n_clusters, 
     from .clustering import FeatureClusterer
     from .embedding import ImageEmbedder
 
-    embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
-    features = embedder.fit_transform(files_or_images)
     stage = FeatureClusterer(
         clusterer,
         n_clusters=n_clusters,
         device=embedder_params.get("device", "auto"),
         random_state=random_state,
         verbose=0 if quiet else 1,
-    ).fit(features)
-    return features, stage
+    )
+    # Mistakes in the clustering settings surface now, not after the embedding.
+    stage._check_sample_count(stage._validate_params(), len(files_or_images))
+    embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
+    features = embedder.fit_transform(files_or_images)
+    return features, stage.fit(features)
 
 
 def _confidence(stage, features):
@@ -109,11 +111,20 @@ def _metrics_line(y, labels):
     )
 
 
+def _output_folder(path):
+    """``path`` as a folder, made now so that a bad one fails before the work, not after."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot make this folder ({exc.strerror or exc})") from None
+    return out
+
+
 def _write_results(out, files, stage, features, save_embeddings):
     from .visualization import cluster_montage
 
     confidence = _confidence(stage, features)
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "clusters.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "cluster", "confidence"])
@@ -149,6 +160,7 @@ def cluster_command(args):
     folder = Path(args.path)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
+    out = _output_folder(args.out)
     files, skipped = _readable_images(folder, args.quiet)
     if args.eval:
         y, _ = class_folder_labels(folder, files)
@@ -167,7 +179,6 @@ def cluster_command(args):
     features, stage = _embed_and_cluster(
         files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet
     )
-    out = Path(args.out)
     _write_results(out, files, stage, features, args.embeddings)
     print(
         f"{len(files)} images in {len(stage.cluster_ids_)} clusters "
@@ -197,6 +208,7 @@ def _find_shared(explicit):
 def demo_command(args):
     from .datasets import extract_image_archive, load_image_folder
 
+    out = _output_folder(args.out)
     shared = _find_shared(args.shared)
     if shared is None or not (shared / CIFAR10_ARCHIVE).is_file():
         raise UserError(
@@ -216,7 +228,6 @@ def demo_command(args):
     start = time.perf_counter()
     features, stage = _embed_and_cluster(files, embedder_params, args.clusterer, 10, 0, args.quiet)
     seconds = time.perf_counter() - start
-    out = Path(args.out)
     _write_results(out, files, stage, features, False)
     print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")
     print(f"wrote {out / 'montage.png'} (one row of photos per cluster) and {out / 'clusters.csv'}")

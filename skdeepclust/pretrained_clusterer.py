@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
@@ -185,13 +183,10 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
             The fitted estimator.
         """
         feature_clusterer = self._make_feature_clusterer()
-        feature_clusterer._validate_params()
+        # The clusterer is checked now, not after minutes of embedding.
+        clusterer = feature_clusterer._validate_params()
         images = as_images(X)
-        if isinstance(self.n_clusters, numbers.Integral) and self.n_clusters > len(images):
-            raise ValueError(
-                f"n_samples={len(images)} is fewer than n_clusters={self.n_clusters}; pass "
-                "more images or ask for fewer clusters."
-            )
+        feature_clusterer._check_sample_count(clusterer, len(images))
         embedder = ImageEmbedder(**{name: getattr(self, name) for name in _EMBEDDER_PARAMS})
         features = embedder.fit(images).transform(images)
         self.embedder_ = embedder

@@ -67,6 +67,15 @@ def test_checkpoint_at_another_image_size_is_resampled(tmp_path):
     assert embedder.model_.pos_embed.shape[1] == 1 + (48 // 16) ** 2
 
 
+@pytest.mark.parametrize("backbone", ["test_vit", "test_resnet"])
+def test_image_size_may_be_numpy_integers(backbone):
+    """As GridSearchCV passes it from a numpy array of candidate sizes."""
+    embedder = ImageEmbedder(backbone, pretrained=False, image_size=np.array([48])[0])
+    embedder.fit(np.zeros((1, 8, 8, 3), np.uint8))
+    assert embedder.preprocessing_.input_size == (48, 48)
+    assert all(type(side) is int for side in embedder.preprocessing_.input_size)
+
+
 def test_loaded_weights_give_the_same_features_as_the_source_model(tmp_path, images):
     reference = _reference_vit(seed=9)
     path = tmp_path / "w.safetensors"

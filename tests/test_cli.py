@@ -68,12 +68,19 @@ def _flat_folder(tmp_path):
     [
         (lambda tmp: ["cluster", str(tmp / "missing")], "is not a folder"),
         (lambda tmp: ["cluster", str(tmp)], "No image files"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "vit_nonexistent"], "Unknown backbone"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "test_vit"], "--pretrained /path/to"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "vit_nonexistent", "--n-clusters", "1"],
+         "Unknown backbone"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "test_vit", "--n-clusters", "1"],
+         "--pretrained /path/to"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--pretrained", str(tmp / "w.pth")], "no such file"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--eval", *TINY_ARGS], "--eval needs class folders"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", *TINY_ARGS], "fewer than n_clusters"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--device", "cuda:7", *TINY_ARGS], "cuda"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--device", "cuda:7", "--n-clusters", "1", *TINY_ARGS],
+         "cuda"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "0", *TINY_ARGS], "positive integer"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "scan", *TINY_ARGS], "n_samples=1"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--out", str(_flat_folder(tmp) / "a.png"), *TINY_ARGS],
+         "cannot make this folder"),
     ],
 )
 def test_user_mistakes_are_one_line(capsys, tmp_path, monkeypatch, make_argv, message):

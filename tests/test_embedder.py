@@ -158,6 +158,8 @@ def test_unfitted_transform_raises(images):
         ({"backbone": 3}, TypeError, "backbone must be"),
         ({"pretrained": 1.5}, TypeError, "pretrained must be"),
         ({"image_size": 0}, ValueError, "image_size"),
+        ({"normalize": "yes"}, TypeError, "normalize must be True or False"),
+        ({"verbose": -1}, ValueError, "verbose must be a non-negative integer"),
         ({"image_size": (32, 32, 3)}, ValueError, "image_size"),
         ({"mean": (0.5, 0.5)}, ValueError, "mean must be"),
         ({"std": (0.5, 0.0, 0.5)}, ValueError, "std must be positive"),
@@ -195,3 +197,14 @@ def test_fitted_on_gpu_predicts_on_cpu(images):
     restored = pickle.loads(pickle.dumps(embedder))
     restored.set_params(device="cpu")
     np.testing.assert_allclose(restored.transform(images), on_gpu, atol=1e-4)
+
+
+def test_output_features_are_named_for_set_output(images):
+    embedder = ImageEmbedder(**TINY)
+    with pytest.raises(Exception, match="not fitted"):
+        embedder.get_feature_names_out()
+    names = embedder.fit(images).get_feature_names_out()
+    assert names.tolist() == [f"imageembedder{i}" for i in range(64)]
+    pytest.importorskip("pandas")
+    frame = embedder.set_output(transform="pandas").transform(images)
+    assert frame.columns.tolist() == names.tolist()

@@ -64,7 +64,13 @@ def test_predict_proba_only_where_the_clusterer_has_it(blobs):
 
 @pytest.mark.parametrize(
     "clusterer, n_clusters",
-    [(AgglomerativeClustering(), 3), ("spectral", 3), (DBSCAN(eps=1.0), None), (HDBSCAN(copy=True), None)],
+    [
+        (AgglomerativeClustering(), 3),
+        # The blobs lie far apart, so their k-NN graph is rightly not connected.
+        pytest.param("spectral", 3, marks=pytest.mark.filterwarnings("ignore:Graph is not fully connected")),
+        (DBSCAN(eps=1.0), None),
+        (HDBSCAN(copy=True), None),
+    ],
 )
 def test_clusterers_without_predict_use_the_nearest_centre(blobs, clusterer, n_clusters):
     X, y = blobs
@@ -99,6 +105,13 @@ def test_label_free_score_is_scale_free_and_zero_for_one_cluster(blobs):
     assert label_free_score(X, y) == pytest.approx(label_free_score(10 * X, y))
     assert label_free_score(X, np.zeros(len(X), dtype=int)) == 0.0
     assert label_free_score(X, -np.ones(len(X), dtype=int)) == 0.0
+
+
+def test_spectral_by_name_on_fewer_samples_than_its_neighbours(blobs):
+    X, y = blobs
+    few = np.concatenate([X[y == 0][:4], X[y == 1][:4]])
+    labels = FeatureClusterer("spectral", n_clusters=2, random_state=0).fit(few).labels_
+    assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1 and labels[0] != labels[4]
 
 
 def test_n_clusters_larger_than_n_samples(blobs):

@@ -68,6 +68,16 @@ def test_head_is_repeatable_and_leaves_input_alone(name, blobs):
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_leaves_the_global_torch_stream_alone(name, blobs):
+    X, _ = blobs
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
 def test_head_pickles(name, blobs):
     X, _ = blobs
     model = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X)
@@ -178,6 +188,14 @@ def test_torch_kmeans_matches_sklearn_inertia(dtype):
     assert ours.n_iter_ >= 1
 
 
+def test_torch_kmeans_names_its_distance_columns(blobs):
+    X, _ = blobs
+    model = TorchKMeans(4, device="cpu", random_state=0).fit(X)
+    assert model.get_feature_names_out().tolist() == ["torchkmeans0", "torchkmeans1", "torchkmeans2", "torchkmeans3"]
+    pytest.importorskip("pandas")
+    assert model.set_output(transform="pandas").transform(X).shape == (len(X), 4)
+
+
 def test_torch_kmeans_recovers_blobs_and_is_repeatable(blobs):
     X, y = blobs
     first = TorchKMeans(n_clusters=4, random_state=1, device="cpu").fit(X)
@@ -237,6 +255,15 @@ def test_mined_neighbors_exclude_self_among_duplicates():
         assert sorted(neighbours) == [i for i in range(4) if i != row]
     with pytest.raises(ValueError, match="n_neighbors=4"):
         mine_nearest_neighbors(X, 4, device="cpu")
+
+
+def test_mined_neighbors_refuse_bad_features():
+    X = np.random.default_rng(0).standard_normal((6, 3))
+    X[2, 1] = np.nan
+    with pytest.raises(ValueError, match="features contains NaN"):
+        mine_nearest_neighbors(X, 1, device="cpu")
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        mine_nearest_neighbors(np.ones(6), 1, device="cpu")
 
 
 # --------------------------------------------------------------------------- n_clusters

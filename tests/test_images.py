@@ -85,6 +85,18 @@ def test_negative_strides_are_copied_not_refused(images):
     assert torch.equal(_first_batch(flipped), _first_batch(np.ascontiguousarray(flipped)))
 
 
+def test_lists_of_channels_first_arrays_and_tensors(images):
+    expected = _first_batch(list(images))
+    channels_first = [np.ascontiguousarray(image.transpose(2, 0, 1)) for image in images]
+    assert torch.equal(_first_batch(channels_first), expected)
+    tensors = [torch.from_numpy(image).permute(2, 0, 1) for image in images]
+    assert torch.equal(_first_batch(tensors), expected)
+    as_bfloat16 = [tensor.to(torch.bfloat16) / 255 for tensor in tensors]
+    assert torch.equal(_first_batch(as_bfloat16), _first_batch([t.float().numpy() for t in as_bfloat16]))
+    mixed_sizes = _first_batch([tensors[0], tensors[1][:, :20]])
+    assert [tuple(image.shape) for image in mixed_sizes] == [(3, 32, 32), (3, 20, 32)]
+
+
 def test_input_is_not_modified(images):
     original = images.copy()
     list(as_images(images.transpose(0, 3, 1, 2)).batches(5))
@@ -136,6 +148,11 @@ def test_torch_tensor_input(images):
         (np.zeros((2, 32, 32, 3, 1), np.uint8), ValueError, "4-D"),
         (np.zeros((32, 32, 3), np.uint8), ValueError, "one color image"),
         (np.zeros((2, 32, 32, 5), np.uint8), ValueError, "channel axis"),
+        (np.zeros((3, 32, 32), np.uint8), ValueError, "one .channels, height, width. color image or 3 grayscale"),
+        ([np.zeros((5, 0, 3), np.uint8)], ValueError, "Image 0 has shape .5, 0, 3., with no pixels"),
+        ([np.zeros((4, 4, 3), np.uint8), Image.new("RGB", (0, 5))], ValueError, "Image 1 is a PIL image .* no pixels"),
+        ([np.zeros((32, 32, 5), np.uint8)], ValueError, "neither its last axis"),
+        ([np.zeros((2, 4, 4, 3), np.uint8)], ValueError, "4-D array"),
         (np.full((2, 8, 8, 3), np.nan), ValueError, "NaN"),
         (np.full((2, 8, 8, 3), np.inf, np.float32), ValueError, "NaN or infinite"),
         (np.full((2, 8, 8, 3), 255.0), ValueError, r"\[0, 1\]"),

@@ -6,6 +6,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import Pipeline
 
 from skdeepclust import FeatureClusterer, ImageEmbedder, PretrainedFeatureClusterer
+from skdeepclust.clustering import SCANClusterer, TorchKMeans
 from skdeepclust.metrics import CLUSTERING_SCORERS
 
 
@@ -112,3 +113,23 @@ def test_every_embedder_parameter_is_a_parameter_of_the_composite(images):
     assert embedder_params <= set(PretrainedFeatureClusterer().get_params())
     est = PretrainedFeatureClusterer(**TINY, n_clusters=2, batch_size=5, num_workers=0, compile=False).fit(images)
     assert est.embedder_.get_params()["batch_size"] == 5
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(clusterer="kmeanz"), "Unknown clusterer"),
+        (dict(clusterer="hdbscan", n_clusters=3), "takes no n_clusters"),
+        (dict(clusterer=SCANClusterer(n_epochs=0)), "n_epochs"),
+        (dict(clusterer=TorchKMeans(tol=-1.0)), "tol"),
+        (dict(clusterer=KMeans(n_init=-1)), "n_init"),
+        (dict(n_clusters=None), "fewer than n_clusters=8"),  # KMeans's own default, with 4 images
+    ],
+)
+def test_clusterer_mistakes_are_found_before_embedding(images, monkeypatch, params, match):
+    def embed(*args, **kwargs):
+        raise AssertionError("the images were embedded before the clusterer was checked")
+
+    monkeypatch.setattr(ImageEmbedder, "fit", embed)
+    with pytest.raises(ValueError, match=match):
+        PretrainedFeatureClusterer(**TINY, **params).fit(images[:4])

@@ -35,6 +35,12 @@ def available_clusterer_names():
     return sorted(CLUSTERER_NAMES)
 
 
+def fit_to_sample_count(name, estimator, n_samples):
+    """Cap the defaults of the clusterer called ``name`` that may not exceed ``n_samples``."""
+    if name == "spectral":  # its k-NN graph needs fewer neighbours than samples
+        estimator.set_params(n_neighbors=max(1, min(estimator.n_neighbors, n_samples - 1)))
+
+
 def build_named_clusterer(name, *, n_clusters, random_state, device, verbose=0):
     """Build the unfitted clusterer called ``name``.
 

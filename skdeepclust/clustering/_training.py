@@ -262,8 +262,11 @@ def single_head(multi_head, head):
     """A one-head :class:`MultiHead` holding a copy of head ``head`` of ``multi_head``."""
     weights = [w.detach()[head:head + 1] for w in multi_head.weights]
     biases = [b.detach()[head:head + 1] for b in multi_head.biases]
-    copy = MultiHead(1, weights[0].shape[1], weights[-1].shape[2],
-                     None if len(weights) == 1 else weights[0].shape[2])
+    # Its random initial weights are overwritten below; seeding a fork of torch's
+    # stream leaves the caller's own stream as it was.
+    with seeded_torch(0):
+        copy = MultiHead(1, weights[0].shape[1], weights[-1].shape[2],
+                         None if len(weights) == 1 else weights[0].shape[2])
     with torch.no_grad():
         for target, source in zip(list(copy.weights) + list(copy.biases), weights + biases):
             target.copy_(source)

@@ -185,7 +185,8 @@ class DebiasedClusterer(tr.HeadClusterer):
     random_state : int, RandomState instance or None, default=None
         Seeds weights, batches and neighbour draws; an int makes CPU runs repeatable.
     verbose : int, default=0
-        Print progress to stderr: 1 about ten lines, 2 every epoch.
+        Show a progress bar (tqdm, on stderr) over the training epochs, with
+        the best head's loss, when positive.
 
     Attributes
     ----------

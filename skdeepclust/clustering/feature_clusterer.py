@@ -11,7 +11,9 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..metrics import cluster_accuracy
-from ._registry import build_named_clusterer
+from ._registry import build_named_clusterer, fit_to_sample_count
+from ._training import HeadClusterer
+from .kmeans import TorchKMeans
 
 # Cosine silhouette is quadratic in the number of samples; beyond this many it is
 # estimated on a random subsample, which keeps `score` at a few seconds.
@@ -50,6 +52,17 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
     if random_state is not None and own_params.get("random_state", 0) is None:
         estimator.set_params(random_state=random_state)
     return estimator
+
+
+def _check_clusterer_params(estimator):
+    """Reject bad parameters of an unfitted clusterer before any data reaches it.
+
+    Its own ``fit`` would reject them too, but only after the images are embedded.
+    """
+    if isinstance(estimator, (HeadClusterer, TorchKMeans)):
+        estimator._check_params()
+    elif hasattr(estimator, "_parameter_constraints") and hasattr(estimator, "_validate_params"):
+        estimator._validate_params()  # scikit-learn's declared constraints
 
 
 def _requested_cluster_count(estimator):
@@ -169,6 +182,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         self.verbose = verbose
 
     def _validate_params(self):
+        """Check the parameters, and return the unfitted clusterer they describe, checked too."""
         if self.n_clusters is not None and (
             not isinstance(self.n_clusters, numbers.Integral)
             or isinstance(self.n_clusters, bool)
@@ -176,6 +190,19 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         ):
             raise ValueError(
                 f"n_clusters must be a positive integer or None; got {self.n_clusters!r}."
+            )
+        clusterer = _build_clusterer(
+            self.clusterer, self.n_clusters, self.random_state, self.device, self.verbose
+        )
+        _check_clusterer_params(clusterer)
+        return clusterer
+
+    def _check_sample_count(self, clusterer, n_samples):
+        requested = _requested_cluster_count(clusterer)
+        if requested is not None and requested > n_samples:
+            raise ValueError(
+                f"n_samples={n_samples} is fewer than n_clusters={requested}; pass more "
+                "samples or ask for fewer clusters."
             )
 
     def fit(self, X, y=None):
@@ -193,17 +220,11 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         self : FeatureClusterer
             The fitted estimator.
         """
-        self._validate_params()
+        clusterer = self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
-        clusterer = _build_clusterer(
-            self.clusterer, self.n_clusters, self.random_state, self.device, self.verbose
-        )
-        requested = _requested_cluster_count(clusterer)
-        if requested is not None and requested > X.shape[0]:
-            raise ValueError(
-                f"n_samples={X.shape[0]} is fewer than n_clusters={requested}; pass more "
-                "samples or ask for fewer clusters."
-            )
+        self._check_sample_count(clusterer, X.shape[0])
+        if isinstance(self.clusterer, str):
+            fit_to_sample_count(self.clusterer, clusterer, X.shape[0])
         if hasattr(clusterer, "fit_predict"):
             labels = clusterer.fit_predict(X)
         else:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._device import resolve_device, torch_seed_from
@@ -104,7 +104,7 @@ def _lloyd(X, row_sq_norms, centers, max_iter, shift_tolerance):
     return centers, labels, distances.sum(), n_iter
 
 
-class TorchKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
     """k-means on the GPU (or CPU) with torch, mirroring scikit-learn's KMeans.
 
     k-means++ seeding (greedy, like scikit-learn's), ``n_init`` restarts keeping
@@ -172,6 +172,18 @@ class TorchKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    def _check_params(self):
+        """The checked ``n_clusters``, ``n_init``, ``max_iter`` and ``tol``."""
+        checked = (
+            check_int("n_clusters", self.n_clusters),
+            check_int("n_init", self.n_init),
+            check_int("max_iter", self.max_iter),
+            check_float("tol", self.tol),
+        )
+        check_choice("init", self.init, {"k-means++", "random"})
+        check_int("verbose", self.verbose, minimum=0)
+        return checked
+
     def fit(self, X, y=None):
         """Compute the k-means clustering of ``X``.
 
@@ -187,11 +199,7 @@ class TorchKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self : TorchKMeans
             The fitted estimator.
         """
-        n_clusters = check_int("n_clusters", self.n_clusters)
-        n_init = check_int("n_init", self.n_init)
-        max_iter = check_int("max_iter", self.max_iter)
-        tol = check_float("tol", self.tol)
-        check_choice("init", self.init, {"k-means++", "random"})
+        n_clusters, n_init, max_iter, tol = self._check_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         if X.shape[0] < n_clusters:
             raise ValueError(
@@ -221,6 +229,7 @@ class TorchKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 best = (centers, labels, inertia, n_iter)
         centers, labels, inertia, n_iter = best
         self.cluster_centers_ = centers.cpu().numpy()
+        self._n_features_out = self.cluster_centers_.shape[0]  # transform's columns, one per centre
         self.labels_ = labels.cpu().numpy().astype(np.int64)
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)

@@ -22,10 +22,6 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     silhouette is scale-free and does not grow with ``k`` by itself, unlike the
     inertia, so its maximum is a usable choice when no labels exist.
 
-    A second, head-specific way: fit a head (``"scan"``, ``"temi"``,
-    ``"debiased"``) with more clusters than expected and read ``n_clusters_``;
-    heads prune the clusters that no sample chooses.
-
     Parameters
     ----------
     features : array-like of shape (n_samples, n_features)

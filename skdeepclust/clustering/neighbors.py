@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.utils import check_array
 
 from .._device import resolve_device
 from ._training import check_int, normalize_rows
@@ -70,11 +71,8 @@ def mine_nearest_neighbors(features, n_neighbors=20, *, device="auto", chunk_siz
     >>> indices.ravel().tolist()
     [1, 0, 3, 2]
     """
-    features = np.asarray(features)
-    if features.ndim != 2:
-        raise ValueError(
-            f"features must be a 2-D array (n_samples, n_features); got shape {features.shape}."
-        )
+    # A NaN row would come out as almost every row's nearest neighbour, silently.
+    features = check_array(features, dtype=[np.float64, np.float32], input_name="features")
     n_samples = features.shape[0]
     check_int("chunk_size", chunk_size)
     check_int("n_neighbors", n_neighbors)

@@ -37,9 +37,10 @@ class SCANClusterer(tr.HeadClusterer):
     ----------
     n_clusters : int, default=8
         Number of clusters the heads output. Clusters no training sample falls
-        in are pruned after training, so ``n_clusters_`` may be smaller; asking
-        for more clusters than expected and reading ``n_clusters_`` is one way
-        to let the head choose the number.
+        in are pruned after training, so ``n_clusters_`` may be smaller; the
+        entropy term spreads the samples over all of them, though, so asking
+        for more clusters does not estimate their number (see
+        :func:`~skdeepclust.clustering.select_n_clusters`).
     n_neighbors : int, default=10
         Neighbours mined per sample (capped at ``n_samples - 1``).
     n_heads : int, default=10
@@ -71,7 +72,8 @@ class SCANClusterer(tr.HeadClusterer):
     random_state : int, RandomState instance or None, default=None
         Seeds weights, batches and neighbour draws; an int makes CPU runs repeatable.
     verbose : int, default=0
-        Print progress to stderr: 1 about ten lines per stage, 2 every epoch.
+        Show a progress bar (tqdm, on stderr) over the training epochs, with
+        the best head's loss, when positive.
 
     Attributes
     ----------

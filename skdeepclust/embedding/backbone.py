@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import copy
 import difflib
+import numbers
 import os
 import socket
 from collections.abc import Mapping
@@ -261,9 +262,10 @@ def _timm_data_config(model):
 
 
 def _as_size(image_size):
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    return tuple(image_size)
+    """``image_size`` as a (height, width) of Python ints (timm refuses numpy integers)."""
+    if isinstance(image_size, numbers.Integral):
+        return (int(image_size), int(image_size))
+    return tuple(int(side) for side in image_size)
 
 
 def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, random_state):
@@ -272,6 +274,8 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
     Parameters are those of :class:`~skdeepclust.ImageEmbedder`; ``mean``, ``std``,
     ``interpolation`` and ``image_size`` override the model's own data config.
     """
+    if image_size is not None:
+        image_size = _as_size(image_size)
     with seeded_torch(random_state):
         if isinstance(backbone, str):
             model = _load_timm_backbone(backbone, pretrained, image_size)
@@ -296,7 +300,7 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
             "mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))."
         )
     preprocessing = Preprocessing(
-        input_size=_as_size(image_size) if image_size is not None else tuple(config["input_size"][1:]),
+        input_size=image_size if image_size is not None else tuple(config["input_size"][1:]),
         mean=tuple(float(v) for v in (mean if mean is not None else config["mean"])),
         std=tuple(float(v) for v in (std if std is not None else config["std"])),
         interpolation=interpolation or config.get("interpolation", "bilinear"),

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
@@ -200,7 +200,7 @@ class _FeatureSink:
         return self.features
 
 
-class ImageEmbedder(TransformerMixin, BaseEstimator):
+class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Turn images into L2-normalised feature vectors with a frozen pretrained backbone.
 
     Any timm model works; self-supervised ViTs (DINO, DINOv2) separate classes best.
@@ -376,6 +376,10 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}.")
+        if not isinstance(self.normalize, (bool, np.bool_)):
+            raise TypeError(f"normalize must be True or False; got {self.normalize!r}.")
+        if not (isinstance(self.verbose, numbers.Integral) and self.verbose >= 0):
+            raise ValueError(f"verbose must be a non-negative integer; got {self.verbose!r}.")
         resolve_device(self.device)
 
     def fit(self, X, y=None):
@@ -420,6 +424,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.model_ = model
         self.preprocessing_ = preprocessing
         self.embedding_dim_ = int(_check_features(features, backbone_name).shape[1])
+        self._n_features_out = self.embedding_dim_  # named by get_feature_names_out
         self._runtime = None
         return self
 

@@ -87,16 +87,45 @@ def _decode_file(path, min_size=None):
         raise ValueError(f"Cannot read image file {path!r}: {exc}") from exc
 
 
-def _channels_last_to_rgb(array, name):
+def _channels_last_to_rgb(array):
     """An (..., H, W, C) array with C in 1, 3, 4 as (..., H, W, 3)."""
-    channels = array.shape[-1]
-    if channels == 1:
+    if array.shape[-1] == 1:
         return np.repeat(array, 3, axis=-1)
-    if channels == 4:
-        return array[..., :3]
-    if channels == 3:
-        return array
-    raise ValueError(f"{name} has {channels} channels; images need 1 (gray), 3 (RGB) or 4 (RGBA).")
+    return array[..., :3]
+
+
+def _channel_axis_of_one_image(shape, name):
+    """Where the channels of a single image of ``shape`` lie: -1 (HWC), 0 (CHW) or None (HW).
+
+    Raises a ValueError naming the image when it has no channel axis or no pixels.
+    """
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            f"{name} is a {len(shape)}-D array; single images must be (height, width), "
+            "(height, width, channels) or (channels, height, width)."
+        )
+    if len(shape) == 2:
+        axis, height_width = None, shape
+    elif shape[-1] in _CHANNEL_COUNTS:
+        axis, height_width = -1, shape[:2]
+    elif shape[0] in _CHANNEL_COUNTS:
+        axis, height_width = 0, shape[1:]
+    else:
+        raise ValueError(
+            f"{name} has shape {shape}: neither its last axis (height, width, channels) nor "
+            "its first (channels, height, width) has 1, 3 or 4 channels."
+        )
+    if 0 in height_width:
+        raise ValueError(f"{name} has shape {shape}, with no pixels.")
+    return axis
+
+
+def _tensor_as_numpy(tensor):
+    """A torch image as a numpy array on the host (float dtypes numpy lacks become float32)."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+        tensor = tensor.float()
+    return tensor.numpy()
 
 
 def _dtype_kind(dtype):
@@ -142,7 +171,7 @@ def _check_pixel_range(array, name):
 
 
 def _from_numpy(pixels):
-    """numpy pixels as a torch tensor of the same layout: uint8 kept, other integers as uint8, floats as float32.
+    """numpy pixels as a torch tensor of the same layout (other integers as uint8, floats as float32).
 
     Shares memory with ``pixels`` where it can, and never writes to it.
     """
@@ -194,6 +223,12 @@ class ArrayImages:
                 raise ValueError(
                     f"A 3-D input of shape {shape} looks like one color image; pass a "
                     "batch of images with shape (n_images, height, width, channels), e.g. X[None]."
+                )
+            if array.shape[0] in (3, 4):
+                raise ValueError(
+                    f"A 3-D input of shape {shape} could be one (channels, height, width) color "
+                    f"image or {shape[0]} grayscale images; pass X[None] for the former, "
+                    "X[..., None] for the latter."
                 )
             array = array[..., None]
         elif array.ndim != 4:
@@ -257,22 +292,23 @@ class ImageList:
             raise ValueError("Found 0 images; at least one is required.")
         from PIL import Image
 
-        self._items = list(items)
+        # Tensors come to the host now: worker processes can neither share GPU memory
+        # nor read bfloat16 through numpy.
+        self._items = [_tensor_as_numpy(item) if isinstance(item, torch.Tensor) else item for item in items]
         missing = []
         for position, item in enumerate(self._items):
             if isinstance(item, (str, os.PathLike)):
                 if not os.path.isfile(item):
                     missing.append(str(item))
             elif isinstance(item, np.ndarray):
-                if item.ndim not in (2, 3):
-                    raise ValueError(
-                        f"Image {position} is a {item.ndim}-D array; single images must be "
-                        "(height, width) or (height, width, channels)."
-                    )
-            elif not isinstance(item, Image.Image):
+                _channel_axis_of_one_image(item.shape, f"Image {position}")
+            elif isinstance(item, Image.Image):
+                if 0 in item.size:
+                    raise ValueError(f"Image {position} is a PIL image of size {item.size}, with no pixels.")
+            else:
                 raise TypeError(
                     f"Image {position} is a {type(item).__name__}; a list of images may hold "
-                    "file paths, PIL images or numpy arrays."
+                    "file paths, PIL images, numpy arrays or torch tensors."
                 )
         if missing:
             shown = ", ".join(repr(name) for name in missing[:3])
@@ -298,9 +334,12 @@ class ImageList:
             return _pil_to_rgb_array(item, f"Image {position}")
         name = f"Image {position}"
         array = _check_pixel_range(item, name)
-        if array.ndim == 2:
+        channel_axis = _channel_axis_of_one_image(array.shape, name)
+        if channel_axis is None:
             array = array[..., None]
-        return _channels_last_to_rgb(array, name)
+        elif channel_axis == 0:
+            array = np.moveaxis(array, 0, -1)
+        return _channels_last_to_rgb(array)
 
     def decode_range(self, start, stop, min_size=None):
         """Images ``start`` to ``stop``: one tensor when they share size and dtype, else a list."""
