@@ -153,6 +153,8 @@ def test_torch_tensor_input(images):
         ([np.zeros((4, 4, 3), np.uint8), Image.new("RGB", (0, 5))], ValueError, "Image 1 is a PIL image .* no pixels"),
         ([np.zeros((32, 32, 5), np.uint8)], ValueError, "neither its last axis"),
         ([np.zeros((2, 4, 4, 3), np.uint8)], ValueError, "4-D array"),
+        ([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), bool)], TypeError, "Image 1 has dtype bool"),
+        ([np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 2.0)], ValueError, "Image 1 is a float array"),
         (np.full((2, 8, 8, 3), np.nan), ValueError, "NaN"),
         (np.full((2, 8, 8, 3), np.inf, np.float32), ValueError, "NaN or infinite"),
         (np.full((2, 8, 8, 3), 255.0), ValueError, r"\[0, 1\]"),

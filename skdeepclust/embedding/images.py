@@ -300,8 +300,9 @@ class ImageList:
             if isinstance(item, (str, os.PathLike)):
                 if not os.path.isfile(item):
                     missing.append(str(item))
-            elif isinstance(item, np.ndarray):
+            elif isinstance(item, np.ndarray):  # checked now, not when its batch comes
                 _channel_axis_of_one_image(item.shape, f"Image {position}")
+                _check_pixel_range(item, f"Image {position}")
             elif isinstance(item, Image.Image):
                 if 0 in item.size:
                     raise ValueError(f"Image {position} is a PIL image of size {item.size}, with no pixels.")
@@ -332,14 +333,12 @@ class ImageList:
             return _decode_file(os.fspath(item), min_size)
         if isinstance(item, Image.Image):
             return _pil_to_rgb_array(item, f"Image {position}")
-        name = f"Image {position}"
-        array = _check_pixel_range(item, name)
-        channel_axis = _channel_axis_of_one_image(array.shape, name)
+        channel_axis = _channel_axis_of_one_image(item.shape, f"Image {position}")
         if channel_axis is None:
-            array = array[..., None]
+            item = item[..., None]
         elif channel_axis == 0:
-            array = np.moveaxis(array, 0, -1)
-        return _channels_last_to_rgb(array)
+            item = np.moveaxis(item, 0, -1)
+        return _channels_last_to_rgb(item)
 
     def decode_range(self, start, stop, min_size=None):
         """Images ``start`` to ``stop``: one tensor when they share size and dtype, else a list."""
