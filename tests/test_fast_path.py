@@ -190,6 +190,17 @@ def test_gpu_tensor_input_stays_on_the_gpu(images):
     np.testing.assert_allclose(ImageEmbedder(**TINY, device="cpu").fit_transform(pixels), on_cpu, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "capability, expected", [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16)]
+)
+def test_auto_precision_is_bfloat16_only_where_the_gpu_runs_it_natively(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert embedder_module.compute_dtype(torch.device("cuda"), "auto") == expected
+    assert embedder_module.compute_dtype(torch.device("cpu"), "auto") == torch.float32
+    assert embedder_module.compute_dtype(torch.device("cuda"), "float32") == torch.float32
+
+
 def test_produced_ahead_keeps_order_and_stays_bounded():
     made = []
 

@@ -106,8 +106,11 @@ def compute_dtype(device, precision):
     if precision == "auto":
         if device.type != "cuda":
             return torch.float32
-        # Pre-Ampere GPUs only emulate bfloat16, slowly; float16 runs natively there.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        # Pre-Ampere NVIDIA GPUs (compute capability below 8.0) only emulate bfloat16,
+        # slowly; float16 runs natively there. Read from the capability, as torch
+        # before 2.3 has no is_bf16_supported(including_emulation=False).
+        native_bf16 = torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)
+        return torch.bfloat16 if native_bf16 else torch.float16
     return getattr(torch, precision)
 
 
