@@ -8,9 +8,11 @@ import copy
 import functools
 import numbers
 import os
+import sys
 import warnings
 
 import numpy as np
+import sklearn.base
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
@@ -112,6 +114,24 @@ def compute_dtype(device, precision):
         native_bf16 = torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)
         return torch.bfloat16 if native_bf16 else torch.float16
     return getattr(torch, precision)
+
+
+# Warnings point at the first line outside these: the user's call, whether it
+# went through transform, fit_transform, a Pipeline or PretrainedFeatureClusterer.
+_LIBRARY_DIRECTORIES = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # skdeepclust/
+    os.path.dirname(os.path.abspath(sklearn.base.__file__)) + os.sep,  # sklearn/
+)
+
+
+def _stacklevel_of_user_code():
+    """The ``stacklevel`` that makes a warning raised by the caller name the user's line."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRECTORIES):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _check_features(features, backbone):
@@ -520,7 +540,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                         warnings.warn(
                             f"Out of device memory; retrying with batches of {forward_size} images.",
                             RuntimeWarning,
-                            stacklevel=3,  # whoever called transform
+                            stacklevel=_stacklevel_of_user_code(),
                         )
                         continue
                     sink.add(output)
