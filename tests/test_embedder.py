@@ -59,8 +59,11 @@ def test_tensor_input_is_not_modified(images):
 
 def test_images_of_different_sizes(images):
     mixed = [images[0], images[1][:20, :28], np.asarray(Image.fromarray(images[2]).resize((50, 40)))]
-    features = ImageEmbedder(**TINY).fit_transform(mixed)
+    embedder = ImageEmbedder(**TINY).fit(images)
+    features = embedder.transform(mixed)
     assert features.shape == (3, 64)
+    one_by_one = np.concatenate([embedder.transform([image]) for image in mixed])
+    np.testing.assert_allclose(features, one_by_one, atol=1e-5)
 
 
 def test_batching_does_not_change_features(images):

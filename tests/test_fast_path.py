@@ -177,6 +177,9 @@ def test_gpu_pipeline_matches_the_cpu(images, image_files, params):
     on_gpu.fit(images)
     np.testing.assert_allclose(on_gpu.transform(images), on_cpu, atol=1e-3)
     np.testing.assert_allclose(on_gpu.transform(image_files), on_cpu, atol=1e-3)
+    mixed_sizes = [images[0], images[1][:20, :28], images[2], images[3][:24]]
+    expected = ImageEmbedder(**params, device="cpu").fit_transform(mixed_sizes)
+    np.testing.assert_allclose(on_gpu.transform(mixed_sizes), expected, atol=1e-3)
 
 
 @pytest.mark.gpu

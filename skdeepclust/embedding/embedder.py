@@ -78,6 +78,19 @@ def _normalization(mean, std, device):
     return mean, std
 
 
+def _copied_to(device, tensors, copy_stream):
+    """``tensors`` on ``device``; with a CUDA ``copy_stream`` the copies run on it, beside the compute."""
+    if copy_stream is None:
+        return [tensor.to(device, non_blocking=True) for tensor in tensors]
+    with torch.cuda.stream(copy_stream):
+        copies = [tensor.to(device, non_blocking=True) for tensor in tensors]
+    compute_stream = torch.cuda.current_stream(device)
+    compute_stream.wait_stream(copy_stream)  # once for the whole batch
+    for copy in copies:
+        copy.record_stream(compute_stream)  # its memory is reused only once the computation is done
+    return copies
+
+
 def prepare_batch(batch, preprocessing, device, copy_stream=None):
     """Pixels (uint8 or [0, 1] floats, on the host) to the backbone's normalised input on ``device``.
 
@@ -85,20 +98,18 @@ def prepare_batch(batch, preprocessing, device, copy_stream=None):
     and resizing and normalising run on the device. With a CUDA ``copy_stream``
     the copy runs on it, beside the computation on the current stream; it is
     asynchronous only from page-locked memory, which ``batches(pin_memory=True)``
-    of the image inputs provides.
+    of the image inputs provides. A list of (3, H, W) images of different sizes
+    is resized image by image, then normalised as one batch.
     """
-    if isinstance(batch, list):  # images of different sizes: resize each, then stack
-        return torch.cat([prepare_batch(image[None], preprocessing, device, copy_stream) for image in batch])
-    if copy_stream is None:
-        pixels = batch.to(device, non_blocking=True)
-    else:
-        with torch.cuda.stream(copy_stream):
-            pixels = batch.to(device, non_blocking=True)
-        compute_stream = torch.cuda.current_stream(device)
-        compute_stream.wait_stream(copy_stream)
-        pixels.record_stream(compute_stream)  # its memory is reused only once the computation is done
-    pixels = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
-    pixels = _resize_and_center_crop(pixels, preprocessing.input_size, preprocessing.interpolation)
+    images = batch if isinstance(batch, list) else [batch]
+    resized = []
+    for pixels in _copied_to(device, images, copy_stream):
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        # uint8 / 255 is one pass that reads bytes and writes floats.
+        pixels = pixels / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+        resized.append(_resize_and_center_crop(pixels, preprocessing.input_size, preprocessing.interpolation))
+    pixels = torch.cat(resized) if len(resized) > 1 else resized[0]
     mean, std = _normalization(tuple(preprocessing.mean), tuple(preprocessing.std), device)
     return (pixels - mean) / std
 
