@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
 
 EXIT_USAGE = 2
@@ -44,13 +45,23 @@ def _warn(message):
     print(f"skdeepclust: warning: {message}", file=sys.stderr)
 
 
-def _readable_images(folder, quiet):
+def _readable_images(folder, quiet, out):
+    """The image files under ``folder`` that decode, and those that do not.
+
+    Files in ``out`` are left out, so that a run writing its results inside
+    ``folder`` does not cluster them in the next run.
+    """
     from tqdm.auto import tqdm
 
     from ._device import usable_cores
     from .embedding.images import find_image_files
 
     files = find_image_files(folder)
+    if out.resolve().is_relative_to(folder.resolve()):
+        inside = os.path.join(str(folder), *out.resolve().relative_to(folder.resolve()).parts) + os.sep
+        files = [path for path in files if not path.startswith(inside)]
+        if not files:
+            raise UserError(f"{folder} holds no images outside the output folder {out}")
     processes = min(usable_cores(), len(files) // PARALLEL_CHECK_MIN_FILES)
     with contextlib.ExitStack() as stack:
         if processes > 1:  # a pass over 60,000 files takes 8 s on one core
@@ -125,7 +136,8 @@ def _write_results(out, files, stage, features, save_embeddings):
     from .visualization import cluster_montage
 
     confidence = _confidence(stage, features)
-    with open(out / "clusters.csv", "w", newline="") as handle:
+    # surrogateescape writes back the bytes of file names that are not valid UTF-8.
+    with open(out / "clusters.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "cluster", "confidence"])
         for file, cluster, score in zip(files, stage.labels_, confidence):
@@ -145,6 +157,16 @@ def _pretrained_argument(value):
     return value
 
 
+def _positive_int_argument(value):
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return number
+
+
 def _batch_size_argument(value):
     if value == "auto":
         return value
@@ -161,7 +183,7 @@ def cluster_command(args):
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
     out = _output_folder(args.out)
-    files, skipped = _readable_images(folder, args.quiet)
+    files, skipped = _readable_images(folder, args.quiet, out)
     if args.eval:
         y, _ = class_folder_labels(folder, files)
         if y is None:
@@ -226,7 +248,8 @@ def demo_command(args):
     embedder_params.update(device=args.device)
     print(f"Clustering {len(files)} CIFAR-10 test photos into 10 groups with a {described}.")
     start = time.perf_counter()
-    features, stage = _embed_and_cluster(files, embedder_params, args.clusterer, 10, 0, args.quiet)
+    n_clusters = None if args.clusterer in FINDS_ITS_CLUSTER_COUNT else 10
+    features, stage = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters, 0, args.quiet)
     seconds = time.perf_counter() - start
     _write_results(out, files, stage, features, False)
     print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")
@@ -279,7 +302,8 @@ def build_parser():
         "NMI and ARI, and write a montage of the clusters.",
     )
     demo.add_argument("--shared", default=None, help="folder holding data/cifar10/ (and models/)")
-    demo.add_argument("--per-class", type=int, default=200, help="photos per class (default: %(default)s)")
+    demo.add_argument("--per-class", type=_positive_int_argument, default=200,
+                      help="photos per class (default: %(default)s)")
     demo.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names())
     demo.add_argument("--device", default="auto")
     demo.add_argument("--out", default="skdeepclust-demo", help="output folder (default: %(default)s)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch, check_random_state
 
-from .embedding.images import find_image_files
+from .embedding.images import find_image_files, is_hidden_name
 
 
 def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y=False):
@@ -59,7 +61,7 @@ def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y
     if target is None:
         return (files, None) if return_X_y else Bunch(filenames=files, target=None, target_names=[])
     if max_per_class is not None:
-        if not isinstance(max_per_class, (int, np.integer)) or max_per_class < 1:
+        if not isinstance(max_per_class, (int, np.integer)) or isinstance(max_per_class, bool) or max_per_class < 1:
             raise ValueError(f"max_per_class must be a positive integer; got {max_per_class!r}.")
         rng = check_random_state(random_state)
         kept = np.concatenate(
@@ -98,20 +100,23 @@ def extract_image_archive(archive, cache_dir=None):
         The archive file.
     cache_dir : str or path-like, default=None
         Where to unpack; default ``$SKDEEPCLUST_CACHE`` or ``~/.cache/skdeepclust``.
-        The archive goes into a sub-folder named after it and is not unpacked again
-        once complete.
+        Each archive gets a sub-folder of its own, named after the archive and its
+        location. It is unpacked again only when the archive changes (its size or
+        modification time) or the last unpacking did not finish.
 
     Returns
     -------
     folder : pathlib.Path
-        The folder holding the archive's contents.
+        The folder holding the archive's contents; when those are a single folder
+        (``photos.zip`` holding ``photos/<class>/...``), that folder, so that
+        :func:`load_image_folder` finds the classes in it.
     """
-    archive = Path(archive)
+    archive = Path(archive).expanduser()
     if not archive.is_file():
         raise ValueError(f"archive={str(archive)!r} is not a file.")
     cache_dir = Path(
         cache_dir or os.environ.get("SKDEEPCLUST_CACHE") or Path.home() / ".cache" / "skdeepclust"
-    )
+    ).expanduser()
     name = archive.name
     for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
         if name.endswith(suffix):
@@ -119,16 +124,30 @@ def extract_image_archive(archive, cache_dir=None):
             break
     else:
         raise ValueError(f"{archive.name!r} is not a .tar, .tar.gz, .tgz or .zip archive.")
-    folder = cache_dir / name
+    location = str(archive.resolve())
+    stat = archive.stat()
+    identity = f"{location}\n{stat.st_size}\n{stat.st_mtime_ns}\n"
+    # Archives of one name from different places must not share a folder.
+    folder = cache_dir / f"{name}-{hashlib.sha256(location.encode()).hexdigest()[:10]}"
     complete = folder / ".extracted"
-    if complete.exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
+    if complete.is_file() and complete.read_text() == identity:
+        return _contents_folder(folder)
+    if folder.exists():  # an older version of the archive, or an unpacking cut short
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     if archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zipped:
             zipped.extractall(folder)
     else:
         with tarfile.open(archive) as tarred:
             tarred.extractall(folder, filter="data")
-    complete.touch()
+    complete.write_text(identity)
+    return _contents_folder(folder)
+
+
+def _contents_folder(folder):
+    """``folder``, or the one folder it holds besides hidden entries and macOS's ``__MACOSX``."""
+    entries = [entry for entry in folder.iterdir() if not is_hidden_name(entry.name)]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
     return folder

@@ -36,10 +36,10 @@ def cluster_accuracy(y_true, y_pred):
     Parameters
     ----------
     y_true : array-like of shape (n_samples,)
-        True class labels (any hashable values).
+        True class labels, of one type that sorts (integers or strings).
     y_pred : array-like of shape (n_samples,)
-        Cluster labels (any hashable values; noise labels such as -1 are an
-        ordinary cluster here).
+        Cluster labels, of one type that sorts; noise labels such as -1 are an
+        ordinary cluster here.
 
     Returns
     -------

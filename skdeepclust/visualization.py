@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -93,8 +95,9 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
         scores = np.asarray(scores, dtype=float)
         if scores.shape != labels.shape:
             raise ValueError(f"scores has shape {scores.shape} but labels has {labels.shape}.")
-    if n_per_cluster < 1 or thumbnail_size < 8:
-        raise ValueError("n_per_cluster must be at least 1 and thumbnail_size at least 8.")
+    for name, value, minimum in (("n_per_cluster", n_per_cluster, 1), ("thumbnail_size", thumbnail_size, 8)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
     source = as_images(images)
     if len(source) != labels.size:
         raise ValueError(f"Got {len(source)} images but {labels.size} labels; they must pair up.")
@@ -103,7 +106,8 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     decoded = _decode_selected(source, np.concatenate(list(chosen.values())))
 
     row_height = thumbnail_size + _GAP
-    width = _LABEL_WIDTH + n_per_cluster * (thumbnail_size + _GAP)
+    longest_row = max(len(members) for members in chosen.values())
+    width = _LABEL_WIDTH + longest_row * (thumbnail_size + _GAP)
     montage = Image.new("RGB", (width, len(chosen) * row_height + _GAP), _BACKGROUND)
     draw = ImageDraw.Draw(montage)
     font = ImageFont.load_default()

@@ -33,6 +33,30 @@ def test_cluster_writes_csv_montage_and_embeddings(capsys, image_folder, tmp_pat
     assert "accuracy 1.000" in stdout
 
 
+def test_output_folder_inside_the_input_is_not_clustered_next_time(capsys, image_folder):
+    out = image_folder / "results"
+    for _ in range(2):
+        status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                                   *TINY_ARGS)
+        assert status == 0, err
+        assert stdout.startswith("8 images")
+
+
+def test_file_names_that_are_not_utf8_are_written_as_their_bytes(capsys, image_folder, tmp_path):
+    import os
+
+    name = os.fsencode(str(image_folder / "dark")) + b"/caf\xe9.png"
+    try:
+        Image.new("RGB", (32, 32)).save(name)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0, err
+    rows = (out / "clusters.csv").read_bytes().splitlines()
+    assert len(rows) == 1 + 9 and any(row.startswith(name) for row in rows)
+
+
 @pytest.mark.parametrize("files_per_process", [1000, 2], ids=["in-process", "process-pool"])
 def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path, monkeypatch, files_per_process):
     import skdeepclust.cli
@@ -107,15 +131,24 @@ def test_python_dash_m_entry_point(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_offline_on_the_shared_photos(capsys, tmp_path):
+@pytest.mark.parametrize("clusterer", ["kmeans", "hdbscan"])  # hdbscan takes no number of clusters
+def test_demo_runs_offline_on_the_shared_photos(capsys, tmp_path, clusterer):
     if not CIFAR10_ARCHIVE.is_file():
         pytest.skip(f"CIFAR-10 archive not found at {CIFAR10_ARCHIVE} (../shared is absent)")
     status, stdout, err = _run(
-        capsys, "demo", "--shared", str(SHARED), "--per-class", "10", "--out", str(tmp_path), "--quiet"
+        capsys, "demo", "--shared", str(SHARED), "--per-class", "10", "--out", str(tmp_path), "--quiet",
+        "--clusterer", clusterer,
     )
     assert status == 0, err
     assert "accuracy" in stdout and "NMI" in stdout
     assert (tmp_path / "montage.png").is_file() and (tmp_path / "clusters.csv").is_file()
+
+
+def test_demo_per_class_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--per-class", "0"])
+    assert exit_info.value.code == 2
+    assert "--per-class: must be a whole number of at least 1" in capsys.readouterr().err
 
 
 def test_demo_without_its_photos_says_where_to_point(capsys, tmp_path):

@@ -51,11 +51,89 @@ def test_archive_is_extracted_once(image_folder, tmp_path_factory, kind):
     archive = shutil.make_archive(str(archive_base), "gztar" if kind == "tar.gz" else "zip", image_folder)
     cache = tmp_path_factory.mktemp("cache")
     folder = extract_image_archive(archive, cache)
-    assert folder == cache / "pictures"
+    assert folder.parent == cache and folder.name.startswith("pictures-")
     assert len(load_image_folder(folder).filenames) == 8
     (folder / "dark").rename(folder / "moved")  # a second call must not unpack again
     assert extract_image_archive(archive, cache) == folder
     assert not (folder / "dark").exists()
+
+
+def _zip(path, names):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zipped:
+        for name in names:
+            zipped.writestr(name, _png_bytes())
+    return path
+
+
+def _png_bytes():
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_archive_that_changes_or_shares_a_name_is_unpacked_again(tmp_path):
+    import os
+
+    cache = tmp_path / "cache"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = extract_image_archive(_zip(tmp_path / "a" / "data.zip", ["x/1.png", "y/1.png"]), cache)
+    other = extract_image_archive(_zip(tmp_path / "b" / "data.zip", ["z/1.png", "w/1.png"]), cache)
+    assert first != other
+    assert load_image_folder(first).target_names == ["x", "y"]
+    assert load_image_folder(other).target_names == ["w", "z"]
+    updated = _zip(tmp_path / "a" / "data.zip", ["x/1.png", "y/1.png", "v/1.png"])
+    os.utime(updated, ns=(0, os.stat(updated).st_mtime_ns + 10**9))
+    assert load_image_folder(extract_image_archive(updated, cache)).target_names == ["v", "x", "y"]
+
+
+def test_archive_of_one_top_folder_made_on_a_mac(tmp_path):
+    names = ["photos/cat/1.png", "photos/dog/1.png", "__MACOSX/photos/cat/._1.png", "photos/dog/._2.png"]
+    folder = extract_image_archive(_zip(tmp_path / "photos.zip", names), tmp_path / "cache")
+    data = load_image_folder(folder)
+    assert folder.name == "photos" and data.target_names == ["cat", "dog"] and len(data.filenames) == 2
+
+
+def test_cache_dir_with_a_tilde_is_under_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = extract_image_archive(_zip(tmp_path / "data.zip", ["a/1.png", "b/1.png"]), "~/cache")
+    assert folder.parent == tmp_path / "home" / "cache"
+
+
+def test_hidden_files_and_folders_are_skipped(image_folder):
+    (image_folder / ".thumbnails").mkdir()
+    Image.new("RGB", (4, 4)).save(image_folder / ".thumbnails" / "1.png")
+    Image.new("RGB", (4, 4)).save(image_folder / "dark" / ".hidden.png")
+    data = load_image_folder(image_folder)
+    assert data.target_names == ["bright", "dark"] and len(data.filenames) == 8
+
+
+def test_linked_class_folders_are_followed_once(tmp_path):
+    store = tmp_path / "store"
+    for name in ["cat/1.png", "dog/1.png", "dog/2.png"]:
+        (store / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(store / name)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / "cat").symlink_to(store / "cat", target_is_directory=True)
+    (subset / "dog").symlink_to(store / "dog", target_is_directory=True)
+    (subset / "dog" / "loop").symlink_to(subset, target_is_directory=True)  # a cycle must not hang
+    data = load_image_folder(subset)
+    assert data.target_names == ["cat", "dog"] and data.target.tolist() == [0, 1, 1]
+
+
+def test_files_sort_by_class_then_path(tmp_path):
+    for name in ["dog-1/a.png", "dog/b.png", "Dog/c.png", "dog/a.png"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    data = load_image_folder(tmp_path)
+    assert data.target_names == ["Dog", "dog", "dog-1"]
+    assert data.target.tolist() == [0, 1, 1, 2]
+    assert [f.split("/")[-1] for f in data.filenames] == ["c.png", "a.png", "b.png", "a.png"]
 
 
 def test_archive_errors(tmp_path):

@@ -278,6 +278,12 @@ def test_select_n_clusters_recovers_true_k():
         select_n_clusters(X, [1, 5])
 
 
+def test_select_n_clusters_says_when_a_head_gives_fewer_clusters_than_asked():
+    X, _ = sphere_blobs([60, 60, 60], noise=0.1, seed=0)
+    with pytest.warns(UserWarning, match=r"n_clusters=6 \(gave [1-5]\)"):
+        select_n_clusters(X, [3, 6], clusterer=TEMIClusterer(**FAST), random_state=0, device="cpu")
+
+
 # --------------------------------------------------------------------------- GPU
 
 

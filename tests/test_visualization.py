@@ -16,6 +16,11 @@ def test_one_row_per_cluster_including_noise():
     assert montage.size == (110 + 3 * 20, 4 + 4 * 20)
 
 
+def test_width_fits_the_longest_row_not_n_per_cluster():
+    montage = cluster_montage(_colour_images(), np.arange(12) % 4, n_per_cluster=1000, thumbnail_size=16)
+    assert montage.size == (110 + 3 * 20, 4 + 4 * 20)
+
+
 def test_scores_pick_the_most_confident_members():
     labels = np.zeros(12, dtype=int)
     scores = np.arange(12) / 12.0  # the last images are the most confident
@@ -55,6 +60,8 @@ def test_only_shown_images_are_decoded(tmp_path, monkeypatch):
         ([], {}, "non-empty"),
         (np.zeros(12), {"scores": [1.0]}, "scores has shape"),
         (np.zeros(12), {"n_per_cluster": 0}, "n_per_cluster"),
+        (np.zeros(12), {"n_per_cluster": 2.5}, "n_per_cluster must be an integer"),
+        (np.zeros(12), {"thumbnail_size": 48.0}, "thumbnail_size must be an integer"),
     ],
 )
 def test_bad_arguments(labels, kwargs, match):

@@ -29,6 +29,9 @@ CLUSTERER_NAMES = {
 # Names whose class counts its clusters with a parameter other than ``n_clusters``.
 _CLUSTER_COUNT_PARAMETER = {"gmm": "n_components"}
 
+# Names whose class finds the number of clusters itself and takes none.
+FINDS_ITS_CLUSTER_COUNT = frozenset({"hdbscan", "cuml_hdbscan"})
+
 
 def available_clusterer_names():
     """The names accepted by ``clusterer=``, sorted."""

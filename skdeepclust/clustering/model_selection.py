@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.utils.validation import check_array
@@ -39,9 +40,12 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     Returns
     -------
     best_n_clusters : int
-        The candidate with the largest silhouette (the smallest such on ties).
+        The candidate with the largest silhouette (the smallest such on ties):
+        the ``n_clusters`` to pass. A head can leave clusters empty, so that it
+        gives fewer clusters than asked; a warning then says how many each
+        candidate gave.
     scores : dict of int to float
-        Silhouette of every candidate.
+        Silhouette of the clustering each candidate gave.
 
     Examples
     --------
@@ -64,10 +68,23 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
                 f"Every one of candidates must be an integer in [2, n_samples - 1 = "
                 f"{features.shape[0] - 1}]; got {k!r}."
             )
-    scores = {}
+    scores, found = {}, {}
     for k in sorted(set(int(k) for k in candidates)):
         model = FeatureClusterer(clusterer, n_clusters=k, device=device,
                                  random_state=random_state).fit(features)
         scores[k] = label_free_score(features, model.labels_, random_state=random_state)
+        found[k] = model.cluster_ids_.size
     best = max(scores, key=lambda k: (scores[k], -k))
+    # A head may leave clusters empty: then the k to pass and the number of
+    # clusters it gives differ, and the user must know which one was scored.
+    differing = {k: n for k, n in found.items() if n != k}
+    if differing:
+        warnings.warn(
+            "The clusterer gave a different number of clusters than asked for "
+            + ", ".join(f"n_clusters={k} (gave {n})" for k, n in differing.items())
+            + f". The best, n_clusters={best}, gave {found[best]} clusters; each score is "
+            "that of the clustering the candidate gave.",
+            UserWarning,
+            stacklevel=2,
+        )
     return best, scores

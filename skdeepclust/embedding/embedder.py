@@ -86,8 +86,8 @@ def _copied_to(device, tensors, copy_stream):
         copies = [tensor.to(device, non_blocking=True) for tensor in tensors]
     compute_stream = torch.cuda.current_stream(device)
     compute_stream.wait_stream(copy_stream)  # once for the whole batch
-    for copy in copies:
-        copy.record_stream(compute_stream)  # its memory is reused only once the computation is done
+    for on_device in copies:
+        on_device.record_stream(compute_stream)  # its memory is reused only once the computation is done
     return copies
 
 
@@ -313,8 +313,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
       3-D stack of grayscale images;
     - the same as a torch tensor, of any float dtype (bfloat16 included); a
       tensor on a GPU is batched there, never copied through the host;
-    - a list of PIL images, of HWC/HW arrays, or of file paths (sizes may differ);
-    - the path of a folder, searched recursively for image files.
+    - a list of PIL images, of HWC/CHW/HW arrays or tensors, or of file paths
+      (sizes may differ);
+    - the path of a folder, searched recursively for image files (folder links
+      are followed; hidden files and macOS's ``__MACOSX`` folders are skipped).
 
     Grayscale is repeated to RGB and an alpha channel is dropped.
 

@@ -31,22 +31,47 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 _CHANNEL_COUNTS = (1, 3, 4)
 
 
+def is_hidden_name(name):
+    """Whether a file or folder name is one that image folders should skip.
+
+    Dot-files (``.DS_Store``, ``._photo.jpg`` resource forks) and macOS's
+    ``__MACOSX`` folders in zip files look like images by their extension but
+    hold none.
+    """
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def find_image_files(folder) -> list:
-    """All image files under ``folder``, recursively, sorted, as strings."""
+    """All image files under ``folder``, recursively, as strings.
+
+    Folder links are followed (each real folder once), hidden names skipped.
+    Sorted by path component, so that the files of class ``dog`` come before
+    those of ``dog-1`` as their class names sort.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
-    files = sorted(
-        str(path)
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-    )
+    files, seen = [], set()
+    for directory, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:  # a link back to a folder already walked
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [name for name in subfolders if not is_hidden_name(name)]
+        files.extend(
+            os.path.join(directory, name)
+            for name in names
+            if not is_hidden_name(name)
+            and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+            and os.path.isfile(os.path.join(directory, name))
+        )
     if not files:
         raise ValueError(
             f"No image files found under {str(folder)!r} "
             f"(looked for {', '.join(IMAGE_EXTENSIONS)})."
         )
-    return files
+    return sorted(files, key=lambda file: Path(file).relative_to(folder).parts)
 
 
 def _pil_to_rgb_array(image, name):
