@@ -61,7 +61,8 @@ def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y
     if target is None:
         return (files, None) if return_X_y else Bunch(filenames=files, target=None, target_names=[])
     if max_per_class is not None:
-        if not isinstance(max_per_class, (int, np.integer)) or isinstance(max_per_class, bool) or max_per_class < 1:
+        is_count = isinstance(max_per_class, (int, np.integer)) and not isinstance(max_per_class, bool)
+        if not is_count or max_per_class < 1:
             raise ValueError(f"max_per_class must be a positive integer; got {max_per_class!r}.")
         rng = check_random_state(random_state)
         kept = np.concatenate(

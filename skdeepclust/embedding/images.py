@@ -1,17 +1,18 @@
 """Image inputs of every accepted kind, checked up front and decoded batch by batch.
 
-Accepted: a 4-D array in NHWC or NCHW order (uint8 in [0, 255], integers in that
-range, or floats in [0, 1]), a 3-D array of grayscale images, a sequence of PIL
-images, of HWC/HW arrays or of file paths, and the path of a folder (searched
-recursively). Grayscale is repeated to RGB and an alpha channel is dropped.
+Accepted: a 4-D numpy array or torch tensor in NHWC or NCHW order (uint8 in
+[0, 255], integers in that range, or floats in [0, 1]), a 3-D stack of grayscale
+images, a sequence of PIL images, of HWC/CHW/HW arrays or tensors, or of file
+paths, and the path of a folder (searched recursively). Grayscale is repeated to
+RGB and an alpha channel is dropped.
 
 Batches are torch tensors of shape (batch, 3, H, W), uint8 or float in [0, 1],
 in the memory layout of the input (HWC pixels as a channels-last view, so no
 host copy reorders them); images of different sizes come as a list of (3, H, W)
-tensors instead. A torch tensor stays on its device. Files
-are decoded only when their batch is reached, in worker processes when asked,
-so memory holds a few batches, never the whole input. Batches bound for a GPU
-are copied into page-locked memory ahead of use, by a background thread.
+tensors instead. A torch tensor stays on its device. Files are decoded only
+when their batch is reached, in worker processes when asked, so memory holds a
+few batches, never the whole input. Batches bound for a GPU are copied into
+page-locked memory ahead of use, by a background thread.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def find_image_files(folder) -> list:
             f"No image files found under {str(folder)!r} "
             f"(looked for {', '.join(IMAGE_EXTENSIONS)})."
         )
-    return sorted(files, key=lambda file: Path(file).relative_to(folder).parts)
+    below = len(os.path.join(os.fspath(folder), ""))  # os.walk's paths all start with folder
+    return sorted(files, key=lambda file: file[below:].split(os.sep))
 
 
 def _pil_to_rgb_array(image, name):
