@@ -10,6 +10,7 @@ from sklearn.base import clone
 
 from skdeepclust import ImageEmbedder
 from skdeepclust.embedding import embedder as embedder_module
+from skdeepclust.embedding.images import as_images
 
 
 def test_features_are_float32_unit_vectors(images):
@@ -55,6 +56,20 @@ def test_tensor_input_is_not_modified(images):
     original = pixels.clone()
     embedder.transform(pixels)
     assert torch.equal(pixels, original)
+
+
+def test_fit_transform_reads_its_input_once(images, monkeypatch):
+    wrapped = []
+
+    def counting_as_images(X):
+        if isinstance(X, list):
+            wrapped.append(X)
+        return as_images(X)
+
+    monkeypatch.setattr(embedder_module, "as_images", counting_as_images)
+    features = ImageEmbedder(**TINY).fit_transform(list(images))
+    assert len(wrapped) == 1
+    np.testing.assert_allclose(features, ImageEmbedder(**TINY).fit(images).transform(images), atol=1e-5)
 
 
 def test_images_of_different_sizes(images):

@@ -500,6 +500,26 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             return 0
         return min(MAX_DECODE_WORKERS, max(1, usable_cores() - 1))  # one core runs the main loop
 
+    def fit_transform(self, X, y=None):
+        """Load the backbone and embed ``X``, which is read and checked once.
+
+        Parameters
+        ----------
+        X : array-like of images, list of images or paths, or folder path
+            See :class:`ImageEmbedder` for the accepted forms.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        features : ndarray of shape (n_images, embedding_dim_), dtype float32
+            One feature vector per image, of unit L2 norm when ``normalize=True``.
+        """
+        # fit then transform would each wrap X: list folders, check every path
+        # and the pixel range of every array, and copy GPU tensors in lists twice.
+        images = as_images(X)
+        return self.fit(images, y).transform(images)
+
     def transform(self, X):
         """Embed images.
 
