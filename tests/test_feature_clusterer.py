@@ -2,14 +2,15 @@ import importlib.util
 
 import numpy as np
 import pytest
-from sklearn.cluster import DBSCAN, HDBSCAN, AgglomerativeClustering, KMeans
+from sklearn.cluster import DBSCAN, HDBSCAN, AgglomerativeClustering, FeatureAgglomeration, KMeans
 from sklearn.datasets import make_blobs
+from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdeepclust import FeatureClusterer
-from skdeepclust.clustering import available_clusterer_names, label_free_score
+from skdeepclust.clustering import TorchKMeans, available_clusterer_names, label_free_score
 
 
 @parametrize_with_checks(
@@ -107,6 +108,41 @@ def test_label_free_score_is_scale_free_and_zero_for_one_cluster(blobs):
     assert label_free_score(X, -np.ones(len(X), dtype=int)) == 0.0
 
 
+def test_label_free_score_of_many_rows_keeps_every_cluster_in_its_sample():
+    # 6,000 rows and one stray: a plain 5,000-row sample misses the stray's
+    # cluster about once in six and then holds a single cluster.
+    X = np.vstack([np.random.default_rng(0).standard_normal((5999, 4)), [[50.0, 50, 50, 50]]])
+    labels = np.r_[np.zeros(5999, dtype=int), 1]
+    scores = [label_free_score(X, labels, random_state=seed) for seed in range(12)]
+    assert np.isfinite(scores).all() and np.ptp(scores) < 0.05  # estimates of one number
+
+
+def test_label_free_score_checks_its_input(blobs):
+    X, y = blobs
+    assert label_free_score(X.tolist(), y.tolist()) == pytest.approx(label_free_score(X, y))
+    assert label_free_score(X, np.array(["abc"[label] for label in y])) == pytest.approx(
+        label_free_score(X, y))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        label_free_score(X, y[:-1])
+
+
+@pytest.mark.parametrize("clusterer", ["kmeans", "minibatch_kmeans", "gmm", "torch_kmeans"])
+def test_predicts_on_another_float_dtype_than_it_was_fitted_on(blobs, clusterer):
+    X, y = blobs
+    est = FeatureClusterer(clusterer, n_clusters=3, random_state=0, device="cpu")
+    est.fit(X.astype(np.float32))  # as ImageEmbedder gives
+    np.testing.assert_array_equal(est.predict(X.tolist()), est.labels_)  # a list gives float64
+    assert est.score(X, y) == 1.0
+
+
+def test_device_reaches_a_torch_clusterer_given_as_an_instance(blobs):
+    X, _ = blobs
+    est = FeatureClusterer(TorchKMeans(), n_clusters=3, device="cpu", random_state=0).fit(X)
+    assert est.clusterer_.device == "cpu"
+    pinned = FeatureClusterer(TorchKMeans(device="cpu"), n_clusters=3, device="cuda")
+    assert pinned._validate_params().device == "cpu"  # the instance's own choice stands
+
+
 def test_spectral_by_name_on_fewer_samples_than_its_neighbours(blobs):
     X, y = blobs
     few = np.concatenate([X[y == 0][:4], X[y == 1][:4]])
@@ -125,7 +161,9 @@ def test_n_clusters_larger_than_n_samples(blobs):
     [
         ({"clusterer": "kmeens"}, ValueError, "Unknown clusterer 'kmeens'"),
         ({"clusterer": KMeans}, TypeError, "not the class KMeans"),
-        ({"clusterer": object()}, TypeError, "estimator with fit"),
+        ({"clusterer": object()}, TypeError, "clusterer, with fit_predict"),
+        ({"clusterer": PCA(2)}, TypeError, "clusterer, with fit_predict"),
+        ({"clusterer": FeatureAgglomeration(2)}, TypeError, "clusterer, with fit_predict"),
         ({"clusterer": DBSCAN(), "n_clusters": 3}, ValueError, "takes no number of clusters"),
         ({"clusterer": "hdbscan", "n_clusters": 3}, ValueError, "takes no n_clusters"),
         ({"n_clusters": 0}, ValueError, "positive integer"),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 
 from skdeepclust.clustering import (
@@ -234,6 +235,68 @@ def test_torch_kmeans_handles_duplicates_and_bad_input():
         TorchKMeans(init="forgy", device="cpu").fit(X)
 
 
+def test_torch_kmeans_stays_precise_far_from_the_origin():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 8)) + 5 * rng.standard_normal((4, 8))[rng.integers(0, 4, 600)]
+    X = (X + 1e4).astype(np.float32)  # |x|^2 ~ 1e9: float32 keeps no digit of the spread
+    ours = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X)
+    reference = KMeans(n_clusters=4, n_init=3, random_state=0).fit(X)
+    assert ours.inertia_ == pytest.approx(reference.inertia_, rel=1e-3)
+    exact = np.linalg.norm(X[:, None, :].astype(np.float64) - ours.cluster_centers_, axis=2)
+    np.testing.assert_allclose(ours.transform(X), exact, atol=1e-3)
+    assert ours.inertia_ == pytest.approx((exact.min(axis=1) ** 2).sum(), rel=1e-5)
+    np.testing.assert_array_equal(ours.predict(X), ours.labels_)
+
+
+def test_torch_kmeans_weights_rows_as_repeats(blobs):
+    X, _ = blobs
+    weights = np.random.default_rng(0).integers(1, 4, len(X))
+    weighted = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=weights)
+    repeated = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(np.repeat(X, weights, axis=0))
+    order = np.lexsort(weighted.cluster_centers_.T)
+    same_order = np.lexsort(repeated.cluster_centers_.T)
+    np.testing.assert_allclose(weighted.cluster_centers_[order],
+                               repeated.cluster_centers_[same_order], rtol=1e-5, atol=1e-6)
+    assert weighted.inertia_ == pytest.approx(repeated.inertia_, rel=1e-5)
+    assert weighted.score(X, sample_weight=weights) == pytest.approx(-weighted.inertia_, rel=1e-5)
+    assert repeated.score(X) < repeated.score(X[:10])  # minus the inertia: fewer rows, less of it
+    with pytest.raises(ValueError, match="Negative"):
+        TorchKMeans(n_clusters=4, device="cpu").fit(X, sample_weight=-weights)
+    with pytest.raises(ValueError, match="non-zero|sums to 0"):
+        TorchKMeans(n_clusters=4, device="cpu").fit(X, sample_weight=np.zeros(len(X)))
+
+
+def test_torch_kmeans_can_be_searched_by_its_score(blobs):
+    from sklearn.model_selection import GridSearchCV
+
+    X, _ = blobs
+    search = GridSearchCV(TorchKMeans(device="cpu", random_state=0), {"n_clusters": [2, 4]}, cv=2)
+    assert search.fit(X).best_params_ == {"n_clusters": 4}
+
+
+def test_torch_kmeans_warns_when_rows_run_out():
+    X = np.repeat([[0.0, 0.0], [5.0, 5.0]], 10, axis=0)
+    with pytest.warns(ConvergenceWarning, match="Only 2 distinct clusters.*n_clusters=4"):
+        TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TorchKMeans(n_clusters=2, device="cpu", verbose=True),
+    *(lambda make=make: make(n_clusters=2, device="cpu", verbose=True) for make in HEADS.values()),
+])
+def test_verbose_may_be_a_bool_as_in_scikit_learn(make, capsys):
+    X = np.repeat(np.eye(2), 20, axis=0) + 0.01
+    make().fit(X)
+    assert capsys.readouterr().err  # a progress bar or the restarts' inertia
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_a_head_whose_training_diverges_is_an_error_not_a_nan_model(name):
+    X, _ = sphere_blobs([30, 30, 30])
+    with pytest.raises(ValueError, match="Training diverged.*learning_rate"):
+        HEADS[name](n_clusters=3, learning_rate=1e12, random_state=0, device="cpu").fit(X)
+
+
 # --------------------------------------------------------------------------- neighbours
 
 
@@ -246,6 +309,18 @@ def test_mined_neighbors_match_brute_force_in_any_chunking(blobs):
         indices, values = mine_nearest_neighbors(X, 5, device="cpu", chunk_size=chunk_size)
         np.testing.assert_allclose(values, expected, rtol=1e-5)
         assert not (indices == np.arange(X.shape[0])[:, None]).any()
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-14])
+def test_cosine_results_do_not_depend_on_the_scale_of_the_rows(blobs, scale):
+    X, _ = blobs
+    X = X.astype(np.float64)
+    indices, values = mine_nearest_neighbors(X, 5, device="cpu")
+    scaled_indices, scaled_values = mine_nearest_neighbors(X * scale, 5, device="cpu")
+    np.testing.assert_array_equal(scaled_indices, indices)
+    np.testing.assert_allclose(scaled_values, values, rtol=1e-5)
+    model = SCANClusterer(n_clusters=4, random_state=0, device="cpu", **FAST).fit(X)
+    np.testing.assert_array_equal(model.predict(X * scale), model.labels_)
 
 
 def test_mined_neighbors_exclude_self_among_duplicates():

@@ -13,11 +13,21 @@ from skdeepclust.clustering import (
 SMALL = dict(n_heads=3, n_epochs=40, device="cpu")
 
 
+
+
+def _expected_failed_checks(estimator):
+    if isinstance(estimator, TorchKMeans):  # as scikit-learn's own KMeans
+        reason = ("the k-means++ draws differ between weighted rows and repeated rows, so "
+                  "the local optimum may too; tests/test_heads.py checks the weights")
+        return {"check_sample_weight_equivalence_on_dense_data": reason}
+    return {}
+
+
 @parametrize_with_checks([
     TorchKMeans(device="cpu"),
     SCANClusterer(**SMALL),
     TEMIClusterer(**SMALL),
     DebiasedClusterer(**SMALL),
-])
+], expected_failed_checks=_expected_failed_checks)
 def test_sklearn_compatible(estimator, check):
     check(estimator)

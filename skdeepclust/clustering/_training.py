@@ -21,10 +21,6 @@ from tqdm.auto import tqdm
 
 from .._device import resolve_device, seeded_torch, torch_seed_from
 
-# Rows with a norm below this are left (almost) as they are by the L2 normalisation
-# instead of being blown up into arbitrary directions.
-NORM_EPSILON = 1e-12
-
 
 # --------------------------------------------------------------------------- checks
 
@@ -52,6 +48,13 @@ def check_float(name, value, low=0.0, high=math.inf, low_inclusive=True, high_in
     return value
 
 
+def check_verbose(value):
+    """Raise a ValueError unless ``value`` is a bool or an integer >= 0, as scikit-learn allows."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    return check_int("verbose", value, minimum=0)
+
+
 def check_choice(name, value, choices):
     """Raise a ValueError naming ``name`` unless ``value`` is one of ``choices``."""
     if not isinstance(value, str) or value not in choices:
@@ -72,10 +75,18 @@ def check_enough_samples(n_samples, n_clusters):
 
 
 def normalize_rows(X):
-    """Rows of ``X`` scaled to unit L2 norm, as float32 (a new array; ``X`` is untouched)."""
-    X = np.asarray(X, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, NORM_EPSILON)
+    """Rows of ``X`` scaled to unit L2 norm, as float32 (a new array; ``X`` is untouched).
+
+    Rows of zeros stay zero. Each row is first divided by its largest magnitude,
+    so that its norm neither overflows nor underflows in float32: the result does
+    not depend on the scale of the row, as a cosine should not.
+    """
+    X = np.asarray(X)
+    X = X.astype(np.result_type(X.dtype, np.float32), copy=False)
+    peaks = np.abs(X).max(axis=1, keepdims=True)
+    scaled = (X / np.where(peaks > 0, peaks, 1)).astype(np.float32, copy=False)
+    norms = np.linalg.norm(scaled, axis=1, keepdims=True)  # at least 1, or 0 for a row of zeros
+    return scaled / np.where(norms > 0, norms, 1)
 
 
 def make_generator(seed, device):
@@ -234,6 +245,17 @@ def train_epochs(step, *, n_samples, batch_size, n_epochs, generator, progress):
     return last_losses
 
 
+def best_head(head_losses, learning_rate):
+    """The head with the lowest finite loss; a ValueError when every head diverged."""
+    finite = torch.isfinite(head_losses)
+    if not bool(finite.any()):
+        raise ValueError(
+            f"Training diverged: the loss of every head became NaN or infinite. Lower "
+            f"learning_rate (it is {learning_rate})."
+        )
+    return int(torch.where(finite, head_losses, torch.inf).argmin())
+
+
 class HeadTraining:
     """What every head needs before its loop: the data and its k-NN on the device,
     a seed for weight initialisation and a generator for batches and neighbours."""
@@ -303,7 +325,7 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         check_int("batch_size", self.batch_size, minimum=2)
         check_float("learning_rate", self.learning_rate, low_inclusive=False)
         check_float("weight_decay", self.weight_decay)
-        check_int("verbose", self.verbose, minimum=0)
+        check_verbose(self.verbose)
 
     def _start_training(self, X):
         """Check parameters and ``X``, L2-normalise it and mine its neighbours.
@@ -320,6 +342,11 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
 
     def _keep_head(self, layers, unit, best_head, head_losses):
         """Store head ``best_head`` (exported ``layers``) with its empty clusters pruned."""
+        if not all(np.isfinite(array).all() for layer in layers for array in layer):
+            raise ValueError(
+                "Training diverged: the kept head's weights became NaN or infinite. Lower "
+                f"learning_rate (it is {self.learning_rate})."
+            )
         self.head_weights_, _ = prune_exported(layers, softmax(exported_logits(layers, unit)))
         self.n_clusters_ = self.head_weights_[-1][1].shape[0]
         self.best_head_ = best_head

@@ -310,7 +310,7 @@ class DebiasedClusterer(tr.HeadClusterer):
             step, n_samples=setup.n_samples, batch_size=self.batch_size,
             n_epochs=self.n_epochs, generator=setup.generator,
             progress=tr.Progress("Debiased", self.n_epochs, self.verbose))
-        best_head = int(torch.argmin(head_losses))
+        best_head = tr.best_head(head_losses, self.learning_rate)
         weights = heads.export(best_head)
 
         # Training-set moments, with the cardinality the heads were trained at.

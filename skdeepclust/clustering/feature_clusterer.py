@@ -8,7 +8,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.metrics import silhouette_score
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import (
+    check_array,
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
@@ -34,10 +41,11 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
             f"clusterer must be a name or an estimator instance, not the class "
             f"{clusterer.__name__}; pass {clusterer.__name__}() instead."
         )
-    if not (hasattr(clusterer, "fit") and hasattr(clusterer, "get_params")):
+    if not (hasattr(clusterer, "fit_predict") and hasattr(clusterer, "get_params")):
         raise TypeError(
-            "clusterer must be a name such as 'kmeans' or a scikit-learn style estimator "
-            f"with fit and get_params; got {clusterer!r}."
+            "clusterer must be a name such as 'kmeans' or a scikit-learn style clusterer, "
+            "with fit_predict (as scikit-learn's ClusterMixin gives) and get_params; got "
+            f"{clusterer!r}."
         )
     estimator = clone(clusterer)
     own_params = estimator.get_params(deep=False)
@@ -51,7 +59,13 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
         estimator.set_params(**{count_parameter: n_clusters})
     if random_state is not None and own_params.get("random_state", 0) is None:
         estimator.set_params(random_state=random_state)
+    if own_params.get("device") == "auto" and not _is_auto(device):
+        estimator.set_params(device=device)
     return estimator
+
+
+def _is_auto(device):
+    return isinstance(device, str) and device == "auto"
 
 
 def _check_clusterer_params(estimator):
@@ -87,24 +101,59 @@ def _clusterer_has(method):
     return check
 
 
+def _silhouette_rows(labels, random_state):
+    """Rows on which the silhouette is computed: all, or beyond SILHOUETTE_MAX_SAMPLES
+    a random subset that holds at least one row of every cluster (a subset without
+    a small cluster could hold a single cluster, whose silhouette is undefined)."""
+    n_samples = labels.shape[0]
+    if n_samples <= SILHOUETTE_MAX_SAMPLES:
+        return np.arange(n_samples)
+    order = check_random_state(random_state).permutation(n_samples)
+    _, first_of_each = np.unique(labels[order], return_index=True)
+    return np.union1d(order[:SILHOUETTE_MAX_SAMPLES], order[first_of_each])
+
+
 def label_free_score(features, labels, random_state=None):
     """Cosine silhouette of ``labels`` on ``features``: larger is better, in [-1, 1].
 
-    Samples labelled -1 (noise) are left out. With fewer than two clusters, or
-    as many clusters as samples, the silhouette is undefined and 0.0, the value
-    of a clustering with no structure, is returned.
+    Parameters
+    ----------
+    features : array-like of shape (n_samples, n_features)
+        The clustered rows.
+    labels : array-like of shape (n_samples,)
+        Cluster of each row. Negative integers (-1, the noise of density-based
+        clusterers) are left out.
+    random_state : int, RandomState instance or None, default=None
+        Draws the rows on which the silhouette is estimated when there are more
+        than 5,000; every cluster keeps at least one row in the draw.
+
+    Returns
+    -------
+    score : float
+        The mean cosine silhouette. With fewer than two clusters, or as many
+        clusters as rows, the silhouette is undefined, and 0.0, the value of a
+        clustering with no structure, is returned.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> from skdeepclust.clustering import label_free_score
+    >>> X, y = make_blobs(n_samples=60, centers=[[5, 0], [0, 5]], random_state=0)
+    >>> round(label_free_score(X, y), 2) > 0.5
+    True
     """
-    kept = labels >= 0
-    features, labels = features[kept], labels[kept]
+    features = check_array(features)
+    labels = column_or_1d(labels)
+    check_consistent_length(features, labels)
+    if labels.dtype.kind in "iuf":
+        kept = labels >= 0
+        features, labels = features[kept], labels[kept]
+    rows = _silhouette_rows(labels, random_state)
+    features, labels = features[rows], labels[rows]
     n_labels = np.unique(labels).shape[0]
     if n_labels < 2 or n_labels >= labels.shape[0]:
         return 0.0
-    sample_size = SILHOUETTE_MAX_SAMPLES if labels.shape[0] > SILHOUETTE_MAX_SAMPLES else None
-    return float(
-        silhouette_score(
-            features, labels, metric="cosine", sample_size=sample_size, random_state=random_state
-        )
-    )
+    return float(silhouette_score(features, labels, metric="cosine"))
 
 
 class FeatureClusterer(ClusterMixin, BaseEstimator):
@@ -126,7 +175,8 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         ``"kmeans"``, as in scikit-learn). For a clusterer that finds the number
         itself (DBSCAN, HDBSCAN) it must stay ``None``.
     device : str or torch.device, default="auto"
-        Passed to clusterers that run on torch; ignored by the others.
+        Passed to clusterers that run on torch (to an instance whose own device
+        is ``"auto"``); ignored by the others.
     random_state : int, RandomState instance or None, default=None
         Passed to the clusterer when it takes one and has none set.
     verbose : int, default=0
@@ -250,13 +300,18 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,)
             Cluster of each row (see the class Notes for clusterers without ``predict``).
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = self._validated(X)
         if hasattr(self.clusterer_, "predict"):
             return np.asarray(self.clusterer_.predict(X)).astype(np.int64, copy=False)
         if self.cluster_ids_.size == 0:
             return np.full(X.shape[0], -1, dtype=np.int64)
         return self.cluster_ids_[self._nearest_centre(X)]
+
+    def _validated(self, X):
+        """``X`` checked, in the dtype of the rows ``fit`` saw: scikit-learn's KMeans
+        predicts only on the dtype it was fitted on."""
+        check_is_fitted(self)
+        return validate_data(self, X, dtype=self.cluster_centers_.dtype, reset=False)
 
     def _nearest_centre(self, X):
         centres = self.cluster_centers_.astype(X.dtype, copy=False)
@@ -278,8 +333,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_clusters)
             Each row sums to 1.
         """
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = self._validated(X)
         return self.clusterer_.predict_proba(X)
 
     def score(self, X, y=None):
@@ -302,8 +356,8 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
             the number of clusters by itself, so it can choose ``n_clusters``. A
             single predicted cluster scores 0.0.
         """
+        X = self._validated(X)
         labels = self.predict(X)
         if y is not None:
             return cluster_accuracy(y, labels)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         return label_free_score(X, labels, random_state=self.random_state)

@@ -4,14 +4,17 @@ squared distances as matrix products over blocks of rows."""
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import euclidean_distances
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from .._device import resolve_device, torch_seed_from
-from ._training import check_choice, check_float, check_int, make_generator
+from ._training import check_choice, check_float, check_int, check_verbose, make_generator
 
 __all__ = ["TorchKMeans"]
 
@@ -53,55 +56,83 @@ def _squared_distances(X, row_sq_norms, points):
     ])
 
 
-def _kmeans_plusplus(X, row_sq_norms, n_clusters, generator):
+def _kmeans_plusplus(X, row_sq_norms, n_clusters, weights, generator):
     """Greedy k-means++ (Arthur & Vassilvitskii 2007): several candidates per step,
-    keep the one that lowers the potential most, as scikit-learn does."""
+    keep the one that lowers the potential most, as scikit-learn does. With
+    ``weights``, rows are drawn and the potential summed in proportion to them."""
     n_samples = X.shape[0]
     n_candidates = 2 + int(np.log(n_clusters))
-    first = torch.randint(n_samples, (1,), generator=generator, device=X.device)
+    if weights is None:
+        first = torch.randint(n_samples, (1,), generator=generator, device=X.device)
+    else:
+        first = torch.multinomial(weights, 1, generator=generator)
     chosen = [first]
     closest = _squared_distances(X, row_sq_norms, X[first])[:, 0]
     for _ in range(1, n_clusters):
+        potential = closest if weights is None else closest * weights
         # When every row coincides with a centre already, any row is as good as
         # another. Deciding that on the device spares a wait for it each step.
-        weights = torch.where(closest.sum() > 0, closest, 1.0)
-        candidates = torch.multinomial(weights, n_candidates, replacement=True,
+        potential = torch.where(potential.sum() > 0, potential,
+                                1.0 if weights is None else weights)
+        candidates = torch.multinomial(potential, n_candidates, replacement=True,
                                        generator=generator)
         candidate_closest = torch.minimum(closest[:, None],
                                           _squared_distances(X, row_sq_norms, X[candidates]))
+        candidate_potential = (candidate_closest if weights is None
+                               else candidate_closest * weights[:, None])
         # index_select, because indexing with a tensor scalar reads it back to the host.
-        best = candidate_closest.sum(dim=0).argmin().view(1)
+        best = candidate_potential.sum(dim=0).argmin().view(1)
         closest = candidate_closest.index_select(1, best).squeeze(1)
         chosen.append(candidates.index_select(0, best))
     return X[torch.cat(chosen)].clone()
 
 
-def _lloyd(X, row_sq_norms, centers, max_iter, shift_tolerance):
+def _lloyd(X, row_sq_norms, centers, weights, max_iter, shift_tolerance):
     """Lloyd iterations until the squared centre shift is at most ``shift_tolerance``."""
     n_clusters = centers.shape[0]
+    weighted_rows = X if weights is None else X * weights[:, None]
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         labels, distances = _assign(X, row_sq_norms, centers)
-        sums = torch.zeros_like(centers).index_add_(0, labels, X)
+        sums = torch.zeros_like(centers).index_add_(0, labels, weighted_rows)
         # Not bincount: on CUDA it reads the range of the labels back to the host.
-        counts = torch.zeros(n_clusters, dtype=labels.dtype, device=X.device)
-        counts.index_add_(0, labels, torch.ones_like(labels))
-        new_centers = sums / counts.clamp_min(1).to(X.dtype)[:, None]
+        if weights is None:  # counted in integers: float32 stops counting at 2**24
+            counts = torch.zeros(n_clusters, dtype=labels.dtype, device=X.device)
+            counts = counts.index_add_(0, labels, torch.ones_like(labels)).to(X.dtype)
+        else:
+            counts = torch.zeros(n_clusters, dtype=X.dtype, device=X.device)
+            counts = counts.index_add_(0, labels, weights)
         empty = counts == 0
+        new_centers = sums / torch.where(empty, 1, counts)[:, None]
         # The one read-back of the iteration: whether any cluster emptied, and the shift.
         n_empty, shift = torch.stack(
             [empty.sum().to(X.dtype), ((new_centers - centers) ** 2).sum()]
         ).tolist()
         if n_empty:
             # An empty cluster restarts on the rows worst served by the others.
-            farthest = distances.topk(int(n_empty)).indices
+            served = distances if weights is None else distances * weights
+            farthest = served.topk(int(n_empty)).indices
             new_centers[empty] = X[farthest]
             shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
         if shift <= shift_tolerance:
             break
-    labels, distances = _assign(X, row_sq_norms, centers)
-    return centers, labels, distances.sum(), n_iter
+    labels, _ = _assign(X, row_sq_norms, centers)
+    return centers, labels, _inertia(X, centers, labels, weights), n_iter
+
+
+def _inertia(X, centers, labels, weights):
+    """Sum of the (weighted) squared distances of the rows to their centres.
+
+    Computed from the differences, not from |x|^2 - 2x.c + |c|^2 as the
+    assignment is: that expansion loses float32's precision when the rows are
+    far from the origin compared with their distances.
+    """
+    total = X.new_zeros((), dtype=torch.float64)
+    for rows in _row_blocks(X.shape[0], X.shape[1]):  # blocks of about as many values as distances
+        squared = ((X[rows] - centers[labels[rows]]) ** 2).sum(dim=1)
+        total += (squared if weights is None else squared * weights[rows]).sum(dtype=torch.float64)
+    return total
 
 
 class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
@@ -133,7 +164,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         Seeds the initialisations; an int makes runs repeatable on the CPU. On
         CUDA the centre sums are accumulated in no fixed order, so rounding may
         differ between runs and break near-ties another way.
-    verbose : int, default=0
+    verbose : int or bool, default=0
         Print the inertia of each restart to stderr when > 0.
 
     Attributes
@@ -143,7 +174,8 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
     labels_ : ndarray of shape (n_samples,)
         Cluster of each training row.
     inertia_ : float
-        Sum of squared distances of the training rows to their centres.
+        Sum of squared distances of the training rows to their centres,
+        weighted by ``sample_weight`` when given.
     n_iter_ : int
         Lloyd iterations of the kept restart.
     n_features_in_ : int
@@ -181,10 +213,10 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             check_float("tol", self.tol),
         )
         check_choice("init", self.init, {"k-means++", "random"})
-        check_int("verbose", self.verbose, minimum=0)
+        check_verbose(self.verbose)
         return checked
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Compute the k-means clustering of ``X``.
 
         Parameters
@@ -193,6 +225,9 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             Training rows.
         y : None
             Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each row in the seeding, the centres and the
+            inertia; None weighs every row 1.
 
         Returns
         -------
@@ -207,20 +242,32 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
                 "samples or ask for fewer clusters."
             )
         device = resolve_device(self.device)
+        weights = None
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype,
+                                                 ensure_non_negative=True)
+            if not sample_weight.sum() > 0:
+                raise ValueError("sample_weight sums to 0; give some rows a positive weight.")
+            weights = torch.from_numpy(sample_weight).to(device)
         # np.require copies read-only input (e.g. a memmap) that torch cannot wrap.
-        data = torch.from_numpy(np.require(X, requirements=["C", "W"])).to(device)
+        source = torch.from_numpy(np.require(X, requirements=["C", "W"]))
+        data = source.to(device)
+        # k-means does not change with a shift of the data, and centred rows keep
+        # the distance expansion's |x|^2 and x.c small, hence precise in float32.
+        mean = data.mean(dim=0)
+        data = data - mean if data is source else data.sub_(mean)  # X itself stays untouched
         shift_tolerance = tol * float(data.var(dim=0, unbiased=False).mean())
         row_sq_norms = (data * data).sum(dim=1)
         generator = make_generator(torch_seed_from(self.random_state), device)
         best = None
         for restart in range(n_init):
             if self.init == "k-means++":
-                centers = _kmeans_plusplus(data, row_sq_norms, n_clusters, generator)
+                centers = _kmeans_plusplus(data, row_sq_norms, n_clusters, weights, generator)
             else:
                 rows = torch.randperm(data.shape[0], generator=generator, device=device)
                 centers = data[rows[:n_clusters]].clone()
             centers, labels, inertia, n_iter = _lloyd(
-                data, row_sq_norms, centers, max_iter, shift_tolerance
+                data, row_sq_norms, centers, weights, max_iter, shift_tolerance
             )
             if self.verbose:
                 print(f"[TorchKMeans] init {restart + 1}/{n_init}: inertia {float(inertia):.6g}"
@@ -228,11 +275,20 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             if best is None or inertia < best[2]:
                 best = (centers, labels, inertia, n_iter)
         centers, labels, inertia, n_iter = best
-        self.cluster_centers_ = centers.cpu().numpy()
+        self.cluster_centers_ = (centers + mean).cpu().numpy()
         self._n_features_out = self.cluster_centers_.shape[0]  # transform's columns, one per centre
         self.labels_ = labels.cpu().numpy().astype(np.int64)
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
+        n_distinct = np.unique(self.labels_).size
+        if n_distinct < n_clusters:
+            warnings.warn(
+                f"Only {n_distinct} distinct clusters were found, fewer than "
+                f"n_clusters={n_clusters}, as happens when X has fewer distinct rows than "
+                "that. Ask for fewer clusters.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return self
 
     def transform(self, X):
@@ -249,10 +305,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        centers = self.cluster_centers_.astype(X.dtype, copy=False)
-        squared = ((X * X).sum(axis=1)[:, None] - 2.0 * (X @ centers.T)
-                   + (centers * centers).sum(axis=1))
-        return np.sqrt(np.maximum(squared, 0.0))
+        return euclidean_distances(X, self.cluster_centers_.astype(X.dtype, copy=False))
 
     def predict(self, X):
         """Nearest centre of each row of ``X`` (computed on the CPU with numpy).
@@ -267,3 +320,29 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         labels : ndarray of shape (n_samples,)
         """
         return self.transform(X).argmin(axis=1).astype(np.int64)
+
+    def score(self, X, y=None, sample_weight=None):
+        """Opposite of the inertia of ``X`` on the fitted centres: higher is better.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows with the features seen in ``fit``.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each row; None weighs every row 1.
+
+        Returns
+        -------
+        score : float
+            Minus the sum of the (weighted) squared distances of the rows of ``X``
+            to their nearest centres.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        squared = euclidean_distances(
+            X, self.cluster_centers_.astype(X.dtype, copy=False), squared=True
+        ).min(axis=1)
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        return -float(squared @ sample_weight)

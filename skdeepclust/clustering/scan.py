@@ -173,7 +173,7 @@ class SCANClusterer(tr.HeadClusterer):
             clustering_step, n_samples=setup.n_samples, batch_size=self.batch_size,
             n_epochs=self.n_epochs, generator=setup.generator,
             progress=tr.Progress("SCAN", self.n_epochs, self.verbose))
-        best_head = int(torch.argmin(head_losses))
+        best_head = tr.best_head(head_losses, self.learning_rate)
         head = tr.single_head(heads, best_head)
         if self.self_label_epochs:
             self_label(head, setup, self.self_label_epochs, self.confidence_threshold,

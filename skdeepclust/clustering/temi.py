@@ -188,7 +188,7 @@ class TEMIClusterer(tr.HeadClusterer):
             step, n_samples=setup.n_samples, batch_size=self.batch_size,
             n_epochs=self.n_epochs, generator=setup.generator,
             progress=tr.Progress("TEMI", self.n_epochs, self.verbose))
-        best_head = int(torch.argmin(head_losses))
+        best_head = tr.best_head(head_losses, self.learning_rate)
         layers = teacher.export(best_head)
         # Folding the temperature into the last layer makes predict a plain softmax.
         *hidden_layers, (weight, bias) = layers
