@@ -55,9 +55,26 @@ def escape_attribute_names_in_shapes(app, what, name, obj, options, lines):
             lines[index] = head + "shape (" + TRAILING_UNDERSCORE.sub(r"\\_", shape)
 
 
+# scikit-learn generates set_{method}_request for every fit/score argument such as
+# sample_weight; their docstrings link into scikit-learn's glossary and user guide,
+# which are not part of this build (and intersphinx needs the network).
+METADATA_REQUEST_METHOD = re.compile(r"\.set_\w+_request$")
+SKLEARN_GLOSSARY_TERM = re.compile(r":term:`([^`]*)`")
+SKLEARN_GUIDE_LINK = re.compile(r":ref:`([^`<]*?)\s*<[^`>]*>`")
+
+
+def unlink_sklearn_cross_references(app, what, name, obj, options, lines):
+    if not METADATA_REQUEST_METHOD.search(name):
+        return
+    for index, line in enumerate(lines):
+        line = SKLEARN_GLOSSARY_TERM.sub(r"\1", line)
+        lines[index] = SKLEARN_GUIDE_LINK.sub(r"\1 of scikit-learn", line)
+
+
 def setup(app):
     # Before numpydoc (priority 500), which parses the fields.
     app.connect("autodoc-process-docstring", escape_attribute_names_in_shapes, priority=100)
+    app.connect("autodoc-process-docstring", unlink_sklearn_cross_references, priority=100)
 
 
 sphinx_gallery_conf = {
