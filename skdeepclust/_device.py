@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
 
 def resolve_device(device) -> torch.device:
     """Turn a user's ``device`` parameter into a :class:`torch.device`.
@@ -25,8 +27,8 @@ def resolve_device(device) -> torch.device:
     Raises
     ------
     ValueError
-        If ``device`` is not a device name, or names a CUDA device that this
-        machine does not have.
+        If ``device`` is not a device name, is of a type other than CPU, CUDA or
+        MPS, or names a CUDA device that this machine does not have.
     """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -41,6 +43,11 @@ def resolve_device(device) -> torch.device:
         raise ValueError(
             f"device={device!r} is not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
         ) from exc
+    if resolved.type not in SUPPORTED_DEVICE_TYPES:  # e.g. "meta" or "xla", which fail later deep in torch
+        raise ValueError(
+            f"device={device!r} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N', 'mps', "
+            "or a torch.device of one of those types."
+        )
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

@@ -138,6 +138,18 @@ def test_unknown_backbone_suggests_names(images):
         ImageEmbedder("vit_smal_patch16_224", pretrained=False).fit(images)
 
 
+@pytest.mark.parametrize(
+    "backbone, match",
+    [
+        ("test_resnet.nosuchtag", r"Unknown pretrained tag 'nosuchtag' for the timm model 'test_resnet': its tags are '"),
+        ("vit_small_patch16_224.DINO", r"'DINO' .* 'dino'.* Did you mean 'vit_small_patch16_224\.dino'\?"),
+    ],
+)
+def test_unknown_pretrained_tag_lists_the_tags(images, backbone, match):
+    with pytest.raises(ValueError, match=match):
+        ImageEmbedder(backbone, pretrained=False).fit(images)
+
+
 class _TinyCNN(nn.Module):
     def __init__(self, pooled=True):
         super().__init__()

@@ -118,6 +118,23 @@ def test_user_mistakes_are_one_line(capsys, tmp_path, monkeypatch, make_argv, me
     assert len(lines) == 1 and lines[0].startswith("skdeepclust: error:"), err
 
 
+def test_weights_that_do_not_fit_keep_the_mismatch_and_the_hint_on_one_line(capsys, tmp_path):
+    import timm
+    import torch
+
+    weights = timm.create_model("test_vit", pretrained=False, num_classes=0).state_dict()
+    weights["blocks.0.norm1.weight"] = torch.ones(7)  # torch names each wrong tensor on a line of its own
+    torch.save(weights, tmp_path / "weights.pth")
+    status, _, err = _run(
+        capsys, "cluster", str(_flat_folder(tmp_path)), "--backbone", "test_vit", "--pretrained",
+        str(tmp_path / "weights.pth"), "--image-size", "32", "--n-clusters", "1", "--quiet",
+    )
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "size mismatch for blocks.0.norm1.weight" in err
+    assert "Check that the backbone architecture matches the checkpoint" in err
+
+
 def test_python_dash_m_entry_point(tmp_path):
     import subprocess
     import sys

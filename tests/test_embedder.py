@@ -186,6 +186,8 @@ def test_unfitted_transform_raises(images):
         ({"batch_size": 0}, ValueError, "batch_size"),
         ({"precision": "int8"}, ValueError, "precision"),
         ({"device": "tpu"}, ValueError, "not a device name"),
+        ({"device": "meta"}, ValueError, "device='meta' is not supported; use 'auto', 'cpu', 'cuda'"),
+        ({"device": torch.device("meta")}, ValueError, "is not supported"),
         ({"device": 7}, TypeError, "device must be"),
     ],
 )
@@ -193,6 +195,36 @@ def test_bad_parameters_are_named_at_fit(images, params, error, match):
     embedder = ImageEmbedder(**{**TINY, **params})
     with pytest.raises(error, match=match):
         embedder.fit(images)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"batch_size": -1}, "batch_size must be a positive integer or 'auto'; got -1"),
+        ({"batch_size": 0}, "batch_size must be"),
+        ({"batch_size": 2.5}, "batch_size must be"),
+        ({"precision": "fp16"}, "precision must be one of"),
+        ({"device": "meta"}, "is not supported"),
+    ],
+)
+def test_parameters_set_after_fit_are_checked_at_transform(images, params, match):
+    embedder = ImageEmbedder(**TINY).fit(images)
+    with pytest.raises(ValueError, match=match):
+        embedder.set_params(**params).transform(images)
+
+
+def test_features_never_written_are_never_returned():
+    sink = embedder_module._FeatureSink(3, 4)
+    sink.add(torch.ones(2, 4))
+    with pytest.raises(RuntimeError, match="for 2 of 3 images"):
+        sink.result()
+
+
+def test_pretrained_may_be_a_numpy_bool(images):
+    # GridSearchCV passes the values of a grid given as an array as numpy scalars.
+    pretrained = np.array([True, False])[1]
+    features = ImageEmbedder(**{**TINY, "pretrained": pretrained}).fit_transform(images)
+    np.testing.assert_array_equal(features, ImageEmbedder(**TINY).fit_transform(images))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

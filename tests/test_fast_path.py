@@ -5,9 +5,11 @@ same features as the plain path and that its parameter is checked.
 """
 
 import itertools
+import multiprocessing
 import threading
 import time
 
+import joblib
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,28 @@ def test_embedding_files_with_workers_matches_in_process(images, image_files):
     embedder = ImageEmbedder(**TINY, batch_size=4, num_workers=0).fit(images)
     expected = embedder.transform(image_files)
     np.testing.assert_array_equal(embedder.set_params(num_workers=2).transform(image_files), expected)
+
+
+def _in_joblib_workers(function, argument):
+    return joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(function)(argument) for _ in range(2))
+
+
+def _in_a_process_pool(function, argument):
+    # Spawned: a forked child of a process that has run torch (as this one has)
+    # hangs in its first multithreaded operation, whatever the code under test.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return [pool.apply(function, (argument,))]
+
+
+@pytest.mark.parametrize("run_in_workers", [_in_joblib_workers, _in_a_process_pool])
+def test_decode_workers_inside_worker_processes(images, run_in_workers):
+    # As in GridSearchCV(n_jobs=2): loky's workers default to a start method that
+    # DataLoader workers cannot use, and a Pool's daemonic workers may have no children.
+    pictures = [Image.fromarray(image) for image in images[:4]]
+    embedder = ImageEmbedder(**TINY, batch_size=2, num_workers=0).fit(pictures)
+    expected = embedder.transform(pictures)
+    for features in run_in_workers(embedder.set_params(num_workers=1).transform, pictures):
+        np.testing.assert_allclose(features, expected, atol=1e-6)
 
 
 def test_default_workers_decode_in_process_on_the_cpu(images):
@@ -151,6 +175,7 @@ def test_auto_batch_size_on_the_cpu(images):
         ({"num_workers": True}, ValueError, "num_workers"),
         ({"num_workers": 1.5}, ValueError, "num_workers"),
         ({"compile": "yes"}, TypeError, "compile must be True, False or a dict"),
+        ({"compile": {"nonsense": 1}}, ValueError, "torch.compile does not take: 'nonsense'; it takes .*'mode'"),
     ],
 )
 def test_bad_speed_parameters_are_named_at_fit(images, params, error, match):

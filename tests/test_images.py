@@ -171,6 +171,14 @@ def test_bad_input_is_named(bad, error, match):
         as_images(bad)
 
 
+def test_one_grayscale_image_with_a_channel_axis_is_not_taken_as_a_stack(images):
+    gray = images[0, :, :, :1]  # (32, 32, 1): one image, or 32 images one pixel wide?
+    with pytest.raises(ValueError, match=r"one \(height, width, 1\) grayscale image or 32 .* X\[None\] for the former"):
+        as_images(gray)
+    assert _first_batch(gray[None]).shape == (1, 3, 32, 32)
+    assert _first_batch(gray[..., None]).shape == (32, 3, 32, 1)
+
+
 def test_single_file_path_asks_for_a_list(image_folder):
     file = find_image_files(image_folder)[0]
     with pytest.raises(TypeError, match="list of paths"):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 
 from .._device import seeded_torch
@@ -140,8 +141,13 @@ def _drop_classifier(state_dict, model):
 
 
 def _mismatch_error(exc, target, source):
+    # torch gives a line per mismatched tensor; one line keeps them where only a
+    # message's first line is shown (the command line), and the hint after them.
+    detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if len(detail) > 600:
+        detail = detail[:600] + " ..."
     return ValueError(
-        f"The weights in {source} do not fit {target}: {str(exc)[:600]}. Check that the "
+        f"The weights in {source} do not fit {target}: {detail.rstrip('.')}. Check that the "
         "backbone architecture matches the checkpoint (DINO ViT-S/16 is "
         "'vit_small_patch16_224', ViT-B/16 is 'vit_base_patch16_224')."
     )
@@ -150,7 +156,8 @@ def _mismatch_error(exc, target, source):
 def _check_timm_name(name):
     import timm
 
-    if timm.is_model(name):
+    if timm.is_model(name):  # true for the architecture whatever its tag
+        _check_timm_tag(name)
         return
     known = timm.list_models() + list(PACKAGED_BACKBONES)
     suggestions = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
@@ -158,6 +165,28 @@ def _check_timm_name(name):
     raise ValueError(
         f"Unknown backbone {name!r}: timm has no such model.{hint} "
         "timm.list_models('*pattern*') lists the names."
+    )
+
+
+def _check_timm_tag(name):
+    import timm
+    import timm.models
+
+    architecture, tag = timm.models.split_model_name_tag(name)
+    # Every tagged name timm builds, with or without weights (list_pretrained leaves
+    # out some); timm checks no tag of an architecture that registered none.
+    valid = timm.list_models(f"{architecture}.*", include_tags=True)
+    if not tag or not valid or name in valid:
+        return
+    tags = [valid_name.partition(".")[2] for valid_name in valid if "." in valid_name]
+    suggestions = [
+        f"{architecture}.{close}" for close in difflib.get_close_matches(tag.lower(), tags, n=3, cutoff=0.6)
+    ]
+    hint = f" Did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
+    raise ValueError(
+        f"Unknown pretrained tag {tag!r} for the timm model {architecture!r}: its tags are "
+        f"{', '.join(map(repr, tags)) or 'none'}.{hint} "
+        f"Leave the tag out, {architecture!r}, for timm's default weights."
     )
 
 
@@ -276,6 +305,8 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
     """
     if image_size is not None:
         image_size = _as_size(image_size)
+    if isinstance(pretrained, np.bool_):  # from an array of parameter values, e.g. a GridSearchCV grid
+        pretrained = bool(pretrained)
     with seeded_torch(random_state):
         if isinstance(backbone, str):
             model = _load_timm_backbone(backbone, pretrained, image_size)

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import copy
 import functools
+import inspect
 import numbers
 import os
 import sys
@@ -160,6 +161,22 @@ def _is_positive_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
+def _check_compile_options(options):
+    """Refuse keys that torch.compile does not take, now rather than at the first transform."""
+    parameters = inspect.signature(torch.compile).parameters.values()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return  # takes any keyword
+    accepted = [
+        parameter.name for parameter in parameters if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise ValueError(
+            f"compile has keys that torch.compile does not take: {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(map(repr, accepted))}."
+        )
+
+
 def _is_convolutional(model):
     """Whether ``model`` is mostly convolutions (a ViT has a single one, its patch embedding)."""
     return sum(isinstance(module, torch.nn.Conv2d) for module in model.modules()) > 1
@@ -231,6 +248,11 @@ class _FeatureSink:
     def result(self):
         while self._in_flight:
             self._collect_oldest()
+        if self._filled != self.features.shape[0]:  # rows never written would hold garbage
+            raise RuntimeError(
+                f"Internal error: features were computed for {self._filled} of "
+                f"{self.features.shape[0]} images."
+            )
         return self.features
 
 
@@ -371,7 +393,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 "backbone must be a timm model name or a torch.nn.Module; got "
                 f"{type(self.backbone).__name__}."
             )
-        if not isinstance(self.pretrained, (bool, str, os.PathLike)):
+        if not isinstance(self.pretrained, (bool, np.bool_, str, os.PathLike)):
             raise TypeError(
                 "pretrained must be True, False or the path of a checkpoint file; got "
                 f"{self.pretrained!r}."
@@ -410,6 +432,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 "compile must be True, False or a dict of torch.compile keyword arguments; "
                 f"got {self.compile!r}."
             )
+        if isinstance(self.compile, dict):
+            _check_compile_options(self.compile)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}.")
         if not isinstance(self.normalize, (bool, np.bool_)):
@@ -534,6 +558,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             One feature vector per image, of unit L2 norm when ``normalize=True``.
         """
         check_is_fitted(self)
+        self._validate_params()  # set_params may have changed them since fit
         images = as_images(X)
         device = resolve_device(self.device)
         # CUDA calls without a device argument (events, bf16 support, pinning

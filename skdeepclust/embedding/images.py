@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import copy
 import math
+import multiprocessing
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -257,6 +258,13 @@ class ArrayImages:
                     f"image or {shape[0]} grayscale images; pass X[None] for the former, "
                     "X[..., None] for the latter."
                 )
+            if array.shape[-1] == 1:
+                # Far more often one (height, width, 1) image than images one pixel wide.
+                raise ValueError(
+                    f"A 3-D input of shape {shape} could be one (height, width, 1) grayscale "
+                    f"image or {shape[0]} grayscale images one pixel wide; pass X[None] "
+                    "for the former, X[..., None] for the latter."
+                )
             array = array[..., None]
         elif array.ndim != 4:
             raise ValueError(
@@ -388,6 +396,8 @@ class ImageList:
         """
         n_batches = math.ceil(len(self) / batch_size)
         num_workers = min(num_workers, n_batches - 1)  # one batch gains nothing from a worker
+        if multiprocessing.current_process().daemon:
+            num_workers = 0  # e.g. a multiprocessing.Pool's worker, which may not start processes
         if num_workers <= 0:
             batches = (
                 self.decode_range(start, min(start + batch_size, len(self)), min_size)
@@ -400,11 +410,23 @@ class ImageList:
             batch_size=None,  # each item is already a batch
             num_workers=num_workers,
             pin_memory=pin_memory,
+            multiprocessing_context=_standard_start_context(),
         )
         for batch in loader:
             if isinstance(batch, Exception):  # raised here so that the user sees the message alone
                 raise batch
             yield batch
+
+
+def _standard_start_context():
+    """None (torch's default) unless the default start method is a library's own; then the platform's.
+
+    In a joblib (loky) worker the default is loky's, whose processes the
+    DataLoader cannot start.
+    """
+    if multiprocessing.get_start_method(allow_none=True) in (None, "fork", "spawn", "forkserver"):
+        return None
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])  # the first is the default
 
 
 # Batches that a background thread pins ahead of the caller: enough to cover one
