@@ -109,7 +109,10 @@ def _decode_file(path, min_size=None):
                     height, width = width, height
                 image.draft("RGB", (width, height))
             image.load()
-            ImageOps.exif_transpose(image, in_place=True)
+            # exif_transpose copies the image (its in_place option needs Pillow 10), so
+            # it is called only for the photos that need turning.
+            if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)
             return _pil_to_rgb_array(image, f"Image file {path!r}")
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
         raise ValueError(f"Cannot read image file {path!r}: {exc}") from exc

@@ -1,0 +1,32 @@
+"""The lowest versions pyproject.toml allows are the ones .ci/minimum-versions.txt pins
+(the suite was run with those), so a raised bound cannot go untested unnoticed."""
+
+import re
+
+import pytest
+from conftest import REPO_ROOT
+from packaging.version import Version  # pytest's own dependency
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is new in Python 3.11")
+
+LOWER_BOUND = re.compile(r"^([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)$")
+
+
+def _normalized(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_minimum_versions_file_pins_every_lower_bound_of_pyproject():
+    with open(REPO_ROOT / "pyproject.toml", "rb") as file:
+        dependencies = tomllib.load(file)["project"]["dependencies"]
+    bounds = {}
+    for requirement in dependencies:
+        match = LOWER_BOUND.match(requirement)
+        assert match, f"{requirement!r} is not of the form 'name>=version'"
+        bounds[_normalized(match[1])] = Version(match[2])
+    pins = {}
+    for line in (REPO_ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_normalized(name)] = Version(version)
+    assert pins == bounds
