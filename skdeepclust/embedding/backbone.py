@@ -169,7 +169,6 @@ def _check_timm_name(name):
 
 
 def _check_timm_tag(name):
-    import timm
     import timm.models
 
     architecture, tag = timm.models.split_model_name_tag(name)

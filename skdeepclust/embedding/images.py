@@ -103,15 +103,16 @@ def _decode_file(path, min_size=None):
 
     try:
         with Image.open(path) as image:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             if min_size is not None:
                 height, width = min_size
-                if image.getexif().get(_EXIF_ORIENTATION) in _ORIENTATIONS_THAT_SWAP_AXES:
+                if orientation in _ORIENTATIONS_THAT_SWAP_AXES:
                     height, width = width, height
                 image.draft("RGB", (width, height))
             image.load()
             # exif_transpose copies the image (its in_place option needs Pillow 10), so
             # it is called only for the photos that need turning.
-            if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            if orientation != 1:
                 image = ImageOps.exif_transpose(image)
             return _pil_to_rgb_array(image, f"Image file {path!r}")
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
@@ -255,18 +256,15 @@ class ArrayImages:
                     f"A 3-D input of shape {shape} looks like one color image; pass a "
                     "batch of images with shape (n_images, height, width, channels), e.g. X[None]."
                 )
-            if array.shape[0] in (3, 4):
+            # A last axis of 1 is far more often one (height, width, 1) image than
+            # images one pixel wide.
+            if array.shape[0] in (3, 4) or array.shape[-1] == 1:
+                one_image = ("(channels, height, width) color" if array.shape[0] in (3, 4)
+                             else "(height, width, 1) grayscale")
                 raise ValueError(
-                    f"A 3-D input of shape {shape} could be one (channels, height, width) color "
-                    f"image or {shape[0]} grayscale images; pass X[None] for the former, "
+                    f"A 3-D input of shape {shape} could be one {one_image} image or "
+                    f"{shape[0]} grayscale images; pass X[None] for the former, "
                     "X[..., None] for the latter."
-                )
-            if array.shape[-1] == 1:
-                # Far more often one (height, width, 1) image than images one pixel wide.
-                raise ValueError(
-                    f"A 3-D input of shape {shape} could be one (height, width, 1) grayscale "
-                    f"image or {shape[0]} grayscale images one pixel wide; pass X[None] "
-                    "for the former, X[..., None] for the latter."
                 )
             array = array[..., None]
         elif array.ndim != 4:
