@@ -20,9 +20,16 @@ python=${PYTHON:-python3}
 e2e=(benchmarks/bench_e2e.py --device cuda --archive "$archive" --cache-dir /tmp/skdeepclust-bench)
 cluster=(benchmarks/bench_cluster.py --device cuda)
 
+# Triton, behind torch.compile on CUDA, builds a small C helper at its first use.
+has_c_compiler() { [ -n "${CC:-}" ] || command -v cc || command -v gcc || command -v clang; } >/dev/null
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 for step in $steps; do
     echo "=== $step"
+    if [[ $step == *-compiled ]] && ! has_c_compiler; then
+        echo "=== $step skipped: torch.compile needs a C compiler (cc, gcc or clang, or CC set) and there is none"
+        continue
+    fi
     SECONDS=0
     case $step in
         tests) "$python" -m pytest -q -rs -m gpu -p no:cacheprovider tests ;;

@@ -133,7 +133,9 @@ def test_bfloat16_precision_is_close_to_float32(images):
 
 
 def test_out_of_memory_halves_the_batch(images, monkeypatch):
-    embedder = ImageEmbedder(**TINY, batch_size=8).fit(images)
+    # On the CPU in float32 the model is run as it is, so the patched forward is called;
+    # on a GPU the runtime is a copy made at the first transform.
+    embedder = ImageEmbedder(**TINY, batch_size=8, device="cpu").fit(images)
     expected = embedder.transform(images)
     forward = embedder.model_.forward
     seen = []
@@ -247,7 +249,8 @@ def test_fitted_on_gpu_predicts_on_cpu(images):
     on_gpu = embedder.transform(images)
     restored = pickle.loads(pickle.dumps(embedder))
     restored.set_params(device="cpu")
-    np.testing.assert_allclose(restored.transform(images), on_gpu, atol=1e-4)
+    # cuDNN convolutions (the patch embedding) run in TF32 even at precision="float32".
+    np.testing.assert_allclose(restored.transform(images), on_gpu, atol=1e-3)
 
 
 def test_output_features_are_named_for_set_output(images):

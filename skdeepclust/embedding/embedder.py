@@ -82,7 +82,10 @@ def _normalization(mean, std, device):
 def _copied_to(device, tensors, copy_stream):
     """``tensors`` on ``device``; with a CUDA ``copy_stream`` the copies run on it, beside the compute."""
     if copy_stream is None:
-        return [tensor.to(device, non_blocking=True) for tensor in tensors]
+        # Asynchronous only towards the GPU: a GPU-to-host copy made non-blocking lands
+        # in pinned memory the host may read before the copy has finished.
+        non_blocking = torch.device(device).type == "cuda"
+        return [tensor.to(device, non_blocking=non_blocking) for tensor in tensors]
     with torch.cuda.stream(copy_stream):
         copies = [tensor.to(device, non_blocking=True) for tensor in tensors]
     compute_stream = torch.cuda.current_stream(device)
@@ -303,7 +306,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         Compute precision of the backbone: a copy of it, and its inputs, are cast
         to this dtype. ``"auto"`` is bfloat16 (float16 where bfloat16 is
         unsupported) on CUDA and float32 elsewhere. Features are returned as
-        float32 in every case.
+        float32 in every case. On CUDA, ``"float32"`` follows torch's TF32
+        settings (``torch.backends.cudnn.allow_tf32``, on by default, for
+        convolutions).
     compile : bool or dict, default=False
         Compile the backbone with :func:`torch.compile`; a dict is passed to it as
         keyword arguments, e.g. ``{"mode": "max-autotune"}``. Compiling takes from
