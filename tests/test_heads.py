@@ -2,6 +2,8 @@
 of n_clusters, on small synthetic data whose right answer is known."""
 
 import pickle
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -100,11 +102,43 @@ def test_head_by_name_through_feature_clusterer(name, blobs):
 
 def test_heads_overclustering_prunes_empty_clusters(blobs):
     X, y = blobs
-    model = SCANClusterer(n_clusters=12, entropy_weight=0.5, random_state=0, device="cpu",
-                          **FAST).fit(X)
+    with pytest.warns(ConvergenceWarning, match=r"SCANClusterer kept \d+ of n_clusters=12"):
+        model = SCANClusterer(n_clusters=12, entropy_weight=0.5, random_state=0, device="cpu",
+                              **FAST).fit(X)
     assert model.n_clusters_ < 12
     np.testing.assert_array_equal(np.unique(model.labels_), np.arange(model.n_clusters_))
     assert model.predict_proba(X).shape[1] == model.n_clusters_
+
+
+def test_temi_keeps_the_head_that_keeps_the_groups_apart():
+    # Here the lowest-loss head merges two of the three groups for most seeds (see the
+    # Notes of TEMIClusterer); the head with the most neighbour information does not.
+    rng = np.random.default_rng(0)
+    X = np.repeat(np.eye(8)[:3], 40, axis=0) + 0.1 * rng.standard_normal((120, 8))
+    y = np.repeat(np.arange(3), 40)
+    for seed in range(4):
+        model = TEMIClusterer(n_clusters=3, batch_size=32, random_state=seed,
+                              device="cpu").fit(X)
+        assert adjusted_rand_score(y, model.labels_) == pytest.approx(1.0)
+
+
+def test_neighbor_information_ranks_a_merged_head_below_a_separating_one():
+    from skdeepclust.clustering._training import MultiHead, neighbor_label_information
+
+    features = torch.tensor(np.repeat(np.eye(3), 20, axis=0), dtype=torch.float32)
+    neighbors = torch.tensor([[(i + 1) % 20 + 20 * (i // 20)] for i in range(60)])
+    heads = MultiHead(2, 3, 3)
+    with torch.no_grad():
+        heads.biases[0].zero_()
+        heads.weights[0][0] = torch.eye(3)  # three groups
+        heads.weights[0][1] = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]])  # two
+    # blocks of one row at a time give the same result as one block for all
+    for block in (1, 2 ** 24):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("skdeepclust.clustering._training.LABELLING_BLOCK_ELEMENTS", block)
+            information = neighbor_label_information(heads, features, neighbors)
+        np.testing.assert_allclose(information, [np.log(3), -(2 / 3) * np.log(2 / 3)
+                                                 - (1 / 3) * np.log(1 / 3)])
 
 
 def test_debiased_keeps_small_cluster_that_scan_splits_big_ones_for():
@@ -355,8 +389,14 @@ def test_select_n_clusters_recovers_true_k():
 
 def test_select_n_clusters_says_when_a_head_gives_fewer_clusters_than_asked():
     X, _ = sphere_blobs([60, 60, 60], noise=0.1, seed=0)
-    with pytest.warns(UserWarning, match=r"n_clusters=6 \(gave [1-5]\)"):
-        select_n_clusters(X, [3, 6], clusterer=TEMIClusterer(**FAST), random_state=0, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        select_n_clusters(X, [3, 6], clusterer=SCANClusterer(entropy_weight=0.5, **FAST),
+                          random_state=0, device="cpu")
+    # One summary, not also one ConvergenceWarning per pruning fit.
+    assert len(caught) == 1
+    assert caught[0].category is UserWarning
+    assert re.search(r"n_clusters=6 \(gave [1-5]\)", str(caught[0].message))
 
 
 # --------------------------------------------------------------------------- GPU

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from tqdm.auto import tqdm
@@ -256,6 +258,47 @@ def best_head(head_losses, learning_rate):
     return int(torch.where(finite, head_losses, torch.inf).argmin())
 
 
+# Logits evaluated at once when labelling every sample with every head: bounds the
+# memory to 64 MiB of float32 whatever n_samples, n_heads and n_clusters are.
+LABELLING_BLOCK_ELEMENTS = 2 ** 24
+
+
+def neighbor_label_information(multi_head, features, neighbors):
+    """Mutual information, in nats, between the cluster of a sample and that of each
+    of its mined neighbours, under each head's hard labels: shape (n_heads,), CPU.
+
+    It is what the heads are trained to raise (neighbours agreeing on informative
+    clusters) without the soft probabilities a loss can be gamed through, and it is
+    at most the log of the number of clusters a head actually uses, so a head that
+    merged two clusters scores below one that kept them apart.
+    """
+    with torch.no_grad():
+        n_heads = len(multi_head.weights[0])
+        n_clusters = multi_head.weights[-1].shape[-1]
+        block = max(1, LABELLING_BLOCK_ELEMENTS // (n_heads * n_clusters))
+        labels = torch.cat([multi_head(features[start:start + block]).argmax(dim=-1)
+                            for start in range(0, features.shape[0], block)], dim=1)
+        n_neighbors = neighbors.shape[1]
+        information = torch.empty(n_heads, dtype=torch.float64)
+        for head, head_labels in enumerate(labels):
+            pair_codes = (head_labels.repeat_interleave(n_neighbors) * n_clusters
+                          + head_labels[neighbors.reshape(-1)])
+            joint = torch.bincount(pair_codes, minlength=n_clusters * n_clusters).double()
+            joint = (joint / pair_codes.numel()).reshape(n_clusters, n_clusters)
+            independent = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
+            seen = joint > 0
+            information[head] = (joint[seen] * torch.log(joint[seen] / independent[seen])).sum()
+        return information
+
+
+def most_informative_head(multi_head, setup, head_losses, learning_rate):
+    """The head whose hard labels carry the most neighbour information (see
+    :func:`neighbor_label_information`), among those whose loss stayed finite."""
+    best_head(head_losses, learning_rate)  # raises when every head diverged
+    information = neighbor_label_information(multi_head, setup.features, setup.neighbors)
+    return int(torch.where(torch.isfinite(head_losses), information, -torch.inf).argmax())
+
+
 class HeadTraining:
     """What every head needs before its loop: the data and its k-NN on the device,
     a seed for weight initialisation and a generator for batches and neighbours."""
@@ -305,6 +348,24 @@ def prune_exported(layers, proba):
     return hidden + [(weight[:, kept].copy(), bias[kept].copy())], kept
 
 
+def warn_if_clusters_pruned(estimator, n_kept, stacklevel):
+    """Warn when training left some of the ``n_clusters`` asked for empty.
+
+    Pruning them is by design (over-clustering relies on it), but a user who asked
+    for ten groups and got eight should hear of it, as from scikit-learn's KMeans.
+    ``stacklevel`` counts from this function to the user's call of ``fit``.
+    """
+    if n_kept < estimator.n_clusters:
+        warnings.warn(
+            f"{type(estimator).__name__} kept {n_kept} of n_clusters={estimator.n_clusters} "
+            f"clusters: no training sample fell in the other {estimator.n_clusters - n_kept}, "
+            "which were pruned (n_clusters_ holds the number kept). If you need exactly "
+            "n_clusters groups, ask for fewer clusters or use TorchKMeans.",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
+
+
 # --------------------------------------------------------------------------- estimators
 
 
@@ -349,6 +410,7 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
             )
         self.head_weights_, _ = prune_exported(layers, softmax(exported_logits(layers, unit)))
         self.n_clusters_ = self.head_weights_[-1][1].shape[0]
+        warn_if_clusters_pruned(self, self.n_clusters_, stacklevel=4)
         self.best_head_ = best_head
         self.head_losses_ = head_losses.numpy().astype(np.float64)
         self.labels_ = self._proba(unit).argmax(axis=1).astype(np.int64)

