@@ -24,56 +24,108 @@ EXIT_USAGE = 2
 PARALLEL_CHECK_MIN_FILES = 1000  # below this many files per process, starting processes costs more
 SIMCLR_FILE = Path("models") / "resnet18-simclr-cifar10.safetensors"
 CIFAR10_ARCHIVE = Path("data") / "cifar10" / "cifar10-jpg.tar.gz"
+# What a run writes to --out; a folder holding both is recognised as an earlier run's output.
+RESULTS_FILE = "clusters.csv"
+RESULTS_HEADER = ["file", "cluster", "confidence"]
+MONTAGE_FILE = "montage.png"
 
 
 class UserError(Exception):
     """A mistake in what the user asked for; printed as one line."""
 
 
-def _is_readable_image(path):
-    """Whether the embedder can decode ``path``: the same decoder, with JPEGs at a cheap reduced scale."""
+def _unreadable_reason(path):
+    """Why the embedder cannot decode ``path``, in one line, or None if it can.
+
+    Uses the embedder's own decoder, with JPEGs at a cheap reduced scale.
+    """
     from .embedding.images import _decode_file
 
     try:
         _decode_file(path, min_size=(64, 64))
-        return True
-    except Exception:  # PIL raises many types for damaged files
-        return False
+        return None
+    except Exception as exc:  # PIL raises many types for damaged files
+        # A wrapped error's own message only names the file, which the warning does already.
+        reason = exc.__cause__ if exc.__cause__ is not None else exc
+        lines = str(reason).strip().splitlines()
+        return lines[0] if lines else type(reason).__name__
 
 
 def _warn(message):
     print(f"skdeepclust: warning: {message}", file=sys.stderr)
 
 
+def _holds_earlier_results(directory):
+    """Whether ``directory`` holds the output of a run: the montage and a clusters.csv of ours."""
+    if not os.path.isfile(os.path.join(directory, MONTAGE_FILE)):
+        return False
+    try:
+        with open(os.path.join(directory, RESULTS_FILE), newline="", encoding="utf-8",
+                  errors="surrogateescape") as handle:
+            return next(csv.reader(handle), None) == RESULTS_HEADER
+    except OSError:
+        return False
+
+
+def _without_output_folders(folder, files, out):
+    """``files`` less those in ``out`` and in the output folders of earlier runs below ``folder``.
+
+    The current ``out`` is left out silently; each earlier output folder gets a warning,
+    since the user may not expect it to be skipped.
+    """
+    if out.resolve().is_relative_to(folder.resolve()):
+        inside = os.path.join(str(folder), *out.resolve().relative_to(folder.resolve()).parts) + os.sep
+        files = [path for path in files if not path.startswith(inside)]
+        if not files:
+            raise UserError(f"{folder} holds no images outside the output folder {out}")
+    # Every output folder holds a montage, so the montages' folders are the only candidates.
+    # PATH itself is never one: the user named it as the input.
+    below = len(os.path.join(str(folder), ""))  # find_image_files's paths all start with folder
+    montages = [path for path in files if os.path.basename(path) == MONTAGE_FILE and os.sep in path[below:]]
+    candidates = sorted({os.path.dirname(path) for path in montages})
+    skipped_folders = []
+    for directory in candidates:
+        if any(directory.startswith(earlier + os.sep) for earlier in skipped_folders):
+            continue  # inside a folder skipped already
+        if _holds_earlier_results(directory):
+            skipped_folders.append(directory)
+            _warn(
+                f"skipping {directory}: it holds the output of an earlier skdeepclust run "
+                f"({RESULTS_FILE} and {MONTAGE_FILE}); move your images out of it to cluster them"
+            )
+    if skipped_folders:
+        prefixes = tuple(directory + os.sep for directory in skipped_folders)
+        files = [path for path in files if not path.startswith(prefixes)]
+        if not files:
+            raise UserError(f"{folder} holds no images outside the output folders of earlier skdeepclust runs")
+    return files
+
+
 def _readable_images(folder, quiet, out):
     """The image files under ``folder`` that decode, and those that do not.
 
-    Files in ``out`` are left out, so that a run writing its results inside
-    ``folder`` does not cluster them in the next run.
+    Files in ``out`` and in the output folders of earlier runs are left out, so that
+    a run writing its results inside ``folder`` does not cluster them in the next run.
     """
     from tqdm.auto import tqdm
 
     from ._device import usable_cores
     from .embedding.images import find_image_files
 
-    files = find_image_files(folder)
-    if out.resolve().is_relative_to(folder.resolve()):
-        inside = os.path.join(str(folder), *out.resolve().relative_to(folder.resolve()).parts) + os.sep
-        files = [path for path in files if not path.startswith(inside)]
-        if not files:
-            raise UserError(f"{folder} holds no images outside the output folder {out}")
+    files = _without_output_folders(folder, find_image_files(folder), out)
     processes = min(usable_cores(), len(files) // PARALLEL_CHECK_MIN_FILES)
     with contextlib.ExitStack() as stack:
         if processes > 1:  # a pass over 60,000 files takes 8 s on one core
             pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(processes))
-            verdicts = pool.map(_is_readable_image, files, chunksize=256)
+            reasons = pool.map(_unreadable_reason, files, chunksize=256)
         else:
-            verdicts = map(_is_readable_image, files)
-        verdicts = list(tqdm(verdicts, total=len(files), desc="checking files", unit="file", disable=quiet))
-    readable = [path for path, ok in zip(files, verdicts) if ok]
-    skipped = [path for path, ok in zip(files, verdicts) if not ok]
-    for path in skipped:
-        _warn(f"skipping unreadable image file {path}")
+            reasons = map(_unreadable_reason, files)
+        reasons = list(tqdm(reasons, total=len(files), desc="checking files", unit="file", disable=quiet))
+    readable = [path for path, reason in zip(files, reasons) if reason is None]
+    skipped = [path for path, reason in zip(files, reasons) if reason is not None]
+    for path, reason in zip(files, reasons):
+        if reason is not None:
+            _warn(f"skipping unreadable image file {path}: {reason}")
     if not readable:
         raise UserError(f"none of the {len(files)} image files under {folder} could be read")
     return readable, skipped
@@ -137,14 +189,14 @@ def _write_results(out, files, stage, features, save_embeddings):
 
     confidence = _confidence(stage, features)
     # surrogateescape writes back the bytes of file names that are not valid UTF-8.
-    with open(out / "clusters.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+    with open(out / RESULTS_FILE, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "cluster", "confidence"])
+        writer.writerow(RESULTS_HEADER)
         for file, cluster, score in zip(files, stage.labels_, confidence):
             writer.writerow([file, int(cluster), f"{score:.4f}"])
     if save_embeddings:
         np.save(out / "embeddings.npy", features)
-    cluster_montage(files, stage.labels_, scores=confidence).save(out / "montage.png")
+    cluster_montage(files, stage.labels_, scores=confidence).save(out / MONTAGE_FILE)
 
 
 def _pretrained_argument(value):
@@ -204,7 +256,7 @@ def cluster_command(args):
     _write_results(out, files, stage, features, args.embeddings)
     print(
         f"{len(files)} images in {len(stage.cluster_ids_)} clusters "
-        f"({time.perf_counter() - start:.1f} s); wrote {out / 'clusters.csv'} and {out / 'montage.png'}"
+        f"({time.perf_counter() - start:.1f} s); wrote {out / RESULTS_FILE} and {out / MONTAGE_FILE}"
     )
     if args.eval:
         print(_metrics_line(y, stage.labels_))
@@ -253,7 +305,7 @@ def demo_command(args):
     seconds = time.perf_counter() - start
     _write_results(out, files, stage, features, False)
     print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")
-    print(f"wrote {out / 'montage.png'} (one row of photos per cluster) and {out / 'clusters.csv'}")
+    print(f"wrote {out / MONTAGE_FILE} (one row of photos per cluster) and {out / RESULTS_FILE}")
     return 0
 
 
@@ -271,7 +323,8 @@ def build_parser():
         description="Cluster the images under PATH (nested folders allowed) and write "
         "OUT/clusters.csv (file, cluster, confidence) and OUT/montage.png. Confidence is the "
         "cluster probability for clusterers that give one, else the cosine similarity of the "
-        "image to its cluster's centre.",
+        "image to its cluster's centre. Hidden files, OUT and, with a warning, folders under "
+        "PATH that hold an earlier run's clusters.csv and montage.png are not clustered.",
     )
     cluster.add_argument("path", metavar="PATH", help="folder of images")
     cluster.add_argument("--n-clusters", type=int, default=None, help="number of clusters")

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -23,10 +24,11 @@ def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y
     root : str or path-like
         A folder. Images in ``root/<class>/...`` (any depth below the class folder)
         get the label ``<class>``. If any image lies directly in ``root``, the folder
-        is treated as unlabelled and ``target`` is None.
+        is treated as unlabelled and ``target`` is None (with a warning when it also
+        has class folders).
     max_per_class : int, default=None
         Keep at most this many images of each class, drawn at random (seeded by
-        ``random_state``). Ignored for an unlabelled folder.
+        ``random_state``). Needs a labelled folder.
     random_state : int, RandomState instance or None, default=None
         Seeds the draw of ``max_per_class``.
     return_X_y : bool, default=False
@@ -35,10 +37,28 @@ def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y
     Returns
     -------
     data : :class:`~sklearn.utils.Bunch`
-        ``filenames`` (list of str, sorted by class then path), ``target`` (int
-        ndarray or None), ``target_names`` (list of class folder names).
+        ``filenames`` (list of str), ``target`` (int ndarray or None),
+        ``target_names`` (list of class folder names). The files are in the order
+        of :func:`~skdeepclust.embedding.find_image_files` (sorted by class, then
+        path), less those that ``max_per_class`` leaves out. Given the folder path
+        ``root`` itself, :class:`~skdeepclust.ImageEmbedder` and
+        :class:`~skdeepclust.PretrainedFeatureClusterer` take the images in that
+        order too, so with ``max_per_class=None`` row ``i`` of the embeddings, and
+        ``labels_[i]``, belong to ``filenames[i]``.
     (filenames, target) : tuple
         If ``return_X_y`` is True.
+
+    Raises
+    ------
+    ValueError
+        If ``root`` is not a folder or holds no images, or if ``max_per_class`` is
+        given for an unlabelled folder.
+
+    Warns
+    -----
+    UserWarning
+        If ``root`` has class folders but also images directly in it, so that no
+        labels are returned.
 
     Examples
     --------
@@ -56,14 +76,33 @@ def load_image_folder(root, *, max_per_class=None, random_state=None, return_X_y
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"root={str(root)!r} is not a folder.")
-    files = find_image_files(root)
-    target, target_names = class_folder_labels(root, files)
-    if target is None:
-        return (files, None) if return_X_y else Bunch(filenames=files, target=None, target_names=[])
     if max_per_class is not None:
         is_count = isinstance(max_per_class, (int, np.integer)) and not isinstance(max_per_class, bool)
         if not is_count or max_per_class < 1:
             raise ValueError(f"max_per_class must be a positive integer; got {max_per_class!r}.")
+    files = find_image_files(root)
+    target, target_names = class_folder_labels(root, files)
+    if target is None:
+        loose = [file for file in files if len(Path(file).relative_to(root).parts) == 1]
+        where = (
+            f"{len(loose)} image file(s) lie directly in {str(root)!r} (e.g. {Path(loose[0]).name!r}), "
+            "not in a class folder root/<class>/"
+        )
+        if max_per_class is not None:
+            # Returning every image when a sample was asked for would go unnoticed until much later.
+            raise ValueError(
+                f"max_per_class needs class folders, but {where}. Move those files into class "
+                "folders, or pass max_per_class=None and subsample the filenames yourself."
+            )
+        if len(loose) < len(files):
+            warnings.warn(
+                f"Labels are not returned (target is None): {where}. Move them into a class "
+                "folder to get labels.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return (files, None) if return_X_y else Bunch(filenames=files, target=None, target_names=[])
+    if max_per_class is not None:
         rng = check_random_state(random_state)
         kept = np.concatenate(
             [

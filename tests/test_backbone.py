@@ -111,6 +111,14 @@ def test_bad_checkpoint_files(tmp_path, name, content, match):
         read_checkpoint(path)
 
 
+@pytest.mark.parametrize("word, meant", [("hub", "True"), ("none", "False"), ("None", "False")])
+def test_command_line_words_for_pretrained_get_their_python_spelling(tmp_path, monkeypatch, word,
+                                                                     meant):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=f"In Python, pass pretrained={meant}"):
+        read_checkpoint(word)
+
+
 def test_checkpoint_without_tensors():
     with pytest.raises(ValueError, match="no weight tensors"):
         clean_state_dict({"epoch": 3, "args": {"lr": 0.1}})

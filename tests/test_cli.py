@@ -42,6 +42,49 @@ def test_output_folder_inside_the_input_is_not_clustered_next_time(capsys, image
         assert stdout.startswith("8 images")
 
 
+def test_output_of_an_earlier_run_is_not_clustered(capsys, image_folder, tmp_path_factory):
+    earlier = image_folder / "dark" / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(earlier),
+                          *TINY_ARGS)
+    assert status == 0, err
+    out = tmp_path_factory.mktemp("elsewhere")
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                               "--eval", *TINY_ARGS)
+    assert status == 0, err
+    assert stdout.startswith("8 images")
+    [warning] = err.strip().splitlines()
+    assert warning.startswith(f"skdeepclust: warning: skipping {earlier}: it holds the output of an earlier")
+    with open(out / "clusters.csv") as handle:
+        assert not any("montage" in row["file"] for row in csv.DictReader(handle))
+
+
+def test_a_folder_with_a_montage_of_its_own_is_clustered(capsys, image_folder, tmp_path_factory):
+    art = image_folder / "art"
+    art.mkdir()
+    Image.new("RGB", (32, 32), "white").save(art / "montage.png")
+    (art / "clusters.csv").write_text("artist,style\n")  # not the table skdeepclust writes
+    out = tmp_path_factory.mktemp("out")
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                               *TINY_ARGS)
+    assert status == 0, err
+    assert stdout.startswith("9 images") and err == ""
+
+
+def test_a_folder_holding_only_earlier_output_is_a_mistake(capsys, tmp_path):
+    earlier = tmp_path / "photos" / "results"
+    earlier.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(earlier / "montage.png")
+    (earlier / "clusters.csv").write_text("file,cluster,confidence\n")
+    status, _, err = _run(capsys, "cluster", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), *TINY_ARGS)
+    assert status == 2
+    assert err.splitlines() == [
+        f"skdeepclust: warning: skipping {earlier}: it holds the output of an earlier skdeepclust run "
+        "(clusters.csv and montage.png); move your images out of it to cluster them",
+        f"skdeepclust: error: {tmp_path / 'photos'} holds no images outside the output folders of earlier "
+        "skdeepclust runs",
+    ]
+
+
 def test_file_names_that_are_not_utf8_are_written_as_their_bytes(capsys, image_folder, tmp_path):
     import os
 
@@ -68,7 +111,9 @@ def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path,
         capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS
     )
     assert status == 0
-    assert "warning: skipping unreadable image file" in err and "broken.jpg" in err
+    [warning] = err.strip().splitlines()
+    assert warning.startswith(f"skdeepclust: warning: skipping unreadable image file {image_folder / 'dark'}")
+    assert "broken.jpg: cannot identify image file" in warning  # why, from the worker processes too
     assert "skipped 1 unreadable file(s)" in stdout and stdout.rstrip().endswith("broken.jpg")
 
 
@@ -200,4 +245,6 @@ def test_files_the_embedder_cannot_decode_are_skipped_too(capsys, image_folder, 
         capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS
     )
     assert status == 0, err
-    assert "sixteen_bit.png" in err and "skipped 1 unreadable file(s)" in stdout
+    [warning] = err.strip().splitlines()
+    assert "sixteen_bit.png: " in warning and "16-bit" in warning and "convert it to 8-bit" in warning
+    assert "skipped 1 unreadable file(s)" in stdout

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,10 +23,31 @@ def test_nested_folders_keep_the_top_level_class(tmp_path):
     assert load_image_folder(tmp_path).target.tolist() == [0, 0, 1]
 
 
-def test_images_at_the_root_mean_no_labels(image_folder):
+def test_images_at_the_root_beside_class_folders_mean_no_labels_and_a_warning(image_folder):
     Image.new("RGB", (4, 4)).save(image_folder / "loose.png")
-    data = load_image_folder(image_folder)
+    with pytest.warns(UserWarning, match=r"1 image file\(s\) lie directly in .*'loose.png'.*Move them into a class"):
+        data = load_image_folder(image_folder)
     assert data.target is None and len(data.filenames) == 9
+
+
+def test_a_folder_of_images_alone_is_unlabelled_without_a_warning(tmp_path):
+    for name in ["a.png", "b.png"]:
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files, target = load_image_folder(tmp_path, return_X_y=True)
+    assert target is None and len(files) == 2
+
+
+@pytest.mark.parametrize("with_class_folders", [True, False])
+def test_max_per_class_needs_class_folders(image_folder, with_class_folders):
+    if not with_class_folders:
+        for class_folder in ["dark", "bright"]:
+            for file in (image_folder / class_folder).iterdir():
+                file.rename(image_folder / f"{class_folder}-{file.name}")
+    Image.new("RGB", (4, 4)).save(image_folder / "loose.png")
+    with pytest.raises(ValueError, match=r"max_per_class needs class folders, but \d+ image file\(s\) lie directly"):
+        load_image_folder(image_folder, max_per_class=5, return_X_y=True)
 
 
 def test_max_per_class_is_seeded(image_folder):

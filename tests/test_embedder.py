@@ -184,6 +184,8 @@ def test_unfitted_transform_raises(images):
         ({"image_size": (32, 32, 3)}, ValueError, "image_size"),
         ({"mean": (0.5, 0.5)}, ValueError, "mean must be"),
         ({"std": (0.5, 0.0, 0.5)}, ValueError, "std must be positive"),
+        ({"mean": (123.675, 116.28, 103.53)}, ValueError, "mean must be on the 0-1 scale.*255"),
+        ({"std": (58.395, 57.12, 57.375)}, ValueError, "std must be on the 0-1 scale.*255"),
         ({"interpolation": "lanczos"}, ValueError, "interpolation"),
         ({"batch_size": 0}, ValueError, "batch_size"),
         ({"precision": "int8"}, ValueError, "precision"),

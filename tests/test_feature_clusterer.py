@@ -160,6 +160,8 @@ def test_n_clusters_larger_than_n_samples(blobs):
     "params, error, match",
     [
         ({"clusterer": "kmeens"}, ValueError, "Unknown clusterer 'kmeens'"),
+        ({"clusterer": "KMeans"}, ValueError, "Unknown clusterer 'KMeans'. Did you mean 'kmeans'"),
+        ({"clusterer": "AgglomerativeClustering"}, ValueError, "Did you mean 'agglomerative'"),
         ({"clusterer": KMeans}, TypeError, "not the class KMeans"),
         ({"clusterer": object()}, TypeError, "clusterer, with fit_predict"),
         ({"clusterer": PCA(2)}, TypeError, "clusterer, with fit_predict"),
@@ -187,3 +189,14 @@ def test_cuml_names_without_cuml_say_how_to_install(blobs, name):
 def test_names_are_listed():
     names = available_clusterer_names()
     assert {"kmeans", "agglomerative", "gmm", "hdbscan", "cuml_kmeans"} <= set(names)
+
+
+def test_images_get_the_way_to_their_features(blobs, tmp_path):
+    X, _ = blobs
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    for bad in (images, images[..., 0], str(tmp_path), tmp_path):
+        with pytest.raises(ValueError, match="looks like images.*ImageEmbedder.*PretrainedFeature"):
+            FeatureClusterer(n_clusters=2).fit(bad)
+    fitted = FeatureClusterer(n_clusters=2).fit(X)
+    with pytest.raises(ValueError, match="looks like images"):
+        fitted.predict(images)

@@ -144,7 +144,7 @@ def test_torch_tensor_input(images):
     [
         (np.zeros((0, 32, 32, 3), np.uint8), ValueError, "0 images"),
         ([], ValueError, "0 images"),
-        (np.zeros((32, 32), np.uint8), ValueError, "4-D"),
+        (np.zeros((32, 32), np.uint8), ValueError, r"4-D.*X\[None, :, :, None\].*FeatureClusterer"),
         (np.zeros((2, 32, 32, 3, 1), np.uint8), ValueError, "4-D"),
         (np.zeros((32, 32, 3), np.uint8), ValueError, "one color image"),
         (np.zeros((2, 32, 32, 5), np.uint8), ValueError, "channel axis"),
@@ -177,6 +177,11 @@ def test_one_grayscale_image_with_a_channel_axis_is_not_taken_as_a_stack(images)
         as_images(gray)
     assert _first_batch(gray[None]).shape == (1, 3, 32, 32)
     assert _first_batch(gray[..., None]).shape == (32, 3, 32, 1)
+
+
+def test_folder_inside_a_list_is_named_as_a_folder(image_folder):
+    with pytest.raises(ValueError, match="Image 1, .*, is a folder.* Pass the folder itself"):
+        as_images([find_image_files(image_folder)[0], image_folder])
 
 
 def test_single_file_path_asks_for_a_list(image_folder):

@@ -44,6 +44,20 @@ def fit_to_sample_count(name, estimator, n_samples):
         estimator.set_params(n_neighbors=max(1, min(estimator.n_neighbors, n_samples - 1)))
 
 
+def _squashed(text):
+    return text.lower().replace("_", "").replace("-", "")
+
+
+def _close_clusterer_name(name):
+    """The clusterer name that ``name`` spells differently ("KMeans", "torch-kmeans",
+    "AgglomerativeClustering"), or None."""
+    spellings = {}
+    for known, (_, class_name, _) in CLUSTERER_NAMES.items():
+        spellings.setdefault(_squashed(known), known)
+        spellings.setdefault(_squashed(class_name), known)  # the first, scikit-learn's, wins
+    return spellings.get(_squashed(name))
+
+
 def build_named_clusterer(name, *, n_clusters, random_state, device, verbose=0):
     """Build the unfitted clusterer called ``name``.
 
@@ -53,8 +67,10 @@ def build_named_clusterer(name, *, n_clusters, random_state, device, verbose=0):
     per iteration, not a progress bar.
     """
     if not isinstance(name, str) or name not in CLUSTERER_NAMES:
+        close = _close_clusterer_name(name) if isinstance(name, str) else None
+        hint = f" Did you mean {close!r}?" if close else ""
         raise ValueError(
-            f"Unknown clusterer {name!r}. Use one of {available_clusterer_names()} "
+            f"Unknown clusterer {name!r}.{hint} Use one of {available_clusterer_names()} "
             "or pass an unfitted scikit-learn clusterer instance."
         )
     module_name, class_name, defaults = CLUSTERER_NAMES[name]

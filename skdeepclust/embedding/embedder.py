@@ -283,7 +283,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         Input size of the backbone. ``None`` uses the model's own; ViTs are built
         for the given size (position embeddings are resampled).
     mean, std : tuple of 3 floats, default=None
-        Normalisation, overriding the model's own.
+        Normalisation, overriding the model's own, on the 0-1 scale of pixel
+        values (ImageNet's mean is (0.485, 0.456, 0.406)).
     interpolation : {"bilinear", "bicubic", "nearest"}, default=None
         Resampling for resizing, overriding the model's own.
     batch_size : int or "auto", default="auto"
@@ -417,6 +418,17 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 raise ValueError(f"{name} must be None or 3 finite numbers (R, G, B); got {value!r}.")
         if self.std is not None and np.any(np.asarray(self.std) <= 0):
             raise ValueError(f"std must be positive; got {self.std!r}.")
+        # Pixels are scaled to [0, 1] before normalising, and every timm model's mean
+        # and std lie in [0, 1]: values above 1 are 0-255 units, which would quietly
+        # map every image to nearly the same input.
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and not np.all((np.asarray(value) >= 0) & (np.asarray(value) <= 1)):
+                raise ValueError(
+                    f"{name} must be on the 0-1 scale of pixel values, as ImageNet's mean "
+                    "(0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) are; got "
+                    f"{name}={value!r}. For values in 0-255 units, divide them by 255."
+                )
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation must be None or one of {INTERPOLATIONS}; got {self.interpolation!r}."

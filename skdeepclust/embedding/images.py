@@ -49,6 +49,36 @@ def find_image_files(folder) -> list:
     Folder links are followed (each real folder once), hidden names skipped.
     Sorted by path component, so that the files of class ``dog`` come before
     those of ``dog-1`` as their class names sort.
+
+    This is the order in which :class:`~skdeepclust.ImageEmbedder` and
+    :class:`~skdeepclust.PretrainedFeatureClusterer` take the images when given
+    the folder path itself: row ``i`` of the embeddings, and ``labels_[i]``,
+    belong to ``find_image_files(folder)[i]`` as long as the folder is unchanged.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        The folder to search.
+
+    Returns
+    -------
+    files : list of str
+        Paths of the image files, each starting with ``folder``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from PIL import Image
+    >>> from skdeepclust.embedding import find_image_files
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ["b/2.png", "a/1.jpg", "a/notes.txt", ".hidden.png"]:
+    ...     (root / name).parent.mkdir(exist_ok=True)
+    ...     if name.endswith("txt"):
+    ...         _ = (root / name).write_text("not an image")
+    ...     else:
+    ...         Image.new("RGB", (4, 4)).save(root / name)
+    >>> [pathlib.Path(path).relative_to(root).as_posix() for path in find_image_files(root)]
+    ['a/1.jpg', 'b/2.png']
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -116,7 +146,10 @@ def _decode_file(path, min_size=None):
                 image = ImageOps.exif_transpose(image)
             return _pil_to_rgb_array(image, f"Image file {path!r}")
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        raise ValueError(f"Cannot read image file {path!r}: {exc}") from exc
+        raise ValueError(
+            f"Cannot read image file {path!r}: {exc}. Remove it from the folder or list, or "
+            "convert it, and run again (the skdeepclust command skips unreadable files)."
+        ) from exc
 
 
 def _channels_last_to_rgb(array):
@@ -268,9 +301,12 @@ class ArrayImages:
                 )
             array = array[..., None]
         elif array.ndim != 4:
+            hint = (" A 2-D array is one grayscale image (pass X[None, :, :, None]) or a "
+                    "feature matrix (cluster features with FeatureClusterer)."
+                    if array.ndim == 2 else "")
             raise ValueError(
                 f"Image arrays must be 4-D, (n_images, height, width, channels) or "
-                f"(n_images, channels, height, width); got {array.ndim}-D with shape {shape}."
+                f"(n_images, channels, height, width); got {array.ndim}-D with shape {shape}.{hint}"
             )
         if array.shape[-1] in _CHANNEL_COUNTS:
             self._channels_first = False
@@ -334,6 +370,12 @@ class ImageList:
         missing = []
         for position, item in enumerate(self._items):
             if isinstance(item, (str, os.PathLike)):
+                if os.path.isdir(item):
+                    raise ValueError(
+                        f"Image {position}, {str(item)!r}, is a folder; a list may hold image "
+                        "files only. Pass the folder itself, not in a list, to read all the "
+                        "images under it."
+                    )
                 if not os.path.isfile(item):
                     missing.append(str(item))
             elif isinstance(item, np.ndarray):  # checked now, not when its batch comes
