@@ -279,16 +279,19 @@ def neighbor_label_information(multi_head, features, neighbors):
         labels = torch.cat([multi_head(features[start:start + block]).argmax(dim=-1)
                             for start in range(0, features.shape[0], block)], dim=1)
         n_neighbors = neighbors.shape[1]
-        information = torch.empty(n_heads, dtype=torch.float64)
-        for head, head_labels in enumerate(labels):
+        information = []
+        for head_labels in labels:
             pair_codes = (head_labels.repeat_interleave(n_neighbors) * n_clusters
                           + head_labels[neighbors.reshape(-1)])
             joint = torch.bincount(pair_codes, minlength=n_clusters * n_clusters).double()
             joint = (joint / pair_codes.numel()).reshape(n_clusters, n_clusters)
             independent = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
-            seen = joint > 0
-            information[head] = (joint[seen] * torch.log(joint[seen] / independent[seen])).sum()
-        return information
+            # xlogy makes the pairs never seen count 0 without a mask, which on a GPU would
+            # wait for the device once per head; where joint > 0, independent > 0 too.
+            ratio = joint / independent.clamp_min(torch.finfo(joint.dtype).tiny)
+            information.append(torch.special.xlogy(joint, ratio).sum())
+        # One copy to the host for all heads, not one wait per head.
+        return torch.stack(information).cpu()
 
 
 def most_informative_head(multi_head, setup, head_losses, learning_rate):
