@@ -412,18 +412,16 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             raise ValueError(f"image_size must be None, a positive int or (height, width); got {size!r}.")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if value is not None and (
-                np.ndim(value) != 1 or len(value) != 3 or not np.all(np.isfinite(value))
-            ):
+            if value is None:
+                continue
+            if np.ndim(value) != 1 or len(value) != 3 or not np.all(np.isfinite(value)):
                 raise ValueError(f"{name} must be None or 3 finite numbers (R, G, B); got {value!r}.")
-        if self.std is not None and np.any(np.asarray(self.std) <= 0):
-            raise ValueError(f"std must be positive; got {self.std!r}.")
-        # Pixels are scaled to [0, 1] before normalising, and every timm model's mean
-        # and std lie in [0, 1]: values above 1 are 0-255 units, which would quietly
-        # map every image to nearly the same input.
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None and not np.all((np.asarray(value) >= 0) & (np.asarray(value) <= 1)):
+            if name == "std" and np.any(np.asarray(value) <= 0):
+                raise ValueError(f"std must be positive; got {value!r}.")
+            # Pixels are scaled to [0, 1] before normalising, and every timm model's mean
+            # and std lie in [0, 1]: values above 1 are 0-255 units, which would quietly
+            # map every image to nearly the same input.
+            if not np.all((np.asarray(value) >= 0) & (np.asarray(value) <= 1)):
                 raise ValueError(
                     f"{name} must be on the 0-1 scale of pixel values, as ImageNet's mean "
                     "(0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) are; got "
