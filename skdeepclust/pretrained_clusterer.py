@@ -6,7 +6,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from .clustering.feature_clusterer import FeatureClusterer, _clusterer_has
+from .clustering.feature_clusterer import FeatureClusterer, _clusterer_has, checked_sample_weight
 from .embedding.embedder import ImageEmbedder
 from .embedding.images import as_images
 
@@ -165,7 +165,7 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
             verbose=self.verbose,
         )
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Embed the images and cluster them.
 
         Parameters
@@ -176,6 +176,9 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
             images.
         y : None
             Ignored; labels are never used for fitting.
+        sample_weight : array-like of shape (n_images,), default=None
+            Non-negative weight of each image, for clusterers that take one
+            (see :meth:`FeatureClusterer.fit`); checked before the embedding starts.
 
         Returns
         -------
@@ -187,10 +190,12 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         clusterer = feature_clusterer._validate_params()
         images = as_images(X)
         feature_clusterer._check_sample_count(clusterer, len(images))
+        if sample_weight is not None:
+            sample_weight = checked_sample_weight(clusterer, sample_weight, images)
         embedder = ImageEmbedder(**{name: getattr(self, name) for name in _EMBEDDER_PARAMS})
         features = embedder.fit(images).transform(images)
         self.embedder_ = embedder
-        self.feature_clusterer_ = feature_clusterer.fit(features)
+        self.feature_clusterer_ = feature_clusterer.fit(features, sample_weight=sample_weight)
         self.clusterer_ = self.feature_clusterer_.clusterer_
         self.labels_ = self.feature_clusterer_.labels_
         self.cluster_centers_ = self.feature_clusterer_.cluster_centers_

@@ -13,12 +13,35 @@ from skdeepclust import FeatureClusterer
 from skdeepclust.clustering import TorchKMeans, available_clusterer_names, label_free_score
 
 
+# The checks that fit with sample_weight, which AgglomerativeClustering and
+# GaussianMixture do not take: FeatureClusterer refuses it for them, by design.
+_SAMPLE_WEIGHT_CHECKS = (
+    "check_sample_weights_not_an_array",
+    "check_sample_weights_list",
+    "check_sample_weights_shape",
+    "check_sample_weights_not_overwritten",
+    "check_all_zero_sample_weights_error",
+    "check_sample_weight_equivalence_on_dense_data",
+)
+
+
+def _expected_failed_checks(estimator):
+    if estimator.clusterer == "kmeans":  # as scikit-learn's own KMeans
+        return {"check_sample_weight_equivalence_on_dense_data": (
+            "the k-means++ draws differ between weighted rows and repeated rows, so the "
+            "labels may too; test_sample_weight_reaches_the_clusterer checks the weights")}
+    reason = ("the clusterer takes no sample_weight, and FeatureClusterer refuses it; "
+              "test_sample_weight_refused_where_the_clusterer_takes_none checks that")
+    return dict.fromkeys(_SAMPLE_WEIGHT_CHECKS, reason)
+
+
 @parametrize_with_checks(
     [
         FeatureClusterer(random_state=0),
         FeatureClusterer("agglomerative"),
         FeatureClusterer("gmm", random_state=0),
-    ]
+    ],
+    expected_failed_checks=_expected_failed_checks,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
@@ -200,3 +223,46 @@ def test_images_get_the_way_to_their_features(blobs, tmp_path):
     fitted = FeatureClusterer(n_clusters=2).fit(X)
     with pytest.raises(ValueError, match="looks like images"):
         fitted.predict(images)
+
+
+def test_sample_weight_reaches_the_clusterer(blobs):
+    X, _ = blobs
+    weights = np.random.default_rng(0).integers(1, 5, size=len(X)).astype(float)
+    given = weights.copy()
+    est = FeatureClusterer(n_clusters=3, random_state=0).fit(X, sample_weight=weights)
+    alone = KMeans(n_clusters=3, n_init=10, random_state=0).fit(X, sample_weight=weights)
+    np.testing.assert_allclose(est.clusterer_.cluster_centers_, alone.cluster_centers_)
+    for cluster, centre in zip(est.cluster_ids_, est.cluster_centers_):
+        members = est.labels_ == cluster
+        np.testing.assert_allclose(centre, np.average(X[members], axis=0,
+                                                      weights=weights[members]))
+    np.testing.assert_array_equal(weights, given)
+    labels = FeatureClusterer(n_clusters=3, random_state=0).fit_predict(X, sample_weight=weights)
+    np.testing.assert_array_equal(labels, est.labels_)
+
+
+def test_sample_weight_makes_a_heavy_row_a_cluster_of_its_own():
+    X = np.array([[0.0], [0.1], [0.2], [5.0]])
+    dbscan = DBSCAN(eps=0.5, min_samples=3)
+    unweighted = FeatureClusterer(dbscan).fit(X)
+    assert unweighted.labels_[3] == -1  # alone, so noise
+    weighted = FeatureClusterer(dbscan).fit(X, sample_weight=[1, 1, 1, 3])
+    assert weighted.labels_[3] >= 0 and weighted.labels_[3] != weighted.labels_[0]
+    assert weighted.predict([[4.8]])[0] == weighted.labels_[3]
+
+
+@pytest.mark.parametrize("clusterer", ["agglomerative", "gmm", GaussianMixture(2)])
+def test_sample_weight_refused_where_the_clusterer_takes_none(blobs, clusterer):
+    X, _ = blobs
+    with pytest.raises(ValueError, match="takes no sample_weight.*'kmeans'"):
+        FeatureClusterer(clusterer, n_clusters=3).fit(X, sample_weight=np.ones(len(X)))
+
+
+@pytest.mark.parametrize(
+    "weights, match",
+    [(np.ones(5), r"shape"), (-np.ones(90), "Negative"), (np.zeros(90), "non-zero|zero for every")],
+)
+def test_bad_sample_weight(blobs, weights, match):
+    X, _ = blobs
+    with pytest.raises(ValueError, match=match):
+        FeatureClusterer(n_clusters=3).fit(X, sample_weight=weights)

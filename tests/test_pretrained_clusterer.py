@@ -133,3 +133,35 @@ def test_clusterer_mistakes_are_found_before_embedding(images, monkeypatch, para
     monkeypatch.setattr(ImageEmbedder, "fit", embed)
     with pytest.raises(ValueError, match=match):
         PretrainedFeatureClusterer(**TINY, **params).fit(images[:4])
+
+
+def test_sample_weight_reaches_the_clusterer(labelled_images):
+    X, y = labelled_images
+    weights = np.arange(1.0, len(X) + 1)
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2)
+    est.fit(X, sample_weight=weights)
+    features = est.transform(X)
+    alone = FeatureClusterer(n_clusters=2, random_state=TINY["random_state"]).fit(
+        features, sample_weight=weights)
+    np.testing.assert_array_equal(est.labels_, alone.labels_)
+    np.testing.assert_allclose(est.cluster_centers_, alone.cluster_centers_, rtol=1e-5)
+    assert est.score(X, y) == 1.0
+
+
+@pytest.mark.parametrize(
+    "params, weights, match",
+    [
+        (dict(clusterer="agglomerative"), np.ones(16), "takes no sample_weight"),
+        ({}, np.ones(3), "shape"),
+        ({}, -np.ones(16), "Negative"),
+    ],
+)
+def test_sample_weight_mistakes_are_found_before_embedding(images, monkeypatch, params,
+                                                           weights, match):
+    def embed(*args, **kwargs):
+        raise AssertionError("the images were embedded before sample_weight was checked")
+
+    monkeypatch.setattr(ImageEmbedder, "fit", embed)
+    with pytest.raises(ValueError, match=match):
+        PretrainedFeatureClusterer(**TINY, n_clusters=2, **params).fit(
+            images, sample_weight=weights)

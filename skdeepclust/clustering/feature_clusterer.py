@@ -11,10 +11,12 @@ from sklearn.metrics import silhouette_score
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import (
+    _check_sample_weight,
     check_array,
     check_consistent_length,
     check_is_fitted,
     column_or_1d,
+    has_fit_parameter,
     validate_data,
 )
 
@@ -74,6 +76,42 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
     if own_params.get("device") == "auto" and not _is_auto(device):
         estimator.set_params(device=device)
     return estimator
+
+
+def checked_sample_weight(clusterer, sample_weight, samples):
+    """``sample_weight`` as float64, one finite non-negative weight per sample of
+    ``samples`` (a feature matrix, or images), for a clusterer that takes weights."""
+    if not has_fit_parameter(clusterer, "sample_weight"):
+        raise ValueError(
+            f"{type(clusterer).__name__} takes no sample_weight. Fit without it, or use a "
+            "clusterer that weighs rows: 'kmeans', 'minibatch_kmeans', 'torch_kmeans', "
+            "'cuml_kmeans' or DBSCAN()."
+        )
+    weights = _check_sample_weight(
+        sample_weight, samples, dtype=np.float64, ensure_non_negative=True
+    )
+    if not weights.sum() > 0:
+        raise ValueError("sample_weight is zero for every sample; give some samples a "
+                         "positive weight.")
+    return weights
+
+
+def _cluster_means(X, labels, cluster_ids, weights):
+    """Mean row of each cluster in ``X``'s dtype, weighted when ``weights`` is given.
+
+    A cluster of rows that all weigh 0 gets their plain mean: k-means labels every
+    row, weighed or not, so such a cluster can exist.
+    """
+    if cluster_ids.size == 0:
+        return np.empty((0, X.shape[1]), dtype=X.dtype)
+    means = []
+    for cluster in cluster_ids:
+        members = labels == cluster
+        cluster_weights = None if weights is None else weights[members]
+        if cluster_weights is not None and not cluster_weights.sum() > 0:
+            cluster_weights = None
+        means.append(np.average(X[members], axis=0, weights=cluster_weights))
+    return np.stack(means).astype(X.dtype, copy=False)
 
 
 def _is_auto(device):
@@ -203,7 +241,8 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         Cluster of each training row, as the clusterer gave it (-1 marks noise
         for density-based clusterers).
     cluster_centers_ : ndarray of shape (n_found_clusters, n_features)
-        Mean training row of each cluster found, in the order of ``cluster_ids_``.
+        Mean training row of each cluster found (weighted by ``sample_weight``
+        when given), in the order of ``cluster_ids_``.
     cluster_ids_ : ndarray of shape (n_found_clusters,)
         The label of each row of ``cluster_centers_``.
     n_features_in_ : int
@@ -267,7 +306,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
                 "samples or ask for fewer clusters."
             )
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Fit the clusterer on the rows of ``X``.
 
         Parameters
@@ -276,6 +315,11 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
             Feature matrix; finite values only.
         y : None
             Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each row, passed to the clusterer's ``fit``;
+            only clusterers that take one accept it (``"kmeans"``,
+            ``"minibatch_kmeans"``, ``"torch_kmeans"``, ``"cuml_kmeans"``,
+            DBSCAN). ``cluster_centers_`` are then weighted means.
 
         Returns
         -------
@@ -286,18 +330,21 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         _refuse_images(X)
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
         self._check_sample_count(clusterer, X.shape[0])
+        fit_params = {}
+        if sample_weight is not None:
+            fit_params["sample_weight"] = checked_sample_weight(clusterer, sample_weight, X)
         if isinstance(self.clusterer, str):
             fit_to_sample_count(self.clusterer, clusterer, X.shape[0])
         if hasattr(clusterer, "fit_predict"):
-            labels = clusterer.fit_predict(X)
+            labels = clusterer.fit_predict(X, **fit_params)
         else:
-            labels = clusterer.fit(X).labels_
+            labels = clusterer.fit(X, **fit_params).labels_
         self.clusterer_ = clusterer
         self.labels_ = np.asarray(labels).astype(np.int64, copy=False)
         self.cluster_ids_ = np.unique(self.labels_[self.labels_ >= 0])
-        self.cluster_centers_ = np.stack(
-            [X[self.labels_ == cluster].mean(axis=0) for cluster in self.cluster_ids_]
-        ) if self.cluster_ids_.size else np.empty((0, X.shape[1]), dtype=X.dtype)
+        self.cluster_centers_ = _cluster_means(
+            X, self.labels_, self.cluster_ids_, fit_params.get("sample_weight")
+        )
         return self
 
     def predict(self, X):

@@ -247,7 +247,8 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype,
                                                  ensure_non_negative=True)
             if not sample_weight.sum() > 0:
-                raise ValueError("sample_weight sums to 0; give some rows a positive weight.")
+                raise ValueError("sample_weight is zero for every row; give some rows a "
+                                 "positive weight.")
             weights = torch.from_numpy(sample_weight).to(device)
         # np.require copies read-only input (e.g. a memmap) that torch cannot wrap.
         source = torch.from_numpy(np.require(X, requirements=["C", "W"]))
