@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
@@ -27,7 +32,9 @@ _EMBEDDER_PARAMS = (
 )
 
 
-class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
+class PretrainedFeatureClusterer(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator
+):
     """Cluster images on the features of a frozen pretrained backbone.
 
     Images are embedded by :class:`~skdeepclust.ImageEmbedder` (any timm model,
@@ -102,7 +109,8 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
 
     Every ``fit`` embeds all images again. To search only clustering parameters,
     embed once with :class:`~skdeepclust.ImageEmbedder` and search a
-    :class:`~skdeepclust.FeatureClusterer` on the features.
+    :class:`~skdeepclust.FeatureClusterer` on the features. ``fit_transform``
+    returns the embeddings that ``fit`` computed, without a second pass.
 
     Examples
     --------
@@ -185,6 +193,30 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         self : PretrainedFeatureClusterer
             The fitted estimator.
         """
+        self._fit(X, sample_weight)
+        return self
+
+    def fit_transform(self, X, y=None, sample_weight=None):
+        """Embed and cluster the images, and return their embeddings.
+
+        Parameters
+        ----------
+        X : array-like of images, list of images or paths, or folder path
+            Images in any form that ``fit`` accepts.
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_images,), default=None
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        features : ndarray of shape (n_images, embedding_dim_)
+            The L2-normalised float32 embeddings computed by the fit.
+        """
+        return self._fit(X, sample_weight)
+
+    def _fit(self, X, sample_weight):
+        """Fit, and return the training images' features."""
         feature_clusterer = self._make_feature_clusterer()
         # The clusterer is checked now, not after minutes of embedding.
         clusterer = feature_clusterer._validate_params()
@@ -193,6 +225,9 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         if sample_weight is not None:
             sample_weight = checked_sample_weight(clusterer, sample_weight, images)
         embedder = ImageEmbedder(**{name: getattr(self, name) for name in _EMBEDDER_PARAMS})
+        # The hand-off to the clusterer stays an array whatever set_output says; only
+        # this estimator's own transform follows it.
+        embedder.set_output(transform="default")
         features = embedder.fit(images).transform(images)
         self.embedder_ = embedder
         self.feature_clusterer_ = feature_clusterer.fit(features, sample_weight=sample_weight)
@@ -200,10 +235,14 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         self.labels_ = self.feature_clusterer_.labels_
         self.cluster_centers_ = self.feature_clusterer_.cluster_centers_
         self.embedding_dim_ = embedder.embedding_dim_
-        return self
+        self._n_features_out = self.embedding_dim_  # named by get_feature_names_out
+        return features
 
     def transform(self, X):
         """The embeddings of images: ``(n_images, embedding_dim_)`` float32, unit norm."""
+        return self._embed(X)
+
+    def _embed(self, X):
         check_is_fitted(self)
         return self.embedder_.transform(X)
 
@@ -222,8 +261,8 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
             spectral, DBSCAN, HDBSCAN) this is the nearest cluster centre in
             embedding space.
         """
-        check_is_fitted(self)
-        return self.feature_clusterer_.predict(self.transform(X))
+        features = self._embed(X)
+        return self.feature_clusterer_.predict(features)
 
     @available_if(_clusterer_has("predict_proba"))
     def predict_proba(self, X):
@@ -238,8 +277,8 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
         -------
         proba : ndarray of shape (n_images, n_clusters)
         """
-        check_is_fitted(self)
-        return self.feature_clusterer_.predict_proba(self.transform(X))
+        features = self._embed(X)
+        return self.feature_clusterer_.predict_proba(features)
 
     def score(self, X, y=None):
         """Clustering quality of images; larger is better.
@@ -260,11 +299,12 @@ class PretrainedFeatureClusterer(ClusterMixin, BaseEstimator):
             in [-1, 1] (0.0 for a single cluster); see
             :meth:`FeatureClusterer.score`.
         """
-        check_is_fitted(self)
-        return self.feature_clusterer_.score(self.transform(X), y)
+        features = self._embed(X)
+        return self.feature_clusterer_.score(features, y)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = []  # embeddings are float32 whatever the input
         return tags

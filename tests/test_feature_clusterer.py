@@ -1,4 +1,5 @@
 import importlib.util
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from skdeepclust.clustering import TorchKMeans, available_clusterer_names, label
 # The checks that fit with sample_weight, which AgglomerativeClustering and
 # GaussianMixture do not take: FeatureClusterer refuses it for them, by design.
 _SAMPLE_WEIGHT_CHECKS = (
+    "check_sample_weights_pandas_series",
     "check_sample_weights_not_an_array",
     "check_sample_weights_list",
     "check_sample_weights_shape",
@@ -62,12 +64,22 @@ def test_default_is_kmeans_with_n_clusters(blobs):
 
 def test_instance_is_cloned_not_modified(blobs):
     X, _ = blobs
-    given = KMeans(n_clusters=5, n_init=1)
+    given = KMeans(n_init=1)
     est = FeatureClusterer(given, n_clusters=3, random_state=7).fit(X)
     assert est.clusterer_ is not given
     assert est.clusterer_.n_clusters == 3 and est.clusterer_.random_state == 7
-    assert given.n_clusters == 5 and given.random_state is None
+    assert given.n_clusters == 8 and given.random_state is None
     assert not hasattr(given, "labels_")
+
+
+def test_a_count_set_twice_must_agree(blobs):
+    X, y = blobs
+    with pytest.raises(ValueError, match=r"n_clusters=3 and KMeans\(n_clusters=5\) disagree"):
+        FeatureClusterer(KMeans(n_clusters=5), n_clusters=3).fit(X)
+    assert FeatureClusterer(KMeans(n_clusters=3), n_clusters=3).fit(X).score(X, y) == 1.0
+    search = GridSearchCV(FeatureClusterer(KMeans(), random_state=0),
+                          {"clusterer__n_clusters": [2, 3, 4]}, cv=3).fit(X, y)
+    assert search.best_params_ == {"clusterer__n_clusters": 3}
 
 
 def test_gmm_gets_its_component_count_and_gives_probabilities(blobs):
@@ -251,7 +263,7 @@ def test_sample_weight_makes_a_heavy_row_a_cluster_of_its_own():
     assert weighted.predict([[4.8]])[0] == weighted.labels_[3]
 
 
-@pytest.mark.parametrize("clusterer", ["agglomerative", "gmm", GaussianMixture(2)])
+@pytest.mark.parametrize("clusterer", ["agglomerative", "gmm", GaussianMixture()])
 def test_sample_weight_refused_where_the_clusterer_takes_none(blobs, clusterer):
     X, _ = blobs
     with pytest.raises(ValueError, match="takes no sample_weight.*'kmeans'"):
@@ -266,3 +278,20 @@ def test_bad_sample_weight(blobs, weights, match):
     X, _ = blobs
     with pytest.raises(ValueError, match=match):
         FeatureClusterer(n_clusters=3).fit(X, sample_weight=weights)
+
+
+def test_score_of_a_dataframe_does_not_warn_about_its_columns(blobs):
+    pd = pytest.importorskip("pandas")
+    X, y = blobs
+    frame = pd.DataFrame(X, columns=["a", "b"])
+    est = FeatureClusterer(n_clusters=3, random_state=0).fit(frame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert est.score(frame, y) == 1.0
+        assert est.score(frame) > 0.5
+
+
+def test_verbose_is_checked(blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match="verbose"):
+        FeatureClusterer(n_clusters=3, verbose=-1).fit(X)

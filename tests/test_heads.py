@@ -57,6 +57,7 @@ def test_head_recovers_blobs(name, blobs):
     assert proba.shape == (X.shape[0], 4)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(model.predict(X), model.labels_)
+    assert proba.dtype == np.float32 and model.predict_proba(X.astype(np.float64)).dtype == np.float64
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from conftest import TINY, two_tone_images
@@ -165,3 +167,37 @@ def test_sample_weight_mistakes_are_found_before_embedding(images, monkeypatch, 
     with pytest.raises(ValueError, match=match):
         PretrainedFeatureClusterer(**TINY, n_clusters=2, **params).fit(
             images, sample_weight=weights)
+
+
+def test_fit_transform_returns_the_fit_embeddings_in_one_pass(labelled_images, monkeypatch):
+    X, _ = labelled_images
+    passes = []
+    transform = ImageEmbedder.transform
+    monkeypatch.setattr(ImageEmbedder, "transform",
+                        lambda self, images: passes.append(1) or transform(self, images))
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2)
+    features = est.fit_transform(X)
+    assert len(passes) == 1
+    np.testing.assert_allclose(features, est.transform(X), atol=1e-6)
+    np.testing.assert_array_equal(est.labels_, est.predict(X))
+
+
+def test_set_output_names_the_embedding_columns_and_never_reaches_the_clusterer(
+        labelled_images):
+    pd = pytest.importorskip("pandas")
+    from sklearn import config_context
+
+    X, y = labelled_images
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2).set_output(transform="pandas")
+    features = est.fit_transform(X)
+    assert isinstance(features, pd.DataFrame) and features.shape == (16, 64)
+    assert list(features.columns[:2]) == ["pretrainedfeatureclusterer0",
+                                          "pretrainedfeatureclusterer1"]
+    assert isinstance(est.transform(X[:3]), pd.DataFrame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "X has feature names" from the inner stages
+        with config_context(transform_output="pandas"):
+            fitted_under_pandas = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(X)
+            assert est.score(X, y) == 1.0
+        np.testing.assert_array_equal(fitted_under_pandas.predict(X), est.labels_)
+        assert fitted_under_pandas.score(X, y) == 1.0

@@ -432,11 +432,11 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         Returns
         -------
         proba : ndarray of shape (n_samples, n_clusters_)
-            Rows sum to 1.
+            Rows sum to 1; in the dtype of ``X`` (float32 or float64).
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return self._proba(normalize_rows(X))
+        return self._proba(normalize_rows(X)).astype(X.dtype, copy=False)
 
     def predict(self, X):
         """Most probable cluster of each row of ``X``.

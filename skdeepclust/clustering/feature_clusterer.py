@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import os
 
@@ -22,7 +23,7 @@ from sklearn.utils.validation import (
 
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
-from ._training import HeadClusterer
+from ._training import HeadClusterer, check_verbose
 from .kmeans import TorchKMeans
 
 # Cosine silhouette is quadratic in the number of samples; beyond this many it is
@@ -69,6 +70,17 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
             raise ValueError(
                 f"{type(clusterer).__name__} takes no number of clusters, but n_clusters="
                 f"{n_clusters} was given; leave n_clusters=None with this clusterer."
+            )
+        own_count = own_params[count_parameter]
+        class_default = inspect.signature(type(clusterer)).parameters[count_parameter].default
+        # A count set on the instance too (e.g. by a search over clusterer__n_clusters)
+        # would be overridden without a word, and every candidate would be the same model.
+        if own_count != n_clusters and own_count != class_default:
+            raise ValueError(
+                f"n_clusters={n_clusters} and {type(clusterer).__name__}({count_parameter}="
+                f"{own_count!r}) disagree; set the number of clusters in one place: leave "
+                "n_clusters=None to keep the clusterer's own, or leave the clusterer's "
+                "at its default."
             )
         estimator.set_params(**{count_parameter: n_clusters})
     if random_state is not None and own_params.get("random_state", 0) is None:
@@ -223,7 +235,8 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
     n_clusters : int or None, default=None
         Number of clusters. ``None`` keeps the clusterer's own setting (8 for
         ``"kmeans"``, as in scikit-learn). For a clusterer that finds the number
-        itself (DBSCAN, HDBSCAN) it must stay ``None``.
+        itself (DBSCAN, HDBSCAN) it must stay ``None``. A clusterer instance whose
+        own count is not its class default must have this same count.
     device : str or torch.device, default="auto"
         Passed to clusterers that run on torch (to an instance whose own device
         is ``"auto"``); ignored by the others.
@@ -292,6 +305,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
             raise ValueError(
                 f"n_clusters must be a positive integer or None; got {self.n_clusters!r}."
             )
+        check_verbose(self.verbose)
         clusterer = _build_clusterer(
             self.clusterer, self.n_clusters, self.random_state, self.device, self.verbose
         )
@@ -360,7 +374,9 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,)
             Cluster of each row (see the class Notes for clusterers without ``predict``).
         """
-        X = self._validated(X)
+        return self._predict_validated(self._validated(X))
+
+    def _predict_validated(self, X):
         if hasattr(self.clusterer_, "predict"):
             return np.asarray(self.clusterer_.predict(X)).astype(np.int64, copy=False)
         if self.cluster_ids_.size == 0:
@@ -418,7 +434,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
             single predicted cluster scores 0.0.
         """
         X = self._validated(X)
-        labels = self.predict(X)
+        labels = self._predict_validated(X)
         if y is not None:
             return cluster_accuracy(y, labels)
         return label_free_score(X, labels, random_state=self.random_state)
