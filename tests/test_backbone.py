@@ -1,5 +1,6 @@
 import argparse
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -56,6 +57,61 @@ def test_ddp_state_dict_wrapper_in_bin_file(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in weights.items()}}, path)
     embedder = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
     _assert_weights_equal(embedder.model_, _reference_vit(seed=5))
+
+
+@pytest.mark.parametrize("wrapped", [
+    lambda weights: {"target_encoder": {f"module.{k}": v for k, v in weights.items()},  # I-JEPA
+                     "encoder": {f"module.{k}": -v for k, v in weights.items()}},
+    lambda weights: {"state_dict": {**{f"module.base_encoder.{k}": v for k, v in weights.items()},
+                                    **{f"module.momentum_encoder.{k}": -v  # MoCo v3
+                                       for k, v in weights.items()}}},
+], ids=["ijepa", "mocov3"])
+def test_other_self_supervised_checkpoint_formats(tmp_path, wrapped):
+    weights = _reference_vit(seed=4).state_dict()
+    path = tmp_path / "checkpoint.pth"
+    torch.save(wrapped(weights), path)
+    embedder = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    _assert_weights_equal(embedder.model_, weights)
+
+
+def test_local_weights_are_not_kept_twice(tmp_path):
+    path = tmp_path / "vit.safetensors"
+    save_file(_reference_vit().state_dict(), path)
+    embedder = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    assert "state_dict" not in embedder.model_.pretrained_cfg
+
+
+def test_untagged_name_with_local_weights_warns_when_its_tags_normalise_differently(tmp_path):
+    path = tmp_path / "vit_s.safetensors"
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch16_224", num_classes=0, img_size=32)
+    save_file(vit.state_dict(), path)
+    images = np.zeros((1, 32, 32, 3), np.uint8)
+    with pytest.warns(UserWarning, match=r"mean=\(0.5, 0.5, 0.5\).*'vit_small_patch16_224.dino'"):
+        ImageEmbedder("vit_small_patch16_224", pretrained=path, image_size=32).fit(images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dino = ImageEmbedder("vit_small_patch16_224.dino", pretrained=path, image_size=32)
+        assert dino.fit(images).preprocessing_.mean == (0.485, 0.456, 0.406)
+        ImageEmbedder("vit_small_patch16_224", pretrained=path, image_size=32,
+                      mean=(0.5,) * 3, std=(0.5,) * 3).fit(images)
+
+
+def test_dinov3_vit_gives_its_class_token():
+    embedder = ImageEmbedder("vit_small_patch16_dinov3", pretrained=False, image_size=32,
+                             random_state=0).fit(np.zeros((1, 32, 32, 3), np.uint8))
+    model = embedder.model_
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), model.forward_features(x)[:, 0])
+
+
+@pytest.mark.parametrize("image_size, match", [(40, "e.g. image_size=32"),
+                                               ((40, 64), r"e.g. image_size=\(32, 64\)")])
+def test_image_size_off_the_patch_grid_is_refused(image_size, match):
+    with pytest.raises(ValueError, match=r"not a multiple of the backbone's patch size.*" + match):
+        ImageEmbedder("test_vit", pretrained=False, image_size=image_size).fit(
+            np.zeros((1, 40, 40, 3), np.uint8))
 
 
 def test_checkpoint_at_another_image_size_is_resampled(tmp_path):

@@ -17,6 +17,7 @@ import difflib
 import numbers
 import os
 import socket
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,13 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 # Keys under which training code nests the weights; the first one present wins, so
 # DINO's teacher (the network DINO evaluates) is preferred over its student.
-_WRAPPER_KEYS = ("teacher", "state_dict_ema", "model_ema", "state_dict", "model", "student", "module")
+# I-JEPA evaluates its target encoder, as DINO its teacher.
+_WRAPPER_KEYS = ("teacher", "target_encoder", "state_dict_ema", "model_ema", "state_dict",
+                 "model", "student", "encoder", "module")
 _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
-# Self-supervised checkpoints keep the encoder under this prefix beside a projection head.
-_ENCODER_PREFIX = "backbone."
+# Self-supervised checkpoints keep the encoder under a prefix beside a projection head
+# or a momentum copy: "backbone." (DINO, SimCLR code), "base_encoder." (MoCo v3).
+_ENCODER_PREFIXES = ("backbone.", "base_encoder.")
 
 
 class PretrainedWeightsUnavailable(OSError):
@@ -124,11 +128,16 @@ def clean_state_dict(checkpoint, source="checkpoint") -> dict:
             if name.startswith(prefix):
                 name = name[len(prefix):]
         state_dict[name] = value
-    if any(name.startswith(_ENCODER_PREFIX) for name in state_dict):
+    encoder_prefix = next(
+        (prefix for prefix in _ENCODER_PREFIXES
+         if any(name.startswith(prefix) for name in state_dict)),
+        None,
+    )
+    if encoder_prefix is not None:
         state_dict = {
-            name[len(_ENCODER_PREFIX):]: value
+            name[len(encoder_prefix):]: value
             for name, value in state_dict.items()
-            if name.startswith(_ENCODER_PREFIX)
+            if name.startswith(encoder_prefix)
         }
     if not state_dict:
         raise ValueError(f"{source} holds no weight tensors.")
@@ -150,10 +159,13 @@ def _mismatch_error(exc, target, source):
     detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     if len(detail) > 600:
         detail = detail[:600] + " ..."
+    hint = ""
+    if "vit" in target.lower():
+        hint = (" (DINO's ViT-S/16 is 'vit_small_patch16_224.dino', its ViT-B/16 "
+                "'vit_base_patch16_224.dino')")
     return ValueError(
         f"The weights in {source} do not fit {target}: {detail.rstrip('.')}. Check that the "
-        "backbone architecture matches the checkpoint (DINO ViT-S/16 is "
-        "'vit_small_patch16_224', ViT-B/16 is 'vit_base_patch16_224')."
+        f"backbone architecture matches the checkpoint{hint}."
     )
 
 
@@ -193,9 +205,20 @@ def _check_timm_tag(name):
     )
 
 
+def _pools_class_token(name):
+    """Whether ``name`` is a DINOv3 ViT: timm averages its patch tokens by default, while
+    DINOv3 itself (and its k-NN evaluation) uses the class token."""
+    import timm.models
+
+    architecture = timm.models.split_model_name_tag(name)[0]
+    return architecture.startswith("vit_") and "dinov3" in architecture
+
+
 def _create_timm_model(name, image_size, **kwargs):
     import timm
 
+    if _pools_class_token(name):
+        kwargs.setdefault("global_pool", "token")
     if image_size is not None:
         try:
             return timm.create_model(name, num_classes=0, img_size=image_size, **kwargs)
@@ -242,7 +265,7 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     skeleton = _create_timm_model(name, image_size, pretrained=False)
     state_dict = _drop_classifier(state_dict, skeleton)
     try:
-        return _create_timm_model(
+        model = _create_timm_model(
             name,
             image_size,
             pretrained=True,
@@ -250,6 +273,10 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
         )
     except RuntimeError as exc:
         raise _mismatch_error(exc, f"backbone {name!r}", source) from exc
+    # timm keeps the overlay in the model's config: a second copy of every weight,
+    # in memory, in each device copy and in every pickle.
+    model.pretrained_cfg.pop("state_dict", None)
+    return model
 
 
 def _load_timm_backbone(name, pretrained, image_size):
@@ -293,6 +320,54 @@ def _timm_data_config(model):
     return timm.data.resolve_model_data_config(model)
 
 
+def _warn_if_normalisation_is_a_guess(name, source):
+    """Warn when a local checkpoint goes into an untagged timm name whose tags disagree
+    on mean and std: the default tag's are used, and may not be the checkpoint's."""
+    import timm
+    import timm.models
+
+    architecture, tag = timm.models.split_model_name_tag(name)
+    if tag:
+        return
+    tag_of_normalisation = {}
+    for tagged in timm.list_pretrained(f"{architecture}.*"):
+        config = timm.models.get_pretrained_cfg(tagged)
+        tag_of_normalisation.setdefault((tuple(config.mean), tuple(config.std)), tagged)
+    if len(tag_of_normalisation) < 2:
+        return
+    default = timm.models.get_pretrained_cfg(architecture)
+    others = [tagged for (mean, std), tagged in tag_of_normalisation.items()
+              if (mean, std) != (tuple(default.mean), tuple(default.std))]
+    warnings.warn(
+        f"The weights of {source} go into {name!r}, which normalises images as timm's "
+        f"default weights {architecture}.{default.tag} do (mean={tuple(default.mean)}, "
+        f"std={tuple(default.std)}); other weights of {architecture!r} differ, e.g. "
+        f"{others[0]!r}. Name the checkpoint's own tag (backbone={others[0]!r}) or pass "
+        "its mean and std.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _check_patch_grid(model, input_size):
+    """A ViT ignores the pixels past its last whole patch without a word; refuse such sizes."""
+    patch_embed = getattr(model, "patch_embed", None)
+    patch_size = getattr(patch_embed, "patch_size", None)
+    if patch_size is None or getattr(patch_embed, "dynamic_img_pad", False):
+        return
+    patch_size = _as_size(patch_size)
+    if all(side % patch == 0 for side, patch in zip(input_size, patch_size)):
+        return
+    fitting = tuple(max(patch, round(side / patch) * patch)
+                    for side, patch in zip(input_size, patch_size))
+    shown = fitting[0] if fitting[0] == fitting[1] else fitting
+    raise ValueError(
+        f"image_size={input_size} is not a multiple of the backbone's patch size "
+        f"{patch_size}, so the pixels past the last whole patch would be ignored. Use a "
+        f"multiple of the patch size, e.g. image_size={shown}."
+    )
+
+
 def _as_size(image_size):
     """``image_size`` as a (height, width) of Python ints (timm refuses numpy integers)."""
     if isinstance(image_size, numbers.Integral):
@@ -333,11 +408,15 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
             f"must be given: set {', '.join(missing)} (for ImageNet-trained models "
             "mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))."
         )
+    if (isinstance(backbone, str) and isinstance(pretrained, (str, os.PathLike))
+            and (mean is None or std is None)):
+        _warn_if_normalisation_is_a_guess(backbone, os.fspath(pretrained))
     preprocessing = Preprocessing(
         input_size=image_size if image_size is not None else tuple(config["input_size"][1:]),
         mean=tuple(float(v) for v in (mean if mean is not None else config["mean"])),
         std=tuple(float(v) for v in (std if std is not None else config["std"])),
         interpolation=interpolation or config.get("interpolation", "bilinear"),
     )
+    _check_patch_grid(model, preprocessing.input_size)
     return model, preprocessing
 

@@ -278,10 +278,13 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         A path: a local checkpoint (``.safetensors``, ``.pth``, ``.pt``, ``.bin``),
         including training checkpoints such as DINO's (``teacher``/``student``,
         ``backbone.`` and ``module.`` prefixes are handled; the teacher is used).
+        Name the tag of the weights (``"vit_small_patch16_224.dino"``): it gives
+        their preprocessing.
         ``False``: random weights, seeded by ``random_state``.
     image_size : int or (int, int), default=None
         Input size of the backbone. ``None`` uses the model's own; ViTs are built
-        for the given size (position embeddings are resampled).
+        for the given size (position embeddings are resampled), which must be a
+        multiple of their patch size.
     mean, std : tuple of 3 floats, default=None
         Normalisation, overriding the model's own, on the 0-1 scale of pixel
         values (ImageNet's mean is (0.485, 0.456, 0.406)).
