@@ -228,6 +228,18 @@ def _batch_size_argument(value):
         raise argparse.ArgumentTypeError(f"must be a whole number or 'auto', not {value!r}") from None
 
 
+def _crop_pct_argument(value):
+    if value == "model":
+        return value
+    try:
+        share = float(value)
+    except ValueError:
+        share = 0.0
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] or 'model', not {value!r}")
+    return share
+
+
 def cluster_command(args):
     from .datasets import class_folder_labels
 
@@ -245,6 +257,7 @@ def cluster_command(args):
         backbone=args.backbone,
         pretrained=_pretrained_argument(args.pretrained),
         image_size=args.image_size,
+        crop_pct=args.crop_pct,
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -333,6 +346,9 @@ def build_parser():
     cluster.add_argument("--pretrained", default="hub", metavar="PATH|hub|none",
                          help="weights: a local checkpoint, 'hub' for timm's, 'none' for random")
     cluster.add_argument("--image-size", type=int, default=None, help="backbone input size")
+    cluster.add_argument("--crop-pct", type=_crop_pct_argument, default=1.0,
+                         help="share of the resized image kept by the centre crop, or 'model' "
+                         "for the model's own, as timm evaluates (default: %(default)s)")
     cluster.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names())
     cluster.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     cluster.add_argument("--batch-size", type=_batch_size_argument, default="auto",

@@ -22,6 +22,7 @@ _EMBEDDER_PARAMS = (
     "mean",
     "std",
     "interpolation",
+    "crop_pct",
     "batch_size",
     "num_workers",
     "device",
@@ -62,6 +63,10 @@ class PretrainedFeatureClusterer(
         Normalisation, overriding the model's own.
     interpolation : {"bilinear", "bicubic", "nearest"}, default=None
         Resampling, overriding the model's own.
+    crop_pct : float in (0, 1] or "model", default=1.0
+        Share of the resized image kept by the centre crop; ``"model"`` takes
+        the model's own, as timm's evaluation does (see
+        :class:`~skdeepclust.ImageEmbedder`).
     batch_size : int or "auto", default="auto"
         Images per forward pass of the backbone; ``"auto"`` suits the backbone and
         device (see :class:`~skdeepclust.ImageEmbedder`).
@@ -140,6 +145,7 @@ class PretrainedFeatureClusterer(
         mean=None,
         std=None,
         interpolation=None,
+        crop_pct=1.0,
         batch_size="auto",
         num_workers=None,
         device="auto",
@@ -156,6 +162,7 @@ class PretrainedFeatureClusterer(
         self.mean = mean
         self.std = std
         self.interpolation = interpolation
+        self.crop_pct = crop_pct
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device

@@ -239,6 +239,28 @@ def test_batch_size_must_be_a_number_or_auto(capsys, image_folder):
     assert "must be a whole number or 'auto', not 'big'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["1.5", "0", "most"])
+def test_crop_pct_must_be_a_share_or_model(capsys, image_folder, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", str(image_folder), "--crop-pct", value])
+    assert exit_info.value.code == 2
+    assert f"must be a number in (0, 1] or 'model', not {value!r}" in capsys.readouterr().err
+
+
+def test_crop_pct_reaches_the_embedder(capsys, image_folder, tmp_path, monkeypatch):
+    from skdeepclust import ImageEmbedder
+
+    seen = []
+    fit = ImageEmbedder.fit
+    monkeypatch.setattr(ImageEmbedder, "fit",
+                        lambda self, X, y=None: seen.append(self.crop_pct) or fit(self, X))
+    for value, expected in (("model", "model"), ("0.5", 0.5)):
+        status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2",
+                              "--out", str(tmp_path / value), "--crop-pct", value, *TINY_ARGS)
+        assert status == 0, err
+    assert seen == ["model", 0.5]
+
+
 def test_files_the_embedder_cannot_decode_are_skipped_too(capsys, image_folder, tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint16)).save(image_folder / "dark" / "sixteen_bit.png")
     status, stdout, err = _run(

@@ -264,3 +264,28 @@ def test_output_features_are_named_for_set_output(images):
     pytest.importorskip("pandas")
     frame = embedder.set_output(transform="pandas").transform(images)
     assert frame.columns.tolist() == names.tolist()
+
+
+@pytest.mark.parametrize("crop_pct, close_to_timm", [("model", True), (1.0, False)])
+def test_crop_pct_model_reproduces_timms_evaluation_transform(crop_pct, close_to_timm):
+    import timm.data
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:120, 0:200]
+    waves = 127.5 * (1 + np.sin(rows / 6.0) * np.cos(cols / 9.0))  # smooth, but not linear
+    photo = np.stack([waves, waves[::-1], waves[:, ::-1]], axis=-1).astype(np.uint8)
+    embedder = ImageEmbedder("test_resnet", pretrained=False, crop_pct=crop_pct).fit(photo[None])
+    timm_transform = timm.data.create_transform(
+        **timm.data.resolve_model_data_config(embedder.model_), is_training=False)
+    expected = timm_transform(Image.fromarray(photo))  # resized to 168 x 280, centre 160 kept
+    inputs = embedder_module.prepare_batch(torch.from_numpy(photo).permute(2, 0, 1)[None],
+                                           embedder.preprocessing_, torch.device("cpu"))
+    assert inputs.shape == (1, *expected.shape)
+    difference = (inputs[0] - expected).abs().mean().item()
+    assert (difference < 0.02) == close_to_timm, difference
+
+
+def test_crop_pct_is_checked(images):
+    with pytest.raises(ValueError, match=r"crop_pct must be a share of the image in \(0, 1\]"):
+        ImageEmbedder(**TINY, crop_pct=1.2).fit(images)
+    assert ImageEmbedder(**TINY, crop_pct="model").fit(images).preprocessing_.crop_pct == 0.95

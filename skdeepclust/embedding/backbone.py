@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import copy
 import difflib
+import math
 import numbers
 import os
 import socket
@@ -59,12 +60,19 @@ class PretrainedWeightsUnavailable(OSError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images are prepared for a backbone: resized to ``input_size`` and normalised."""
+    """How images are prepared for a backbone: resized to cover ``resize_size``, their
+    centre ``input_size`` cropped, and normalised."""
 
     input_size: tuple  # (height, width)
     mean: tuple
     std: tuple
     interpolation: str
+    crop_pct: float = 1.0
+
+    @property
+    def resize_size(self):
+        """The size images are resized to cover before the crop, as timm's eval transform."""
+        return tuple(math.floor(side / self.crop_pct) for side in self.input_size)
 
 
 def read_checkpoint(path) -> dict:
@@ -375,11 +383,13 @@ def _as_size(image_size):
     return tuple(int(side) for side in image_size)
 
 
-def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, random_state):
+def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, random_state,
+                   crop_pct=1.0):
     """The feature extractor in eval mode on the CPU, and its preprocessing.
 
     Parameters are those of :class:`~skdeepclust.ImageEmbedder`; ``mean``, ``std``,
-    ``interpolation`` and ``image_size`` override the model's own data config.
+    ``interpolation`` and ``image_size`` override the model's own data config, and
+    ``crop_pct="model"`` takes the crop from it.
     """
     if image_size is not None:
         image_size = _as_size(image_size)
@@ -416,6 +426,7 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
         mean=tuple(float(v) for v in (mean if mean is not None else config["mean"])),
         std=tuple(float(v) for v in (std if std is not None else config["std"])),
         interpolation=interpolation or config.get("interpolation", "bilinear"),
+        crop_pct=float(config.get("crop_pct", 1.0) if crop_pct == "model" else crop_pct),
     )
     _check_patch_grid(model, preprocessing.input_size)
     return model, preprocessing
