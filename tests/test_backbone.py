@@ -225,6 +225,17 @@ class _TinyCNN(nn.Module):
         return x.mean(dim=(2, 3)) if self.pooled else x
 
 
+@pytest.mark.parametrize("module, image_size, match", [
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), 16,
+     "must take 3 input channels"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 2)), 20,
+     "check image_size"),
+])
+def test_a_backbone_that_fails_on_the_probe_is_told_why(images, module, image_size, match):
+    with pytest.raises(ValueError, match=match):
+        ImageEmbedder(module, image_size=image_size, mean=(0.5,) * 3, std=(0.5,) * 3).fit(images)
+
+
 def test_plain_module_needs_its_preprocessing(images):
     with pytest.raises(ValueError, match="set image_size, mean, std"):
         ImageEmbedder(_TinyCNN()).fit(images)

@@ -519,9 +519,13 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             try:
                 features = model(probe)
             except Exception as exc:
+                # Images always reach the backbone as RGB; a stem built for one channel
+                # (or four) fails on them, and image_size is not the culprit then.
+                fix = ("it must take 3 input channels, as every image is given to it as RGB"
+                       if "channels" in str(exc) else "check image_size")
                 raise ValueError(
                     f"The backbone {backbone_name} fails on a {tuple(probe.shape)} input "
-                    f"({type(exc).__name__}: {exc}); check image_size."
+                    f"({type(exc).__name__}: {exc}); {fix}."
                 ) from exc
         self.model_ = model
         self.preprocessing_ = preprocessing
