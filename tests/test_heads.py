@@ -301,6 +301,23 @@ def test_torch_kmeans_weights_rows_as_repeats(blobs):
         TorchKMeans(n_clusters=4, device="cpu").fit(X, sample_weight=np.zeros(len(X)))
 
 
+def test_torch_kmeans_starts_from_given_centres_as_scikit_learn_does(blobs):
+    X, _ = blobs
+    start = X[[0, 70, 130, 200]].astype(np.float64)
+    given = start.copy()
+    ours = TorchKMeans(n_clusters=4, init=start, device="cpu").fit(X)
+    reference = KMeans(n_clusters=4, init=start, n_init=1).fit(X)
+    np.testing.assert_array_equal(ours.labels_, reference.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, reference.cluster_centers_, atol=1e-5)
+    np.testing.assert_array_equal(start, given)
+    one_step = TorchKMeans(n_clusters=4, init=start.tolist(), max_iter=1, device="cpu").fit(X)
+    assert one_step.n_iter_ == 1
+    with pytest.raises(ValueError, match=r"init holds centres of shape \(4, 16\), but n_clusters=3"):
+        TorchKMeans(n_clusters=3, init=start, device="cpu").fit(X)
+    with pytest.raises(ValueError, match="or an array of centres"):
+        TorchKMeans(init=None, device="cpu").fit(X)
+
+
 def test_torch_kmeans_can_be_searched_by_its_score(blobs):
     from sklearn.model_selection import GridSearchCV
 

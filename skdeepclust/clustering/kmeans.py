@@ -11,10 +11,15 @@ import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import euclidean_distances
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
 
 from .._device import resolve_device, torch_seed_from
-from ._training import check_choice, check_float, check_int, check_verbose, make_generator
+from ._training import check_float, check_int, check_verbose, make_generator
 
 __all__ = ["TorchKMeans"]
 
@@ -156,8 +161,10 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
     tol : float, default=1e-4
         Convergence when the squared shift of all centres is at most ``tol``
         times the mean per-feature variance of the data (scikit-learn's rule).
-    init : {"k-means++", "random"}, default="k-means++"
-        Seeding: k-means++ or ``n_clusters`` distinct random rows.
+    init : {"k-means++", "random"} or array-like of shape (n_clusters, n_features), \
+            default="k-means++"
+        Seeding: k-means++, ``n_clusters`` distinct random rows, or the given
+        centres, from which one run starts (``n_init`` is then not used).
     device : str or torch.device, default="auto"
         Where to compute; ``"auto"`` uses CUDA when present.
     random_state : int, RandomState instance or None, default=None
@@ -212,9 +219,25 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             check_int("max_iter", self.max_iter),
             check_float("tol", self.tol),
         )
-        check_choice("init", self.init, {"k-means++", "random"})
+        if isinstance(self.init, str) or not hasattr(self.init, "__len__"):
+            if self.init not in ("k-means++", "random"):
+                raise ValueError(
+                    "init must be 'k-means++', 'random' or an array of centres of shape "
+                    f"(n_clusters, n_features); got {self.init!r}."
+                )
         check_verbose(self.verbose)
         return checked
+
+    def _given_centers(self, n_clusters, X):
+        """The centres given as ``init``, checked against ``X``, in its dtype (a copy)."""
+        centers = check_array(self.init, dtype=X.dtype, copy=True, input_name="init")
+        if centers.shape != (n_clusters, X.shape[1]):
+            raise ValueError(
+                f"init holds centres of shape {centers.shape}, but n_clusters={n_clusters} "
+                f"centres of the {X.shape[1]} features of X, shape ({n_clusters}, "
+                f"{X.shape[1]}), are needed."
+            )
+        return centers
 
     def fit(self, X, y=None, sample_weight=None):
         """Compute the k-means clustering of ``X``.
@@ -260,9 +283,15 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         shift_tolerance = tol * float(data.var(dim=0, unbiased=False).mean())
         row_sq_norms = (data * data).sum(dim=1)
         generator = make_generator(torch_seed_from(self.random_state), device)
+        given = not isinstance(self.init, str)
+        if given:
+            n_init = 1  # a second run from the same centres would end where the first did
+            given_centers = torch.from_numpy(self._given_centers(n_clusters, X)).to(device) - mean
         best = None
         for restart in range(n_init):
-            if self.init == "k-means++":
+            if given:
+                centers = given_centers
+            elif self.init == "k-means++":
                 centers = _kmeans_plusplus(data, row_sq_norms, n_clusters, weights, generator)
             else:
                 rows = torch.randperm(data.shape[0], generator=generator, device=device)
