@@ -235,8 +235,8 @@ def _crop_pct_argument(value):
         share = float(value)
     except ValueError:
         share = 0.0
-    if not 0 < share <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] or 'model', not {value!r}")
+    if not 0.25 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0.25, 1] or 'model', not {value!r}")
     return share
 
 

@@ -63,7 +63,7 @@ class PretrainedFeatureClusterer(
         Normalisation, overriding the model's own.
     interpolation : {"bilinear", "bicubic", "nearest"}, default=None
         Resampling, overriding the model's own.
-    crop_pct : float in (0, 1] or "model", default=1.0
+    crop_pct : float in [0.25, 1] or "model", default=1.0
         Share of the resized image kept by the centre crop; ``"model"`` takes
         the model's own, as timm's evaluation does (see
         :class:`~skdeepclust.ImageEmbedder`).

@@ -62,13 +62,15 @@ def test_ddp_state_dict_wrapper_in_bin_file(tmp_path):
 @pytest.mark.parametrize("wrapped", [
     lambda weights: {"target_encoder": {f"module.{k}": v for k, v in weights.items()},  # I-JEPA
                      "encoder": {f"module.{k}": -v for k, v in weights.items()}},
-    lambda weights: {"state_dict": {**{f"module.base_encoder.{k}": v for k, v in weights.items()},
-                                    **{f"module.momentum_encoder.{k}": -v  # MoCo v3
-                                       for k, v in weights.items()}}},
+    lambda weights: {"state_dict": {  # MoCo v3: a projection MLP where the classifier goes
+        **{f"module.base_encoder.{k}": v for k, v in weights.items()},
+        **{f"module.base_encoder.head.{i}.weight": torch.ones(4, 4) for i in (0, 1, 3)},
+        **{f"module.momentum_encoder.{k}": -v for k, v in weights.items()},
+        "module.predictor.0.weight": torch.ones(4, 4)}},
 ], ids=["ijepa", "mocov3"])
 def test_other_self_supervised_checkpoint_formats(tmp_path, wrapped):
     weights = _reference_vit(seed=4).state_dict()
-    path = tmp_path / "checkpoint.pth"
+    path = tmp_path / "checkpoint.pth.tar"  # as both ship theirs
     torch.save(wrapped(weights), path)
     embedder = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
     _assert_weights_equal(embedder.model_, weights)
@@ -87,8 +89,9 @@ def test_untagged_name_with_local_weights_warns_when_its_tags_normalise_differen
     vit = timm.create_model("vit_small_patch16_224", num_classes=0, img_size=32)
     save_file(vit.state_dict(), path)
     images = np.zeros((1, 32, 32, 3), np.uint8)
-    with pytest.warns(UserWarning, match=r"mean=\(0.5, 0.5, 0.5\).*'vit_small_patch16_224.dino'"):
-        ImageEmbedder("vit_small_patch16_224", pretrained=path, image_size=32).fit(images)
+    with pytest.warns(UserWarning, match=r"mean=\(0.5, 0.5, 0.5\).*'vit_small_patch16_224.dino'") as record:
+        ImageEmbedder("vit_small_patch16_224", pretrained=path, image_size=32).fit_transform(images)
+    assert record[0].filename == __file__  # the user's line, not one inside the library
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dino = ImageEmbedder("vit_small_patch16_224.dino", pretrained=path, image_size=32)
@@ -114,6 +117,19 @@ def test_image_size_off_the_patch_grid_is_refused(image_size, match):
     with pytest.raises(ValueError, match=r"not a multiple of the backbone's patch size.*" + match):
         ImageEmbedder("test_vit", pretrained=False, image_size=image_size).fit(
             np.zeros((1, 40, 40, 3), np.uint8))
+
+
+def test_patch_grid_rule_spares_overlapping_patches_and_the_models_own_size():
+    from skdeepclust.embedding.backbone import _check_patch_grid
+
+    images = np.zeros((2, 40, 40, 3), np.uint8)
+    pvt = ImageEmbedder("pvt_v2_b0", pretrained=False, image_size=36, batch_size=2)
+    assert pvt.fit_transform(images).shape == (2, 256)  # 7x7 patches, stride 4: no pixel lost
+    # timm evaluates e.g. SigLIP's patch-14 ViT at its own 384; only a user's size is checked.
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=40)
+    _check_patch_grid(vit, None)
+    with pytest.raises(ValueError, match="patch size"):
+        _check_patch_grid(vit, (40, 40))
 
 
 def test_checkpoint_at_another_image_size_is_resampled(tmp_path):

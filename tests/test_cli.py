@@ -239,12 +239,12 @@ def test_batch_size_must_be_a_number_or_auto(capsys, image_folder):
     assert "must be a whole number or 'auto', not 'big'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", ["1.5", "0", "most"])
+@pytest.mark.parametrize("value", ["1.5", "0.1", "most"])
 def test_crop_pct_must_be_a_share_or_model(capsys, image_folder, value):
     with pytest.raises(SystemExit) as exit_info:
         main(["cluster", str(image_folder), "--crop-pct", value])
     assert exit_info.value.code == 2
-    assert f"must be a number in (0, 1] or 'model', not {value!r}" in capsys.readouterr().err
+    assert f"must be a number in [0.25, 1] or 'model', not {value!r}" in capsys.readouterr().err
 
 
 def test_crop_pct_reaches_the_embedder(capsys, image_folder, tmp_path, monkeypatch):

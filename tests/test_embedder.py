@@ -286,6 +286,7 @@ def test_crop_pct_model_reproduces_timms_evaluation_transform(crop_pct, close_to
 
 
 def test_crop_pct_is_checked(images):
-    with pytest.raises(ValueError, match=r"crop_pct must be a share of the image in \(0, 1\]"):
-        ImageEmbedder(**TINY, crop_pct=1.2).fit(images)
+    for bad in (1.2, 0.1, True, "timm"):
+        with pytest.raises(ValueError, match=r"crop_pct must be a share of the image in \[0.25, 1\]"):
+            ImageEmbedder(**TINY, crop_pct=bad).fit(images)
     assert ImageEmbedder(**TINY, crop_pct="model").fit(images).preprocessing_.crop_pct == 0.95

@@ -3,6 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import DBSCAN, HDBSCAN, AgglomerativeClustering, FeatureAgglomeration, KMeans
 from sklearn.datasets import make_blobs
 from sklearn.decomposition import PCA
@@ -261,6 +262,52 @@ def test_sample_weight_makes_a_heavy_row_a_cluster_of_its_own():
     weighted = FeatureClusterer(dbscan).fit(X, sample_weight=[1, 1, 1, 3])
     assert weighted.labels_[3] >= 0 and weighted.labels_[3] != weighted.labels_[0]
     assert weighted.predict([[4.8]])[0] == weighted.labels_[3]
+
+
+class _WeighsInFitOnly(ClusterMixin, BaseEstimator):
+    """A clusterer whose fit takes sample_weight but whose own fit_predict does not."""
+
+    def __init__(self, n_clusters=2):
+        self.n_clusters = n_clusters
+
+    def fit(self, X, y=None, sample_weight=None):
+        self.labels_ = KMeans(self.n_clusters, n_init=1, random_state=0).fit_predict(
+            X, sample_weight=sample_weight)
+        return self
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+
+class _CountInKeywords(ClusterMixin, BaseEstimator):
+    """A clusterer that takes its parameters as keywords, its count among them."""
+
+    def __init__(self, **params):
+        self.params = {"n_clusters": 2, **params}
+
+    def get_params(self, deep=True):
+        return dict(self.params)
+
+    def set_params(self, **params):
+        self.params.update(params)
+        return self
+
+    def fit(self, X, y=None):
+        self.labels_ = KMeans(self.params["n_clusters"], n_init=1, random_state=0).fit_predict(X)
+        return self
+
+
+def test_unusual_clusterer_signatures(blobs):
+    X, y = blobs
+    weights = np.ones(len(X))
+    weights[:30] = 0.0
+    weighted = FeatureClusterer(_WeighsInFitOnly(3)).fit(X, sample_weight=weights)
+    alone = KMeans(3, n_init=1, random_state=0).fit(X, sample_weight=weights)
+    np.testing.assert_array_equal(weighted.labels_, alone.labels_)
+    counted = FeatureClusterer(_CountInKeywords(n_clusters=3), n_clusters=3).fit(X)
+    assert counted.score(X, y) == 1.0
+    with pytest.raises(ValueError, match="disagree"):  # no class default to tell a choice by
+        FeatureClusterer(_CountInKeywords(), n_clusters=3).fit(X)
 
 
 @pytest.mark.parametrize("clusterer", ["agglomerative", "gmm", GaussianMixture()])

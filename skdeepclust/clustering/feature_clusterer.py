@@ -72,7 +72,8 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
                 f"{n_clusters} was given; leave n_clusters=None with this clusterer."
             )
         own_count = own_params[count_parameter]
-        class_default = inspect.signature(type(clusterer)).parameters[count_parameter].default
+        signature = inspect.signature(type(clusterer)).parameters
+        class_default = getattr(signature.get(count_parameter), "default", inspect.Parameter.empty)
         # A count set on the instance too (e.g. by a search over clusterer__n_clusters)
         # would be overridden without a word, and every candidate would be the same model.
         if own_count != n_clusters and own_count != class_default:
@@ -106,6 +107,15 @@ def checked_sample_weight(clusterer, sample_weight, samples):
         raise ValueError("sample_weight is zero for every sample; give some samples a "
                          "positive weight.")
     return weights
+
+
+def _forwards(method, fit_params):
+    """Whether ``method`` takes ``fit_params``: a clusterer's ``fit`` may take
+    sample_weight while its own ``fit_predict`` does not."""
+    parameters = inspect.signature(method).parameters.values()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return True
+    return set(fit_params) <= {parameter.name for parameter in parameters}
 
 
 def _cluster_means(X, labels, cluster_ids, weights):
@@ -349,7 +359,7 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
             fit_params["sample_weight"] = checked_sample_weight(clusterer, sample_weight, X)
         if isinstance(self.clusterer, str):
             fit_to_sample_count(self.clusterer, clusterer, X.shape[0])
-        if hasattr(clusterer, "fit_predict"):
+        if hasattr(clusterer, "fit_predict") and _forwards(clusterer.fit_predict, fit_params):
             labels = clusterer.fit_predict(X, **fit_params)
         else:
             labels = clusterer.fit(X, **fit_params).labels_

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 
 from .._device import seeded_torch
+from .._warnings import stacklevel_of_user_code
 from .packaged_weights import PACKAGED_BACKBONES, load_packaged_state_dict
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+# ".tar" for torch checkpoints named ".pth.tar", as I-JEPA and MoCo v3 ship theirs.
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 # Keys under which training code nests the weights; the first one present wins, so
 # DINO's teacher (the network DINO evaluates) is preferred over its student.
@@ -81,7 +83,7 @@ def read_checkpoint(path) -> dict:
     Parameters
     ----------
     path : str or Path
-        A ``.safetensors``, ``.pth``, ``.pt``, ``.bin`` or ``.ckpt`` file.
+        A ``.safetensors``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt`` or ``.pth.tar`` file.
 
     Returns
     -------
@@ -153,12 +155,18 @@ def clean_state_dict(checkpoint, source="checkpoint") -> dict:
 
 
 def _drop_classifier(state_dict, model):
-    """Remove classifier weights: the feature extractor is built without a classifier."""
+    """Remove classifier weights: the feature extractor is built without a classifier.
+
+    Everything under the classifier's name goes, unless the model has it: MoCo v3 keeps
+    a projection MLP there (``head.0.weight``, ...), not just ``head.weight``.
+    """
     classifiers = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     if isinstance(classifiers, str):
         classifiers = (classifiers,)
-    dropped = {f"{name}.{kind}" for name in classifiers for kind in ("weight", "bias")}
-    return {name: value for name, value in state_dict.items() if name not in dropped}
+    prefixes = tuple(f"{name}." for name in classifiers)
+    own = model.state_dict().keys()
+    return {name: value for name, value in state_dict.items()
+            if not (name.startswith(prefixes) and name not in own)}
 
 
 def _mismatch_error(exc, target, source):
@@ -168,7 +176,7 @@ def _mismatch_error(exc, target, source):
     if len(detail) > 600:
         detail = detail[:600] + " ..."
     hint = ""
-    if "vit" in target.lower():
+    if "'vit_" in target or "VisionTransformer" in target:
         hint = (" (DINO's ViT-S/16 is 'vit_small_patch16_224.dino', its ViT-B/16 "
                 "'vit_base_patch16_224.dino')")
     return ValueError(
@@ -349,28 +357,33 @@ def _warn_if_normalisation_is_a_guess(name, source):
     warnings.warn(
         f"The weights of {source} go into {name!r}, which normalises images as timm's "
         f"default weights {architecture}.{default.tag} do (mean={tuple(default.mean)}, "
-        f"std={tuple(default.std)}); other weights of {architecture!r} differ, e.g. "
-        f"{others[0]!r}. Name the checkpoint's own tag (backbone={others[0]!r}) or pass "
-        "its mean and std.",
+        f"std={tuple(default.std)}), but other weights of {architecture!r} differ, e.g. "
+        f"{others[0]!r}. If the checkpoint is one of those, name its tag (backbone="
+        f"{others[0]!r}); otherwise pass the mean and std it was trained with.",
         UserWarning,
-        stacklevel=4,
+        stacklevel=stacklevel_of_user_code(),
     )
 
 
-def _check_patch_grid(model, input_size):
-    """A ViT ignores the pixels past its last whole patch without a word; refuse such sizes."""
+def _check_patch_grid(model, image_size):
+    """Refuse a user's ``image_size`` that a ViT would cut short: a patch embedding
+    whose patches do not overlap ignores the pixels past its last whole patch."""
     patch_embed = getattr(model, "patch_embed", None)
-    patch_size = getattr(patch_embed, "patch_size", None)
-    if patch_size is None or getattr(patch_embed, "dynamic_img_pad", False):
-        return
-    patch_size = _as_size(patch_size)
-    if all(side % patch == 0 for side, patch in zip(input_size, patch_size)):
+    projection = getattr(patch_embed, "proj", None)
+    if (image_size is None or not isinstance(projection, torch.nn.Conv2d)
+            or getattr(patch_embed, "dynamic_img_pad", False)):
+        return  # the model's own size is the one timm evaluates it at
+    patch_size = tuple(projection.stride)
+    if (tuple(projection.kernel_size) != patch_size
+            or projection.padding not in ((0, 0), "valid")):
+        return  # overlapping patches (PVT, EfficientViT, ...) cover every pixel
+    if all(side % patch == 0 for side, patch in zip(image_size, patch_size)):
         return
     fitting = tuple(max(patch, round(side / patch) * patch)
-                    for side, patch in zip(input_size, patch_size))
+                    for side, patch in zip(image_size, patch_size))
     shown = fitting[0] if fitting[0] == fitting[1] else fitting
     raise ValueError(
-        f"image_size={input_size} is not a multiple of the backbone's patch size "
+        f"image_size={image_size} is not a multiple of the backbone's patch size "
         f"{patch_size}, so the pixels past the last whole patch would be ignored. Use a "
         f"multiple of the patch size, e.g. image_size={shown}."
     )
@@ -428,6 +441,6 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
         interpolation=interpolation or config.get("interpolation", "bilinear"),
         crop_pct=float(config.get("crop_pct", 1.0) if crop_pct == "model" else crop_pct),
     )
-    _check_patch_grid(model, preprocessing.input_size)
+    _check_patch_grid(model, image_size)
     return model, preprocessing
 

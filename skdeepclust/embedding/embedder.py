@@ -9,11 +9,9 @@ import functools
 import inspect
 import numbers
 import os
-import sys
 import warnings
 
 import numpy as np
-import sklearn.base
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
@@ -21,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from .._device import resolve_device, usable_cores
+from .._warnings import stacklevel_of_user_code
 from .backbone import build_backbone
 from .images import as_images
 
@@ -137,22 +136,6 @@ def compute_dtype(device, precision):
 
 # Warnings point at the first line outside these: the user's call, whether it
 # went through transform, fit_transform, a Pipeline or PretrainedFeatureClusterer.
-_LIBRARY_DIRECTORIES = (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # skdeepclust/
-    os.path.dirname(os.path.abspath(sklearn.base.__file__)) + os.sep,  # sklearn/
-)
-
-
-def _stacklevel_of_user_code():
-    """The ``stacklevel`` that makes a warning raised by the caller name the user's line."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRECTORIES):
-        frame = frame.f_back
-        level += 1
-    return level
-
-
 def _check_features(features, backbone):
     if not isinstance(features, torch.Tensor) or features.ndim != 2:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
@@ -279,7 +262,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         changed; unless it is a timm model, give ``image_size``, ``mean`` and ``std``.
     pretrained : bool or str or path-like, default=True
         ``True``: timm's own weights for the name (from the model hub, or its cache).
-        A path: a local checkpoint (``.safetensors``, ``.pth``, ``.pt``, ``.bin``),
+        A path: a local checkpoint (``.safetensors``, ``.pth``, ``.pt``, ``.bin``,
+        ``.pth.tar``),
         including training checkpoints such as DINO's (``teacher``/``student``,
         ``backbone.`` and ``module.`` prefixes are handled; the teacher is used).
         Name the tag of the weights (``"vit_small_patch16_224.dino"``): it gives
@@ -294,15 +278,17 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         values (ImageNet's mean is (0.485, 0.456, 0.406)).
     interpolation : {"bilinear", "bicubic", "nearest"}, default=None
         Resampling for resizing, overriding the model's own.
-    crop_pct : float in (0, 1] or "model", default=1.0
+    crop_pct : float in [0.25, 1] or "model", default=1.0
         Share of the resized image that the centre crop keeps, as in timm's
         evaluation transform: images are resized to cover ``image_size /
         crop_pct`` (keeping their aspect), then the centre ``image_size`` is cut
         out. ``1.0`` keeps all of the short side. ``"model"`` takes the model's
         own (0.9 for DINO's ViTs, 0.875 for EfficientNet-Lite0, 1.0 for DINOv2),
-        which reproduces timm's evaluation exactly. On 1,000 CIFAR-10 photos,
-        whose objects fill the frame, 1.0 clustered better (k-means accuracy
-        0.421 against 0.395 with EfficientNet-Lite0's 0.875).
+        which reproduces timm's evaluation of the models whose ``crop_mode`` is
+        ``"center"``, most of them (not of those whose mode is ``"squash"`` or
+        ``"border"``). On 1,000 CIFAR-10 photos, whose objects fill the frame,
+        1.0 clustered better (k-means accuracy 0.421 against 0.395 with
+        EfficientNet-Lite0's 0.875).
     batch_size : int or "auto", default="auto"
         Images per forward pass. ``"auto"`` is 32 on the CPU; on a GPU it is the
         largest power of two up to 256 whose activations, measured on a probe
@@ -449,13 +435,15 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             raise ValueError(
                 f"interpolation must be None or one of {INTERPOLATIONS}; got {self.interpolation!r}."
             )
+        # Below a quarter, the resize before the crop would be over 4x the input
+        # size per side; no timm model crops below 0.875.
         if not (isinstance(self.crop_pct, str) and self.crop_pct == "model") and not (
             isinstance(self.crop_pct, numbers.Real) and not isinstance(self.crop_pct, bool)
-            and 0 < self.crop_pct <= 1
+            and 0.25 <= self.crop_pct <= 1
         ):
             raise ValueError(
-                "crop_pct must be a share of the image in (0, 1], e.g. 0.875, or 'model' for "
-                f"the model's own; got {self.crop_pct!r}."
+                "crop_pct must be a share of the image in [0.25, 1], e.g. 0.875, or 'model' "
+                f"for the model's own; got {self.crop_pct!r}."
             )
         is_auto = isinstance(self.batch_size, str) and self.batch_size == "auto"
         if not (_is_positive_int(self.batch_size) or is_auto):
@@ -644,7 +632,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                         warnings.warn(
                             f"Out of device memory; retrying with batches of {forward_size} images.",
                             RuntimeWarning,
-                            stacklevel=_stacklevel_of_user_code(),
+                            stacklevel=stacklevel_of_user_code(),
                         )
                         continue
                     sink.add(output)
