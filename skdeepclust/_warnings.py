@@ -7,6 +7,8 @@ import sys
 
 import sklearn.base
 
+# Warnings point at the first line outside these: the user's call, whether it went
+# through transform, fit_transform, a Pipeline or PretrainedFeatureClusterer.
 _LIBRARY_DIRECTORIES = (
     os.path.dirname(os.path.abspath(__file__)) + os.sep,  # skdeepclust/
     os.path.dirname(os.path.abspath(sklearn.base.__file__)) + os.sep,  # sklearn/

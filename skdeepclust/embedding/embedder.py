@@ -134,8 +134,6 @@ def compute_dtype(device, precision):
     return getattr(torch, precision)
 
 
-# Warnings point at the first line outside these: the user's call, whether it
-# went through transform, fit_transform, a Pipeline or PretrainedFeatureClusterer.
 def _check_features(features, backbone):
     if not isinstance(features, torch.Tensor) or features.ndim != 2:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
