@@ -103,9 +103,14 @@ def test_head_by_name_through_feature_clusterer(name, blobs):
 
 def test_heads_overclustering_prunes_empty_clusters(blobs):
     X, y = blobs
-    with pytest.warns(ConvergenceWarning, match=r"SCANClusterer kept \d+ of n_clusters=12"):
+    with pytest.warns(ConvergenceWarning, match=r"SCANClusterer kept \d+ of n_clusters=12") as record:
         model = SCANClusterer(n_clusters=12, entropy_weight=0.5, random_state=0, device="cpu",
                               **FAST).fit(X)
+    assert record[0].filename == __file__  # the user's line, not one inside the library
+    with pytest.warns(ConvergenceWarning, match="kept") as record:  # through two wrappers
+        FeatureClusterer(SCANClusterer(entropy_weight=0.5, device="cpu", **FAST), n_clusters=12,
+                         random_state=0).fit_predict(X)
+    assert record[0].filename == __file__
     assert model.n_clusters_ < 12
     np.testing.assert_array_equal(np.unique(model.labels_), np.arange(model.n_clusters_))
     assert model.predict_proba(X).shape[1] == model.n_clusters_
@@ -330,6 +335,9 @@ def test_torch_kmeans_warns_when_rows_run_out():
     X = np.repeat([[0.0, 0.0], [5.0, 5.0]], 10, axis=0)
     with pytest.warns(ConvergenceWarning, match="Only 2 distinct clusters.*n_clusters=4"):
         TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X)
+    with pytest.warns(ConvergenceWarning, match="Only 2 distinct clusters.*n_clusters=4") as record:
+        FeatureClusterer(TorchKMeans(device="cpu"), n_clusters=4, random_state=0).fit_predict(X)
+    assert record[0].filename == __file__  # the user's line, not one inside the library
 
 
 @pytest.mark.parametrize("make", [

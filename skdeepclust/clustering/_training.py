@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._device import resolve_device, seeded_torch, torch_seed_from
+from .._warnings import stacklevel_of_user_code
 
 
 # --------------------------------------------------------------------------- checks
@@ -351,12 +352,11 @@ def prune_exported(layers, proba):
     return hidden + [(weight[:, kept].copy(), bias[kept].copy())], kept
 
 
-def warn_if_clusters_pruned(estimator, n_kept, stacklevel):
+def warn_if_clusters_pruned(estimator, n_kept):
     """Warn when training left some of the ``n_clusters`` asked for empty.
 
     Pruning them is by design (over-clustering relies on it), but a user who asked
     for ten groups and got eight should hear of it, as from scikit-learn's KMeans.
-    ``stacklevel`` counts from this function to the user's call of ``fit``.
     """
     if n_kept < estimator.n_clusters:
         warnings.warn(
@@ -365,7 +365,7 @@ def warn_if_clusters_pruned(estimator, n_kept, stacklevel):
             "which were pruned (n_clusters_ holds the number kept). If you need exactly "
             "n_clusters groups, ask for fewer clusters or use TorchKMeans.",
             ConvergenceWarning,
-            stacklevel=stacklevel,
+            stacklevel=stacklevel_of_user_code(),
         )
 
 
@@ -413,7 +413,7 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
             )
         self.head_weights_, _ = prune_exported(layers, softmax(exported_logits(layers, unit)))
         self.n_clusters_ = self.head_weights_[-1][1].shape[0]
-        warn_if_clusters_pruned(self, self.n_clusters_, stacklevel=4)
+        warn_if_clusters_pruned(self, self.n_clusters_)
         self.best_head_ = best_head
         self.head_losses_ = head_losses.numpy().astype(np.float64)
         self.labels_ = self._proba(unit).argmax(axis=1).astype(np.int64)

@@ -335,7 +335,7 @@ class DebiasedClusterer(tr.HeadClusterer):
         self.pooled_statistics_ = pooled
         self.fine_to_cluster_ = membership[:, occupied]
         self.n_clusters_ = int(occupied.size)
-        tr.warn_if_clusters_pruned(self, self.n_clusters_, stacklevel=3)
+        tr.warn_if_clusters_pruned(self, self.n_clusters_)
         self.best_head_ = best_head
         self.head_losses_ = head_losses.numpy().astype(np.float64)
         self.labels_ = self._proba(unit).argmax(axis=1).astype(np.int64)

@@ -19,6 +19,7 @@ from sklearn.utils.validation import (
 )
 
 from .._device import resolve_device, torch_seed_from
+from .._warnings import stacklevel_of_user_code
 from ._training import check_float, check_int, check_verbose, make_generator
 
 __all__ = ["TorchKMeans"]
@@ -317,7 +318,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
                 f"n_clusters={n_clusters}, as happens when X has fewer distinct rows than "
                 "that. Ask for fewer clusters.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=stacklevel_of_user_code(),
             )
         return self
 
