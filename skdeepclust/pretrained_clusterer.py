@@ -11,7 +11,12 @@ from sklearn.base import (
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from .clustering.feature_clusterer import FeatureClusterer, _clusterer_has, checked_sample_weight
+from .clustering.feature_clusterer import (
+    FeatureClusterer,
+    _clusterer_has,
+    NamedClustererParamsMixin,
+    checked_sample_weight,
+)
 from .embedding.embedder import ImageEmbedder
 from .embedding.images import as_images
 
@@ -34,7 +39,11 @@ _EMBEDDER_PARAMS = (
 
 
 class PretrainedFeatureClusterer(
-    ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator
+    NamedClustererParamsMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    ClusterMixin,
+    BaseEstimator,
 ):
     """Cluster images on the features of a frozen pretrained backbone.
 

@@ -11,7 +11,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skdeepclust import FeatureClusterer
+from skdeepclust import FeatureClusterer, PretrainedFeatureClusterer
 from skdeepclust.clustering import TorchKMeans, available_clusterer_names, label_free_score
 
 
@@ -184,6 +184,21 @@ def test_spectral_by_name_on_fewer_samples_than_its_neighbours(blobs):
     few = np.concatenate([X[y == 0][:4], X[y == 1][:4]])
     labels = FeatureClusterer("spectral", n_clusters=2, random_state=0).fit(few).labels_
     assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1 and labels[0] != labels[4]
+
+
+def test_spectral_with_as_many_clusters_as_samples_is_refused_clearly(blobs):
+    X, _ = blobs
+    with pytest.raises(ValueError, match="SpectralClustering needs more samples than clusters"):
+        FeatureClusterer("spectral", n_clusters=5, random_state=0).fit(X[:5])
+
+
+@pytest.mark.parametrize("estimator", [FeatureClusterer, PretrainedFeatureClusterer])
+def test_nested_parameters_need_a_clusterer_instance(estimator):
+    with pytest.raises(ValueError, match="clusterer__n_init sets a parameter of a clusterer "
+                                         "instance, but clusterer='kmeans' is a name"):
+        estimator().set_params(clusterer__n_init=5)
+    model = estimator().set_params(clusterer=KMeans(), clusterer__n_init=5)
+    assert model.get_params()["clusterer__n_init"] == 5
 
 
 def test_n_clusters_larger_than_n_samples(blobs):

@@ -82,6 +82,28 @@ def test_head_leaves_the_global_torch_stream_alone(name, blobs):
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_head_trains_inside_a_block_without_gradients(name, context, blobs):
+    X, _ = blobs
+    expected = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X).labels_
+    with context():
+        labels = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X).labels_
+    np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_trains_whatever_torch_default_dtype_is(name, blobs):
+    X, y = blobs
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X)
+    finally:
+        torch.set_default_dtype(default)
+    assert adjusted_rand_score(y, model.labels_) > 0.95
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
 def test_head_pickles(name, blobs):
     X, _ = blobs
     model = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X)
@@ -323,6 +345,25 @@ def test_torch_kmeans_starts_from_given_centres_as_scikit_learn_does(blobs):
         TorchKMeans(init=None, device="cpu").fit(X)
 
 
+def test_torch_kmeans_predicts_labels_when_output_is_set_to_pandas(blobs):
+    pytest.importorskip("pandas")
+    X, _ = blobs
+    model = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X)
+    expected = model.predict(X)
+    model.set_output(transform="pandas")
+    np.testing.assert_array_equal(model.predict(X), expected)
+    assert list(model.transform(X[:2]).columns) == [f"torchkmeans{i}" for i in range(4)]
+
+
+def test_torch_kmeans_takes_read_only_weights_without_a_warning(blobs):
+    X, _ = blobs
+    weights = np.ones(X.shape[0])
+    weights.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=weights)
+
+
 def test_torch_kmeans_can_be_searched_by_its_score(blobs):
     from sklearn.model_selection import GridSearchCV
 
@@ -365,7 +406,7 @@ def test_mined_neighbors_match_brute_force_in_any_chunking(blobs):
     similarities = X @ X.T
     np.fill_diagonal(similarities, -np.inf)
     expected = np.sort(similarities, axis=1)[:, ::-1][:, :5]
-    for chunk_size in (7, 1000):
+    for chunk_size in (7, 1000, None):
         indices, values = mine_nearest_neighbors(X, 5, device="cpu", chunk_size=chunk_size)
         np.testing.assert_allclose(values, expected, rtol=1e-5)
         assert not (indices == np.arange(X.shape[0])[:, None]).any()

@@ -9,6 +9,7 @@ differs between them is only the loss, which each module writes itself.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -89,7 +90,8 @@ def normalize_rows(X):
     peaks = np.abs(X).max(axis=1, keepdims=True)
     scaled = (X / np.where(peaks > 0, peaks, 1)).astype(np.float32, copy=False)
     norms = np.linalg.norm(scaled, axis=1, keepdims=True)  # at least 1, or 0 for a row of zeros
-    return scaled / np.where(norms > 0, norms, 1)
+    scaled /= np.where(norms > 0, norms, 1)  # in place: scaled is always a new array
+    return scaled
 
 
 def make_generator(seed, device):
@@ -156,10 +158,11 @@ class MultiHead(nn.Module):
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = 1.0 / math.sqrt(fan_in)
-            self.weights.append(nn.Parameter(torch.empty(n_heads, fan_in, fan_out).uniform_(
-                -bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(n_heads, 1, fan_out).uniform_(
-                -bound, bound)))
+            # float32 whatever torch's default dtype is: the features always are.
+            self.weights.append(nn.Parameter(torch.empty(
+                n_heads, fan_in, fan_out, dtype=torch.float32).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(
+                n_heads, 1, fan_out, dtype=torch.float32).uniform_(-bound, bound)))
 
     def forward(self, x):
         # x: (batch, in) shared by all heads, or (n_heads, batch, in) per head.
@@ -214,6 +217,18 @@ def occupied_clusters(proba):
 
 
 # --------------------------------------------------------------------------- loop
+
+
+def with_gradients(fit):
+    """Decorate a head's ``fit`` so that it trains inside a caller's ``torch.no_grad()``
+    or ``torch.inference_mode()`` block too, where backward would fail."""
+
+    @functools.wraps(fit)
+    def fit_with_gradients(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fit(*args, **kwargs)
+
+    return fit_with_gradients
 
 
 class Progress:

@@ -267,6 +267,7 @@ class DebiasedClusterer(tr.HeadClusterer):
         tr.check_float("final_entropy_weight", self.final_entropy_weight)
         tr.check_int("overclustering", self.overclustering)
 
+    @tr.with_gradients
     def fit(self, X, y=None):
         """Mine neighbours, train the statistics-pooling heads and keep the best one.
 

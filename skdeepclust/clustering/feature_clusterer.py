@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, clone
+from sklearn.cluster import SpectralClustering
 from sklearn.metrics import silhouette_score
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils import check_random_state
@@ -89,6 +90,38 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
     if own_params.get("device") == "auto" and not _is_auto(device):
         estimator.set_params(device=device)
     return estimator
+
+
+class NamedClustererParamsMixin:
+    """``set_params`` that explains why ``clusterer__<parameter>`` fails for a
+    clusterer given by name ("kmeans"), where scikit-learn's own would say only
+    "'str' object has no attribute 'set_params'"."""
+
+    def set_params(self, **params):
+        """Set the parameters of this estimator, as in scikit-learn.
+
+        ``clusterer__<parameter>`` reaches a clusterer given as an instance, not
+        one given by name.
+
+        Parameters
+        ----------
+        **params : dict
+            Estimator parameters.
+
+        Returns
+        -------
+        self : estimator
+            This estimator.
+        """
+        nested = sorted(key for key in params if key.startswith("clusterer__"))
+        clusterer = params.get("clusterer", getattr(self, "clusterer", None))
+        if nested and isinstance(clusterer, str):
+            raise ValueError(
+                f"{nested[0]} sets a parameter of a clusterer instance, but clusterer="
+                f"{clusterer!r} is a name. Pass an instance, for example "
+                "clusterer=KMeans(), to set or search its parameters."
+            )
+        return super().set_params(**params)
 
 
 def checked_sample_weight(clusterer, sample_weight, samples):
@@ -228,7 +261,7 @@ def label_free_score(features, labels, random_state=None):
     return float(silhouette_score(features, labels, metric="cosine"))
 
 
-class FeatureClusterer(ClusterMixin, BaseEstimator):
+class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
     """Cluster a feature matrix with a named or given clusterer, and predict for new rows.
 
     This is the second stage of :class:`~skdeepclust.PretrainedFeatureClusterer`,
@@ -276,8 +309,8 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
     ``predict`` uses the clusterer's own ``predict`` when it has one. For those
     without (agglomerative, spectral, DBSCAN, HDBSCAN) a new row goes to the
     nearest cluster centre (Euclidean distance to ``cluster_centers_``), so it
-    never receives the noise label; on the training rows this can differ from
-    ``labels_``.
+    receives the noise label -1 only when no cluster was found at all; on the
+    training rows this can differ from ``labels_``.
 
     ``score(X, y)`` is the clustering accuracy when ``y`` is given and the cosine
     silhouette otherwise, so that ``GridSearchCV`` can compare settings with or
@@ -328,6 +361,13 @@ class FeatureClusterer(ClusterMixin, BaseEstimator):
             raise ValueError(
                 f"n_samples={n_samples} is fewer than n_clusters={requested}; pass more "
                 "samples or ask for fewer clusters."
+            )
+        # Its eigensolver needs more samples than eigenvectors, and fails deep in
+        # scipy otherwise.
+        if isinstance(clusterer, SpectralClustering) and requested == n_samples:
+            raise ValueError(
+                f"SpectralClustering needs more samples than clusters; got n_samples="
+                f"n_clusters={n_samples}. Pass more samples or ask for fewer clusters."
             )
 
     def fit(self, X, y=None, sample_weight=None):

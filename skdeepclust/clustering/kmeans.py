@@ -273,16 +273,23 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             if not sample_weight.sum() > 0:
                 raise ValueError("sample_weight is zero for every row; give some rows a "
                                  "positive weight.")
-            weights = torch.from_numpy(sample_weight).to(device)
+            weights = torch.from_numpy(np.require(sample_weight, requirements=["C", "W"]))
+            weights = weights.to(device)
         # np.require copies read-only input (e.g. a memmap) that torch cannot wrap.
-        source = torch.from_numpy(np.require(X, requirements=["C", "W"]))
+        writable = np.require(X, requirements=["C", "W"])
+        source = torch.from_numpy(writable)
         data = source.to(device)
         # k-means does not change with a shift of the data, and centred rows keep
         # the distance expansion's |x|^2 and x.c small, hence precise in float32.
         mean = data.mean(dim=0)
-        data = data - mean if data is source else data.sub_(mean)  # X itself stays untouched
+        if data is source and writable is X:
+            data = data - mean  # X itself stays untouched
+        else:
+            data.sub_(mean)  # a copy of this fit's own
         shift_tolerance = tol * float(data.var(dim=0, unbiased=False).mean())
-        row_sq_norms = (data * data).sum(dim=1)
+        # By blocks of rows: data * data at once would be a second copy of the data.
+        row_sq_norms = torch.cat([(data[rows] * data[rows]).sum(dim=1)
+                                  for rows in _row_blocks(data.shape[0], data.shape[1])])
         generator = make_generator(torch_seed_from(self.random_state), device)
         given = not isinstance(self.init, str)
         if given:
@@ -334,6 +341,11 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         -------
         distances : ndarray of shape (n_samples, n_clusters)
         """
+        return self._distances(X)
+
+    def _distances(self, X):
+        # Not transform itself: set_output(transform="pandas") wraps that one, and
+        # predict needs an array whatever the output is set to.
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         return euclidean_distances(X, self.cluster_centers_.astype(X.dtype, copy=False))
@@ -350,7 +362,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         -------
         labels : ndarray of shape (n_samples,)
         """
-        return self.transform(X).argmin(axis=1).astype(np.int64)
+        return self._distances(X).argmin(axis=1).astype(np.int64)
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of ``X`` on the fitted centres: higher is better.

@@ -137,6 +137,7 @@ class SCANClusterer(tr.HeadClusterer):
         tr.check_float("confidence_threshold", self.confidence_threshold, 0.0, 1.0,
                        low_inclusive=False, high_inclusive=False)
 
+    @tr.with_gradients
     def fit(self, X, y=None):
         """Mine neighbours, train the heads and keep the best one.
 
@@ -196,7 +197,7 @@ def self_label(head, setup, n_epochs, threshold, batch_size, learning_rate, weig
             confidence, targets = torch.softmax(logits, dim=-1).max(dim=-1)
             confident = confidence > threshold
         if not bool(confident.any()):
-            return torch.zeros(1, device=logits.device)
+            return logits.new_zeros(1)
         counts = torch.bincount(targets[confident], minlength=logits.shape[1]).float()
         class_weights = torch.where(counts > 0, counts.sum() / counts.clamp_min(1.0),
                                     torch.zeros_like(counts))

@@ -147,6 +147,7 @@ class TEMIClusterer(tr.HeadClusterer):
         tr.check_float("teacher_momentum", self.teacher_momentum, 0.0, 1.0, high_inclusive=False)
         tr.check_float("prior_momentum", self.prior_momentum, 0.0, 1.0, high_inclusive=False)
 
+    @tr.with_gradients
     def fit(self, X, y=None):
         """Mine neighbours, train the student and teacher heads, keep the best teacher.
 
@@ -168,8 +169,7 @@ class TEMIClusterer(tr.HeadClusterer):
         teacher = copy.deepcopy(student).requires_grad_(False)
         optimizer = torch.optim.AdamW(student.parameters(), lr=self.learning_rate,
                                       weight_decay=self.weight_decay)
-        prior = torch.full((self.n_heads, self.n_clusters), 1.0 / self.n_clusters,
-                           device=setup.device)
+        prior = setup.features.new_full((self.n_heads, self.n_clusters), 1.0 / self.n_clusters)
 
         def step(anchors, epoch):
             neighbors = tr.sample_neighbors(setup.neighbors, anchors, setup.generator)
