@@ -262,11 +262,12 @@ def test_crop_pct_reaches_the_embedder(capsys, image_folder, tmp_path, monkeypat
 
 
 def test_files_the_embedder_cannot_decode_are_skipped_too(capsys, image_folder, tmp_path):
-    Image.fromarray(np.zeros((8, 8), np.uint16)).save(image_folder / "dark" / "sixteen_bit.png")
+    # 32-bit integer pixels beyond 255 have no implied range, unlike 16-bit ones.
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(image_folder / "dark" / "wide.tif")
     status, stdout, err = _run(
         capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS
     )
     assert status == 0, err
     [warning] = err.strip().splitlines()
-    assert "sixteen_bit.png: " in warning and "16-bit" in warning and "convert it to 8-bit" in warning
+    assert "wide.tif: " in warning and "integer images must lie in [0, 255]" in warning
     assert "skipped 1 unreadable file(s)" in stdout

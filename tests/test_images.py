@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -230,3 +232,104 @@ def test_exif_orientation_is_applied(tmp_path):
     assert _first_batch([path]).shape == (1, 3, 80, 40)
     reduced = next(as_images([path]).batches(1, min_size=(20, 10)))
     assert reduced.shape == (1, 3, 20, 10)  # the reduced scale is chosen for the upright size
+
+
+def test_damaged_files_of_every_kind_name_the_file(tmp_path, monkeypatch):
+    # PIL's plugins raise ValueError, SyntaxError or their own errors, not only OSError.
+    header = tmp_path / "bad_header.ppm"
+    header.write_bytes(b"P6\n64 64\n'55\n" + bytes(64 * 64 * 3))
+    with pytest.raises(ValueError, match="Cannot read image file .*bad_header.ppm"):
+        _first_batch([str(header)])
+    huge = str(tmp_path / "huge.png")
+    Image.new("L", (64, 64)).save(huge)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses twice this many
+    with pytest.raises(ValueError, match="huge.png' is too large.*PIL.Image.MAX_IMAGE_PIXELS"):
+        _first_batch([huge])
+
+
+def test_a_closed_pil_image_is_named():
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    closed = Image.open(buffer)
+    closed.close()
+    with pytest.raises(ValueError, match="Image 1, a PIL image, cannot be read.*image.load"):
+        _first_batch([Image.new("RGB", (8, 8)), closed])
+
+
+def test_sixteen_bit_gray_files_are_scaled_to_eight_bits(tmp_path):
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    path = str(tmp_path / "sixteen.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+    assert Image.open(path).mode.startswith("I")
+    batch = _first_batch([path])
+    torch.testing.assert_close(batch, _first_batch(gray[None, :, :, None]))
+
+
+def test_pil_images_of_32_bit_modes_follow_the_rules_of_arrays():
+    half = np.full((6, 6), 0.5, np.float32)
+    torch.testing.assert_close(_first_batch([Image.fromarray(half)]),
+                               _first_batch(half[None, :, :, None]))
+    with pytest.raises(ValueError, match=r"Image 0 \(PIL mode 'I'\) .* \[70000, 70000\].*\[0, 255\]"):
+        _first_batch([Image.fromarray(np.full((6, 6), 70000, np.int32))])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_wide_unsigned_tensors_are_read_as_integers(images, dtype):
+    expected = _first_batch(images)
+    torch.testing.assert_close(_first_batch(torch.from_numpy(images).to(dtype)), expected)
+    with pytest.raises(ValueError, match=r"values in \[256, 256\]"):
+        as_images(torch.full((1, 4, 4, 3), 256).to(dtype))
+
+
+def test_float8_tensors_are_read_as_float32():
+    pixels = torch.full((1, 3, 4, 4), 0.5).to(torch.float8_e4m3fn)
+    assert _first_batch(pixels).dtype == torch.float32
+
+
+def test_masked_arrays_are_refused_unless_nothing_is_masked(images):
+    masked = np.ma.masked_greater(images, 200)
+    with pytest.raises(ValueError, match="masked array with .* masked values.*filled"):
+        as_images(masked)
+    with pytest.raises(ValueError, match="Image 0 is a masked array"):
+        as_images([masked[-1]])
+    torch.testing.assert_close(_first_batch(np.ma.masked_array(images)), _first_batch(images))
+
+
+def test_gray_and_alpha_arrays_keep_the_gray(images):
+    gray = images[..., :1]
+    with_alpha = np.concatenate([gray, np.full_like(gray, 7)], axis=-1)
+    torch.testing.assert_close(_first_batch(with_alpha), _first_batch(gray))
+    torch.testing.assert_close(_first_batch(list(with_alpha)), _first_batch(gray))
+
+
+def test_bytes_paths_and_a_single_pil_image(image_folder):
+    path = find_image_files(image_folder)[0]
+    torch.testing.assert_close(_first_batch(np.array([path.encode()])), _first_batch([path]))
+    with pytest.raises(TypeError, match="Image 0 is a bytes.*os.fsdecode.*io.BytesIO"):
+        as_images([path.encode()])
+    with pytest.raises(TypeError, match=r"one PIL image; pass a list of images, e.g. \[image\]"):
+        as_images(Image.open(path))
+
+
+def test_float_range_error_shows_the_excess():
+    with pytest.raises(ValueError, match=r"values in \[0, 1.00000095\]; float images must lie in"):
+        as_images(np.array([0, 1.000001], np.float32).reshape(1, 1, 2, 1))
+
+
+def test_links_to_one_folder_keep_the_first_by_name(tmp_path):
+    real = tmp_path / "photos" / "cats"
+    real.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(real / "1.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("kitties", "cats", "felines"):
+        (root / name).symlink_to(real, target_is_directory=True)
+    assert find_image_files(root) == [str(root / "cats" / "1.png")]
+
+
+def test_every_jpeg_extension_and_tga_are_found(tmp_path):
+    for name in ("a.jfif", "b.jpe", "c.tga", "d.JPG"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="TGA" if name.endswith("tga") else "JPEG")
+    found = [path.rsplit("/", 1)[-1] for path in find_image_files(tmp_path)]
+    assert found == ["a.jfif", "b.jpe", "c.tga", "d.JPG"]
+    assert _first_batch([str(tmp_path / name) for name in found]).shape == (4, 3, 4, 4)

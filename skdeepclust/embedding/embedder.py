@@ -513,6 +513,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     f"The backbone {backbone_name} fails on a {tuple(probe.shape)} input "
                     f"({type(exc).__name__}: {exc}); {fix}."
                 ) from exc
+        if _is_convolutional(model):
+            # Convolutions run faster on channels-last weights and inputs. Done here,
+            # on the fitted model, a CPU runtime needs no second copy of the weights.
+            model = model.to(memory_format=torch.channels_last)
         self.model_ = model
         self.preprocessing_ = preprocessing
         self.embedding_dim_ = int(_check_features(features, backbone_name).shape[1])
@@ -535,7 +539,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         model = self.model_
         convolutional = _is_convolutional(model)
         dtype = compute_dtype(device, self.precision)
-        if device.type != "cpu" or convolutional or dtype != torch.float32 or self.compile is not False:
+        if device.type != "cpu" or dtype != torch.float32 or self.compile is not False:
             model = copy.deepcopy(model).to(device, dtype)  # model_ itself stays as fitted, on the CPU
         memory_format = torch.channels_last if convolutional else torch.contiguous_format
         if convolutional:

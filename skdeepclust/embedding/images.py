@@ -29,8 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-_CHANNEL_COUNTS = (1, 3, 4)
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+    ".avif", ".ppm", ".pgm", ".tga",
+)
+# Gray, gray and alpha, RGB, RGB and alpha.
+_CHANNEL_COUNTS = (1, 2, 3, 4)
 
 
 def is_hidden_name(name):
@@ -90,7 +94,9 @@ def find_image_files(folder) -> list:
             subfolders.clear()
             continue
         seen.add(real)
-        subfolders[:] = [name for name in subfolders if not is_hidden_name(name)]
+        # Sorted, so that of several links to one folder the first by name is kept,
+        # whatever order the file system lists them in.
+        subfolders[:] = sorted(name for name in subfolders if not is_hidden_name(name))
         files.extend(
             os.path.join(directory, name)
             for name in names
@@ -100,22 +106,46 @@ def find_image_files(folder) -> list:
         )
     if not files:
         raise ValueError(
-            f"No image files found under {str(folder)!r} "
-            f"(looked for {', '.join(IMAGE_EXTENSIONS)})."
+            f"No image files found under {str(folder)!r} (looked for "
+            f"{', '.join(IMAGE_EXTENSIONS)}; files and folders whose names start with '.' "
+            "are skipped)."
         )
     below = len(os.path.join(os.fspath(folder), ""))  # os.walk's paths all start with folder
-    return sorted(files, key=lambda file: file[below:].split(os.sep))
+    return sorted(files, key=lambda file: tuple(file[below:].split(os.sep)))
 
 
-def _pil_to_rgb_array(image, name):
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        raise ValueError(
-            f"{name} has {image.mode!r} pixels (16-bit or float); convert it to 8-bit "
-            "RGB first, e.g. with PIL's Image.point."
-        )
+def _pil_to_rgb_array(image, name, file_format=None):
+    """An (H, W, 3) array of a PIL image: uint8, or for 32-bit modes the values as
+    they are, checked as an array's would be."""
+    file_format = image.format or file_format
+    if image.mode.startswith("I;16") or (image.mode == "I" and file_format == "PNG"):
+        # 16-bit samples span 0-65535 as 8-bit ones span 0-255 (a 16-bit PNG opens as
+        # "I" on older Pillow); PIL's own convert("RGB") would clip them at 255.
+        gray = np.rint(np.asarray(image, dtype=np.float32) * (255 / 65535)).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):  # 32-bit integers or floats: no range is implied
+        pixels = np.asarray(image)
+        _check_pixel_range(pixels, f"{name} (PIL mode {image.mode!r})")
+        return np.repeat(pixels[..., None], 3, axis=-1)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image)
+
+
+def _pil_image_to_rgb_array(image, name):
+    """:func:`_pil_to_rgb_array` of a PIL image given in a list, whose failures to
+    load (a closed or truncated file behind it) name the image."""
+    try:
+        image.load()
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ValueError(
+            f"{name}, a PIL image, cannot be read: {type(exc).__name__}: {exc}. Its file may be "
+            "closed or damaged: call image.load() while the file is open, or pass the "
+            "file path instead."
+        ) from exc
+    return _pil_to_rgb_array(image, name)
 
 
 _EXIF_ORIENTATION = 0x0112
@@ -129,10 +159,11 @@ def _decode_file(path, min_size=None):
     a reduced scale (1/2, 1/4 or 1/8, done inside the JPEG decoder and several
     times faster), never below ``min_size`` in either dimension.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
+            file_format = image.format
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             if min_size is not None:
                 height, width = min_size
@@ -144,18 +175,26 @@ def _decode_file(path, min_size=None):
             # it is called only for the photos that need turning.
             if orientation != 1:
                 image = ImageOps.exif_transpose(image)
-            return _pil_to_rgb_array(image, f"Image file {path!r}")
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+    except MemoryError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"Image file {path!r} is too large to decode safely: {exc} If you trust the "
+            "file, raise PIL.Image.MAX_IMAGE_PIXELS (None lifts the limit); else remove it."
+        ) from exc
+    except Exception as exc:  # PIL's plugins raise many kinds on damaged files
         raise ValueError(
             f"Cannot read image file {path!r}: {exc}. Remove it from the folder or list, or "
             "convert it, and run again (the skdeepclust command skips unreadable files)."
         ) from exc
+    # Outside the try: its errors (pixel values out of range) already name the file.
+    return _pil_to_rgb_array(image, f"Image file {path!r}", file_format)
 
 
 def _channels_last_to_rgb(array):
-    """An (..., H, W, C) array with C in 1, 3, 4 as (..., H, W, 3)."""
-    if array.shape[-1] == 1:
-        return np.repeat(array, 3, axis=-1)
+    """An (..., H, W, C) array with C in 1, 2, 3, 4 as (..., H, W, 3); alpha is dropped."""
+    if array.shape[-1] <= 2:
+        return np.repeat(array[..., :1], 3, axis=-1)
     return array[..., :3]
 
 
@@ -178,11 +217,44 @@ def _channel_axis_of_one_image(shape, name):
     else:
         raise ValueError(
             f"{name} has shape {shape}: neither its last axis (height, width, channels) nor "
-            "its first (channels, height, width) has 1, 3 or 4 channels."
+            "its first (channels, height, width) has 1 to 4 channels."
         )
     if 0 in height_width:
         raise ValueError(f"{name} has shape {shape}, with no pixels.")
     return axis
+
+
+# Dtypes whose min, max and isfinite torch implements, on every device.
+_TORCH_CHECKABLE_DTYPES = (
+    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+)
+
+
+def _checkable_tensor(tensor):
+    """``tensor``, or a wider copy of it when torch cannot check its values (uint16
+    to uint64 as int64, float8 as float32); other dtypes stay, to be refused by name."""
+    if tensor.dtype in _TORCH_CHECKABLE_DTYPES or tensor.dtype == torch.bool:
+        return tensor
+    if tensor.is_floating_point():
+        return tensor.float()
+    if not tensor.is_complex() and not tensor.dtype.is_signed:
+        return tensor.to(torch.int64)
+    return tensor
+
+
+def _unmasked(array, name):
+    """The data of a numpy masked array without masked values; masked values would be
+    checked as missing and then read as whatever lies under the mask."""
+    if not np.ma.isMaskedArray(array):
+        return array
+    n_masked = int(np.ma.count_masked(array))
+    if n_masked:
+        raise ValueError(
+            f"{name} is a masked array with {n_masked} masked values; fill them first, "
+            "e.g. X.filled(0), or pass X.data if the mask does not matter."
+        )
+    return np.ma.getdata(array)
 
 
 def _tensor_as_numpy(tensor):
@@ -217,20 +289,22 @@ def _check_pixel_range(array, name):
         )
     if math.prod(array.shape) == 0:
         return array
-    finite = torch.isfinite if isinstance(array, torch.Tensor) else np.isfinite
-    if kind == "f" and not finite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values; images must be finite.")
+    # min and max carry a NaN or an infinity through, so they find them too, without
+    # the full-size mask of isfinite (1.75 times a float tensor's size, in torch).
     low, high = array.min().item(), array.max().item()
+    if kind == "f" and not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} contains NaN or infinite values; images must be finite.")
     if kind == "f":
         if low < 0.0 or high > 1.0:
+            # Nine digits, so that 1.0000001 does not print as the 1 it exceeds.
             raise ValueError(
-                f"{name} is a float array with values in [{low:g}, {high:g}]; float images must "
-                "lie in [0, 1]. Divide 0-255 data by 255, or pass it as uint8."
+                f"{name} is a float array with values in [{low:.9g}, {high:.9g}]; float images "
+                "must lie in [0, 1]. Divide 0-255 data by 255, or pass it as uint8."
             )
     elif low < 0 or high > 255:
         raise ValueError(
             f"{name} is an integer array with values in [{low}, {high}]; integer images must "
-            "lie in [0, 255] (8-bit)."
+            "lie in [0, 255] (8-bit); pass 16-bit data (0-65535) as X / 65535."
         )
     return array
 
@@ -256,15 +330,15 @@ def _to_tensor(batch):
 
 
 def _rgb_batch(chunk, channels_first):
-    """An (N, H, W, C) or (N, C, H, W) tensor of 1, 3 or 4 channels as an (N, 3, H, W) RGB batch.
+    """An (N, H, W, C) or (N, C, H, W) tensor of 1 to 4 channels as an (N, 3, H, W) RGB batch.
 
     A channels-last input stays a channels-last view (no copy reorders it), and
     a tensor on a GPU stays there.
     """
     if not channels_first:
         chunk = chunk.movedim(-1, 1)
-    if chunk.shape[1] == 1:
-        chunk = chunk.expand(-1, 3, -1, -1)
+    if chunk.shape[1] <= 2:  # gray, or gray and alpha
+        chunk = chunk[:, :1].expand(-1, 3, -1, -1)
     elif chunk.shape[1] == 4:
         chunk = chunk[:, :3]
     if not (chunk.is_contiguous() or chunk.is_contiguous(memory_format=torch.channels_last)):
@@ -315,7 +389,7 @@ class ArrayImages:
         else:
             raise ValueError(
                 f"Cannot find the channel axis of images with shape {shape}: neither the "
-                "last nor the second axis has 1, 3 or 4 channels."
+                "last nor the second axis has 1 to 4 channels."
             )
         n_images, height, width = (
             (array.shape[0], *array.shape[2:]) if self._channels_first else array.shape[:3]
@@ -379,15 +453,18 @@ class ImageList:
                 if not os.path.isfile(item):
                     missing.append(str(item))
             elif isinstance(item, np.ndarray):  # checked now, not when its batch comes
+                item = self._items[position] = _unmasked(item, f"Image {position}")
                 _channel_axis_of_one_image(item.shape, f"Image {position}")
                 _check_pixel_range(item, f"Image {position}")
             elif isinstance(item, Image.Image):
                 if 0 in item.size:
                     raise ValueError(f"Image {position} is a PIL image of size {item.size}, with no pixels.")
             else:
+                hint = (" Decode a path with os.fsdecode(path); open encoded image bytes with "
+                        "PIL.Image.open(io.BytesIO(data))." if isinstance(item, bytes) else "")
                 raise TypeError(
                     f"Image {position} is a {type(item).__name__}; a list of images may hold "
-                    "file paths, PIL images, numpy arrays or torch tensors."
+                    f"file paths, PIL images, numpy arrays or torch tensors.{hint}"
                 )
         if missing:
             shown = ", ".join(repr(name) for name in missing[:3])
@@ -410,7 +487,7 @@ class ImageList:
         if isinstance(item, (str, os.PathLike)):
             return _decode_file(os.fspath(item), min_size)
         if isinstance(item, Image.Image):
-            return _pil_to_rgb_array(item, f"Image {position}")
+            return _pil_image_to_rgb_array(item, f"Image {position}")
         channel_axis = _channel_axis_of_one_image(item.shape, f"Image {position}")
         if channel_axis is None:
             item = item[..., None]
@@ -548,16 +625,19 @@ def as_images(X):
             )
         raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
     if isinstance(X, torch.Tensor):
-        return ArrayImages(X.detach())
+        return ArrayImages(_checkable_tensor(X.detach()))
     if hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
         X = np.asarray(X)
     if isinstance(X, np.ndarray) and X.dtype.kind in "OUS":  # paths or objects, one per image
-        return ImageList(list(X.astype(str) if X.dtype.kind == "S" else X))
+        # os.fsdecode: bytes paths may hold any file system encoding, not only ASCII.
+        return ImageList([os.fsdecode(item) for item in X] if X.dtype.kind == "S" else list(X))
     if isinstance(X, np.ndarray):
-        return ArrayImages(X)
+        return ArrayImages(_unmasked(X, "The image array"))
     if isinstance(X, Sequence):
         return ImageList(list(X))
+    hint = (" X is one PIL image; pass a list of images, e.g. [image]."
+            if type(X).__module__.startswith("PIL.") else "")
     raise TypeError(
-        f"Cannot read images from a {type(X).__name__}. Pass a 4-D array (NHWC or NCHW), a "
-        "list of PIL images, arrays or file paths, or a folder path."
+        f"Cannot read images from a {type(X).__name__}.{hint} Pass a 4-D array (NHWC or NCHW), "
+        "a list of PIL images, arrays or file paths, or a folder path."
     )
