@@ -270,4 +270,5 @@ def test_files_the_embedder_cannot_decode_are_skipped_too(capsys, image_folder, 
     assert status == 0, err
     [warning] = err.strip().splitlines()
     assert "wide.tif: " in warning and "integer images must lie in [0, 255]" in warning
+    assert warning.count("wide.tif") == 1
     assert "skipped 1 unreadable file(s)" in stdout

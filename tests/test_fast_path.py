@@ -4,7 +4,6 @@ Their speed is measured in benchmarks/; these tests check that each gives the
 same features as the plain path and that its parameter is checked.
 """
 
-import copy
 import itertools
 import multiprocessing
 import threading
@@ -93,21 +92,28 @@ def test_default_workers_decode_in_process_on_the_cpu(images):
     assert embedder.set_params(num_workers=3)._decode_workers(torch.device("cpu")) == 3
 
 
-def test_convolutional_backbone_runs_channels_last_without_a_copy_on_the_cpu(images):
+def test_convolutional_backbone_runs_channels_last_on_a_copy(images):
     embedder = ImageEmbedder(**CONV, device="cpu").fit(images)
     features = embedder.transform(images)
     runtime = embedder._runtime_on(torch.device("cpu"))
-    # The fitted model is channels-last itself, so the CPU holds its weights once.
-    assert runtime.memory_format == torch.channels_last and runtime.model is embedder.model_
-    assert all(p.is_contiguous(memory_format=torch.channels_last)
-               for p in embedder.model_.parameters() if p.dim() == 4)
+    assert runtime.memory_format == torch.channels_last and runtime.model is not embedder.model_
+    assert all(p.is_contiguous() for p in embedder.model_.parameters())  # the fitted model is untouched
     inputs = embedder_module.prepare_batch(
         as_images(images).batches(16).__next__(), embedder.preprocessing_, torch.device("cpu")
     )
-    plain = copy.deepcopy(embedder.model_).to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
-        expected = torch.nn.functional.normalize(plain(inputs.contiguous()), dim=1)
+        expected = torch.nn.functional.normalize(embedder.model_(inputs.contiguous()), dim=1)
     np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
+
+
+def test_fitted_convolutional_backbone_can_be_saved_with_safetensors(images, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    embedder = ImageEmbedder(**CONV, device="cpu").fit(images)
+    embedder.transform(images[:2])  # builds the channels-last runtime
+    save_file(embedder.model_.state_dict(), tmp_path / "backbone.safetensors")
+    saved = load_file(tmp_path / "backbone.safetensors")
+    assert all(torch.equal(saved[name], tensor) for name, tensor in embedder.model_.state_dict().items())
 
 
 def test_transformer_backbone_is_not_copied_on_the_cpu(images):

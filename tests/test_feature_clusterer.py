@@ -4,7 +4,14 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.cluster import DBSCAN, HDBSCAN, AgglomerativeClustering, FeatureAgglomeration, KMeans
+from sklearn.cluster import (
+    DBSCAN,
+    HDBSCAN,
+    AgglomerativeClustering,
+    FeatureAgglomeration,
+    KMeans,
+    SpectralClustering,
+)
 from sklearn.datasets import make_blobs
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
@@ -186,10 +193,16 @@ def test_spectral_by_name_on_fewer_samples_than_its_neighbours(blobs):
     assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1 and labels[0] != labels[4]
 
 
-def test_spectral_with_as_many_clusters_as_samples_is_refused_clearly(blobs):
+def test_spectral_on_a_graph_with_as_many_clusters_as_samples_is_refused_clearly(blobs):
     X, _ = blobs
-    with pytest.raises(ValueError, match="SpectralClustering needs more samples than clusters"):
+    with pytest.raises(ValueError, match="nearest-neighbour graph needs more samples than eigen"):
         FeatureClusterer("spectral", n_clusters=5, random_state=0).fit(X[:5])
+    # Those that scikit-learn fits are left alone: a dense affinity, fewer eigenvectors.
+    dense = FeatureClusterer(SpectralClustering(random_state=0), n_clusters=5).fit(X[:5])
+    assert sorted(dense.labels_) == [0, 1, 2, 3, 4]
+    fewer = SpectralClustering(affinity="nearest_neighbors", n_neighbors=4, n_components=2,
+                               random_state=0)
+    assert FeatureClusterer(fewer, n_clusters=5).fit(X[:5]).labels_.shape == (5,)
 
 
 @pytest.mark.parametrize("estimator", [FeatureClusterer, PretrainedFeatureClusterer])

@@ -355,13 +355,21 @@ def test_torch_kmeans_predicts_labels_when_output_is_set_to_pandas(blobs):
     assert list(model.transform(X[:2]).columns) == [f"torchkmeans{i}" for i in range(4)]
 
 
-def test_torch_kmeans_takes_read_only_weights_without_a_warning(blobs):
-    X, _ = blobs
+def test_torch_kmeans_hands_torch_only_writable_arrays(blobs, monkeypatch):
+    # torch warns, once per process, on a read-only array: the weights of float64 rows
+    # reach it without a copy.
+    X = blobs[0].astype(np.float64)
+    X.flags.writeable = False
     weights = np.ones(X.shape[0])
     weights.flags.writeable = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=weights)
+    from_numpy = torch.from_numpy
+
+    def writable_only(array):
+        assert array.flags.writeable
+        return from_numpy(array)
+
+    monkeypatch.setattr(torch, "from_numpy", writable_only)
+    TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=weights)
 
 
 def test_torch_kmeans_can_be_searched_by_its_score(blobs):

@@ -256,13 +256,25 @@ def test_a_closed_pil_image_is_named():
         _first_batch([Image.new("RGB", (8, 8)), closed])
 
 
-def test_sixteen_bit_gray_files_are_scaled_to_eight_bits(tmp_path):
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".pgm"])
+def test_sixteen_bit_gray_files_are_scaled_to_eight_bits(tmp_path, suffix):
     gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    path = str(tmp_path / "sixteen.png")
-    Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+    path = str(tmp_path / f"sixteen{suffix}")
+    if suffix == ".pgm":  # written by hand: Pillow's PGM writer varies between versions
+        with open(path, "wb") as pgm:
+            pgm.write(b"P5\n16 16\n65535\n" + (gray.astype(">u2") * 257).tobytes())
+    else:
+        Image.fromarray(gray.astype(np.uint16) * 257).save(path)
     assert Image.open(path).mode.startswith("I")
-    batch = _first_batch([path])
-    torch.testing.assert_close(batch, _first_batch(gray[None, :, :, None]))
+    torch.testing.assert_close(_first_batch([path]), _first_batch(gray[None, :, :, None]))
+    # A dark one stays dark: 0-255 out of 65535 is 0 or 1 in 8 bits.
+    dark = str(tmp_path / f"dark{suffix}")
+    if suffix == ".pgm":
+        with open(dark, "wb") as pgm:
+            pgm.write(b"P5\n16 16\n65535\n" + gray.astype(">u2").tobytes())
+    else:
+        Image.fromarray(gray.astype(np.uint16)).save(dark)
+    assert _first_batch([dark]).max() == 1
 
 
 def test_pil_images_of_32_bit_modes_follow_the_rules_of_arrays():
@@ -276,9 +288,15 @@ def test_pil_images_of_32_bit_modes_follow_the_rules_of_arrays():
 @pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
 def test_wide_unsigned_tensors_are_read_as_integers(images, dtype):
     expected = _first_batch(images)
-    torch.testing.assert_close(_first_batch(torch.from_numpy(images).to(dtype)), expected)
-    with pytest.raises(ValueError, match=r"values in \[256, 256\]"):
-        as_images(torch.full((1, 4, 4, 3), 256).to(dtype))
+    wide = torch.from_numpy(images).to(dtype)
+    held = as_images(wide)._array  # checked in place, converted a batch at a time
+    assert held.dtype == dtype and held.data_ptr() == wide.data_ptr()
+    torch.testing.assert_close(_first_batch(wide), expected)
+    with pytest.raises(ValueError, match=r"values in \[0, 256\]"):
+        as_images(torch.cat([wide, torch.full((1, 32, 32, 3), 256).to(dtype)]))
+    if dtype == torch.uint64:
+        with pytest.raises(ValueError, match=r"values in \[9223372036854775808, "):
+            as_images(torch.full((1, 4, 4, 3), 2 ** 63, dtype=dtype))
 
 
 def test_float8_tensors_are_read_as_float32():
@@ -293,6 +311,12 @@ def test_masked_arrays_are_refused_unless_nothing_is_masked(images):
     with pytest.raises(ValueError, match="Image 0 is a masked array"):
         as_images([masked[-1]])
     torch.testing.assert_close(_first_batch(np.ma.masked_array(images)), _first_batch(images))
+
+
+def test_images_two_pixels_wide_in_nchw_are_not_taken_for_gray_and_alpha(images):
+    narrow = np.ascontiguousarray(images[:, :6, :2].transpose(0, 3, 1, 2))  # (N, 3, 6, 2)
+    assert _first_batch(narrow).shape == (images.shape[0], 3, 6, 2)
+    assert _first_batch([narrow[0]]).shape == (1, 3, 6, 2)
 
 
 def test_gray_and_alpha_arrays_keep_the_gray(images):

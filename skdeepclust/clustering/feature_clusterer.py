@@ -184,6 +184,16 @@ def _check_clusterer_params(estimator):
         estimator._validate_params()  # scikit-learn's declared constraints
 
 
+def _spectral_eigenvectors_exceed_arpack(clusterer, n_samples):
+    """Whether a SpectralClustering would fail deep in scipy: ARPACK, its eigensolver
+    for a sparse nearest-neighbour graph, finds fewer eigenvectors than samples."""
+    if not isinstance(clusterer, SpectralClustering):
+        return False
+    sparse_graph = clusterer.affinity in ("nearest_neighbors", "precomputed_nearest_neighbors")
+    n_vectors = clusterer.n_components or clusterer.n_clusters
+    return sparse_graph and clusterer.eigen_solver in (None, "arpack") and n_vectors >= n_samples
+
+
 def _requested_cluster_count(estimator):
     params = estimator.get_params(deep=False)
     for name in _COUNT_PARAMETERS:
@@ -362,12 +372,12 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
                 f"n_samples={n_samples} is fewer than n_clusters={requested}; pass more "
                 "samples or ask for fewer clusters."
             )
-        # Its eigensolver needs more samples than eigenvectors, and fails deep in
-        # scipy otherwise.
-        if isinstance(clusterer, SpectralClustering) and requested == n_samples:
+        if _spectral_eigenvectors_exceed_arpack(clusterer, n_samples):
             raise ValueError(
-                f"SpectralClustering needs more samples than clusters; got n_samples="
-                f"n_clusters={n_samples}. Pass more samples or ask for fewer clusters."
+                f"SpectralClustering on a nearest-neighbour graph needs more samples than "
+                f"eigenvectors (n_components, or else n_clusters); got n_samples="
+                f"{n_samples}. Pass more samples, ask for fewer clusters, or set "
+                "n_components below n_samples."
             )
 
     def fit(self, X, y=None, sample_weight=None):

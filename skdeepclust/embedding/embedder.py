@@ -346,7 +346,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     - the path of a folder, searched recursively for image files (folder links
       are followed; hidden files and macOS's ``__MACOSX`` folders are skipped).
 
-    Grayscale is repeated to RGB and an alpha channel is dropped.
+    Grayscale is repeated to RGB and an alpha channel is dropped. Integer pixels
+    must lie in [0, 255]; 16-bit grayscale files (PNG, TIFF, PGM) are scaled to that
+    range, as their format defines. Files are turned upright by their EXIF
+    orientation; PIL images are taken as they are.
 
     Examples
     --------
@@ -513,10 +516,6 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     f"The backbone {backbone_name} fails on a {tuple(probe.shape)} input "
                     f"({type(exc).__name__}: {exc}); {fix}."
                 ) from exc
-        if _is_convolutional(model):
-            # Convolutions run faster on channels-last weights and inputs. Done here,
-            # on the fitted model, a CPU runtime needs no second copy of the weights.
-            model = model.to(memory_format=torch.channels_last)
         self.model_ = model
         self.preprocessing_ = preprocessing
         self.embedding_dim_ = int(_check_features(features, backbone_name).shape[1])
@@ -539,7 +538,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         model = self.model_
         convolutional = _is_convolutional(model)
         dtype = compute_dtype(device, self.precision)
-        if device.type != "cpu" or dtype != torch.float32 or self.compile is not False:
+        # A convolutional backbone is copied on the CPU too: channels-last weights, which
+        # run faster, would make model_'s tensors non-contiguous, and safetensors refuses
+        # to save those.
+        if device.type != "cpu" or convolutional or dtype != torch.float32 or self.compile is not False:
             model = copy.deepcopy(model).to(device, dtype)  # model_ itself stays as fitted, on the CPU
         memory_format = torch.channels_last if convolutional else torch.contiguous_format
         if convolutional:

@@ -29,12 +29,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
+
+def _pillow_opens(format_name):
+    from PIL import Image
+
+    Image.init()  # registers every plugin, AVIF's only where Pillow was built with libavif
+    return format_name in Image.OPEN
+
+
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-    ".avif", ".ppm", ".pgm", ".tga",
-)
-# Gray, gray and alpha, RGB, RGB and alpha.
-_CHANNEL_COUNTS = (1, 2, 3, 4)
+    ".ppm", ".pgm", ".tga",
+) + ((".avif",) if _pillow_opens("AVIF") else ())
+# Gray, RGB, RGB and alpha. Gray and alpha (2) is taken only where no other axis
+# has one of these: an NCHW batch of images two pixels wide must stay NCHW.
+_CHANNEL_COUNTS = (1, 3, 4)
+_GRAY_ALPHA = 2
 
 
 def is_hidden_name(name):
@@ -118,14 +129,16 @@ def _pil_to_rgb_array(image, name, file_format=None):
     """An (H, W, 3) array of a PIL image: uint8, or for 32-bit modes the values as
     they are, checked as an array's would be."""
     file_format = image.format or file_format
-    if image.mode.startswith("I;16") or (image.mode == "I" and file_format == "PNG"):
-        # 16-bit samples span 0-65535 as 8-bit ones span 0-255 (a 16-bit PNG opens as
-        # "I" on older Pillow); PIL's own convert("RGB") would clip them at 255.
+    if image.mode.startswith("I;16") or (image.mode == "I" and file_format in ("PNG", "PPM")):
+        # 16-bit samples span 0-65535 as 8-bit ones span 0-255 (Pillow opens a 16-bit
+        # PGM, and on older versions a 16-bit PNG, as "I", stretching a PGM's maximum
+        # to 65535); PIL's own convert("RGB") would clip them at 255.
         gray = np.rint(np.asarray(image, dtype=np.float32) * (255 / 65535)).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
     if image.mode in ("I", "F"):  # 32-bit integers or floats: no range is implied
         pixels = np.asarray(image)
-        _check_pixel_range(pixels, f"{name} (PIL mode {image.mode!r})")
+        _check_pixel_range(pixels, f"{name} (PIL mode {image.mode!r})",
+                           fix="convert the image to 8 bits first")
         return np.repeat(pixels[..., None], 3, axis=-1)
     if image.mode != "RGB":
         image = image.convert("RGB")
@@ -187,8 +200,10 @@ def _decode_file(path, min_size=None):
             f"Cannot read image file {path!r}: {exc}. Remove it from the folder or list, or "
             "convert it, and run again (the skdeepclust command skips unreadable files)."
         ) from exc
-    # Outside the try: its errors (pixel values out of range) already name the file.
-    return _pil_to_rgb_array(image, f"Image file {path!r}", file_format)
+    try:  # outside the first: these are errors of the pixel values, not of the file
+        return _pil_to_rgb_array(image, "the image", file_format)
+    except ValueError as exc:
+        raise ValueError(f"Image file {path!r}: {exc}") from exc
 
 
 def _channels_last_to_rgb(array):
@@ -196,6 +211,18 @@ def _channels_last_to_rgb(array):
     if array.shape[-1] <= 2:
         return np.repeat(array[..., :1], 3, axis=-1)
     return array[..., :3]
+
+
+def _channels_last(last, first):
+    """Whether the channel axis is the ``last`` of an image's shape rather than the
+    ``first`` candidate (the first of one image, the second of a batch); None when
+    neither holds a channel count."""
+    for counts in (_CHANNEL_COUNTS, (_GRAY_ALPHA,)):
+        if last in counts:
+            return True
+        if first in counts:
+            return False
+    return None
 
 
 def _channel_axis_of_one_image(shape, name):
@@ -208,11 +235,12 @@ def _channel_axis_of_one_image(shape, name):
             f"{name} is a {len(shape)}-D array; single images must be (height, width), "
             "(height, width, channels) or (channels, height, width)."
         )
+    channels_last = _channels_last(shape[-1], shape[0]) if len(shape) == 3 else None
     if len(shape) == 2:
         axis, height_width = None, shape
-    elif shape[-1] in _CHANNEL_COUNTS:
+    elif channels_last is True:
         axis, height_width = -1, shape[:2]
-    elif shape[0] in _CHANNEL_COUNTS:
+    elif channels_last is False:
         axis, height_width = 0, shape[1:]
     else:
         raise ValueError(
@@ -224,23 +252,30 @@ def _channel_axis_of_one_image(shape, name):
     return axis
 
 
-# Dtypes whose min, max and isfinite torch implements, on every device.
-_TORCH_CHECKABLE_DTYPES = (
+# Dtypes whose min and max torch implements on every device; batches of the others
+# (uint16 to uint64, float8) are converted one at a time.
+_TORCH_REDUCIBLE_DTYPES = (
     torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     torch.float16, torch.bfloat16, torch.float32, torch.float64,
 )
+# Elements converted at once to find the range of a tensor of another dtype.
+_RANGE_CHUNK_ELEMENTS = 2 ** 22
 
 
-def _checkable_tensor(tensor):
-    """``tensor``, or a wider copy of it when torch cannot check its values (uint16
-    to uint64 as int64, float8 as float32); other dtypes stay, to be refused by name."""
-    if tensor.dtype in _TORCH_CHECKABLE_DTYPES or tensor.dtype == torch.bool:
-        return tensor
-    if tensor.is_floating_point():
-        return tensor.float()
-    if not tensor.is_complex() and not tensor.dtype.is_signed:
-        return tensor.to(torch.int64)
-    return tensor
+def _value_range(array):
+    """(min, max) of a numpy array or torch tensor as Python numbers; a NaN or an
+    infinity in ``array`` comes out in them."""
+    if not isinstance(array, torch.Tensor) or array.dtype in _TORCH_REDUCIBLE_DTYPES:
+        return array.min().item(), array.max().item()
+    images_per_chunk = max(1, _RANGE_CHUNK_ELEMENTS // max(1, math.prod(array.shape[1:])))
+    # float64 holds every value of these dtypes, or rounds one beyond 2**53 (a value
+    # that is refused anyway), without a copy of the whole tensor.
+    ranges = [(chunk.double().min().item(), chunk.double().max().item())
+              for chunk in array.split(images_per_chunk)]
+    low, high = min(low for low, _ in ranges), max(high for _, high in ranges)
+    if not array.is_floating_point():
+        low, high = int(low), int(high)
+    return low, high
 
 
 def _unmasked(array, name):
@@ -278,7 +313,7 @@ def _dtype_kind(dtype):
     return dtype.kind
 
 
-def _check_pixel_range(array, name):
+def _check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as X / 65535"):
     """Reject values that are not pixels; returns the array (numpy or torch) unchanged."""
     kind = _dtype_kind(array.dtype)
     if kind == "u" and array.dtype.itemsize == 1:
@@ -291,7 +326,7 @@ def _check_pixel_range(array, name):
         return array
     # min and max carry a NaN or an infinity through, so they find them too, without
     # the full-size mask of isfinite (1.75 times a float tensor's size, in torch).
-    low, high = array.min().item(), array.max().item()
+    low, high = _value_range(array)
     if kind == "f" and not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{name} contains NaN or infinite values; images must be finite.")
     if kind == "f":
@@ -304,7 +339,7 @@ def _check_pixel_range(array, name):
     elif low < 0 or high > 255:
         raise ValueError(
             f"{name} is an integer array with values in [{low}, {high}]; integer images must "
-            "lie in [0, 255] (8-bit); pass 16-bit data (0-65535) as X / 65535."
+            f"lie in [0, 255] (8-bit); {fix}."
         )
     return array
 
@@ -345,6 +380,8 @@ def _rgb_batch(chunk, channels_first):
         chunk = chunk.contiguous()  # one dense block, which copies to a device in one go
     if not chunk.is_floating_point() and chunk.dtype != torch.uint8:
         chunk = chunk.to(torch.uint8)  # the values were checked to lie in [0, 255]
+    elif chunk.is_floating_point() and chunk.dtype not in _TORCH_REDUCIBLE_DTYPES:
+        chunk = chunk.float()  # float8, which resizing does not take
     return chunk
 
 
@@ -382,10 +419,9 @@ class ArrayImages:
                 f"Image arrays must be 4-D, (n_images, height, width, channels) or "
                 f"(n_images, channels, height, width); got {array.ndim}-D with shape {shape}.{hint}"
             )
-        if array.shape[-1] in _CHANNEL_COUNTS:
-            self._channels_first = False
-        elif array.shape[1] in _CHANNEL_COUNTS:
-            self._channels_first = True
+        channels_last = _channels_last(array.shape[-1], array.shape[1])
+        if channels_last is not None:
+            self._channels_first = not channels_last
         else:
             raise ValueError(
                 f"Cannot find the channel axis of images with shape {shape}: neither the "
@@ -625,7 +661,7 @@ def as_images(X):
             )
         raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
     if isinstance(X, torch.Tensor):
-        return ArrayImages(_checkable_tensor(X.detach()))
+        return ArrayImages(X.detach())
     if hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
         X = np.asarray(X)
     if isinstance(X, np.ndarray) and X.dtype.kind in "OUS":  # paths or objects, one per image
