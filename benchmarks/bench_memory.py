@@ -1,0 +1,130 @@
+"""Peak memory of the package's large-data paths, next to the size of their data (Linux).
+
+Before each call the process's peak resident size (VmHWM) is reset to its current
+size (by writing 5 to /proc/self/clear_refs); the rise of the peak during the call
+is printed beside the size of the data the call holds:
+
+* stream: ``ImageEmbedder.transform(files)`` on N and then 4N CIFAR-10 JPEG files
+          (ResNet-18 at 32 px, random weights). Files are decoded a batch at a
+          time, so the rise should be the output plus the same constant for both;
+* kmeans: ``TorchKMeans`` on an n x d float32 matrix in memory and as a read-only
+          memory map, and scikit-learn's ``KMeans`` on the same matrix; the rise as
+          a multiple of the matrix;
+* knn:    ``mine_nearest_neighbors`` on n x d; the rise is bounded by the chunk
+          budget of 256 MiB of similarities, whatever n.
+
+    python benchmarks/bench_memory.py
+    python benchmarks/bench_memory.py --steps knn --knn-samples 200000
+
+All on the CPU: a GPU's memory is another matter (``torch.cuda.max_memory_allocated``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+from bench_cluster import clustered_features
+from skdeepclust import ImageEmbedder
+from skdeepclust.clustering import TorchKMeans, mine_nearest_neighbors
+from skdeepclust.datasets import extract_image_archive
+from skdeepclust.embedding.images import find_image_files
+
+ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
+MIB = 2 ** 20
+
+
+def _status_mib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / MIB
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_rise(function):
+    """(MiB by which the peak resident size rose during ``function()``, seconds, its result)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident size
+    before = _status_mib("VmRSS")
+    start = time.perf_counter()
+    result = function()
+    seconds = time.perf_counter() - start
+    return _status_mib("VmHWM") - before, seconds, result
+
+
+def report(what, data_mib, rise, seconds):
+    print(f"{what:46} {data_mib:9.0f} {rise:9.0f} {rise / data_mib:8.2f} {seconds:8.1f}", flush=True)
+
+
+def stream(args):
+    folder = extract_image_archive(args.archive, args.cache_dir)
+    files = find_image_files(folder)
+    embedder = ImageEmbedder(backbone="resnet18", pretrained=False, image_size=32, device="cpu",
+                             random_state=0).fit(files[:8])
+    embedder.transform(files[:64])  # the runtime and its first batches, outside the measurements
+    for n in (args.n_files, 4 * args.n_files):
+        rise, seconds, features = peak_rise(lambda: embedder.transform(files[:n]))
+        report(f"stream: ImageEmbedder.transform, {n} files", features.nbytes / MIB, rise, seconds)
+
+
+def kmeans(args):
+    X = clustered_features(args.kmeans_samples, args.features, args.n_clusters)
+    size = X.nbytes / MIB
+    params = dict(n_clusters=args.n_clusters, n_init=1, max_iter=args.max_iter, random_state=0)
+    with tempfile.TemporaryDirectory() as scratch:
+        np.save(os.path.join(scratch, "X.npy"), X)
+        mapped = np.load(os.path.join(scratch, "X.npy"), mmap_mode="r")
+        mapped.sum()  # its pages are read in now, not counted as the fit's
+        cases = [
+            ("kmeans: TorchKMeans, in memory", lambda: TorchKMeans(**params, device="cpu").fit(X)),
+            ("kmeans: TorchKMeans, read-only memory map",
+             lambda: TorchKMeans(**params, device="cpu").fit(mapped)),
+            ("kmeans: scikit-learn KMeans, in memory", lambda: KMeans(**params).fit(X)),
+        ]
+        for what, fit in cases:
+            rise, seconds, _ = peak_rise(fit)
+            report(what, size, rise, seconds)
+
+
+def knn(args):
+    X = clustered_features(args.knn_samples, args.knn_features, 100)
+    rise, seconds, _ = peak_rise(lambda: mine_nearest_neighbors(X, 10, device="cpu"))
+    report(f"knn: mine_nearest_neighbors, n={args.knn_samples}", X.nbytes / MIB, rise, seconds)
+
+
+STEPS = {"stream": stream, "kmeans": kmeans, "knn": knn}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", nargs="+", choices=sorted(STEPS), default=list(STEPS))
+    parser.add_argument("--archive", default=str(ARCHIVE), help="CIFAR-10 JPEG archive (default: %(default)s)")
+    parser.add_argument("--cache-dir", default=None, help="where to unpack it (default: skdeepclust's cache)")
+    parser.add_argument("--n-files", type=int, default=2500, help="N: the stream step embeds N, then 4N files")
+    parser.add_argument("--kmeans-samples", type=int, default=200_000)
+    parser.add_argument("--features", type=int, default=768)
+    parser.add_argument("--n-clusters", type=int, default=100)
+    parser.add_argument("--max-iter", type=int, default=5)
+    parser.add_argument("--knn-samples", type=int, default=50_000)
+    parser.add_argument("--knn-features", type=int, default=384)
+    args = parser.parse_args()
+    if not os.path.exists("/proc/self/clear_refs"):
+        parser.error("the peak is read from Linux's /proc/self; run this on Linux")
+    print(f"CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+          "rise: growth of the peak resident size during the call")
+    print(f"{'call':46} {'data MiB':>9} {'rise MiB':>9} {'rise/data':>8} {'seconds':>8}")
+    for name in args.steps:
+        STEPS[name](args)
+
+
+if __name__ == "__main__":
+    main()
