@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 
-
 def _pillow_opens(format_name):
     from PIL import Image
 
