@@ -193,6 +193,7 @@ def test_spectral_by_name_on_fewer_samples_than_its_neighbours(blobs):
     assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1 and labels[0] != labels[4]
 
 
+@pytest.mark.filterwarnings("ignore:k >= N:RuntimeWarning")  # scikit-learn's, for the dense case
 def test_spectral_on_a_graph_with_as_many_clusters_as_samples_is_refused_clearly(blobs):
     X, _ = blobs
     with pytest.raises(ValueError, match="nearest-neighbour graph needs more samples than eigen"):
