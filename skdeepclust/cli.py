@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
+from .embedding.embedder import MIN_CROP_PCT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
 
 EXIT_USAGE = 2
@@ -235,8 +236,9 @@ def _crop_pct_argument(value):
         share = float(value)
     except ValueError:
         share = 0.0
-    if not 0.25 <= share <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0.25, 1] or 'model', not {value!r}")
+    if not MIN_CROP_PCT <= share <= 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a number in [{MIN_CROP_PCT}, 1] or 'model', not {value!r}")
     return share
 
 

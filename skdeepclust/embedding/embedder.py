@@ -25,6 +25,9 @@ from .images import as_images
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# The smallest crop_pct: below a quarter, the resize before the crop would be over 4x
+# the input size per side; no timm model crops below 0.875.
+MIN_CROP_PCT = 0.25
 
 # Measured on a 2-core CPU (benchmarks/README.md): ResNet-18 and ViT-S/16 run
 # fastest per image at batches of 16 to 32; larger ones only cost memory.
@@ -436,15 +439,13 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             raise ValueError(
                 f"interpolation must be None or one of {INTERPOLATIONS}; got {self.interpolation!r}."
             )
-        # Below a quarter, the resize before the crop would be over 4x the input
-        # size per side; no timm model crops below 0.875.
         if not (isinstance(self.crop_pct, str) and self.crop_pct == "model") and not (
             isinstance(self.crop_pct, numbers.Real) and not isinstance(self.crop_pct, bool)
-            and 0.25 <= self.crop_pct <= 1
+            and MIN_CROP_PCT <= self.crop_pct <= 1
         ):
             raise ValueError(
-                "crop_pct must be a share of the image in [0.25, 1], e.g. 0.875, or 'model' "
-                f"for the model's own; got {self.crop_pct!r}."
+                f"crop_pct must be a share of the image in [{MIN_CROP_PCT}, 1], e.g. 0.875, or "
+                f"'model' for the model's own; got {self.crop_pct!r}."
             )
         is_auto = isinstance(self.batch_size, str) and self.batch_size == "auto"
         if not (_is_positive_int(self.batch_size) or is_auto):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import copy
+import importlib.util
 import math
 import multiprocessing
 import os
@@ -30,17 +31,17 @@ import numpy as np
 import torch
 
 
-def _pillow_opens(format_name):
-    from PIL import Image
-
-    Image.init()  # registers every plugin, AVIF's only where Pillow was built with libavif
-    return format_name in Image.OPEN
+def _pillow_decodes_avif():
+    # Pillow registers its AVIF plugin whether or not it was built with libavif, so
+    # the registry cannot tell; the plugin's decoder, the extension module, can. Its
+    # spec is found without importing it or any of PIL's plugins.
+    return importlib.util.find_spec("PIL._avif") is not None
 
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".tga",
-) + ((".avif",) if _pillow_opens("AVIF") else ())
+) + ((".avif",) if _pillow_decodes_avif() else ())
 # Gray, RGB, RGB and alpha. Gray and alpha (2) is taken only where no other axis
 # has one of these: an NCHW batch of images two pixels wide must stay NCHW.
 _CHANNEL_COUNTS = (1, 3, 4)
@@ -133,12 +134,12 @@ def _pil_to_rgb_array(image, name, file_format=None):
         # PGM, and on older versions a 16-bit PNG, as "I", stretching a PGM's maximum
         # to 65535); PIL's own convert("RGB") would clip them at 255.
         gray = np.rint(np.asarray(image, dtype=np.float32) * (255 / 65535)).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
+        return _channels_last_to_rgb(gray[..., None])
     if image.mode in ("I", "F"):  # 32-bit integers or floats: no range is implied
         pixels = np.asarray(image)
         _check_pixel_range(pixels, f"{name} (PIL mode {image.mode!r})",
                            fix="convert the image to 8 bits first")
-        return np.repeat(pixels[..., None], 3, axis=-1)
+        return _channels_last_to_rgb(pixels[..., None])
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image)
