@@ -64,20 +64,35 @@ def resolve_device(device) -> torch.device:
     return resolved
 
 
+def checked_random_state(random_state):
+    """scikit-learn's ``check_random_state``, with an error that names the parameter."""
+    try:
+        return check_random_state(random_state)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            "random_state must be None, an int in [0, 2**32 - 1] or a "
+            f"numpy.random.RandomState instance; got {random_state!r}."
+        ) from exc
+
+
 def torch_seed_from(random_state) -> int:
     """Draw a torch seed from a scikit-learn ``random_state`` (None, int or RandomState)."""
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    return int(checked_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
 @contextlib.contextmanager
-def seeded_torch(random_state):
+def seeded_torch(random_state, *, seed=True):
     """Run a block with torch's global RNG seeded from ``random_state``, then restore it.
 
     Random weight initialisation in timm uses the global torch RNG; forking it keeps
-    the caller's own random stream untouched.
+    the caller's own random stream untouched. With ``seed=False`` the stream is
+    only forked, for a block whose random draws are all replaced afterwards:
+    ``random_state`` is then not drawn from (scikit-learn draws from numpy's global
+    stream only when randomness is used).
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(torch_seed_from(random_state))
+        if seed:
+            torch.manual_seed(torch_seed_from(random_state))
         yield
 
 

@@ -159,6 +159,22 @@ def test_loaded_weights_give_the_same_features_as_the_source_model(tmp_path, ima
     np.testing.assert_allclose(from_file, from_module, atol=1e-6)
 
 
+@pytest.mark.parametrize("source", ["checkpoint", "module"])
+def test_loaded_weights_leave_numpys_global_stream_alone(tmp_path, images, source):
+    # Nothing random is kept, so random_state=None must not draw from np.random,
+    # as scikit-learn's estimators draw from it only when they use randomness.
+    reference = _reference_vit(seed=9)
+    path = tmp_path / "w.safetensors"
+    save_file(reference.state_dict(), path)
+    embedder = (ImageEmbedder("test_vit", pretrained=path) if source == "checkpoint"
+                else ImageEmbedder(reference))
+    np.random.seed(0)
+    expected = np.random.rand(3)
+    np.random.seed(0)
+    embedder.fit(images)
+    np.testing.assert_array_equal(np.random.rand(3), expected)
+
+
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
     torch.manual_seed(0)
     resnet = timm.create_model("test_resnet", pretrained=False, num_classes=0)

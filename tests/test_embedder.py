@@ -103,6 +103,30 @@ def test_random_state_leaves_the_global_torch_stream_alone(images):
     torch.testing.assert_close(torch.rand(3), expected)
 
 
+@pytest.mark.parametrize("backbone", ["test_vit", "resnet18"])
+def test_embeds_whatever_torch_default_dtype_is(backbone, images):
+    params = {**TINY, "backbone": backbone}
+    expected = ImageEmbedder(**params).fit_transform(images)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        embedder = ImageEmbedder(**params).fit(images)
+        features = embedder.transform(images)
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(default)
+    # The same random weights, drawn in float32, and the same float32 features.
+    assert next(embedder.model_.parameters()).dtype == torch.float32
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("random_state", [-1, 2**32, 0.5, "0", np.random.default_rng(0)])
+def test_bad_random_state_is_named(random_state, images):
+    with pytest.raises(ValueError, match=r"^random_state must be None, an int in \[0, 2\*\*32 - 1\]"):
+        ImageEmbedder(**{**TINY, "random_state": random_state}).fit(images)
+
+
 def test_input_array_is_not_modified(images):
     original = images.copy()
     ImageEmbedder(**TINY).fit_transform(images)
@@ -164,6 +188,44 @@ def test_resize_keeps_aspect_and_crops_the_centre():
     assert out.shape == (1, 3, 20, 20)
     assert out[..., 7:13].mean() > 0.9
     assert out[..., :4].mean() < 0.1 and out[..., 16:].mean() < 0.1
+
+
+@pytest.mark.parametrize("interpolation", embedder_module.INTERPOLATIONS)
+@pytest.mark.parametrize("shape, crop_size", [((1, 500), (16, 16)), ((300, 2), (16, 16)),
+                                              ((6, 90), (16, 16)), ((7, 60), (16, 12))])
+def test_a_strip_is_enlarged_only_where_the_crop_keeps_it(shape, crop_size, interpolation,
+                                                          monkeypatch):
+    rows, columns = torch.meshgrid(torch.arange(shape[0]), torch.arange(shape[1]), indexing="ij")
+    smooth = (2 + torch.sin(rows / 3) + torch.cos(columns / 4)) / 4  # no edges to shift
+    strip = smooth.expand(1, 3, *shape).clone()
+    cover = (20, 20) if crop_size == (16, 12) else None  # a crop_pct below 1
+    wanted_h, wanted_w = cover or crop_size
+    scale = max(wanted_h / shape[0], wanted_w / shape[1])
+    resized = (max(wanted_h, round(shape[0] * scale)), max(wanted_w, round(shape[1] * scale)))
+    whole = torch.nn.functional.interpolate(
+        strip, size=resized, mode=interpolation,
+        **({} if interpolation == "nearest" else {"align_corners": False}))
+    top, left = (resized[0] - crop_size[0]) // 2, (resized[1] - crop_size[1]) // 2
+    expected = whole[..., top:top + crop_size[0], left:left + crop_size[1]]
+    if interpolation == "bicubic":
+        expected = expected.clamp(0, 1)
+
+    interpolate, enlarged_sizes = torch.nn.functional.interpolate, []
+
+    def recorded(*args, **kwargs):
+        out = interpolate(*args, **kwargs)
+        enlarged_sizes.append(out.shape[-2] * out.shape[-1])
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", recorded)
+    out = embedder_module._resize_and_center_crop(strip, crop_size, interpolation, cover)
+    assert out.shape == expected.shape
+    assert enlarged_sizes and max(enlarged_sizes) <= resized[0] * resized[1] / 4
+    # Where a source pixel maps to whole output pixels (1x500 and 300x2 enlarged 16
+    # times) the pixels are the same; elsewhere they move by under half a pixel
+    # (7x60 here, 0.007 at most).
+    exact = shape in ((1, 500), (300, 2))
+    np.testing.assert_allclose(out, expected, atol=1e-5 if exact else 0.02)
 
 
 def test_unfitted_transform_raises(images):

@@ -33,9 +33,14 @@ def image_files(images, tmp_path):
     return paths
 
 
-def test_decode_workers_give_the_same_batches_in_order(image_files):
+def test_decode_workers_give_the_same_batches_in_order_and_draw_nothing(image_files):
     in_process = list(as_images(image_files).batches(5))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
     with_workers = list(as_images(image_files).batches(5, num_workers=2))
+    # The workers' seeds come from a generator of the loader's own, not from the caller's stream.
+    torch.testing.assert_close(torch.rand(3), expected)
     assert [len(batch) for batch in with_workers] == [5, 5, 5, 1]
     for ours, theirs in zip(with_workers, in_process):
         assert torch.equal(ours, theirs)

@@ -201,6 +201,7 @@ def test_debiased_predictions_do_not_depend_on_the_other_rows(blobs):
         (dict(batch_size=1), "batch_size"),
         (dict(learning_rate=-1.0), "learning_rate"),
         (dict(n_heads=2.5), "n_heads"),
+        (dict(random_state=-1), "^random_state must be"),
     ],
 )
 @pytest.mark.parametrize("name", sorted(HEADS))
@@ -295,6 +296,8 @@ def test_torch_kmeans_handles_duplicates_and_bad_input():
         TorchKMeans(n_clusters=3, device="cpu").fit(X[:2])
     with pytest.raises(ValueError, match="init"):
         TorchKMeans(init="forgy", device="cpu").fit(X)
+    with pytest.raises(ValueError, match="^random_state must be"):
+        TorchKMeans(random_state=np.random.default_rng(0), device="cpu").fit(X)
 
 
 def test_torch_kmeans_stays_precise_far_from_the_origin():
@@ -387,6 +390,13 @@ def test_torch_kmeans_warns_when_rows_run_out():
     with pytest.warns(ConvergenceWarning, match="Only 2 distinct clusters.*n_clusters=4") as record:
         FeatureClusterer(TorchKMeans(device="cpu"), n_clusters=4, random_state=0).fit_predict(X)
     assert record[0].filename == __file__  # the user's line, not one inside the library
+
+
+def test_torch_kmeans_warns_when_rows_of_positive_weight_run_out():
+    X = np.arange(10.0)[:, None]
+    weights = np.r_[1.0, 1.0, np.zeros(8)]
+    with pytest.warns(ConvergenceWarning, match="Only 2 distinct clusters.*n_clusters=3"):
+        TorchKMeans(n_clusters=3, random_state=0, device="cpu").fit(X, sample_weight=weights)
 
 
 @pytest.mark.parametrize("make", [

@@ -326,12 +326,12 @@ class HeadTraining:
         # Imported here: neighbors itself uses this module's helpers.
         from .neighbors import topk_cosine_neighbors
 
+        self.seed = torch_seed_from(random_state)  # first: a bad random_state fails at once
         self.device = resolve_device(device)
         self.features = torch.from_numpy(unit_features).to(self.device)
         self.n_samples = unit_features.shape[0]
         self.n_neighbors = min(n_neighbors, self.n_samples - 1)
         self.neighbors, _ = topk_cosine_neighbors(self.features, self.n_neighbors)
-        self.seed = torch_seed_from(random_state)
         # Weights are initialised on the CPU from this seed, then moved: the same
         # random_state gives the same initial heads on every device.
         self.generator = make_generator(self.seed + 1, self.device)

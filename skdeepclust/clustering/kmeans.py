@@ -318,12 +318,15 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         self.labels_ = labels.cpu().numpy().astype(np.int64)
         self.inertia_ = float(inertia)
         self.n_iter_ = int(n_iter)
-        n_distinct = np.unique(self.labels_).size
+        # Rows of zero weight do not count: a centre that only they are near is
+        # not a cluster of the weighted data.
+        weighted_labels = self.labels_ if sample_weight is None else self.labels_[sample_weight > 0]
+        n_distinct = np.unique(weighted_labels).size
         if n_distinct < n_clusters:
             warnings.warn(
                 f"Only {n_distinct} distinct clusters were found, fewer than "
-                f"n_clusters={n_clusters}, as happens when X has fewer distinct rows than "
-                "that. Ask for fewer clusters.",
+                f"n_clusters={n_clusters}, as happens when X has fewer distinct rows "
+                "(of positive sample_weight) than that. Ask for fewer clusters.",
                 ConvergenceWarning,
                 stacklevel=stacklevel_of_user_code(),
             )

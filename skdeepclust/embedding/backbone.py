@@ -396,6 +396,18 @@ def _as_size(image_size):
     return tuple(int(side) for side in image_size)
 
 
+@contextlib.contextmanager
+def _float32_by_default():
+    """Build in float32 under any ``torch.set_default_dtype``: the same random_state
+    then gives the same random weights, which float64 draws would not."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
 def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, random_state,
                    crop_pct=1.0):
     """The feature extractor in eval mode on the CPU, and its preprocessing.
@@ -408,12 +420,17 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
         image_size = _as_size(image_size)
     if isinstance(pretrained, np.bool_):  # from an array of parameter values, e.g. a GridSearchCV grid
         pretrained = bool(pretrained)
-    with seeded_torch(random_state):
+    # Only random weights by name keep their draws: timm replaces its initial weights
+    # by a checkpoint's, strictly, and a module backbone comes with its own.
+    keeps_random_weights = isinstance(backbone, str) and pretrained is False
+    with seeded_torch(random_state, seed=keeps_random_weights), _float32_by_default():
         if isinstance(backbone, str):
             model = _load_timm_backbone(backbone, pretrained, image_size)
         else:
             model = _load_module_backbone(backbone, pretrained)
-    model.eval().requires_grad_(False)
+    # Kept in float32 whatever the module held; the precision parameter chooses the
+    # dtype each device computes in.
+    model.float().eval().requires_grad_(False)
 
     config = _timm_data_config(model) or {}
     missing = [

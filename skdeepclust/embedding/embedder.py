@@ -7,6 +7,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import math
 import numbers
 import os
 import warnings
@@ -18,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from .._device import resolve_device, usable_cores
+from .._device import checked_random_state, resolve_device, usable_cores
 from .._warnings import stacklevel_of_user_code
 from .backbone import build_backbone
 from .images import as_images
@@ -46,6 +47,48 @@ MAX_DECODE_WORKERS = 16
 FEATURE_COPIES_IN_FLIGHT = 3
 
 
+# Reach of the widest filter (bicubic) in source pixels when enlarging, and the
+# enlarged area, in multiples of the area to cover, above which only the part of
+# an image that the crop keeps is enlarged.
+FILTER_REACH = 2
+OVERSIZE_AREA = 4
+
+
+def _source_window(length, factor, start, kept):
+    """Source pixels ``[first, stop)`` that output pixels ``[start, start + kept)`` of
+    an enlargement by ``factor`` are interpolated from, the filter's reach included."""
+    first = math.floor((start + 0.5) / factor - 0.5) - FILTER_REACH
+    stop = math.ceil((start + kept - 0.5) / factor - 0.5) + FILTER_REACH + 1
+    return max(0, first), min(length, stop)
+
+
+def _enlarge_kept_part(images, resized, target, interpolation):
+    """The centre ``target`` of ``images`` enlarged to ``resized``, computed from the
+    source pixels that it reads alone.
+
+    The same enlargement factors, passed to torch unchanged, keep the sampling
+    positions of the whole image; they move by less than half an output pixel
+    where the cut-off source pixels do not map to whole output pixels.
+    """
+    factors, windows, offsets = [], [], []
+    for length, out_length, kept in zip(images.shape[-2:], resized, target):
+        factor = out_length / length
+        first, stop = _source_window(length, factor, (out_length - kept) // 2, kept)
+        factors.append(factor)
+        windows.append(slice(first, stop))
+        offsets.append(round((out_length - kept) // 2 - first * factor))
+    enlarged = F.interpolate(
+        images[..., windows[0], windows[1]],
+        scale_factor=factors,
+        recompute_scale_factor=False,
+        mode=interpolation,
+        **({} if interpolation == "nearest" else {"align_corners": False}),
+    )
+    top, left = (min(offset, length - kept)
+                 for offset, length, kept in zip(offsets, enlarged.shape[-2:], target))
+    return enlarged[..., top:top + target[0], left:left + target[1]]
+
+
 def _resize_and_center_crop(images, size, interpolation, resize_size=None):
     """Resize (N, C, H, W) so that it covers ``resize_size`` (by default ``size``) keeping
     its aspect, then crop the centre ``size``."""
@@ -55,17 +98,21 @@ def _resize_and_center_crop(images, size, interpolation, resize_size=None):
     if (height, width) != (target_h, target_w) or (cover_h, cover_w) != (target_h, target_w):
         scale = max(cover_h / height, cover_w / width)
         resized = (max(cover_h, round(height * scale)), max(cover_w, round(width * scale)))
-        antialias = interpolation != "nearest" and scale < 1
-        images = F.interpolate(
-            images,
-            size=resized,
-            mode=interpolation,
-            antialias=antialias,
-            **({} if interpolation == "nearest" else {"align_corners": False}),
-        )
-        top = (resized[0] - target_h) // 2
-        left = (resized[1] - target_w) // 2
-        images = images[..., top:top + target_h, left:left + target_w]
+        if scale > 1 and resized[0] * resized[1] > OVERSIZE_AREA * cover_h * cover_w:
+            # A strip of 1x2000 pixels enlarged whole would be 224x448000, nearly all
+            # of it cropped away after.
+            images = _enlarge_kept_part(images, resized, size, interpolation)
+        else:
+            images = F.interpolate(
+                images,
+                size=resized,
+                mode=interpolation,
+                antialias=interpolation != "nearest" and scale < 1,
+                **({} if interpolation == "nearest" else {"align_corners": False}),
+            )
+            top = (resized[0] - target_h) // 2
+            left = (resized[1] - target_w) // 2
+            images = images[..., top:top + target_h, left:left + target_w]
     if interpolation == "bicubic":
         images = images.clamp(0.0, 1.0)  # bicubic overshoots at edges
     return images
@@ -471,6 +518,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             raise TypeError(f"normalize must be True or False; got {self.normalize!r}.")
         if not (isinstance(self.verbose, numbers.Integral) and self.verbose >= 0):
             raise ValueError(f"verbose must be a non-negative integer; got {self.verbose!r}.")
+        checked_random_state(self.random_state)
         resolve_device(self.device)
 
     def fit(self, X, y=None):
@@ -505,7 +553,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         )
         backbone_name = self._backbone_name()
         with torch.inference_mode():
-            probe = torch.zeros(1, 3, *preprocessing.input_size)
+            probe = torch.zeros(1, 3, *preprocessing.input_size, dtype=torch.float32)
             try:
                 features = model(probe)
             except Exception as exc:

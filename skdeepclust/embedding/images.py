@@ -567,6 +567,9 @@ class ImageList:
             num_workers=num_workers,
             pin_memory=pin_memory,
             multiprocessing_context=_standard_start_context(),
+            # Its own: the workers' seeds would otherwise be drawn from torch's global
+            # stream, which the caller may rely on.
+            generator=torch.Generator(),
         )
         for batch in loader:
             if isinstance(batch, Exception):  # raised here so that the user sees the message alone
