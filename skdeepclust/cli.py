@@ -11,8 +11,11 @@ import concurrent.futures
 import contextlib
 import csv
 import os
+import re
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,21 @@ CIFAR10_ARCHIVE = Path("data") / "cifar10" / "cifar10-jpg.tar.gz"
 RESULTS_FILE = "clusters.csv"
 RESULTS_HEADER = ["file", "cluster", "confidence"]
 MONTAGE_FILE = "montage.png"
+EMBEDDINGS_FILE = "embeddings.npy"
+# Up to this many images, the clusterer is first fitted on stand-in features, so that
+# what it cannot do with so few (hdbscan's min_samples, a mixture of one image)
+# fails before the embedding.
+TRIAL_FIT_MAX_SAMPLES = 20
+# Library parameters that are options here. In library messages they are respelled
+# where they stand alone, or as name=, or as 'name'; other quoted text (file paths) is
+# left as it is. The one-word names are respelled only as name=: "device" is also a word.
+_PARAMETERS_WITH_UNDERSCORES = ("n_clusters", "image_size", "crop_pct", "batch_size", "num_workers",
+                                "random_state")
+_PARAMETERS_THAT_ARE_WORDS = ("backbone", "pretrained", "clusterer", "device")
+_QUOTED_OR_OPTION = re.compile(
+    r"""('[^']*'|"[^"]*")|\b(?:(?:%s)\b|(?:%s)(?==))"""
+    % ("|".join(_PARAMETERS_WITH_UNDERSCORES), "|".join(_PARAMETERS_THAT_ARE_WORDS))
+)
 
 
 class UserError(Exception):
@@ -52,8 +70,26 @@ def _unreadable_reason(path):
         return lines[0] if lines else type(reason).__name__
 
 
+def _in_option_words(message):
+    """A library message with its parameter names spelled as this command's options."""
+    def respell(match):
+        quoted = match.group(1)
+        if quoted is None:
+            return "--" + match.group(0).replace("_", "-")
+        if quoted[1:-1] in _PARAMETERS_WITH_UNDERSCORES + _PARAMETERS_THAT_ARE_WORDS:
+            return f"{quoted[0]}--{quoted[1:-1].replace('_', '-')}{quoted[0]}"
+        return quoted
+
+    return _QUOTED_OR_OPTION.sub(respell, message)
+
+
 def _warn(message):
     print(f"skdeepclust: warning: {message}", file=sys.stderr)
+
+
+def _show_library_warning(message, category, filename, lineno, file=None, line=None):
+    """Library warnings as one line of the command's own, without the source line."""
+    _warn(_in_option_words(" ".join(str(message).split())))
 
 
 def _holds_earlier_results(directory):
@@ -145,10 +181,32 @@ def _embed_and_cluster(files_or_images, embedder_params, clusterer, n_clusters, 
         verbose=0 if quiet else 1,
     )
     # Mistakes in the clustering settings surface now, not after the embedding.
-    stage._check_sample_count(stage._validate_params(), len(files_or_images))
+    clusterer = stage._validate_params()
+    stage._check_sample_count(clusterer, len(files_or_images))
+    # This package's own clusterers check their few needs up front; SCAN's trial would take seconds.
+    if len(files_or_images) <= TRIAL_FIT_MAX_SAMPLES and not type(clusterer).__module__.startswith(__package__):
+        _trial_fit(stage, len(files_or_images))
     embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
     features = embedder.fit_transform(files_or_images)
     return features, stage.fit(features)
+
+
+def _trial_fit(stage, n_images):
+    """Fit a copy of ``stage`` on ``n_images`` random unit vectors; fail as it would."""
+    from sklearn.base import clone
+
+    rng = np.random.default_rng(0)
+    stand_in = rng.standard_normal((n_images, 16)).astype(np.float32)
+    stand_in /= np.linalg.norm(stand_in, axis=1, keepdims=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the real fit will warn, if it has to
+        try:
+            clone(stage).set_params(verbose=0).fit(stand_in)
+        except ValueError as exc:
+            raise UserError(
+                f"--clusterer {stage.clusterer} cannot cluster {n_images} image(s): "
+                f"{str(exc).strip().rstrip('.')}. Add images or choose another --clusterer."
+            ) from exc
 
 
 def _confidence(stage, features):
@@ -175,14 +233,33 @@ def _metrics_line(y, labels):
     )
 
 
+@contextlib.contextmanager
 def _output_folder(path):
-    """``path`` as a folder, made now so that a bad one fails before the work, not after."""
+    """``path`` as a folder, made and checked now so that a bad one fails before the
+    work, not after; if the run fails and the folder it made is still empty, it goes."""
     out = Path(path)
+    made_now = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {path}: cannot make this folder ({exc.strerror or exc})") from None
-    return out
+    try:
+        for name in (RESULTS_FILE, MONTAGE_FILE, EMBEDDINGS_FILE):
+            target = out / name
+            if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
+                raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
+                                "read-only; move it, or choose another --out")
+        try:
+            with tempfile.TemporaryFile(dir=out):
+                pass
+        except OSError as exc:
+            raise UserError(f"--out {path}: cannot write in this folder ({exc.strerror or exc}); "
+                            "choose another --out") from None
+        yield out
+    except BaseException:
+        if made_now and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def _write_results(out, files, stage, features, save_embeddings):
@@ -191,12 +268,16 @@ def _write_results(out, files, stage, features, save_embeddings):
     confidence = _confidence(stage, features)
     # surrogateescape writes back the bytes of file names that are not valid UTF-8.
     with open(out / RESULTS_FILE, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(RESULTS_HEADER)
         for file, cluster, score in zip(files, stage.labels_, confidence):
             writer.writerow([file, int(cluster), f"{score:.4f}"])
     if save_embeddings:
-        np.save(out / "embeddings.npy", features)
+        np.save(out / EMBEDDINGS_FILE, features)
+    elif (out / EMBEDDINGS_FILE).is_file():
+        (out / EMBEDDINGS_FILE).unlink()
+        _warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
+              f"the new {RESULTS_FILE} (--embeddings writes them anew)")
     cluster_montage(files, stage.labels_, scores=confidence).save(out / MONTAGE_FILE)
 
 
@@ -224,9 +305,27 @@ def _batch_size_argument(value):
     if value == "auto":
         return value
     try:
-        return int(value)
+        return _positive_int_argument(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of at least 1 or 'auto', not {value!r}") from None
+
+
+def _count_argument(value):
+    try:
+        number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number or 'auto', not {value!r}") from None
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, not {value!r}")
+    return number
+
+
+def _seed_argument(value):
+    number = _count_argument(value)
+    if number >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be a whole number in [0, 2**32 - 1], not {value!r}")
+    return number
 
 
 def _crop_pct_argument(value):
@@ -242,13 +341,29 @@ def _crop_pct_argument(value):
     return share
 
 
-def cluster_command(args):
-    from .datasets import class_folder_labels
+def _check_cluster_count_option(clusterer, n_clusters):
+    if clusterer in FINDS_ITS_CLUSTER_COUNT:
+        if n_clusters is not None:
+            raise UserError(f"--clusterer {clusterer} finds the number of clusters itself; drop --n-clusters")
+    elif n_clusters is None:
+        raise UserError(f"--clusterer {clusterer} needs --n-clusters, the number of groups to "
+                        "find (--clusterer hdbscan finds it itself)")
+    elif n_clusters < 1:
+        raise UserError(f"--n-clusters must be a positive integer; got {n_clusters}")
 
+
+def cluster_command(args):
     folder = Path(args.path)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
-    out = _output_folder(args.out)
+    _check_cluster_count_option(args.clusterer, args.n_clusters)
+    with _output_folder(args.out) as out:
+        return _cluster_folder(args, folder, out)
+
+
+def _cluster_folder(args, folder, out):
+    from .datasets import class_folder_labels
+
     files, skipped = _readable_images(folder, args.quiet, out)
     if args.eval:
         y, _ = class_folder_labels(folder, files)
@@ -269,8 +384,10 @@ def cluster_command(args):
         files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet
     )
     _write_results(out, files, stage, features, args.embeddings)
+    n_noise = int(np.sum(stage.labels_ < 0))
+    noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
     print(
-        f"{len(files)} images in {len(stage.cluster_ids_)} clusters "
+        f"{len(files)} images in {len(stage.cluster_ids_)} clusters{noise} "
         f"({time.perf_counter() - start:.1f} s); wrote {out / RESULTS_FILE} and {out / MONTAGE_FILE}"
     )
     if args.eval:
@@ -295,15 +412,19 @@ def _find_shared(explicit):
 
 
 def demo_command(args):
-    from .datasets import extract_image_archive, load_image_folder
-
-    out = _output_folder(args.out)
     shared = _find_shared(args.shared)
     if shared is None or not (shared / CIFAR10_ARCHIVE).is_file():
         raise UserError(
             "the demo's photos (CIFAR-10 JPEGs, data/cifar10/cifar10-jpg.tar.gz) were not found; "
             "point --shared or SKDEEPCLUST_SHARED at the folder that holds them"
         )
+    with _output_folder(args.out) as out:
+        return _demo(args, shared, out)
+
+
+def _demo(args, shared, out):
+    from .datasets import extract_image_archive, load_image_folder
+
     folder = extract_image_archive(shared / CIFAR10_ARCHIVE) / "test"
     files, y = load_image_folder(folder, max_per_class=args.per_class, random_state=0, return_X_y=True)
     if (shared / SIMCLR_FILE).is_file():
@@ -313,9 +434,10 @@ def demo_command(args):
         embedder_params = dict(backbone="efficientnet_lite0.offline", image_size=128)
         described = "EfficientNet-Lite0 trained on ImageNet (packaged weights)"
     embedder_params.update(device=args.device)
-    print(f"Clustering {len(files)} CIFAR-10 test photos into 10 groups with a {described}.")
-    start = time.perf_counter()
     n_clusters = None if args.clusterer in FINDS_ITS_CLUSTER_COUNT else 10
+    groups = "groups, as many as it finds," if n_clusters is None else "10 groups"
+    print(f"Clustering {len(files)} CIFAR-10 test photos into {groups} with a {described}.")
+    start = time.perf_counter()
     features, stage = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters, 0, args.quiet)
     seconds = time.perf_counter() - start
     _write_results(out, files, stage, features, False)
@@ -338,28 +460,34 @@ def build_parser():
         description="Cluster the images under PATH (nested folders allowed) and write "
         "OUT/clusters.csv (file, cluster, confidence) and OUT/montage.png. Confidence is the "
         "cluster probability for clusterers that give one, else the cosine similarity of the "
-        "image to its cluster's centre. Hidden files, OUT and, with a warning, folders under "
-        "PATH that hold an earlier run's clusters.csv and montage.png are not clustered.",
+        "image to its cluster's centre. The files are named as found under PATH, so relative "
+        "to the current folder when PATH is. Hidden files, OUT and, with a warning, folders "
+        "under PATH that hold an earlier run's clusters.csv and montage.png are not clustered.",
     )
     cluster.add_argument("path", metavar="PATH", help="folder of images")
-    cluster.add_argument("--n-clusters", type=int, default=None, help="number of clusters")
+    cluster.add_argument("--n-clusters", type=int, default=None,
+                         help="number of clusters; required, except by hdbscan, which finds it")
     cluster.add_argument("--backbone", default="vit_small_patch16_224.dino",
                          help="timm model name, or efficientnet_lite0.offline (default: %(default)s)")
     cluster.add_argument("--pretrained", default="hub", metavar="PATH|hub|none",
                          help="weights: a local checkpoint, 'hub' for timm's, 'none' for random")
-    cluster.add_argument("--image-size", type=int, default=None, help="backbone input size")
+    cluster.add_argument("--image-size", type=_positive_int_argument, default=None,
+                         help="backbone input size (default: the model's own)")
     cluster.add_argument("--crop-pct", type=_crop_pct_argument, default=1.0,
                          help="share of the resized image kept by the centre crop, or 'model' "
                          "for the model's own, as timm evaluates (default: %(default)s)")
-    cluster.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names())
+    cluster.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names(),
+                         help="how the embeddings are grouped (default: %(default)s)")
     cluster.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     cluster.add_argument("--batch-size", type=_batch_size_argument, default="auto",
                          help="images per forward pass, or 'auto' (default: %(default)s)")
-    cluster.add_argument("--num-workers", type=int, default=None,
-                         help="processes decoding images (default: one per core but one on a GPU, 0 on the CPU)")
+    cluster.add_argument("--num-workers", type=_count_argument, default=None,
+                         help="processes decoding images (default: 0 on the CPU, where the "
+                         "backbone keeps the cores busy; on a GPU, one per core less one)")
     cluster.add_argument("--compile", action="store_true",
                          help="compile the backbone with torch.compile (slow start, faster batches)")
-    cluster.add_argument("--random-state", type=int, default=0)
+    cluster.add_argument("--random-state", type=_seed_argument, default=0,
+                         help="seed of the clusterer and of random weights (default: %(default)s)")
     cluster.add_argument("--out", default="skdeepclust-out", help="output folder (default: %(default)s)")
     cluster.add_argument("--embeddings", action="store_true", help="also write OUT/embeddings.npy")
     cluster.add_argument("--eval", action="store_true",
@@ -375,8 +503,9 @@ def build_parser():
     demo.add_argument("--shared", default=None, help="folder holding data/cifar10/ (and models/)")
     demo.add_argument("--per-class", type=_positive_int_argument, default=200,
                       help="photos per class (default: %(default)s)")
-    demo.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names())
-    demo.add_argument("--device", default="auto")
+    demo.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names(),
+                      help="how the embeddings are grouped (default: %(default)s)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     demo.add_argument("--out", default="skdeepclust-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=demo_command)
@@ -389,7 +518,9 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_library_warning
+            return args.run(args)
     except PretrainedWeightsUnavailable as exc:
         print(
             f"skdeepclust: error: cannot download the weights of {exc.backbone} (is this machine "
@@ -402,6 +533,8 @@ def main(argv=None):
         if os.environ.get("SKDEEPCLUST_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, UserError):  # those are in the command's words already
+            message = _in_option_words(message)
         print(f"skdeepclust: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -75,7 +75,8 @@ def test_a_folder_holding_only_earlier_output_is_a_mistake(capsys, tmp_path):
     earlier.mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(earlier / "montage.png")
     (earlier / "clusters.csv").write_text("file,cluster,confidence\n")
-    status, _, err = _run(capsys, "cluster", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), *TINY_ARGS)
+    status, _, err = _run(capsys, "cluster", str(tmp_path / "photos"), "--n-clusters", "2",
+                          "--out", str(tmp_path / "out"), *TINY_ARGS)
     assert status == 2
     assert err.splitlines() == [
         f"skdeepclust: warning: skipping {earlier}: it holds the output of an earlier skdeepclust run "
@@ -133,35 +134,57 @@ def _flat_folder(tmp_path):
     return tmp_path
 
 
+def _occupied_out(tmp_path):
+    (tmp_path / "out" / "montage.png").mkdir(parents=True)
+    return tmp_path / "out"
+
+
 @pytest.mark.parametrize(
     "make_argv, message",
     [
         (lambda tmp: ["cluster", str(tmp / "missing")], "is not a folder"),
-        (lambda tmp: ["cluster", str(tmp)], "No image files"),
+        (lambda tmp: ["cluster", str(tmp), "--n-clusters", "1"], "No image files"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), *TINY_ARGS], "--clusterer kmeans needs --n-clusters"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "hdbscan", "--n-clusters", "2", *TINY_ARGS],
+         "--clusterer hdbscan finds the number of clusters itself; drop --n-clusters"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "hdbscan", *TINY_ARGS],
+         "--clusterer hdbscan cannot cluster 1 image(s): "),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "gmm", "--n-clusters", "1", *TINY_ARGS],
+         "--clusterer gmm cannot cluster 1 image(s)"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "vit_nonexistent", "--n-clusters", "1"],
          "Unknown backbone"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--backbone", "test_vit", "--n-clusters", "1"],
          "--pretrained /path/to"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--pretrained", str(tmp / "w.pth")], "no such file"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--eval", *TINY_ARGS], "--eval needs class folders"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", *TINY_ARGS], "fewer than n_clusters"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--pretrained", str(tmp / "w.pth"), "--n-clusters", "1"],
+         "no such file"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--eval", "--n-clusters", "1", *TINY_ARGS],
+         "--eval needs class folders"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", *TINY_ARGS], "fewer than --n-clusters=3"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--device", "cuda:7", "--n-clusters", "1", *TINY_ARGS],
-         "cuda"),
+         "--device='cuda:7' but"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--image-size", "7", "--n-clusters", "1",
+                      "--backbone", "test_vit", "--pretrained", "none"], "e.g. --image-size=16"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "0", *TINY_ARGS], "positive integer"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "scan", *TINY_ARGS], "n_samples=1"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--out", str(_flat_folder(tmp) / "a.png"), *TINY_ARGS],
-         "cannot make this folder"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "scan", "--n-clusters", "1", *TINY_ARGS],
+         "n_samples=1"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--out", str(_flat_folder(tmp) / "a.png"),
+                      "--n-clusters", "1", *TINY_ARGS], "cannot make this folder"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "1", "--out", str(_occupied_out(tmp)),
+                      *TINY_ARGS], "cannot write montage.png there, as it is a folder"),
     ],
 )
 def test_user_mistakes_are_one_line(capsys, tmp_path, monkeypatch, make_argv, message):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.chdir(tmp_path)  # where the default --out is made
     status, _, err = _run(capsys, *make_argv(tmp_path), "--quiet")
     assert status == 2
     assert message in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("skdeepclust: error:"), err
+    # The output folder that a failed run made is gone again.
+    assert not (tmp_path / "skdeepclust-out").exists()
 
 
 def test_weights_that_do_not_fit_keep_the_mismatch_and_the_hint_on_one_line(capsys, tmp_path):
@@ -232,11 +255,18 @@ def test_speed_flags_reach_the_embedder(capsys, image_folder, tmp_path, monkeypa
     assert compiled == [{}]
 
 
-def test_batch_size_must_be_a_number_or_auto(capsys, image_folder):
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "big", "must be a whole number of at least 1 or 'auto', not 'big'"),
+    ("--batch-size", "0", "must be a whole number of at least 1 or 'auto', not '0'"),
+    ("--num-workers", "-1", "must be a whole number of at least 0, not '-1'"),
+    ("--image-size", "0", "must be a whole number of at least 1, not '0'"),
+    ("--random-state", "4294967296", "must be a whole number in [0, 2**32 - 1], not '4294967296'"),
+])
+def test_option_values_are_checked_as_they_are_read(capsys, image_folder, option, value, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["cluster", str(image_folder), "--batch-size", "big"])
+        main(["cluster", str(image_folder), option, value])
     assert exit_info.value.code == 2
-    assert "must be a whole number or 'auto', not 'big'" in capsys.readouterr().err
+    assert f"argument {option}: {message}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["1.5", "0.1", "most"])
@@ -272,3 +302,36 @@ def test_files_the_embedder_cannot_decode_are_skipped_too(capsys, image_folder, 
     assert "wide.tif: " in warning and "integer images must lie in [0, 255]" in warning
     assert warning.count("wide.tif") == 1
     assert "skipped 1 unreadable file(s)" in stdout
+
+
+def test_a_rerun_without_embeddings_removes_the_earlier_ones(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv, "--embeddings")[0] == 0
+    (image_folder / "dark" / "0.png").unlink()
+    status, _, err = _run(capsys, *argv)
+    assert status == 0
+    assert not (out / "embeddings.npy").exists()  # 8 rows beside a table of 7 would not match
+    assert err.startswith(f"skdeepclust: warning: removed {out / 'embeddings.npy'} of an earlier run")
+    # Lines end in "\n" alone, as pandas and the shell tools of the platform write them.
+    assert b"\r" not in (out / "clusters.csv").read_bytes()
+
+
+def test_library_warnings_are_one_line_in_the_commands_words(capsys, tmp_path):
+    for position in range(4):  # four copies of one image: one distinct cluster
+        Image.new("RGB", (32, 32), "gray").save(tmp_path / f"{position}.png")
+    status, _, err = _run(capsys, "cluster", str(tmp_path), "--n-clusters", "2", "--clusterer",
+                          "torch_kmeans", "--out", str(tmp_path / "o"), *TINY_ARGS)
+    assert status == 0
+    [warning] = err.strip().splitlines()
+    assert warning.startswith("skdeepclust: warning: Only 1 distinct clusters were found, fewer than "
+                              "--n-clusters=2")
+
+
+def test_option_words_leave_quoted_paths_alone():
+    from skdeepclust.cli import _in_option_words
+
+    assert _in_option_words("Cannot read image file '/data/batch_size/a.jpg': batch_size must be "
+                            "positive; device='cuda' but no CUDA device. The 'random_state' parameter") == (
+        "Cannot read image file '/data/batch_size/a.jpg': --batch-size must be positive; "
+        "--device='cuda' but no CUDA device. The '--random-state' parameter")

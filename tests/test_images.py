@@ -351,6 +351,31 @@ def test_links_to_one_folder_keep_the_first_by_name(tmp_path):
     assert find_image_files(root) == [str(root / "cats" / "1.png")]
 
 
+def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, monkeypatch):
+    import os
+
+    for folder in ("open", "locked"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / folder / "1.png")
+    (tmp_path / "open" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    scandir = os.scandir
+
+    def refusing(path):  # as for a folder without read permission, which root could still read
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.warns(UserWarning) as record:
+        assert find_image_files(tmp_path) == [str(tmp_path / "open" / "1.png")]
+    assert [str(warning.message) for warning in record] == [
+        f"Skipped 1 folder(s) that could not be listed (Permission denied): "
+        f"{str(tmp_path / 'locked')!r}. Make them readable to include their images.",
+        f"Skipped 1 link(s) to missing files: {str(tmp_path / 'open' / 'gone.jpg')!r}.",
+    ]
+    assert record[0].filename == __file__
+
+
 def test_every_jpeg_extension_and_tga_are_found(tmp_path):
     for name in ("a.jfif", "b.jpe", "c.tga", "d.JPG"):
         Image.new("RGB", (4, 4)).save(tmp_path / name, format="TGA" if name.endswith("tga") else "JPEG")

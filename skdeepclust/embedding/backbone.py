@@ -114,9 +114,24 @@ def read_checkpoint(path) -> dict:
     except Exception as exc:  # corrupt files fail in many library-specific ways
         raise ValueError(
             f"pretrained={str(path)!r} could not be read as a checkpoint "
-            f"({type(exc).__name__}: {exc}). Pass a safetensors file or a torch state dict."
+            f"({type(exc).__name__}: {_load_failure_reason(exc)}). Pass a safetensors file or a "
+            "torch state dict; for a whole pickled model that you trust, pass the module "
+            "that torch.load(path, weights_only=False) gives as the backbone."
         ) from exc
     return clean_state_dict(raw, source=str(path))
+
+
+def _load_failure_reason(exc):
+    """The sentence of a loading error that says what is wrong with the file.
+
+    torch's refusals under weights_only=True wrap the reason in advice that is not
+    for files read here (weights_only=False, allowlisting globals).
+    """
+    _, marker, reason = str(exc).partition("WeightsUnpickler error:")
+    if not marker:
+        return " ".join(str(exc).split())
+    first_line = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+    return first_line.split(". ")[0].rstrip(".")
 
 
 def clean_state_dict(checkpoint, source="checkpoint") -> dict:

@@ -24,11 +24,14 @@ import importlib.util
 import math
 import multiprocessing
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._warnings import stacklevel_of_user_code
 
 
 def _pillow_decodes_avif():
@@ -56,6 +59,29 @@ def is_hidden_name(name):
     hold none.
     """
     return name.startswith(".") or name == "__MACOSX"
+
+
+def _warn_of_skipped_entries(unlisted, dangling):
+    """Warn of the folders that could not be listed and the links to nothing, which
+    the search skips, so that no image goes missing unseen."""
+    def shown(paths):
+        return ", ".join(repr(path) for path in paths[:3]) + (
+            f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+    if unlisted:
+        warnings.warn(
+            f"Skipped {len(unlisted)} folder(s) that could not be listed "
+            f"({unlisted[0].strerror or unlisted[0]}): {shown([error.filename for error in unlisted])}. "
+            "Make them readable to include their images.",
+            UserWarning,
+            stacklevel=stacklevel_of_user_code(),
+        )
+    if dangling:
+        warnings.warn(
+            f"Skipped {len(dangling)} link(s) to missing files: {shown(dangling)}.",
+            UserWarning,
+            stacklevel=stacklevel_of_user_code(),
+        )
 
 
 def find_image_files(folder) -> list:
@@ -98,8 +124,8 @@ def find_image_files(folder) -> list:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
-    files, seen = [], set()
-    for directory, subfolders, names in os.walk(folder, followlinks=True):
+    files, seen, unlisted, dangling = [], set(), [], []
+    for directory, subfolders, names in os.walk(folder, followlinks=True, onerror=unlisted.append):
         real = os.path.realpath(directory)
         if real in seen:  # a link back to a folder already walked
             subfolders.clear()
@@ -108,13 +134,15 @@ def find_image_files(folder) -> list:
         # Sorted, so that of several links to one folder the first by name is kept,
         # whatever order the file system lists them in.
         subfolders[:] = sorted(name for name in subfolders if not is_hidden_name(name))
-        files.extend(
-            os.path.join(directory, name)
-            for name in names
-            if not is_hidden_name(name)
-            and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-            and os.path.isfile(os.path.join(directory, name))
-        )
+        for name in names:
+            if is_hidden_name(name) or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                files.append(path)
+            elif not os.path.exists(path):
+                dangling.append(path)
+    _warn_of_skipped_entries(unlisted, dangling)
     if not files:
         raise ValueError(
             f"No image files found under {str(folder)!r} (looked for "
