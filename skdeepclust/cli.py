@@ -37,14 +37,16 @@ EMBEDDINGS_FILE = "embeddings.npy"
 # what it cannot do with so few (hdbscan's min_samples, a mixture of one image)
 # fails before the embedding.
 TRIAL_FIT_MAX_SAMPLES = 20
-# Library parameters that are options here. In library messages they are respelled
-# where they stand alone, or as name=, or as 'name'; other quoted text (file paths) is
-# left as it is. The one-word names are respelled only as name=: "device" is also a word.
+# Library parameters that may be options of a command. In library messages they are
+# respelled where they stand alone, or as name=, or as 'name'; quoted text and parts of
+# paths (a/random_state/b.pt) are left as they are. The one-word names are respelled
+# only as name=: "device" is also a word.
 _PARAMETERS_WITH_UNDERSCORES = ("n_clusters", "image_size", "crop_pct", "batch_size", "num_workers",
                                 "random_state")
 _PARAMETERS_THAT_ARE_WORDS = ("backbone", "pretrained", "clusterer", "device")
-_QUOTED_OR_OPTION = re.compile(
-    r"""('[^']*'|"[^"]*")|\b(?:(?:%s)\b|(?:%s)(?==))"""
+_QUOTED_OR_PARAMETER = re.compile(
+    r"""((?<!\w)'[^']*'(?!\w)|(?<!\w)"[^"]*"(?!\w))"""  # an apostrophe (model's) opens no quote
+    r"|(?<![/\\])\b(?:(?:%s)\b|(?:%s)(?==))(?![/\\]|\.\w)"
     % ("|".join(_PARAMETERS_WITH_UNDERSCORES), "|".join(_PARAMETERS_THAT_ARE_WORDS))
 )
 
@@ -70,26 +72,31 @@ def _unreadable_reason(path):
         return lines[0] if lines else type(reason).__name__
 
 
-def _in_option_words(message):
-    """A library message with its parameter names spelled as this command's options."""
+def _in_option_words(message, options):
+    """A library message with the parameter names among ``options`` (the command's
+    own, e.g. ``vars(args)``) spelled as the command's options."""
     def respell(match):
         quoted = match.group(1)
-        if quoted is None:
-            return "--" + match.group(0).replace("_", "-")
-        if quoted[1:-1] in _PARAMETERS_WITH_UNDERSCORES + _PARAMETERS_THAT_ARE_WORDS:
-            return f"{quoted[0]}--{quoted[1:-1].replace('_', '-')}{quoted[0]}"
-        return quoted
+        name = match.group(0) if quoted is None else quoted[1:-1]
+        if name not in options:
+            return match.group(0)
+        option = "--" + name.replace("_", "-")
+        return option if quoted is None else f"{quoted[0]}{option}{quoted[0]}"
 
-    return _QUOTED_OR_OPTION.sub(respell, message)
+    return _QUOTED_OR_PARAMETER.sub(respell, message)
 
 
 def _warn(message):
     print(f"skdeepclust: warning: {message}", file=sys.stderr)
 
 
-def _show_library_warning(message, category, filename, lineno, file=None, line=None):
-    """Library warnings as one line of the command's own, without the source line."""
-    _warn(_in_option_words(" ".join(str(message).split())))
+def _library_warning_printer(options):
+    """A ``warnings.showwarning`` that prints a library warning as one line of the
+    command's own, in its option words, without the source line."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        _warn(_in_option_words(" ".join(str(message).split()), options))
+
+    return show
 
 
 def _holds_earlier_results(directory):
@@ -203,9 +210,10 @@ def _trial_fit(stage, n_images):
         try:
             clone(stage).set_params(verbose=0).fit(stand_in)
         except ValueError as exc:
+            reason = re.sub(r" \(shape=\(.*?\)\)", "", str(exc)).strip().rstrip(".")  # the stand-in's
             raise UserError(
-                f"--clusterer {stage.clusterer} cannot cluster {n_images} image(s): "
-                f"{str(exc).strip().rstrip('.')}. Add images or choose another --clusterer."
+                f"--clusterer {stage.clusterer} cannot cluster {n_images} image(s): {reason}. "
+                "Add images or choose another --clusterer."
             ) from exc
 
 
@@ -234,17 +242,21 @@ def _metrics_line(y, labels):
 
 
 @contextlib.contextmanager
-def _output_folder(path):
+def _output_folder(path, save_embeddings):
     """``path`` as a folder, made and checked now so that a bad one fails before the
-    work, not after; if the run fails and the folder it made is still empty, it goes."""
+    work, not after; if the run fails, the folders it made go again while empty."""
     out = Path(path)
-    made_now = not out.exists()
+    made_now = []  # deepest first
+    missing = out.absolute()
+    while not missing.exists() and missing != missing.parent:
+        made_now.append(missing)
+        missing = missing.parent
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {path}: cannot make this folder ({exc.strerror or exc})") from None
     try:
-        for name in (RESULTS_FILE, MONTAGE_FILE, EMBEDDINGS_FILE):
+        for name in (RESULTS_FILE, MONTAGE_FILE) + ((EMBEDDINGS_FILE,) if save_embeddings else ()):
             target = out / name
             if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
                 raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
@@ -257,8 +269,10 @@ def _output_folder(path):
                             "choose another --out") from None
         yield out
     except BaseException:
-        if made_now and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        for folder in made_now:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
         raise
 
 
@@ -266,6 +280,7 @@ def _write_results(out, files, stage, features, save_embeddings):
     from .visualization import cluster_montage
 
     confidence = _confidence(stage, features)
+    earlier_run = _holds_earlier_results(out)
     # surrogateescape writes back the bytes of file names that are not valid UTF-8.
     with open(out / RESULTS_FILE, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -274,7 +289,7 @@ def _write_results(out, files, stage, features, save_embeddings):
             writer.writerow([file, int(cluster), f"{score:.4f}"])
     if save_embeddings:
         np.save(out / EMBEDDINGS_FILE, features)
-    elif (out / EMBEDDINGS_FILE).is_file():
+    elif earlier_run and (out / EMBEDDINGS_FILE).is_file():
         (out / EMBEDDINGS_FILE).unlink()
         _warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
               f"the new {RESULTS_FILE} (--embeddings writes them anew)")
@@ -357,7 +372,7 @@ def cluster_command(args):
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
     _check_cluster_count_option(args.clusterer, args.n_clusters)
-    with _output_folder(args.out) as out:
+    with _output_folder(args.out, args.embeddings) as out:
         return _cluster_folder(args, folder, out)
 
 
@@ -418,7 +433,7 @@ def demo_command(args):
             "the demo's photos (CIFAR-10 JPEGs, data/cifar10/cifar10-jpg.tar.gz) were not found; "
             "point --shared or SKDEEPCLUST_SHARED at the folder that holds them"
         )
-    with _output_folder(args.out) as out:
+    with _output_folder(args.out, save_embeddings=False) as out:
         return _demo(args, shared, out)
 
 
@@ -519,7 +534,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_library_warning
+            warnings.showwarning = _library_warning_printer(vars(args))
             return args.run(args)
     except PretrainedWeightsUnavailable as exc:
         print(
@@ -534,7 +549,7 @@ def main(argv=None):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if not isinstance(exc, UserError):  # those are in the command's words already
-            message = _in_option_words(message)
+            message = _in_option_words(message, vars(args))
         print(f"skdeepclust: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

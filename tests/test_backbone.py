@@ -159,20 +159,39 @@ def test_loaded_weights_give_the_same_features_as_the_source_model(tmp_path, ima
     np.testing.assert_allclose(from_file, from_module, atol=1e-6)
 
 
-@pytest.mark.parametrize("source", ["checkpoint", "module"])
-def test_loaded_weights_leave_numpys_global_stream_alone(tmp_path, images, source):
+def test_a_module_backbone_leaves_numpys_global_stream_alone(images):
     # Nothing random is kept, so random_state=None must not draw from np.random,
     # as scikit-learn's estimators draw from it only when they use randomness.
-    reference = _reference_vit(seed=9)
-    path = tmp_path / "w.safetensors"
-    save_file(reference.state_dict(), path)
-    embedder = (ImageEmbedder("test_vit", pretrained=path) if source == "checkpoint"
-                else ImageEmbedder(reference))
     np.random.seed(0)
     expected = np.random.rand(3)
     np.random.seed(0)
-    embedder.fit(images)
+    ImageEmbedder(_reference_vit(seed=9)).fit(images)
     np.testing.assert_array_equal(np.random.rand(3), expected)
+
+
+def test_a_timm_model_with_weights_is_still_seeded(tmp_path, images, monkeypatch):
+    # timm loads some models' checkpoints non-strictly (DLA's lack layers), so that
+    # part of the model keeps its random initial weights: random_state must fix them.
+    import skdeepclust.embedding.backbone as backbone_module
+
+    path = tmp_path / "w.safetensors"
+    save_file(_reference_vit().state_dict(), path)
+    create, initial_draws = backbone_module._create_timm_model_with_weights, []
+
+    def recording(*args, **kwargs):
+        initial_draws.append(torch.rand(1).item())  # what an unloaded layer would be drawn from
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "_create_timm_model_with_weights", recording)
+    ImageEmbedder("test_vit", pretrained=path, random_state=3).fit(images)
+    torch.rand(5)  # the caller's own draws in between
+    ImageEmbedder("test_vit", pretrained=path, random_state=3).fit(images)
+    assert len(initial_draws) == 2 and initial_draws[0] == initial_draws[1]
+
+
+def test_a_module_in_another_dtype_is_told_to_be_float32(images):
+    with pytest.raises(ValueError, match=r"its weights must be float32 \(module.float\(\)\)"):
+        ImageEmbedder(_reference_vit().double()).fit(images)
 
 
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path):

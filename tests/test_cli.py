@@ -317,6 +317,24 @@ def test_a_rerun_without_embeddings_removes_the_earlier_ones(capsys, image_folde
     assert b"\r" not in (out / "clusters.csv").read_bytes()
 
 
+def test_embeddings_that_no_run_wrote_are_kept(capsys, image_folder, tmp_path):
+    out = tmp_path / "project"
+    out.mkdir()
+    np.save(out / "embeddings.npy", np.ones(3))  # the user's own
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0 and err == ""
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), np.ones(3))
+
+
+def test_a_failed_run_removes_the_output_folders_it_made_and_no_other(capsys, tmp_path):
+    (tmp_path / "kept").mkdir()
+    argv = ["cluster", str(_flat_folder(tmp_path)), "--n-clusters", "3", *TINY_ARGS]  # 3 > 1 image
+    assert _run(capsys, *argv, "--out", str(tmp_path / "new" / "deeper" / "out"))[0] == 2
+    assert not (tmp_path / "new").exists()
+    assert _run(capsys, *argv, "--out", str(tmp_path / "kept"))[0] == 2
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_library_warnings_are_one_line_in_the_commands_words(capsys, tmp_path):
     for position in range(4):  # four copies of one image: one distinct cluster
         Image.new("RGB", (32, 32), "gray").save(tmp_path / f"{position}.png")
@@ -328,10 +346,16 @@ def test_library_warnings_are_one_line_in_the_commands_words(capsys, tmp_path):
                               "--n-clusters=2")
 
 
-def test_option_words_leave_quoted_paths_alone():
-    from skdeepclust.cli import _in_option_words
+def test_option_words_leave_paths_and_other_commands_options_alone():
+    from skdeepclust.cli import build_parser, _in_option_words
 
-    assert _in_option_words("Cannot read image file '/data/batch_size/a.jpg': batch_size must be "
-                            "positive; device='cuda' but no CUDA device. The 'random_state' parameter") == (
+    cluster_options = vars(build_parser().parse_args(["cluster", "photos"]))
+    assert _in_option_words(
+        "Cannot read image file '/data/batch_size/a.jpg': batch_size must be positive; "
+        "device='cuda' but no CUDA device. The 'random_state' parameter; ck/random_state/w.pt "
+        "holds a list; the model's image_size isn't", cluster_options) == (
         "Cannot read image file '/data/batch_size/a.jpg': --batch-size must be positive; "
-        "--device='cuda' but no CUDA device. The '--random-state' parameter")
+        "--device='cuda' but no CUDA device. The '--random-state' parameter; ck/random_state/w.pt "
+        "holds a list; the model's --image-size isn't")
+    demo_options = vars(build_parser().parse_args(["demo"]))  # which has no --n-clusters
+    assert _in_option_words("or else n_clusters; device='x'", demo_options) == "or else n_clusters; --device='x'"

@@ -228,6 +228,16 @@ def test_a_strip_is_enlarged_only_where_the_crop_keeps_it(shape, crop_size, inte
     np.testing.assert_allclose(out, expected, atol=1e-5 if exact else 0.02)
 
 
+@pytest.mark.parametrize("interpolation", embedder_module.INTERPOLATIONS)
+def test_a_strip_keeps_the_crop_size_whatever_its_short_side(interpolation):
+    # For some sides (55, 71, 110 of 224) the enlargement factor rounds down, and an
+    # output sized by it alone came out a pixel short.
+    for short_side in range(1, 224):
+        for shape in ((short_side, 1000), (1000, short_side)):
+            out = embedder_module._resize_and_center_crop(torch.rand(1, 1, *shape), (224, 224), interpolation)
+            assert out.shape == (1, 1, 224, 224), shape
+
+
 def test_unfitted_transform_raises(images):
     from sklearn.exceptions import NotFittedError
 

@@ -371,7 +371,8 @@ def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, 
     assert [str(warning.message) for warning in record] == [
         f"Skipped 1 folder(s) that could not be listed (Permission denied): "
         f"{str(tmp_path / 'locked')!r}. Make them readable to include their images.",
-        f"Skipped 1 link(s) to missing files: {str(tmp_path / 'open' / 'gone.jpg')!r}.",
+        "Skipped 1 image name(s) that lead to no file that can be read (a link to a missing file "
+        f"or to itself, or a file without permission): {str(tmp_path / 'open' / 'gone.jpg')!r}.",
     ]
     assert record[0].filename == __file__
 

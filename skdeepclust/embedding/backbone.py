@@ -435,17 +435,14 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
         image_size = _as_size(image_size)
     if isinstance(pretrained, np.bool_):  # from an array of parameter values, e.g. a GridSearchCV grid
         pretrained = bool(pretrained)
-    # Only random weights by name keep their draws: timm replaces its initial weights
-    # by a checkpoint's, strictly, and a module backbone comes with its own.
-    keeps_random_weights = isinstance(backbone, str) and pretrained is False
-    with seeded_torch(random_state, seed=keeps_random_weights), _float32_by_default():
+    # A timm model may keep some of its random weights even with a checkpoint (timm
+    # loads DLA's, say, non-strictly); a module backbone comes with all of its own.
+    with seeded_torch(random_state, seed=isinstance(backbone, str)), _float32_by_default():
         if isinstance(backbone, str):
             model = _load_timm_backbone(backbone, pretrained, image_size)
         else:
             model = _load_module_backbone(backbone, pretrained)
-    # Kept in float32 whatever the module held; the precision parameter chooses the
-    # dtype each device computes in.
-    model.float().eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
 
     config = _timm_data_config(model) or {}
     missing = [

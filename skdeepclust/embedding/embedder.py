@@ -72,7 +72,9 @@ def _enlarge_kept_part(images, resized, target, interpolation):
     """
     factors, windows, offsets = [], [], []
     for length, out_length, kept in zip(images.shape[-2:], resized, target):
-        factor = out_length / length
+        # One ulp up: torch sizes the output floor(length * factor), which the
+        # rounded quotient would make out_length - 1 for some lengths (55 of 224).
+        factor = math.nextafter(out_length / length, math.inf)
         first, stop = _source_window(length, factor, (out_length - kept) // 2, kept)
         factors.append(factor)
         windows.append(slice(first, stop))
@@ -559,8 +561,12 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             except Exception as exc:
                 # Images always reach the backbone as RGB; a stem built for one channel
                 # (or four) fails on them, and image_size is not the culprit then.
-                fix = ("it must take 3 input channels, as every image is given to it as RGB"
-                       if "channels" in str(exc) else "check image_size")
+                if "channels" in str(exc):
+                    fix = "it must take 3 input channels, as every image is given to it as RGB"
+                elif "type" in str(exc):
+                    fix = "its weights must be float32 (module.float()), as the images reach it in float32"
+                else:
+                    fix = "check image_size"
                 raise ValueError(
                     f"The backbone {backbone_name} fails on a {tuple(probe.shape)} input "
                     f"({type(exc).__name__}: {exc}); {fix}."

@@ -61,9 +61,9 @@ def is_hidden_name(name):
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _warn_of_skipped_entries(unlisted, dangling):
-    """Warn of the folders that could not be listed and the links to nothing, which
-    the search skips, so that no image goes missing unseen."""
+def _warn_of_skipped_entries(unlisted, unreachable):
+    """Warn of the folders that could not be listed and the image names that lead to
+    no readable file, which the search skips, so that no image goes missing unseen."""
     def shown(paths):
         return ", ".join(repr(path) for path in paths[:3]) + (
             f" and {len(paths) - 3} more" if len(paths) > 3 else "")
@@ -76,9 +76,10 @@ def _warn_of_skipped_entries(unlisted, dangling):
             UserWarning,
             stacklevel=stacklevel_of_user_code(),
         )
-    if dangling:
+    if unreachable:
         warnings.warn(
-            f"Skipped {len(dangling)} link(s) to missing files: {shown(dangling)}.",
+            f"Skipped {len(unreachable)} image name(s) that lead to no file that can be read "
+            f"(a link to a missing file or to itself, or a file without permission): {shown(unreachable)}.",
             UserWarning,
             stacklevel=stacklevel_of_user_code(),
         )
@@ -124,7 +125,7 @@ def find_image_files(folder) -> list:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
-    files, seen, unlisted, dangling = [], set(), [], []
+    files, seen, unlisted, unreachable = [], set(), [], []
     for directory, subfolders, names in os.walk(folder, followlinks=True, onerror=unlisted.append):
         real = os.path.realpath(directory)
         if real in seen:  # a link back to a folder already walked
@@ -141,8 +142,8 @@ def find_image_files(folder) -> list:
             if os.path.isfile(path):
                 files.append(path)
             elif not os.path.exists(path):
-                dangling.append(path)
-    _warn_of_skipped_entries(unlisted, dangling)
+                unreachable.append(path)
+    _warn_of_skipped_entries(unlisted, unreachable)
     if not files:
         raise ValueError(
             f"No image files found under {str(folder)!r} (looked for "
