@@ -10,6 +10,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 import warnings
 
 import numpy as np
@@ -66,9 +67,9 @@ def _enlarge_kept_part(images, resized, target, interpolation):
     """The centre ``target`` of ``images`` enlarged to ``resized``, computed from the
     source pixels that it reads alone.
 
-    The same enlargement factors, passed to torch unchanged, keep the sampling
-    positions of the whole image; they move by less than half an output pixel
-    where the cut-off source pixels do not map to whole output pixels.
+    The enlargement factors of the whole image (to an ulp), passed to torch as
+    such, keep its sampling positions; they move by less than half an output
+    pixel where the cut-off source pixels do not map to whole output pixels.
     """
     factors, windows, offsets = [], [], []
     for length, out_length, kept in zip(images.shape[-2:], resized, target):
@@ -563,7 +564,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 # (or four) fails on them, and image_size is not the culprit then.
                 if "channels" in str(exc):
                     fix = "it must take 3 input channels, as every image is given to it as RGB"
-                elif "type" in str(exc):
+                elif re.search(r"type.*\b(float|double|half|bfloat16)\b", str(exc), re.IGNORECASE):
                     fix = "its weights must be float32 (module.float()), as the images reach it in float32"
                 else:
                     fix = "check image_size"
