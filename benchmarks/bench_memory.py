@@ -11,7 +11,11 @@ is printed beside the size of the data the call holds:
           memory map, and scikit-learn's ``KMeans`` on the same matrix; the rise as
           a multiple of the matrix;
 * knn:    ``mine_nearest_neighbors`` on n x d; the rise is bounded by the chunk
-          budget of 256 MiB of similarities, whatever n.
+          budget of 256 MiB of similarities, whatever n;
+* strip:  ``ImageEmbedder.transform`` of one image of 1 x 2000 pixels at 224 px
+          (ResNet-18, random weights), which the resize would enlarge to
+          224 x 448000 before cropping all but its centre; the rise in MiB against
+          the 0.6 MiB of the 224 x 224 float32 input that the backbone sees.
 
     python benchmarks/bench_memory.py
     python benchmarks/bench_memory.py --steps knn --knn-samples 200000
@@ -100,7 +104,16 @@ def knn(args):
     report(f"knn: mine_nearest_neighbors, n={args.knn_samples}", X.nbytes / MIB, rise, seconds)
 
 
-STEPS = {"stream": stream, "kmeans": kmeans, "knn": knn}
+def strip(args):
+    embedder = ImageEmbedder(backbone="resnet18", pretrained=False, image_size=224, device="cpu",
+                             random_state=0).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    embedder.transform(np.zeros((1, 224, 224, 3), np.uint8))  # the runtime, outside the measurement
+    image = np.random.default_rng(0).integers(0, 256, (1, 1, 2000, 3), dtype=np.uint8)
+    rise, seconds, _ = peak_rise(lambda: embedder.transform(image))
+    report("strip: ImageEmbedder.transform, 1x2000 px", 3 * 224 * 224 * 4 / MIB, rise, seconds)
+
+
+STEPS = {"stream": stream, "kmeans": kmeans, "knn": knn, "strip": strip}
 
 
 def main():
