@@ -306,41 +306,34 @@ def _pretrained_argument(value):
     return value
 
 
-def _positive_int_argument(value):
+def _whole_number(value, low, high=None, accepted=None):
+    """``value`` as an int in ``[low, high]``, else an argparse error saying what is ``accepted``."""
     try:
         number = int(value)
     except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        raise argparse.ArgumentTypeError(
+            f"must be {accepted or f'a whole number of at least {low}'}, not {value!r}")
     return number
+
+
+def _positive_int_argument(value):
+    return _whole_number(value, 1)
+
+
+def _count_argument(value):
+    return _whole_number(value, 0)
+
+
+def _seed_argument(value):
+    return _whole_number(value, 0, 2**32 - 1, "a whole number in [0, 2**32 - 1]")
 
 
 def _batch_size_argument(value):
     if value == "auto":
         return value
-    try:
-        return _positive_int_argument(value)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"must be a whole number of at least 1 or 'auto', not {value!r}") from None
-
-
-def _count_argument(value):
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, not {value!r}")
-    return number
-
-
-def _seed_argument(value):
-    number = _count_argument(value)
-    if number >= 2**32:
-        raise argparse.ArgumentTypeError(f"must be a whole number in [0, 2**32 - 1], not {value!r}")
-    return number
+    return _whole_number(value, 1, accepted="a whole number of at least 1 or 'auto'")
 
 
 def _crop_pct_argument(value):

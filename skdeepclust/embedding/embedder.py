@@ -55,6 +55,13 @@ FILTER_REACH = 2
 OVERSIZE_AREA = 4
 
 
+def _interpolate(images, interpolation, **resize):
+    """``F.interpolate`` in mode ``interpolation``, pixel centres aligned (align_corners=False)
+    where the mode takes the option."""
+    corners = {} if interpolation == "nearest" else {"align_corners": False}
+    return F.interpolate(images, mode=interpolation, **corners, **resize)
+
+
 def _source_window(length, factor, start, kept):
     """Source pixels ``[first, stop)`` that output pixels ``[start, start + kept)`` of
     an enlargement by ``factor`` are interpolated from, the filter's reach included."""
@@ -76,17 +83,13 @@ def _enlarge_kept_part(images, resized, target, interpolation):
         # One ulp up: torch sizes the output floor(length * factor), which the
         # rounded quotient would make out_length - 1 for some lengths (55 of 224).
         factor = math.nextafter(out_length / length, math.inf)
-        first, stop = _source_window(length, factor, (out_length - kept) // 2, kept)
+        start = (out_length - kept) // 2  # where the whole image's centre crop starts
+        first, stop = _source_window(length, factor, start, kept)
         factors.append(factor)
         windows.append(slice(first, stop))
-        offsets.append(round((out_length - kept) // 2 - first * factor))
-    enlarged = F.interpolate(
-        images[..., windows[0], windows[1]],
-        scale_factor=factors,
-        recompute_scale_factor=False,
-        mode=interpolation,
-        **({} if interpolation == "nearest" else {"align_corners": False}),
-    )
+        offsets.append(round(start - first * factor))
+    enlarged = _interpolate(images[..., windows[0], windows[1]], interpolation,
+                            scale_factor=factors, recompute_scale_factor=False)
     top, left = (min(offset, length - kept)
                  for offset, length, kept in zip(offsets, enlarged.shape[-2:], target))
     return enlarged[..., top:top + target[0], left:left + target[1]]
@@ -106,13 +109,8 @@ def _resize_and_center_crop(images, size, interpolation, resize_size=None):
             # of it cropped away after.
             images = _enlarge_kept_part(images, resized, size, interpolation)
         else:
-            images = F.interpolate(
-                images,
-                size=resized,
-                mode=interpolation,
-                antialias=interpolation != "nearest" and scale < 1,
-                **({} if interpolation == "nearest" else {"align_corners": False}),
-            )
+            images = _interpolate(images, interpolation, size=resized,
+                                  antialias=interpolation != "nearest" and scale < 1)
             top = (resized[0] - target_h) // 2
             left = (resized[1] - target_w) // 2
             images = images[..., top:top + target_h, left:left + target_w]
