@@ -1,4 +1,5 @@
-"""Choosing the torch device, counting usable CPU cores, and seeding torch from a ``random_state``."""
+"""Choosing the torch device, counting usable CPU cores, seeding torch from a
+``random_state``, and bringing a user's tensors to the host."""
 
 from __future__ import annotations
 
@@ -94,6 +95,23 @@ def seeded_torch(random_state, *, seed=True):
         if seed:
             torch.manual_seed(torch_seed_from(random_state))
         yield
+
+
+def host_array(data):
+    """``data`` as a CPU numpy array when it is a torch tensor, else ``data`` itself.
+
+    Features from a user's own torch code may sit on a GPU, be bfloat16, or still
+    require grad, and numpy takes none of these (its message for bfloat16 is "Got
+    unsupported ScalarType BFloat16"). Float types numpy lacks (bfloat16, float8)
+    become float32; the others keep their dtype, so that a tensor is treated as the
+    same numpy array would be. The tensor itself is left as it was.
+    """
+    if not isinstance(data, torch.Tensor):
+        return data
+    data = data.detach()
+    if data.is_floating_point() and data.dtype not in (torch.float16, torch.float32, torch.float64):
+        return data.to("cpu", torch.float32).numpy()
+    return data.cpu().resolve_conj().resolve_neg().numpy()
 
 
 def usable_cores() -> int:

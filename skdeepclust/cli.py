@@ -49,6 +49,8 @@ _QUOTED_OR_PARAMETER = re.compile(
     r"|(?<![/\\])\b(?:(?:%s)\b|(?:%s)(?==))(?![/\\]|\.\w)"
     % ("|".join(_PARAMETERS_WITH_UNDERSCORES), "|".join(_PARAMETERS_THAT_ARE_WORDS))
 )
+# Library advice to use a class, as the command's option that picks it.
+_ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer torch_kmeans")}
 
 
 class UserError(Exception):
@@ -83,7 +85,11 @@ def _in_option_words(message, options):
         option = "--" + name.replace("_", "-")
         return option if quoted is None else f"{quoted[0]}{option}{quoted[0]}"
 
-    return _QUOTED_OR_PARAMETER.sub(respell, message)
+    message = _QUOTED_OR_PARAMETER.sub(respell, message)
+    for advice, (option, in_option_words) in _ADVICE_IN_OPTION_WORDS.items():
+        if option in options:
+            message = message.replace(advice, in_option_words)
+    return message
 
 
 def _warn(message):

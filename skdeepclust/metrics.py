@@ -17,6 +17,8 @@ from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils import column_or_1d
 from sklearn.utils.validation import check_consistent_length
 
+from ._device import host_array
+
 __all__ = [
     "cluster_accuracy",
     "cluster_accuracy_scorer",
@@ -52,8 +54,8 @@ def cluster_accuracy(y_true, y_pred):
     >>> cluster_accuracy([0, 0, 1, 1, 2, 2], [5, 5, 3, 3, 3, 7])
     0.8333333333333334
     """
-    y_true = column_or_1d(y_true, warn=True)
-    y_pred = column_or_1d(y_pred, warn=True)
+    y_true = column_or_1d(host_array(y_true), warn=True)
+    y_pred = column_or_1d(host_array(y_pred), warn=True)
     check_consistent_length(y_true, y_pred)
     if y_true.shape[0] == 0:
         raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")

@@ -359,3 +359,9 @@ def test_option_words_leave_paths_and_other_commands_options_alone():
         "holds a list; the model's --image-size isn't")
     demo_options = vars(build_parser().parse_args(["demo"]))  # which has no --n-clusters
     assert _in_option_words("or else n_clusters; device='x'", demo_options) == "or else n_clusters; --device='x'"
+    advice = "ask for fewer clusters or use TorchKMeans."
+    assert _in_option_words(advice, cluster_options) == (
+        "ask for fewer clusters or use --clusterer torch_kmeans.")
+    path = "No image files found under '/data/TorchKMeans' or /x/TorchKMeans.png"
+    assert _in_option_words(path, cluster_options) == path
+    assert _in_option_words(advice, {"n_clusters": 3}) == advice  # a command without --clusterer

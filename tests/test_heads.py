@@ -18,6 +18,7 @@ from skdeepclust.clustering import (
     SCANClusterer,
     TEMIClusterer,
     TorchKMeans,
+    label_free_score,
     mine_nearest_neighbors,
     select_n_clusters,
 )
@@ -458,6 +459,43 @@ def test_mined_neighbors_refuse_bad_features():
         mine_nearest_neighbors(X, 1, device="cpu")
     with pytest.raises(ValueError, match="Expected 2D array"):
         mine_nearest_neighbors(np.ones(6), 1, device="cpu")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TorchKMeans(n_clusters=4, random_state=0, device="cpu"),
+    lambda: HEADS["temi"](n_clusters=4, random_state=0, device="cpu"),
+    lambda: FeatureClusterer(n_clusters=4, random_state=0),
+], ids=["torch_kmeans", "temi", "feature_clusterer"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_torch_tensors_cluster_as_the_same_numpy_array_does(make, dtype, blobs):
+    # As a user's own torch code leaves its features: in bfloat16, attached to a graph.
+    X = torch.from_numpy(blobs[0]).to(dtype).requires_grad_()
+    as_numpy = X.detach().float().numpy() if dtype == torch.bfloat16 else X.detach().numpy()
+    weights = torch.linspace(1.0, 2.0, X.shape[0], dtype=dtype)
+    fit_weighted = not isinstance(make(), TEMIClusterer)
+    from_tensor = make().fit(X, **({"sample_weight": weights} if fit_weighted else {}))
+    from_numpy = make().fit(
+        as_numpy, **({"sample_weight": weights.float().numpy()} if fit_weighted else {}))
+    np.testing.assert_array_equal(from_tensor.labels_, from_numpy.labels_)
+    np.testing.assert_array_equal(from_tensor.predict(X), from_numpy.labels_)
+    state = "cluster_centers_" if hasattr(from_numpy, "cluster_centers_") else "head_weights_"
+    np.testing.assert_equal(getattr(from_tensor, state), getattr(from_numpy, state))
+    assert X.requires_grad and X.dtype == dtype
+
+
+def test_neighbour_mining_and_scores_take_torch_tensors(blobs):
+    X, y = blobs
+    tensor = torch.from_numpy(X).requires_grad_()
+    np.testing.assert_array_equal(mine_nearest_neighbors(tensor, 3, device="cpu")[0],
+                                  mine_nearest_neighbors(X, 3, device="cpu")[0])
+    assert label_free_score(tensor, torch.from_numpy(y)) == label_free_score(X, y)
+    assert select_n_clusters(tensor, [3, 4], random_state=0)[0] == 4
+    model = FeatureClusterer(n_clusters=4, random_state=0).fit(X)
+    assert model.score(tensor, torch.from_numpy(y).bfloat16()) == model.score(X, y)
+    starts = tensor[::60].bfloat16()  # one row of each blob
+    from_tensor = TorchKMeans(n_clusters=4, init=starts, device="cpu").fit(X)
+    from_numpy = TorchKMeans(n_clusters=4, init=starts.detach().float().numpy(), device="cpu").fit(X)
+    np.testing.assert_array_equal(from_tensor.cluster_centers_, from_numpy.cluster_centers_)
 
 
 # --------------------------------------------------------------------------- n_clusters

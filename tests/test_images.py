@@ -232,6 +232,9 @@ def test_exif_orientation_is_applied(tmp_path):
     assert _first_batch([path]).shape == (1, 3, 80, 40)
     reduced = next(as_images([path]).batches(1, min_size=(20, 10)))
     assert reduced.shape == (1, 3, 20, 10)  # the reduced scale is chosen for the upright size
+    with Image.open(path) as opened:  # the same photo as a PIL image is turned alike
+        torch.testing.assert_close(_first_batch([opened]), _first_batch([path]))
+        assert opened.size == (80, 40) and opened.getexif()[0x0112] == 6  # and left as it was
 
 
 def test_damaged_files_of_every_kind_name_the_file(tmp_path, monkeypatch):
@@ -245,6 +248,16 @@ def test_damaged_files_of_every_kind_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses twice this many
     with pytest.raises(ValueError, match="huge.png' is too large.*PIL.Image.MAX_IMAGE_PIXELS"):
         _first_batch([huge])
+
+
+def test_damaged_exif_data_leaves_the_image_as_it_is(tmp_path):
+    picture = Image.fromarray(_photo(6, 10))
+    picture.info["exif"] = b"Exif\x00\x00garbage!garbage!"  # no TIFF header: unreadable
+    path = str(tmp_path / "damaged_exif.png")
+    picture.save(path, exif=picture.info["exif"])
+    from_image, from_file = _first_batch([picture]), _first_batch([path])
+    assert from_image.shape == (1, 3, 6, 10)
+    torch.testing.assert_close(from_image, from_file)
 
 
 def test_a_closed_pil_image_is_named():

@@ -22,6 +22,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from .._device import host_array
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
 from ._training import HeadClusterer, check_verbose
@@ -134,7 +135,7 @@ def checked_sample_weight(clusterer, sample_weight, samples):
             "'cuml_kmeans' or DBSCAN()."
         )
     weights = _check_sample_weight(
-        sample_weight, samples, dtype=np.float64, ensure_non_negative=True
+        host_array(sample_weight), samples, dtype=np.float64, ensure_non_negative=True
     )
     if not weights.sum() > 0:
         raise ValueError("sample_weight is zero for every sample; give some samples a "
@@ -257,8 +258,8 @@ def label_free_score(features, labels, random_state=None):
     >>> round(label_free_score(X, y), 2) > 0.5
     True
     """
-    features = check_array(features)
-    labels = column_or_1d(labels)
+    features = check_array(host_array(features))
+    labels = column_or_1d(host_array(labels))
     check_consistent_length(features, labels)
     if labels.dtype.kind in "iuf":
         kept = labels >= 0
@@ -402,7 +403,8 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         """
         clusterer = self._validate_params()
         _refuse_images(X)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
+        X = validate_data(self, host_array(X), dtype=[np.float64, np.float32],
+                          ensure_min_samples=1)
         self._check_sample_count(clusterer, X.shape[0])
         fit_params = {}
         if sample_weight is not None:
@@ -448,7 +450,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         predicts only on the dtype it was fitted on."""
         check_is_fitted(self)
         _refuse_images(X)
-        return validate_data(self, X, dtype=self.cluster_centers_.dtype, reset=False)
+        return validate_data(self, host_array(X), dtype=self.cluster_centers_.dtype, reset=False)
 
     def _nearest_centre(self, X):
         centres = self.cluster_centers_.astype(X.dtype, copy=False)

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array
 
+from .._device import host_array
 from .feature_clusterer import FeatureClusterer, label_free_score
 
 __all__ = ["select_n_clusters"]
@@ -57,7 +58,7 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     >>> best
     4
     """
-    features = check_array(features, dtype=[np.float64, np.float32])
+    features = check_array(host_array(features), dtype=[np.float64, np.float32])
     candidates = list(candidates)
     if not candidates:
         raise ValueError("candidates is empty; pass numbers of clusters to try, e.g. range(2, 21).")

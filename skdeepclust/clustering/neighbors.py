@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_array
 
-from .._device import resolve_device
+from .._device import host_array, resolve_device
 from ._training import check_int, normalize_rows
 
 __all__ = ["mine_nearest_neighbors"]
@@ -94,7 +94,8 @@ def mine_nearest_neighbors(features, n_neighbors=20, *, device="auto", chunk_siz
     [1, 0, 3, 2]
     """
     # A NaN row would come out as almost every row's nearest neighbour, silently.
-    features = check_array(features, dtype=[np.float64, np.float32], input_name="features")
+    features = check_array(host_array(features), dtype=[np.float64, np.float32],
+                           input_name="features")
     n_samples = features.shape[0]
     check_int("chunk_size", chunk_size, allow_none=True)
     check_int("n_neighbors", n_neighbors)

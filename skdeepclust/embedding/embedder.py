@@ -399,8 +399,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     Grayscale is repeated to RGB and an alpha channel is dropped. Integer pixels
     must lie in [0, 255]; 16-bit grayscale files (PNG, TIFF, PGM) are scaled to that
-    range, as their format defines. Files are turned upright by their EXIF
-    orientation; PIL images are taken as they are.
+    range, as their format defines. Files and PIL images are turned upright by their
+    EXIF orientation, as ``PIL.ImageOps.exif_transpose`` does (which also removes
+    the tag, so an image it has turned is not turned again).
 
     Examples
     --------

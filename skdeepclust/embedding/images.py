@@ -175,8 +175,9 @@ def _pil_to_rgb_array(image, name, file_format=None):
 
 
 def _pil_image_to_rgb_array(image, name):
-    """:func:`_pil_to_rgb_array` of a PIL image given in a list, whose failures to
-    load (a closed or truncated file behind it) name the image."""
+    """:func:`_pil_to_rgb_array` of a PIL image given in a list, upright as its EXIF
+    orientation says (as the image's file would be), whose failures to load (a closed
+    or truncated file behind it) name the image."""
     try:
         image.load()
     except MemoryError:
@@ -187,11 +188,31 @@ def _pil_image_to_rgb_array(image, name):
             "closed or damaged: call image.load() while the file is open, or pass the "
             "file path instead."
         ) from exc
-    return _pil_to_rgb_array(image, name)
+    # A turned copy has no format, which tells how 32-bit integer pixels are scaled.
+    return _pil_to_rgb_array(_upright(image), name, image.format)
 
 
 _EXIF_ORIENTATION = 0x0112
 _ORIENTATIONS_THAT_SWAP_AXES = (5, 6, 7, 8)
+
+
+def _orientation(image):
+    """The EXIF orientation of ``image``; 1 (upright) when it has none, or EXIF data
+    too damaged to read, which does not harm the pixels."""
+    try:
+        return image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # Pillow's TIFF parser raises SyntaxError, struct.error, ...
+        return 1
+
+
+def _upright(image, orientation=None):
+    """``image`` turned as its EXIF orientation says; the image itself when it needs no
+    turning, else a copy (``exif_transpose``'s ``in_place`` option needs Pillow 10)."""
+    from PIL import ImageOps
+
+    if orientation is None:
+        orientation = _orientation(image)
+    return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
 def _decode_file(path, min_size=None):
@@ -201,22 +222,19 @@ def _decode_file(path, min_size=None):
     a reduced scale (1/2, 1/4 or 1/8, done inside the JPEG decoder and several
     times faster), never below ``min_size`` in either dimension.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
             file_format = image.format
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            orientation = _orientation(image)
             if min_size is not None:
                 height, width = min_size
                 if orientation in _ORIENTATIONS_THAT_SWAP_AXES:
                     height, width = width, height
                 image.draft("RGB", (width, height))
             image.load()
-            # exif_transpose copies the image (its in_place option needs Pillow 10), so
-            # it is called only for the photos that need turning.
-            if orientation != 1:
-                image = ImageOps.exif_transpose(image)
+            image = _upright(image, orientation)
     except MemoryError:
         raise
     except Image.DecompressionBombError as exc:
