@@ -9,8 +9,9 @@ clustering accuracy (Hungarian), NMI and ARI of k-means and each head.
     python benchmarks/heads.py                  # CPU: about 7 minutes on 2 busy cores,
                                                 # 3 of them embedding (cached afterwards)
     python benchmarks/heads.py --device cuda
-    python benchmarks/heads.py --seeds 0 1 2    # mean and spread over training seeds
-    python benchmarks/heads.py --threads 1      # on a CPU shared with other jobs
+    python benchmarks/heads.py --seeds 0 1 2 3 4 5   # mean and spread over training seeds
+    python benchmarks/heads.py --threads 1           # on a CPU shared with other jobs
+    python benchmarks/heads.py --methods TEMI --temi-teacher-temperature 0.05
 
 On the CPU, k-means is scikit-learn's KMeans (n_init=10); on CUDA it is
 TorchKMeans (n_init=10).
@@ -65,14 +66,18 @@ def long_tailed_subset(labels, ratio, seed):
     return np.concatenate(kept)
 
 
-def methods(device, seed):
+METHODS = ("k-means", "SCAN", "TEMI", "Debiased")
+
+
+def methods(device, seed, temi_params):
     kmeans = (TorchKMeans(n_clusters=N_CLASSES, n_init=10, random_state=seed, device=device)
               if device.type == "cuda" else KMeans(n_clusters=N_CLASSES, n_init=10,
                                                    random_state=seed))
     return {
         "k-means": kmeans,
         "SCAN": SCANClusterer(n_clusters=N_CLASSES, random_state=seed, device=device),
-        "TEMI": TEMIClusterer(n_clusters=N_CLASSES, random_state=seed, device=device),
+        "TEMI": TEMIClusterer(n_clusters=N_CLASSES, random_state=seed, device=device,
+                              **temi_params),
         "Debiased": DebiasedClusterer(n_clusters=N_CLASSES, random_state=seed, device=device),
     }
 
@@ -91,7 +96,12 @@ def main(argv=None):
     parser.add_argument("--ratios", type=float, nargs="+", default=[10.0, 100.0])
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--temi-teacher-temperature", type=float, default=None,
+                        help="TEMIClusterer's teacher_temperature (default: its own default)")
     args = parser.parse_args(argv)
+    temi_params = ({} if args.temi_teacher_temperature is None
+                   else {"teacher_temperature": args.temi_teacher_temperature})
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -102,7 +112,7 @@ def main(argv=None):
     features, labels, source = cifar10_test_features(args.archive, args.model, args.cache_dir,
                                                      device)
     print(f"features {features.shape} from {source} in {time.perf_counter() - start:.0f}s; "
-          f"device {device}; seeds {args.seeds}", flush=True)
+          f"device {device}; seeds {args.seeds}; TEMI {temi_params or 'defaults'}", flush=True)
 
     datasets = {"balanced": np.arange(labels.size)}
     for ratio in args.ratios:
@@ -113,10 +123,10 @@ def main(argv=None):
     print("-" * len(header))
     for data_name, rows in datasets.items():
         X, y = features[rows], labels[rows]
-        for method_name in methods(device, 0):
+        for method_name in args.methods:
             scores, seconds = [], 0.0
             for seed in args.seeds:
-                model = methods(device, seed)[method_name]
+                model = methods(device, seed, temi_params)[method_name]
                 tic = time.perf_counter()
                 predicted = model.fit_predict(X)
                 seconds += time.perf_counter() - tic
