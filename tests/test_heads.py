@@ -151,6 +151,29 @@ def test_temi_keeps_the_head_that_keeps_the_groups_apart():
         assert adjusted_rand_score(y, model.labels_) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("name", ["temi", "debiased"])
+def test_the_kept_head_has_the_most_neighbour_information(name, blobs, monkeypatch):
+    from skdeepclust.clustering import _training
+
+    judged = {}
+
+    def recording(head_logits, features, neighbors):
+        judged["labels"] = head_logits(features).argmax(dim=-1).numpy()
+        judged["information"] = neighbor_information(head_logits, features, neighbors)
+        return judged["information"]
+
+    neighbor_information = _training.neighbor_label_information
+    monkeypatch.setattr(_training, "neighbor_label_information", recording)
+    X, _ = blobs
+    model = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X)
+    assert model.best_head_ == int(np.argmax(judged["information"]))
+    # The labels judged are the kept head's as fitted; the debiased head's are its fine
+    # clusters under the stored batch summary, each of which lies in one final cluster.
+    judged_labels = judged["labels"][model.best_head_]
+    for fine in np.unique(judged_labels):
+        assert np.unique(model.labels_[judged_labels == fine]).size == 1
+
+
 def test_neighbor_information_ranks_a_merged_head_below_a_separating_one():
     from skdeepclust.clustering._training import MultiHead, neighbor_label_information
 

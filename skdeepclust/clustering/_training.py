@@ -279,9 +279,12 @@ def best_head(head_losses, learning_rate):
 LABELLING_BLOCK_ELEMENTS = 2 ** 24
 
 
-def neighbor_label_information(multi_head, features, neighbors):
+def neighbor_label_information(head_logits, features, neighbors):
     """Mutual information, in nats, between the cluster of a sample and that of each
     of its mined neighbours, under each head's hard labels: shape (n_heads,), CPU.
+
+    ``head_logits`` maps rows of ``features`` to logits of shape (n_heads, n_rows,
+    n_clusters), as a :class:`MultiHead` does.
 
     It is what the heads are trained to raise (neighbours agreeing on informative
     clusters) without the soft probabilities a loss can be gamed through, and it is
@@ -289,10 +292,9 @@ def neighbor_label_information(multi_head, features, neighbors):
     merged two clusters scores below one that kept them apart.
     """
     with torch.no_grad():
-        n_heads = len(multi_head.weights[0])
-        n_clusters = multi_head.weights[-1].shape[-1]
+        n_heads, _, n_clusters = head_logits(features[:1]).shape
         block = max(1, LABELLING_BLOCK_ELEMENTS // (n_heads * n_clusters))
-        labels = torch.cat([multi_head(features[start:start + block]).argmax(dim=-1)
+        labels = torch.cat([head_logits(features[start:start + block]).argmax(dim=-1)
                             for start in range(0, features.shape[0], block)], dim=1)
         n_neighbors = neighbors.shape[1]
         information = []
@@ -310,11 +312,11 @@ def neighbor_label_information(multi_head, features, neighbors):
         return torch.stack(information).cpu()
 
 
-def most_informative_head(multi_head, setup, head_losses, learning_rate):
+def most_informative_head(head_logits, setup, head_losses, learning_rate):
     """The head whose hard labels carry the most neighbour information (see
     :func:`neighbor_label_information`), among those whose loss stayed finite."""
     best_head(head_losses, learning_rate)  # raises when every head diverged
-    information = neighbor_label_information(multi_head, setup.features, setup.neighbors)
+    information = neighbor_label_information(head_logits, setup.features, setup.neighbors)
     return int(torch.where(torch.isfinite(head_losses), information, -torch.inf).argmax())
 
 
