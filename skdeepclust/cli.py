@@ -361,7 +361,7 @@ def _check_cluster_count_option(clusterer, n_clusters):
             raise UserError(f"--clusterer {clusterer} finds the number of clusters itself; drop --n-clusters")
     elif n_clusters is None:
         raise UserError(f"--clusterer {clusterer} needs --n-clusters, the number of groups to "
-                        "find (--clusterer hdbscan finds it itself)")
+                        "find (--clusterer hdbscan and cuml_hdbscan find it themselves)")
     elif n_clusters < 1:
         raise UserError(f"--n-clusters must be a positive integer; got {n_clusters}")
 
@@ -480,7 +480,8 @@ def build_parser():
     )
     cluster.add_argument("path", metavar="PATH", help="folder of images")
     cluster.add_argument("--n-clusters", type=int, default=None,
-                         help="number of clusters; required, except by hdbscan, which finds it")
+                         help="number of clusters; required, except by hdbscan and cuml_hdbscan, "
+                              "which find it")
     cluster.add_argument("--backbone", default="vit_small_patch16_224.dino",
                          help="timm model name, or efficientnet_lite0.offline (default: %(default)s)")
     cluster.add_argument("--pretrained", default="hub", metavar="PATH|hub|none",
@@ -497,7 +498,7 @@ def build_parser():
                          help="images per forward pass, or 'auto' (default: %(default)s)")
     cluster.add_argument("--num-workers", type=_count_argument, default=None,
                          help="processes decoding images (default: 0 on the CPU, where the "
-                         "backbone keeps the cores busy; on a GPU, one per core less one)")
+                         "backbone keeps the cores busy; on a GPU, one per core less one, at most 16)")
     cluster.add_argument("--compile", action="store_true",
                          help="compile the backbone with torch.compile (slow start, faster batches)")
     cluster.add_argument("--random-state", type=_seed_argument, default=0,

@@ -3,8 +3,10 @@ modules, the mini-batch loop, progress bars, CPU export of fitted weights, and t
 estimator base class with prediction.
 
 The heads (:mod:`.scan`, :mod:`.temi`, :mod:`.debiased`) all train several small
-classifiers at once on frozen, L2-normalised features and keep the best one; what
-differs between them is only the loss, which each module writes itself.
+classifiers at once on frozen, L2-normalised features and keep one of them (SCAN
+by its loss, TEMI and the debiased head by the neighbour information of its
+labels); each module writes its own loss, and the debiased head its own pooling
+and merge.
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ def with_gradients(fit):
 
 
 class Progress:
-    """A tqdm progress bar over the epochs, with the best head's loss, when ``verbose`` > 0."""
+    """A tqdm progress bar over the epochs, with the lowest head loss, when ``verbose`` > 0."""
 
     def __init__(self, name, n_epochs, verbose):
         self.bar = tqdm(total=n_epochs, desc=name, unit="epoch", disable=not verbose)
@@ -247,8 +249,8 @@ class Progress:
 def train_epochs(step, *, n_samples, batch_size, n_epochs, generator, progress):
     """Call ``step(batch_indices, epoch) -> per-head losses`` over ``n_epochs`` epochs.
 
-    Returns the per-head mean loss of the last epoch (a CPU tensor), which the
-    heads use to pick their best head.
+    Returns the per-head mean loss of the last epoch (a CPU tensor): SCAN keeps the
+    lowest, and the other heads skip those that diverged.
     """
     batch_size = effective_batch_size(batch_size, n_samples)
     last_losses = None

@@ -151,7 +151,8 @@ class DebiasedClusterer(tr.HeadClusterer):
     Parameters
     ----------
     n_clusters : int, default=8
-        Number of clusters the heads output; empty ones are pruned after training.
+        Number of clusters after the heads' fine clusters are merged (see
+        ``overclustering``); merged clusters no training row picks are pruned.
     n_neighbors : int, default=10
         Neighbours mined per sample (capped at ``n_samples - 1``).
     n_heads : int, default=10
@@ -186,7 +187,7 @@ class DebiasedClusterer(tr.HeadClusterer):
         Seeds weights, batches and neighbour draws; an int makes CPU runs repeatable.
     verbose : int, default=0
         Show a progress bar (tqdm, on stderr) over the training epochs, with
-        the best head's loss, when positive.
+        the lowest loss among the heads, when positive.
 
     Attributes
     ----------

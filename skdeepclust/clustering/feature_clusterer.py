@@ -490,8 +490,9 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         score : float
             With ``y``: :func:`~skdeepclust.metrics.cluster_accuracy` of the
             predicted clusters. Without: the cosine silhouette of the predicted
-            clusters on ``X``, in [-1, 1], estimated on at most 5,000 random rows
-            (seeded by ``random_state``); it is scale-free and does not grow with
+            clusters on ``X``, in [-1, 1], estimated on 5,000 random rows (seeded
+            by ``random_state``, plus one row of any cluster they miss) when
+            there are more; it is scale-free and does not grow with
             the number of clusters by itself, so it can choose ``n_clusters``. A
             single predicted cluster scores 0.0.
         """

@@ -73,7 +73,7 @@ class SCANClusterer(tr.HeadClusterer):
         Seeds weights, batches and neighbour draws; an int makes CPU runs repeatable.
     verbose : int, default=0
         Show a progress bar (tqdm, on stderr) over the training epochs, with
-        the best head's loss, when positive.
+        the lowest loss among the heads, when positive.
 
     Attributes
     ----------

@@ -1,0 +1,74 @@
+"""k-means accuracy with the whole short side kept (crop_pct=1.0) or the model's own crop.
+
+Embeds random samples of CIFAR-10 test photos (100 per class, one sample per seed)
+with the SimCLR ResNet-18 and the packaged EfficientNet-Lite0, once per crop, and
+clusters each embedding with scikit-learn's KMeans (n_init=10, random_state=0).
+Accuracy is under the best matching of clusters to classes.
+
+    python benchmarks/crop.py                 # samples 0-4: about 5 minutes on 2 cores
+    python benchmarks/crop.py --samples 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from skdeepclust import ImageEmbedder
+from skdeepclust.datasets import extract_image_archive, load_image_folder
+from skdeepclust.embedding.presets import SIMCLR_RESNET18_CIFAR10
+from skdeepclust.metrics import cluster_accuracy
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BACKBONES = {
+    "SimCLR ResNet-18": lambda model: dict(SIMCLR_RESNET18_CIFAR10, pretrained=model),
+    "EfficientNet-Lite0": lambda model: dict(backbone="efficientnet_lite0.offline",
+                                             image_size=128),
+}
+CROPS = (1.0, "model")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archive", type=Path,
+                        default=SHARED / "data" / "cifar10" / "cifar10-jpg.tar.gz")
+    parser.add_argument("--model", type=Path,
+                        default=SHARED / "models" / "resnet18-simclr-cifar10.safetensors")
+    parser.add_argument("--samples", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="seeds of the photo samples")
+    args = parser.parse_args(argv)
+
+    test_folder = extract_image_archive(args.archive) / "test"
+    accuracy = {}
+    for sample in args.samples:
+        photos = load_image_folder(test_folder, max_per_class=100, random_state=sample)
+        for name, settings in BACKBONES.items():
+            for crop in CROPS:
+                embedder = ImageEmbedder(**settings(args.model), crop_pct=crop, device="cpu")
+                features = embedder.fit_transform(photos.filenames)
+                labels = KMeans(10, n_init=10, random_state=0).fit_predict(features)
+                accuracy.setdefault((name, crop), []).append(
+                    cluster_accuracy(photos.target, labels))
+
+    print(f"k-means accuracy on {len(args.samples)} samples of 1,000 CIFAR-10 test photos "
+          f"(seeds {args.samples})")
+    print(f"{'backbone':<20} {'crop_pct':<9} {'mean':>6}  per sample")
+    for (name, crop), values in accuracy.items():
+        own = "" if crop == 1.0 else f" ({embedder_crop(name, args.model)})"
+        print(f"{name:<20} {str(crop) + own:<9} {np.mean(values):6.3f}  "
+              + " ".join(f"{value:.3f}" for value in values))
+    return 0
+
+
+def embedder_crop(name, model):
+    """The share that crop_pct="model" stands for with this backbone."""
+    embedder = ImageEmbedder(**BACKBONES[name](model), crop_pct="model", device="cpu")
+    return embedder.fit(np.zeros((1, 8, 8, 3), dtype=np.uint8)).preprocessing_.crop_pct
+
+
+if __name__ == "__main__":
+    sys.exit(main())
