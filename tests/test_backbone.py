@@ -170,8 +170,8 @@ def test_a_module_backbone_leaves_numpys_global_stream_alone(images):
 
 
 def test_a_timm_model_with_weights_is_still_seeded(tmp_path, images, monkeypatch):
-    # timm loads some models' checkpoints non-strictly (DLA's lack layers), so that
-    # part of the model keeps its random initial weights: random_state must fix them.
+    # Whatever of a model's initial state a checkpoint does not set must not depend
+    # on the caller's random stream: random_state fixes it.
     import skdeepclust.embedding.backbone as backbone_module
 
     path = tmp_path / "w.safetensors"
@@ -201,6 +201,25 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
     save_file(resnet.state_dict(), path)
     with pytest.raises(ValueError, match="do not fit backbone 'test_vit'"):
         ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_a_checkpoint_lacking_layers_is_rejected_where_timm_loads_non_strictly(tmp_path):
+    from timm.models.dla import DLA
+
+    torch.manual_seed(0)
+    weights = timm.create_model("dla46_c", pretrained=False, num_classes=0).state_dict()
+    images = np.zeros((1, 32, 32, 3), np.uint8)
+    lacking = tmp_path / "lacking.safetensors"
+    save_file({key: value for key, value in weights.items() if not key.startswith("level5.")},
+              lacking)
+    # timm loads DLA non-strictly: level5 would stay random without a word
+    with pytest.raises(ValueError, match=r"do not fit backbone 'dla46_c': Missing key\(s\) in "
+                                         r'state_dict: "level5\.'):
+        ImageEmbedder("dla46_c", pretrained=lacking).fit(images)
+    extra = tmp_path / "extra.safetensors"
+    save_file({**weights, "auxiliary.weight": torch.zeros(2)}, extra)
+    _assert_weights_equal(ImageEmbedder("dla46_c", pretrained=extra).fit(images).model_, weights)
+    assert "load_state_dict" not in vars(DLA)  # the class is left as it was
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import math
 import numbers
 import os
 import socket
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -290,18 +291,56 @@ def _hub_offline_mode():
         constants.HF_HUB_OFFLINE = saved
 
 
+# Held while a model class's load_state_dict is replaced: two threads building one
+# architecture at once would otherwise restore each other's replacement.
+_LOAD_STATE_DICT_SWAP = threading.Lock()
+
+
+@contextlib.contextmanager
+def _refusing_missing_weights(module_class):
+    """Make a non-strict ``module_class.load_state_dict`` refuse a state dict that
+    lacks some of the module's weights, for the duration of the block.
+
+    timm loads a few architectures (DLA, MobileNetV5) non-strictly, so that extra
+    tensors in their published checkpoints are skipped; but then a checkpoint that
+    lacks layers leaves them random, silently. Extra tensors are still skipped.
+    Only the class being built is changed, and only while it is built.
+    """
+    with _LOAD_STATE_DICT_SWAP:
+        own = module_class.__dict__.get("load_state_dict")
+        inherited = module_class.load_state_dict
+
+        def load_state_dict(self, state_dict, strict=True, **kwargs):
+            result = inherited(self, state_dict, strict=strict, **kwargs)
+            if not strict and result.missing_keys:
+                # torch's own wording, which _mismatch_error passes on
+                raise RuntimeError("Missing key(s) in state_dict: "
+                                   + ", ".join(f'"{key}"' for key in result.missing_keys))
+            return result
+
+        module_class.load_state_dict = load_state_dict
+        try:
+            yield
+        finally:
+            if own is None:
+                del module_class.load_state_dict
+            else:
+                module_class.load_state_dict = own
+
+
 def _create_timm_model_with_weights(name, image_size, state_dict, source):
     # timm applies the model's own checkpoint filter (e.g. resampling a ViT's position
     # embedding to image_size) to a state dict given through the pretrained config.
     skeleton = _create_timm_model(name, image_size, pretrained=False)
     state_dict = _drop_classifier(state_dict, skeleton)
     try:
-        model = _create_timm_model(
-            name,
-            image_size,
-            pretrained=True,
-            pretrained_cfg_overlay=dict(state_dict=state_dict, num_classes=0),
-        )
+        with _refusing_missing_weights(type(skeleton)):
+            model = _create_timm_model(
+                name,
+                image_size,
+                pretrained=True,
+                pretrained_cfg_overlay=dict(state_dict=state_dict, num_classes=0),
+            )
     except RuntimeError as exc:
         raise _mismatch_error(exc, f"backbone {name!r}", source) from exc
     # timm keeps the overlay in the model's config: a second copy of every weight,
@@ -435,8 +474,9 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
         image_size = _as_size(image_size)
     if isinstance(pretrained, np.bool_):  # from an array of parameter values, e.g. a GridSearchCV grid
         pretrained = bool(pretrained)
-    # A timm model may keep some of its random weights even with a checkpoint (timm
-    # loads DLA's, say, non-strictly); a module backbone comes with all of its own.
+    # A timm model is seeded even when a checkpoint replaces its weights: whatever of
+    # its initial state the checkpoint does not set stays repeatable. A module
+    # backbone comes with all of its own.
     with seeded_torch(random_state, seed=isinstance(backbone, str)), _float32_by_default():
         if isinstance(backbone, str):
             model = _load_timm_backbone(backbone, pretrained, image_size)
