@@ -76,7 +76,8 @@ def _unreadable_reason(path):
 
 def _in_option_words(message, options):
     """A library message with the parameter names among ``options`` (the command's
-    own, e.g. ``vars(args)``) spelled as the command's options."""
+    own, e.g. ``vars(args)``), and its advice to use a class, spelled as the
+    command's options."""
     def respell(match):
         quoted = match.group(1)
         name = match.group(0) if quoted is None else quoted[1:-1]

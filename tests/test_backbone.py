@@ -213,13 +213,26 @@ def test_a_checkpoint_lacking_layers_is_rejected_where_timm_loads_non_strictly(t
     save_file({key: value for key, value in weights.items() if not key.startswith("level5.")},
               lacking)
     # timm loads DLA non-strictly: level5 would stay random without a word
-    with pytest.raises(ValueError, match=r"do not fit backbone 'dla46_c': Missing key\(s\) in "
-                                         r'state_dict: "level5\.'):
+    with pytest.raises(ValueError, match=r"do not fit backbone 'dla46_c': Missing \d+ key\(s\) "
+                                         r'in state_dict \(0 unexpected ones skipped\): "level5\.'):
         ImageEmbedder("dla46_c", pretrained=lacking).fit(images)
     extra = tmp_path / "extra.safetensors"
     save_file({**weights, "auxiliary.weight": torch.zeros(2)}, extra)
     _assert_weights_equal(ImageEmbedder("dla46_c", pretrained=extra).fit(images).model_, weights)
     assert "load_state_dict" not in vars(DLA)  # the class is left as it was
+
+
+def test_a_headless_fcmae_checkpoint_still_loads(tmp_path):
+    # timm loads ConvNeXt's fcmae weights, which have no head, non-strictly on purpose
+    torch.manual_seed(0)
+    weights = timm.create_model("convnextv2_atto", pretrained=False, num_classes=0).state_dict()
+    headless = {key: value for key, value in weights.items() if not key.startswith("head.")}
+    path = tmp_path / "fcmae.safetensors"
+    save_file(headless, path)
+    embedder = ImageEmbedder("convnextv2_atto.fcmae", pretrained=path, image_size=32)
+    loaded = embedder.fit(np.zeros((1, 32, 32, 3), np.uint8)).model_.state_dict()
+    for key, value in headless.items():
+        torch.testing.assert_close(loaded[key], value, msg=key)
 
 
 @pytest.mark.parametrize(

@@ -157,9 +157,10 @@ def test_the_kept_head_has_the_most_neighbour_information(name, blobs, monkeypat
 
     judged = {}
 
-    def recording(head_logits, features, neighbors):
+    def recording(head_logits, features, neighbors, hidden_size):
         judged["labels"] = head_logits(features).argmax(dim=-1).numpy()
-        judged["information"] = neighbor_information(head_logits, features, neighbors)
+        judged["information"] = neighbor_information(head_logits, features, neighbors,
+                                                     hidden_size)
         return judged["information"]
 
     neighbor_information = _training.neighbor_label_information
@@ -191,6 +192,21 @@ def test_neighbor_information_ranks_a_merged_head_below_a_separating_one():
             information = neighbor_label_information(heads, features, neighbors)
         np.testing.assert_allclose(information, [np.log(3), -(2 / 3) * np.log(2 / 3)
                                                  - (1 / 3) * np.log(1 / 3)])
+
+
+def test_labelling_blocks_shrink_with_the_hidden_layer(monkeypatch):
+    from skdeepclust.clustering import _training
+
+    rows_per_call = []
+
+    def head_logits(rows):
+        rows_per_call.append(rows.shape[0])
+        return torch.zeros(2, rows.shape[0], 3)
+
+    monkeypatch.setattr(_training, "LABELLING_BLOCK_ELEMENTS", 4000)
+    features, neighbors = torch.zeros(60, 3), torch.zeros(60, 1, dtype=torch.long)
+    _training.neighbor_label_information(head_logits, features, neighbors, hidden_size=1000)
+    assert max(rows_per_call) == 2  # 4000 // (2 heads * 1000 hidden units)
 
 
 def test_debiased_keeps_small_cluster_that_scan_splits_big_ones_for():

@@ -276,17 +276,18 @@ def best_head(head_losses, learning_rate):
     return int(torch.where(finite, head_losses, torch.inf).argmin())
 
 
-# Logits evaluated at once when labelling every sample with every head: bounds the
-# memory to 64 MiB of float32 whatever n_samples, n_heads and n_clusters are.
+# Activations evaluated at once when labelling every sample with every head: bounds
+# each layer's to 64 MiB of float32 whatever n_samples, n_heads and the widths are.
 LABELLING_BLOCK_ELEMENTS = 2 ** 24
 
 
-def neighbor_label_information(head_logits, features, neighbors):
+def neighbor_label_information(head_logits, features, neighbors, hidden_size=None):
     """Mutual information, in nats, between the cluster of a sample and that of each
     of its mined neighbours, under each head's hard labels: shape (n_heads,), CPU.
 
     ``head_logits`` maps rows of ``features`` to logits of shape (n_heads, n_rows,
-    n_clusters), as a :class:`MultiHead` does.
+    n_clusters), as a :class:`MultiHead` does; ``hidden_size`` is the width of its
+    hidden layer, if any, which bounds the rows labelled at once as the logits do.
 
     It is what the heads are trained to raise (neighbours agreeing on informative
     clusters) without the soft probabilities a loss can be gamed through, and it is
@@ -295,7 +296,8 @@ def neighbor_label_information(head_logits, features, neighbors):
     """
     with torch.no_grad():
         n_heads, _, n_clusters = head_logits(features[:1]).shape
-        block = max(1, LABELLING_BLOCK_ELEMENTS // (n_heads * n_clusters))
+        widest = max(n_clusters, hidden_size or 0, features.shape[1])
+        block = max(1, LABELLING_BLOCK_ELEMENTS // (n_heads * widest))
         labels = torch.cat([head_logits(features[start:start + block]).argmax(dim=-1)
                             for start in range(0, features.shape[0], block)], dim=1)
         n_neighbors = neighbors.shape[1]
@@ -314,11 +316,12 @@ def neighbor_label_information(head_logits, features, neighbors):
         return torch.stack(information).cpu()
 
 
-def most_informative_head(head_logits, setup, head_losses, learning_rate):
+def most_informative_head(head_logits, setup, head_losses, learning_rate, hidden_size=None):
     """The head whose hard labels carry the most neighbour information (see
     :func:`neighbor_label_information`), among those whose loss stayed finite."""
     best_head(head_losses, learning_rate)  # raises when every head diverged
-    information = neighbor_label_information(head_logits, setup.features, setup.neighbors)
+    information = neighbor_label_information(head_logits, setup.features, setup.neighbors,
+                                             hidden_size)
     return int(torch.where(torch.isfinite(head_losses), information, -torch.inf).argmax())
 
 

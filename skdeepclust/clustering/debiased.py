@@ -329,7 +329,7 @@ class DebiasedClusterer(tr.HeadClusterer):
         # By neighbour information, not loss (see Notes), and of the fine clusters:
         # judging the merged ones instead did worst on long-tailed data.
         best_head = tr.most_informative_head(lambda rows: heads(rows, pooled), setup,
-                                             head_losses, self.learning_rate)
+                                             head_losses, self.learning_rate, hidden)
         weights = heads.export(best_head)
         pooled = pooled.cpu().numpy().astype(np.float32)
         train_proba = tr.softmax(exported_debiased_logits(weights, pooled, unit))

@@ -204,7 +204,8 @@ class TEMIClusterer(tr.HeadClusterer):
         # Not the lowest loss: with beta < 1 a cluster the teacher is abandoning
         # inflates its PMI term ((q_s q_t)**beta / pi grows as pi shrinks), so the
         # lowest-loss head is often one that merged two clusters.
-        best_head = tr.most_informative_head(teacher, setup, head_losses, self.learning_rate)
+        best_head = tr.most_informative_head(teacher, setup, head_losses, self.learning_rate,
+                                             hidden)
         layers = teacher.export(best_head)
         # Folding the temperature into the last layer makes predict a plain softmax.
         *hidden_layers, (weight, bias) = layers

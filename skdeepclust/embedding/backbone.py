@@ -292,30 +292,41 @@ def _hub_offline_mode():
 
 
 # Held while a model class's load_state_dict is replaced: two threads building one
-# architecture at once would otherwise restore each other's replacement.
-_LOAD_STATE_DICT_SWAP = threading.Lock()
+# architecture at once would otherwise restore each other's replacement. Reentrant,
+# for a build that builds another backbone inside it.
+_LOAD_STATE_DICT_SWAP = threading.RLock()
 
 
 @contextlib.contextmanager
-def _refusing_missing_weights(module_class):
-    """Make a non-strict ``module_class.load_state_dict`` refuse a state dict that
-    lacks some of the module's weights, for the duration of the block.
+def _refusing_missing_weights(module_class, head_prefix=None):
+    """Make a non-strict ``module_class.load_state_dict``, called by this thread,
+    refuse a state dict that lacks some of the module's weights, for the block.
 
     timm loads a few architectures (DLA, MobileNetV5) non-strictly, so that extra
     tensors in their published checkpoints are skipped; but then a checkpoint that
-    lacks layers leaves them random, silently. Extra tensors are still skipped.
-    Only the class being built is changed, and only while it is built.
+    lacks layers leaves them random, silently. Extra tensors are still skipped, and
+    so are missing weights under ``head_prefix``: timm loads ConvNeXt's fcmae
+    checkpoints, which have no head, non-strictly on purpose, its head norm keeping
+    its initial values. Only the class being built changes, only while it is built,
+    and only for the thread that builds it.
     """
     with _LOAD_STATE_DICT_SWAP:
         own = module_class.__dict__.get("load_state_dict")
         inherited = module_class.load_state_dict
+        builder = threading.get_ident()
 
-        def load_state_dict(self, state_dict, strict=True, **kwargs):
-            result = inherited(self, state_dict, strict=strict, **kwargs)
-            if not strict and result.missing_keys:
-                # torch's own wording, which _mismatch_error passes on
-                raise RuntimeError("Missing key(s) in state_dict: "
-                                   + ", ".join(f'"{key}"' for key in result.missing_keys))
+        def load_state_dict(self, state_dict, strict=True, *args, **kwargs):
+            result = inherited(self, state_dict, strict, *args, **kwargs)
+            if strict or threading.get_ident() != builder:
+                return result
+            missing = [key for key in result.missing_keys
+                       if head_prefix is None or not key.startswith(head_prefix)]
+            if missing:
+                # torch's wording, which _mismatch_error passes on, with the counts first
+                # since that error shortens a long list
+                raise RuntimeError(
+                    f"Missing {len(missing)} key(s) in state_dict ({len(result.unexpected_keys)} "
+                    "unexpected ones skipped): " + ", ".join(f'"{key}"' for key in missing))
             return result
 
         module_class.load_state_dict = load_state_dict
@@ -328,13 +339,20 @@ def _refusing_missing_weights(module_class):
                 module_class.load_state_dict = own
 
 
+def _head_prefix(model):
+    """``"head."`` for a timm model whose classifier sits in a head module with other
+    layers (ConvNeXt's ``head.fc`` beside ``head.norm``), else None."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ""
+    return classifier.rsplit(".", 1)[0] + "." if "." in classifier else None
+
+
 def _create_timm_model_with_weights(name, image_size, state_dict, source):
     # timm applies the model's own checkpoint filter (e.g. resampling a ViT's position
     # embedding to image_size) to a state dict given through the pretrained config.
     skeleton = _create_timm_model(name, image_size, pretrained=False)
     state_dict = _drop_classifier(state_dict, skeleton)
     try:
-        with _refusing_missing_weights(type(skeleton)):
+        with _refusing_missing_weights(type(skeleton), _head_prefix(skeleton)):
             model = _create_timm_model(
                 name,
                 image_size,
