@@ -324,14 +324,15 @@ class DebiasedClusterer(tr.HeadClusterer):
             progress=tr.Progress("Debiased", self.n_epochs, self.verbose))
         # Training-set moments, with the cardinality the heads were trained at.
         trained_batch = tr.effective_batch_size(self.batch_size, setup.n_samples)
-        pooled = pool_statistics(setup.features)
-        pooled[-1] = math.log(setup.n_samples // max(1, setup.n_samples // trained_batch))
+        pooled_on_device = pool_statistics(setup.features)
+        pooled_on_device[-1] = math.log(
+            setup.n_samples // max(1, setup.n_samples // trained_batch))
         # By neighbour information, not loss (see Notes), and of the fine clusters:
         # judging the merged ones instead did worst on long-tailed data.
-        best_head = tr.most_informative_head(lambda rows: heads(rows, pooled), setup,
+        best_head = tr.most_informative_head(lambda rows: heads(rows, pooled_on_device), setup,
                                              head_losses, self.learning_rate, hidden)
         weights = heads.export(best_head)
-        pooled = pooled.cpu().numpy().astype(np.float32)
+        pooled = pooled_on_device.cpu().numpy().astype(np.float32)
         train_proba = tr.softmax(exported_debiased_logits(weights, pooled, unit))
         kept = tr.occupied_clusters(train_proba)
         weights["sample"][-1] = tuple(part[..., kept].copy() for part in weights["sample"][-1])
