@@ -7,7 +7,6 @@ Every user mistake ends in one line on stderr and exit status 2, never a traceba
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import csv
 import os
@@ -25,7 +24,6 @@ from .embedding.embedder import MIN_CROP_PCT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
 
 EXIT_USAGE = 2
-PARALLEL_CHECK_MIN_FILES = 1000  # below this many files per process, starting processes costs more
 SIMCLR_FILE = Path("models") / "resnet18-simclr-cifar10.safetensors"
 CIFAR10_ARCHIVE = Path("data") / "cifar10" / "cifar10-jpg.tar.gz"
 # What a run writes to --out; a folder holding both is recognised as an earlier run's output.
@@ -55,23 +53,6 @@ _ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer tor
 
 class UserError(Exception):
     """A mistake in what the user asked for; printed as one line."""
-
-
-def _unreadable_reason(path):
-    """Why the embedder cannot decode ``path``, in one line, or None if it can.
-
-    Uses the embedder's own decoder, with JPEGs at a cheap reduced scale.
-    """
-    from .embedding.images import _decode_file
-
-    try:
-        _decode_file(path, min_size=(64, 64))
-        return None
-    except Exception as exc:  # PIL raises many types for damaged files
-        # A wrapped error's own message only names the file, which the warning does already.
-        reason = exc.__cause__ if exc.__cause__ is not None else exc
-        lines = str(reason).strip().splitlines()
-        return lines[0] if lines else type(reason).__name__
 
 
 def _in_option_words(message, options):
@@ -158,28 +139,18 @@ def _readable_images(folder, quiet, out):
     Files in ``out`` and in the output folders of earlier runs are left out, so that
     a run writing its results inside ``folder`` does not cluster them in the next run.
     """
-    from tqdm.auto import tqdm
-
-    from ._device import usable_cores
+    from .datasets import split_readable
     from .embedding.images import find_image_files
 
     files = _without_output_folders(folder, find_image_files(folder), out)
-    processes = min(usable_cores(), len(files) // PARALLEL_CHECK_MIN_FILES)
-    with contextlib.ExitStack() as stack:
-        if processes > 1:  # a pass over 60,000 files takes 8 s on one core
-            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(processes))
-            reasons = pool.map(_unreadable_reason, files, chunksize=256)
-        else:
-            reasons = map(_unreadable_reason, files)
-        reasons = list(tqdm(reasons, total=len(files), desc="checking files", unit="file", disable=quiet))
-    readable = [path for path, reason in zip(files, reasons) if reason is None]
-    skipped = [path for path, reason in zip(files, reasons) if reason is not None]
+    readable, reasons = split_readable(files, progress=not quiet)
     for path, reason in zip(files, reasons):
         if reason is not None:
             _warn(f"skipping unreadable image file {path}: {reason}")
-    if not readable:
+    if not any(readable):
         raise UserError(f"none of the {len(files)} image files under {folder} could be read")
-    return readable, skipped
+    return ([path for path, keep in zip(files, readable) if keep],
+            [path for path, keep in zip(files, readable) if not keep])
 
 
 def _embed_and_cluster(files_or_images, embedder_params, clusterer, n_clusters, random_state, quiet):

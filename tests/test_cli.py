@@ -104,9 +104,9 @@ def test_file_names_that_are_not_utf8_are_written_as_their_bytes(capsys, image_f
 
 @pytest.mark.parametrize("files_per_process", [1000, 2], ids=["in-process", "process-pool"])
 def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path, monkeypatch, files_per_process):
-    import skdeepclust.cli
+    import skdeepclust.datasets
 
-    monkeypatch.setattr(skdeepclust.cli, "PARALLEL_CHECK_MIN_FILES", files_per_process)
+    monkeypatch.setattr(skdeepclust.datasets, "PARALLEL_CHECK_MIN_FILES", files_per_process)
     (image_folder / "dark" / "broken.jpg").write_bytes(b"not a jpeg")
     status, stdout, err = _run(
         capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS

@@ -50,6 +50,53 @@ def test_max_per_class_needs_class_folders(image_folder, with_class_folders):
         load_image_folder(image_folder, max_per_class=5, return_X_y=True)
 
 
+@pytest.mark.parametrize("files_per_process", [1000, 2], ids=["in-process", "process-pool"])
+def test_skip_unreadable_leaves_damaged_files_out_with_their_labels(image_folder, monkeypatch, files_per_process):
+    import skdeepclust.datasets
+
+    monkeypatch.setattr(skdeepclust.datasets, "PARALLEL_CHECK_MIN_FILES", files_per_process)
+    broken = image_folder / "dark" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match=r"Left out 1 unreadable image file\(s\) of 9 .*broken.jpg: cannot identify"):
+        data = load_image_folder(image_folder, skip_unreadable=True)
+    assert str(broken) not in data.filenames and len(data.filenames) == 8
+    np.testing.assert_array_equal(np.bincount(data.target), [4, 4])  # the labels still match the files
+    assert list(data.unreadable) == [str(broken)]
+    assert data.unreadable[str(broken)].startswith("cannot identify image file")
+    with pytest.warns(UserWarning, match="Left out 1"):
+        files, target = load_image_folder(image_folder, skip_unreadable=True, return_X_y=True)
+    assert files == data.filenames and np.array_equal(target, data.target)
+
+
+def test_skip_unreadable_names_a_few_files_and_counts_the_rest(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "good.png")
+    for index in range(7):
+        (tmp_path / f"bad{index}.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"Left out 7 .* of 8 .*bad4.png: .*; and 2 more, listed in the result's 'unreadable'$"):
+        data = load_image_folder(tmp_path, skip_unreadable=True)
+    assert data.filenames == [str(tmp_path / "good.png")] and len(data.unreadable) == 7
+
+
+def test_skip_unreadable_refuses_a_folder_with_no_readable_image(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"None of the 1 image files under .* could be read; .*a.jpg', for one: cannot identify"):
+        load_image_folder(tmp_path, skip_unreadable=True)
+    with pytest.raises(ValueError, match="skip_unreadable must be True or False; got 'yes'"):
+        load_image_folder(tmp_path, skip_unreadable="yes")
+
+
+def test_without_skip_unreadable_a_damaged_file_is_listed_and_its_error_points_to_the_option(tmp_path):
+    from skdeepclust import ImageEmbedder
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    data = load_image_folder(tmp_path)
+    assert len(data.filenames) == 2 and "unreadable" not in data
+    embedder = ImageEmbedder("test_vit", pretrained=False, image_size=32, device="cpu")
+    with pytest.raises(ValueError, match=r"bad.png.*load_image_folder\(root, skip_unreadable=True\) leaves such files out"):
+        embedder.fit_transform(data.filenames)
+
+
 def test_max_per_class_is_seeded(image_folder):
     first = load_image_folder(image_folder, max_per_class=2, random_state=0)
     again = load_image_folder(image_folder, max_per_class=2, random_state=0)

@@ -245,7 +245,8 @@ def _decode_file(path, min_size=None):
     except Exception as exc:  # PIL's plugins raise many kinds on damaged files
         raise ValueError(
             f"Cannot read image file {path!r}: {exc}. Remove it from the folder or list, or "
-            "convert it, and run again (the skdeepclust command skips unreadable files)."
+            "convert it, and run again; load_image_folder(root, skip_unreadable=True) leaves "
+            "such files out, as the skdeepclust command does."
         ) from exc
     try:  # outside the first: these are errors of the pixel values, not of the file
         return _pil_to_rgb_array(image, "the image", file_format)
