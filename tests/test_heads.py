@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 
@@ -369,6 +370,16 @@ def test_torch_kmeans_weights_rows_as_repeats(blobs):
         TorchKMeans(n_clusters=4, device="cpu").fit(X, sample_weight=-weights)
     with pytest.raises(ValueError, match="non-zero|zero for every"):
         TorchKMeans(n_clusters=4, device="cpu").fit(X, sample_weight=np.zeros(len(X)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_torch_kmeans_weights_of_all_ones_change_nothing(seed):
+    # Overlapping groups, where different seeding ends in different local optima.
+    X, _ = make_blobs(100, centers=5, n_features=6, cluster_std=4.0, random_state=1)
+    unweighted = TorchKMeans(n_clusters=5, random_state=seed, device="cpu").fit(X)
+    ones = TorchKMeans(n_clusters=5, random_state=seed, device="cpu").fit(X, sample_weight=np.ones(len(X)))
+    np.testing.assert_array_equal(ones.labels_, unweighted.labels_)
+    assert ones.inertia_ == pytest.approx(unweighted.inertia_, rel=1e-6)
 
 
 def test_torch_kmeans_starts_from_given_centres_as_scikit_learn_does(blobs):

@@ -68,10 +68,9 @@ def _kmeans_plusplus(X, row_sq_norms, n_clusters, weights, generator):
     ``weights``, rows are drawn and the potential summed in proportion to them."""
     n_samples = X.shape[0]
     n_candidates = 2 + int(np.log(n_clusters))
-    if weights is None:
-        first = torch.randint(n_samples, (1,), generator=generator, device=X.device)
-    else:
-        first = torch.multinomial(weights, 1, generator=generator)
+    # Drawn the same way without weights, so that weights of all ones pick what none pick.
+    first = torch.multinomial(torch.ones(n_samples, dtype=X.dtype, device=X.device)
+                              if weights is None else weights, 1, generator=generator)
     chosen = [first]
     closest = _squared_distances(X, row_sq_norms, X[first])[:, 0]
     for _ in range(1, n_clusters):
