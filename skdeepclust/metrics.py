@@ -7,6 +7,7 @@ samples whose matched class is right. NMI and ARI need no matching.
 
 from __future__ import annotations
 
+import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import (
     adjusted_rand_score,
@@ -15,7 +16,7 @@ from sklearn.metrics import (
 )
 from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils import column_or_1d
-from sklearn.utils.validation import check_consistent_length
+from sklearn.utils.validation import _check_sample_weight, check_consistent_length
 
 from ._device import host_array
 
@@ -28,11 +29,11 @@ __all__ = [
 ]
 
 
-def cluster_accuracy(y_true, y_pred):
+def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
     """Accuracy of a clustering under the best one-to-one match of clusters to classes.
 
-    The match maximises the number of correctly grouped samples (Hungarian
-    algorithm). When there are more clusters than classes, the clusters left
+    The match maximises the number (or, with ``sample_weight``, the weight) of
+    correctly grouped samples (Hungarian algorithm). When there are more clusters than classes, the clusters left
     unmatched count as wrong; when there are fewer, the classes left unmatched do.
 
     Parameters
@@ -42,6 +43,8 @@ def cluster_accuracy(y_true, y_pred):
     y_pred : array-like of shape (n_samples,)
         Cluster labels, of one type that sorts; noise labels such as -1 are an
         ordinary cluster here.
+    sample_weight : array-like of shape (n_samples,), default=None
+        Non-negative weights; a weight of 2 counts a sample twice.
 
     Returns
     -------
@@ -59,9 +62,18 @@ def cluster_accuracy(y_true, y_pred):
     check_consistent_length(y_true, y_pred)
     if y_true.shape[0] == 0:
         raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")
-    counts = contingency_matrix(y_true, y_pred)
+    if sample_weight is None:
+        counts = contingency_matrix(y_true, y_pred)
+        total = y_true.shape[0]
+    else:
+        sample_weight = _check_sample_weight(host_array(sample_weight), y_true, ensure_non_negative=True)
+        total = sample_weight.sum()  # positive: _check_sample_weight refuses all zeros
+        _, class_index = np.unique(y_true, return_inverse=True)
+        _, cluster_index = np.unique(y_pred, return_inverse=True)
+        counts = np.zeros((class_index.max() + 1, cluster_index.max() + 1))
+        np.add.at(counts, (class_index, cluster_index), sample_weight)
     rows, cols = linear_sum_assignment(counts, maximize=True)
-    return float(counts[rows, cols].sum() / y_true.shape[0])
+    return float(counts[rows, cols].sum() / total)
 
 
 cluster_accuracy_scorer = make_scorer(cluster_accuracy)

@@ -15,6 +15,7 @@ from .clustering.feature_clusterer import (
     FeatureClusterer,
     _clusterer_has,
     NamedClustererParamsMixin,
+    check_score_weights,
     checked_sample_weight,
 )
 from .embedding.embedder import ImageEmbedder
@@ -296,7 +297,7 @@ class PretrainedFeatureClusterer(
         features = self._embed(X)
         return self.feature_clusterer_.predict_proba(features)
 
-    def score(self, X, y=None):
+    def score(self, X, y=None, sample_weight=None):
         """Clustering quality of images; larger is better.
 
         Parameters
@@ -305,6 +306,8 @@ class PretrainedFeatureClusterer(
             Images in any form that ``fit`` accepts.
         y : array-like of shape (n_images,), default=None
             True classes, if known.
+        sample_weight : array-like of shape (n_images,), default=None
+            Weights of the images in the accuracy; needs ``y``.
 
         Returns
         -------
@@ -315,8 +318,9 @@ class PretrainedFeatureClusterer(
             in [-1, 1] (0.0 for a single cluster); see
             :meth:`FeatureClusterer.score`.
         """
+        check_score_weights(y, sample_weight)  # before the embedding, which is slow
         features = self._embed(X)
-        return self.feature_clusterer_.score(features, y)
+        return self.feature_clusterer_.score(features, y, sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

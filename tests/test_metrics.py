@@ -37,6 +37,41 @@ def test_accuracy_input_errors():
         cluster_accuracy([], [])
 
 
+def test_weighted_accuracy_counts_a_weight_of_two_as_two_samples():
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 3, 60), rng.integers(0, 4, 60)
+    weights = rng.integers(0, 4, 60)
+    repeated = cluster_accuracy(np.repeat(y, weights), np.repeat(pred, weights))
+    assert cluster_accuracy(y, pred, sample_weight=weights) == pytest.approx(repeated)
+    assert cluster_accuracy(y, pred, sample_weight=np.ones(60)) == cluster_accuracy(y, pred)
+    with pytest.raises(ValueError, match="Negative values in data passed to .sample_weight"):
+        cluster_accuracy(y, pred, sample_weight=-np.ones(60))
+    with pytest.raises(ValueError, match="at least one non-zero"):
+        cluster_accuracy(y, pred, sample_weight=np.zeros(60))
+    with pytest.raises(ValueError, match=r"sample_weight.shape == \(59,\), expected \(60,\)"):
+        cluster_accuracy(y, pred, sample_weight=np.ones(59))
+
+
+def test_score_works_in_a_pipeline_search_with_metadata_routing_on():
+    import sklearn
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = make_blobs(n_samples=120, centers=3, cluster_std=0.5, random_state=1)
+    with sklearn.config_context(enable_metadata_routing=True):
+        # A Pipeline with routing on passes sample_weight=None to its last step's score.
+        search = GridSearchCV(make_pipeline(StandardScaler(), FeatureClusterer(random_state=0)),
+                              {"featureclusterer__n_clusters": [2, 3, 5]}, cv=3).fit(X)
+        assert search.best_params_ == {"featureclusterer__n_clusters": 3}
+        weights = np.where(y == 0, 3.0, 1.0)
+        clusterer = FeatureClusterer(n_clusters=2, random_state=0).set_score_request(sample_weight=True)
+        pipeline = make_pipeline(StandardScaler(), clusterer).fit(X)
+        labels = pipeline.predict(X)
+        assert pipeline.score(X, y, sample_weight=weights) == cluster_accuracy(y, labels, sample_weight=weights)
+        with pytest.raises(ValueError, match="score weighs samples only in the accuracy against y"):
+            pipeline.score(X, sample_weight=weights)
+
+
 def test_scorers_work_in_grid_search():
     X, y = make_blobs(n_samples=120, centers=4, cluster_std=0.5, random_state=1)
     search = GridSearchCV(

@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline
 
 from skdeepclust import FeatureClusterer, ImageEmbedder, PretrainedFeatureClusterer
 from skdeepclust.clustering import SCANClusterer, TorchKMeans
-from skdeepclust.metrics import CLUSTERING_SCORERS
+from skdeepclust.metrics import CLUSTERING_SCORERS, cluster_accuracy
 
 
 def test_fit_predict_separates_two_obvious_groups(labelled_images):
@@ -73,6 +73,16 @@ def test_label_free_score_is_a_silhouette(labelled_images):
     assert 0.0 < est.score(X) <= 1.0
     single = PretrainedFeatureClusterer(**TINY, n_clusters=1).fit(X)
     assert single.score(X) == 0.0
+
+
+def test_score_weighs_the_accuracy_and_refuses_weights_without_labels(labelled_images, monkeypatch):
+    X, y = labelled_images
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(X)
+    weights = np.arange(len(y)) % 3
+    assert est.score(X, y, sample_weight=weights) == cluster_accuracy(y, est.labels_, sample_weight=weights)
+    monkeypatch.setattr(ImageEmbedder, "transform", lambda *args: pytest.fail("the backbone should not run"))
+    with pytest.raises(ValueError, match="score weighs samples only in the accuracy against y"):
+        est.score(X, sample_weight=weights)
 
 
 def test_grid_search_over_n_clusters_with_and_without_labels():

@@ -229,6 +229,19 @@ def _silhouette_rows(labels, random_state):
     return np.union1d(order[:SILHOUETTE_MAX_SAMPLES], order[first_of_each])
 
 
+def check_score_weights(y, sample_weight):
+    """Refuse weights where ``score`` has no labels to weigh the accuracy with.
+
+    ``score`` takes ``sample_weight`` at all because a Pipeline with metadata
+    routing on passes it (as None) to its last step's score.
+    """
+    if sample_weight is not None and y is None:
+        raise ValueError(
+            "score weighs samples only in the accuracy against y; without y it is a "
+            "silhouette, which does not weigh them. Pass y, or sample_weight=None."
+        )
+
+
 def label_free_score(features, labels, random_state=None):
     """Cosine silhouette of ``labels`` on ``features``: larger is better, in [-1, 1].
 
@@ -475,7 +488,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         X = self._validated(X)
         return self.clusterer_.predict_proba(X)
 
-    def score(self, X, y=None):
+    def score(self, X, y=None, sample_weight=None):
         """How good the clustering of ``X`` is; larger is better.
 
         Parameters
@@ -484,6 +497,9 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
             Feature matrix.
         y : array-like of shape (n_samples,), default=None
             True classes, if known.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples in the accuracy; needs ``y`` (the silhouette
+            does not weigh samples).
 
         Returns
         -------
@@ -496,8 +512,9 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
             the number of clusters by itself, so it can choose ``n_clusters``. A
             single predicted cluster scores 0.0.
         """
+        check_score_weights(y, sample_weight)
         X = self._validated(X)
         labels = self._predict_validated(X)
         if y is not None:
-            return cluster_accuracy(y, labels)
+            return cluster_accuracy(y, labels, sample_weight=sample_weight)
         return label_free_score(X, labels, random_state=self.random_state)
