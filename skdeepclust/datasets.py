@@ -8,6 +8,7 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+import secrets
 import tarfile
 import warnings
 import zipfile
@@ -17,6 +18,7 @@ import numpy as np
 from sklearn.utils import Bunch, check_random_state
 
 from ._device import usable_cores
+from ._progress import progress_bar
 from .embedding.images import _decode_file, find_image_files, is_hidden_name
 
 # Below this many files per process, starting the processes costs more than they save.
@@ -187,8 +189,6 @@ def split_readable(files, progress=False):
     does not (None where it does). Many files are checked in one process per
     core; ``progress=True`` shows a progress bar.
     """
-    from tqdm.auto import tqdm
-
     processes = min(usable_cores(), len(files) // PARALLEL_CHECK_MIN_FILES)
     if multiprocessing.current_process().daemon:
         processes = 0  # e.g. a multiprocessing.Pool's worker, which may not start processes
@@ -198,8 +198,8 @@ def split_readable(files, progress=False):
             reasons = pool.map(unreadable_reason, files, chunksize=256)
         else:
             reasons = map(unreadable_reason, files)
-        reasons = list(tqdm(reasons, total=len(files), desc="checking files", unit="file",
-                            disable=not progress))
+        reasons = list(progress_bar(reasons, enabled=progress, total=len(files), desc="checking files",
+                                    unit="file"))
     return [reason is None for reason in reasons], reasons
 
 
@@ -258,16 +258,26 @@ def extract_image_archive(archive, cache_dir=None):
     complete = folder / ".extracted"
     if complete.is_file() and complete.read_text() == identity:
         return _contents_folder(folder)
-    if folder.exists():  # an older version of the archive, or an unpacking cut short
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    if archive.name.endswith(".zip"):
-        with zipfile.ZipFile(archive) as zipped:
-            zipped.extractall(folder)
-    else:
-        with tarfile.open(archive) as tarred:
-            tarred.extractall(folder, filter="data")
-    complete.write_text(identity)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Unpacked beside the folder and moved into place when whole, so that a damaged
+    # archive, or an unpacking cut short, leaves nothing behind.
+    # Not tempfile.mkdtemp, whose folder only its owner may read.
+    unpacking = cache_dir / f".{folder.name}-unpacking-{os.getpid()}-{secrets.token_hex(4)}"
+    unpacking.mkdir()
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zipped:
+                zipped.extractall(unpacking)
+        else:
+            with tarfile.open(archive) as tarred:
+                tarred.extractall(unpacking, filter="data")
+        (unpacking / complete.name).write_text(identity)
+        if folder.exists():  # an older version of the archive
+            shutil.rmtree(folder)
+        os.replace(unpacking, folder)
+    except BaseException:
+        shutil.rmtree(unpacking, ignore_errors=True)
+        raise
     return _contents_folder(folder)
 
 

@@ -206,6 +206,28 @@ def test_files_sort_by_class_then_path(tmp_path):
     assert [f.split("/")[-1] for f in data.filenames] == ["c.png", "a.png", "b.png", "a.png"]
 
 
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_a_damaged_archive_leaves_nothing_in_the_cache(image_folder, tmp_path, kind):
+    import shutil
+    import stat
+
+    archive = shutil.make_archive(str(tmp_path / "pictures"), "gztar" if kind == "tar.gz" else "zip", image_folder)
+    cache = tmp_path / "cache"
+    folder = extract_image_archive(archive, cache)
+    (tmp_path / "plain").mkdir()  # readable by others as far as the umask lets it be
+    assert stat.S_IMODE(folder.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    whole = open(archive, "rb").read()
+    with open(archive, "wb") as cut:  # a download cut short
+        cut.write(whole[: len(whole) // 2])
+    with pytest.raises(Exception):
+        extract_image_archive(archive, cache)
+    assert [entry.name for entry in cache.iterdir()] == [folder.name]  # the earlier version only
+    shutil.rmtree(folder)
+    with pytest.raises(Exception):
+        extract_image_archive(archive, cache)
+    assert list(cache.iterdir()) == []
+
+
 def test_archive_errors(tmp_path):
     with pytest.raises(ValueError, match="not a file"):
         extract_image_archive(tmp_path / "none.tar.gz")

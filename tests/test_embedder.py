@@ -338,6 +338,26 @@ def test_output_features_are_named_for_set_output(images):
     assert frame.columns.tolist() == names.tolist()
 
 
+def test_fit_transform_keeps_the_index_of_a_series_of_paths(images, tmp_path):
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import StandardScaler
+
+    paths = []
+    for position, image in enumerate(images[:6]):
+        paths.append(str(tmp_path / f"{position}.png"))
+        Image.fromarray(image).save(paths[-1])
+    table = pd.DataFrame({"path": paths, "size": np.arange(6.0)}, index=[7, 2, 9, 4, 0, 5])
+    embedder = ImageEmbedder(**TINY).set_output(transform="pandas")
+    fitted = embedder.fit_transform(table["path"])
+    assert fitted.index.tolist() == [7, 2, 9, 4, 0, 5]
+    pd.testing.assert_frame_equal(fitted, embedder.transform(table["path"]))
+    # A split or filtered table, whose index is not 0..n-1, through a ColumnTransformer.
+    columns = ColumnTransformer([("image", ImageEmbedder(**TINY), "path"),
+                                 ("size", StandardScaler(), ["size"])]).set_output(transform="pandas")
+    assert columns.fit_transform(table).shape == (6, 64 + 1)
+
+
 @pytest.mark.parametrize("crop_pct, close_to_timm", [("model", True), (1.0, False)])
 def test_crop_pct_model_reproduces_timms_evaluation_transform(crop_pct, close_to_timm):
     import timm.data
@@ -362,3 +382,30 @@ def test_crop_pct_is_checked(images):
         with pytest.raises(ValueError, match=r"crop_pct must be a share of the image in \[0.25, 1\]"):
             ImageEmbedder(**TINY, crop_pct=bad).fit(images)
     assert ImageEmbedder(**TINY, crop_pct="model").fit(images).preprocessing_.crop_pct == 0.95
+
+
+def test_progress_bars_that_are_off_leave_no_trace_in_the_process(tmp_path):
+    # Even a disabled tqdm bar fixes multiprocessing's start method and starts a
+    # monitor thread; a fresh interpreter shows whether any call made one.
+    import subprocess
+    import sys
+
+    for name in ["a.png", "b.png", "c.png"]:
+        Image.new("RGB", (16, 16)).save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    program = f"""
+import multiprocessing, threading, warnings
+import numpy as np
+from skdeepclust import ImageEmbedder
+from skdeepclust.clustering import SCANClusterer
+from skdeepclust.datasets import load_image_folder
+
+warnings.simplefilter("ignore")
+files = load_image_folder({str(tmp_path)!r}, skip_unreadable=True).filenames
+features = ImageEmbedder(**{TINY!r}).fit_transform(files)
+SCANClusterer(n_clusters=2, n_neighbors=1, n_epochs=2, device="cpu").fit(features)
+print(multiprocessing.get_start_method(allow_none=True), [thread.name for thread in threading.enumerate()])
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None ['MainThread']"

@@ -62,6 +62,29 @@ def test_unreadable_file_in_a_worker_is_a_clear_error(image_files):
         list(as_images(image_files).batches(4, num_workers=2))
 
 
+class _FailsOnSecondBatch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 4)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("failed on the second batch")
+        return self.linear(x.mean((2, 3)))
+
+
+def test_an_error_while_embedding_stops_the_decode_workers_at_once(image_files):
+    embedder = ImageEmbedder(_FailsOnSecondBatch(), image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3,
+                             batch_size=2, num_workers=2).fit(image_files[:1])
+    # pytest keeps the exception, and so its traceback, alive, as a notebook keeps the last one.
+    with pytest.raises(RuntimeError, match="second batch") as raised:
+        embedder.transform(image_files)
+    assert multiprocessing.active_children() == []
+    assert raised.value is not None
+
+
 def test_embedding_files_with_workers_matches_in_process(images, image_files):
     embedder = ImageEmbedder(**TINY, batch_size=4, num_workers=0).fit(images)
     expected = embedder.transform(image_files)

@@ -22,9 +22,9 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._device import host_array, resolve_device, seeded_torch, torch_seed_from
+from .._progress import progress_bar
 from .._warnings import stacklevel_of_user_code
 
 
@@ -237,12 +237,13 @@ class Progress:
     """A tqdm progress bar over the epochs, with the lowest head loss, when ``verbose`` > 0."""
 
     def __init__(self, name, n_epochs, verbose):
-        self.bar = tqdm(total=n_epochs, desc=name, unit="epoch", disable=not verbose)
+        self.n_epochs = n_epochs
+        self.bar = progress_bar(enabled=bool(verbose), total=n_epochs, desc=name, unit="epoch")
 
     def epoch(self, epoch, loss):
         self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
         self.bar.update(1)
-        if epoch + 1 == self.bar.total:
+        if epoch + 1 == self.n_epochs:
             self.bar.close()
 
 

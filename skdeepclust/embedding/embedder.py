@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
 from .._device import checked_random_state, resolve_device, usable_cores
+from .._progress import progress_bar
 from .._warnings import stacklevel_of_user_code
 from .backbone import build_backbone
 from .images import as_images
@@ -309,6 +309,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         A timm model name, with an optional pretrained tag, or a module that maps a
         (batch, 3, H, W) tensor to (batch, features). A module is copied, never
         changed; unless it is a timm model, give ``image_size``, ``mean`` and ``std``.
+        A ``Pipeline(memory=...)`` reuses the embeddings of a named backbone only:
+        joblib's hash of a module changes with each copy (torch pickles tensors by
+        their memory address), so the clones a search fits never find them.
     pretrained : bool or str or path-like, default=True
         ``True``: timm's own weights for the name (from the model hub, or its cache).
         A path: a local checkpoint (``.safetensors``, ``.pth``, ``.pt``, ``.bin``,
@@ -636,7 +639,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         # fit then transform would each wrap X: list folders, check every path
         # and the pixel range of every array, and copy GPU tensors in lists twice.
         images = as_images(X)
-        return self.fit(images, y).transform(images)
+        # Not self.transform: set_output wraps it, and given the wrapped images
+        # instead of X it would number the rows of a data frame afresh.
+        return self.fit(images, y)._transform_images(images)
 
     def transform(self, X):
         """Embed images.
@@ -653,7 +658,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         """
         check_is_fitted(self)
         self._validate_params()  # set_params may have changed them since fit
-        images = as_images(X)
+        return self._transform_images(as_images(X))
+
+    def _transform_images(self, images):
         device = resolve_device(self.device)
         # CUDA calls without a device argument (events, bf16 support, pinning
         # threads) take the current device, which for "cuda:1" is not this one.
@@ -671,8 +678,11 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             min_size=self.preprocessing_.resize_size,
         )
         copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        progress = tqdm(total=len(images), desc="embedding", unit="img", disable=not self.verbose)
-        with torch.inference_mode(), progress:
+        progress = progress_bar(enabled=bool(self.verbose), total=len(images), desc="embedding", unit="img")
+        # Closing the batches at once shuts their decoding workers down: after an
+        # error, a traceback kept alive (as a notebook keeps the last one) would
+        # keep them and their shared memory around.
+        with torch.inference_mode(), progress, contextlib.closing(batches):
             for batch in batches:
                 inputs = prepare_batch(batch, self.preprocessing_, device, copy_stream)
                 inputs = inputs.to(runtime.dtype).contiguous(memory_format=runtime.memory_format)
