@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gzip
 import hashlib
 import multiprocessing
 import os
@@ -12,6 +13,7 @@ import secrets
 import tarfile
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,14 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
     max_per_class : int, default=None
         Keep at most this many images of each class, drawn at random (seeded by
         ``random_state``). Needs a labelled folder.
+    skip_unreadable : bool, default=False
+        Decode every listed file once (JPEGs at a reduced scale), in one process
+        per core for many files, and leave out those that cannot be read (damaged,
+        cut short, or not images after all), with a warning that names them.
+        Without it such a file is found only when the images are embedded, and
+        stops the fit with an error that names it. The check is made after
+        ``max_per_class`` has drawn its sample, so a class may then keep fewer
+        images; it took 3.5 s for CIFAR-10's 10,000 test JPEGs on one core.
     random_state : int, RandomState instance or None, default=None
         Seeds the draw of ``max_per_class``.
     return_X_y : bool, default=False
@@ -89,11 +99,14 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
     >>> len(data.filenames), list(data.unreadable) == [str(root / "dog" / "2.png")]
     (3, True)
     """
+    if not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root must be the path of a folder; got {root!r}.")
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"root={str(root)!r} is not a folder.")
-    if not isinstance(skip_unreadable, (bool, np.bool_)):
-        raise ValueError(f"skip_unreadable must be True or False; got {skip_unreadable!r}.")
+    for name, flag in (("skip_unreadable", skip_unreadable), ("return_X_y", return_X_y)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False; got {flag!r}.")
     if max_per_class is not None:
         is_count = isinstance(max_per_class, (int, np.integer)) and not isinstance(max_per_class, bool)
         if not is_count or max_per_class < 1:
@@ -193,7 +206,7 @@ def split_readable(files, progress=False):
     if multiprocessing.current_process().daemon:
         processes = 0  # e.g. a multiprocessing.Pool's worker, which may not start processes
     with contextlib.ExitStack() as stack:
-        if processes > 1:  # a pass over 60,000 files takes 8 s on one core
+        if processes > 1:  # 10,000 CIFAR-10 JPEGs take 3.5 s on one core
             pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(processes))
             reasons = pool.map(unreadable_reason, files, chunksize=256)
         else:
@@ -237,6 +250,8 @@ def extract_image_archive(archive, cache_dir=None):
         (``photos.zip`` holding ``photos/<class>/...``), that folder, so that
         :func:`load_image_folder` finds the classes in it.
     """
+    if not isinstance(archive, (str, os.PathLike)):
+        raise ValueError(f"archive must be the path of a file; got {archive!r}.")
     archive = Path(archive).expanduser()
     if not archive.is_file():
         raise ValueError(f"archive={str(archive)!r} is not a file.")
@@ -275,6 +290,13 @@ def extract_image_archive(archive, cache_dir=None):
         if folder.exists():  # an older version of the archive
             shutil.rmtree(folder)
         os.replace(unpacking, folder)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        shutil.rmtree(unpacking, ignore_errors=True)
+        reason = " ".join(str(exc).split())  # tarfile's runs over several lines
+        raise ValueError(
+            f"archive={str(archive)!r} is damaged or cut short ({type(exc).__name__}: {reason}); "
+            "copy or download it again."
+        ) from exc
     except BaseException:
         shutil.rmtree(unpacking, ignore_errors=True)
         raise

@@ -62,6 +62,13 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
     check_consistent_length(y_true, y_pred)
     if y_true.shape[0] == 0:
         raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")
+    for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
+        # NaN would be one more class (or cluster), and the accuracy a number that means nothing.
+        if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+            raise ValueError(
+                f"{name} contains NaN or infinity; if those mark unlabelled samples, leave "
+                "the samples out of the score."
+            )
     if sample_weight is None:
         counts = contingency_matrix(y_true, y_pred)
         total = y_true.shape[0]

@@ -312,9 +312,16 @@ class _TinyCNN(nn.Module):
         return x.mean(dim=(2, 3)) if self.pooled else x
 
 
+class _OutOfMemory(nn.Module):
+    def forward(self, x):  # what torch's CPU allocator raises for an image_size far too large
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 120000000000 bytes.")
+
+
 @pytest.mark.parametrize("module, image_size, match", [
     (nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), 16,
      "must take 3 input channels"),
+    (_OutOfMemory(), 16, "more than this machine's memory holds for one image; lower image_size"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 2)), 20,
      "check image_size"),
 ])

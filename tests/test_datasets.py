@@ -83,6 +83,12 @@ def test_skip_unreadable_refuses_a_folder_with_no_readable_image(tmp_path):
         load_image_folder(tmp_path, skip_unreadable=True)
     with pytest.raises(ValueError, match="skip_unreadable must be True or False; got 'yes'"):
         load_image_folder(tmp_path, skip_unreadable="yes")
+    with pytest.raises(ValueError, match="return_X_y must be True or False; got 'no'"):
+        load_image_folder(tmp_path, return_X_y="no")  # would return a tuple
+    with pytest.raises(ValueError, match="root must be the path of a folder; got None"):
+        load_image_folder(None)
+    with pytest.raises(ValueError, match="archive must be the path of a file; got None"):
+        extract_image_archive(None)
 
 
 def test_without_skip_unreadable_a_damaged_file_is_listed_and_its_error_points_to_the_option(tmp_path):
@@ -219,13 +225,18 @@ def test_a_damaged_archive_leaves_nothing_in_the_cache(image_folder, tmp_path, k
     whole = open(archive, "rb").read()
     with open(archive, "wb") as cut:  # a download cut short
         cut.write(whole[: len(whole) // 2])
-    with pytest.raises(Exception):
+    damaged = r"^archive=.*pictures.* is damaged or cut short \(\w+: .*\); copy or download it again."
+    with pytest.raises(ValueError, match=damaged):
         extract_image_archive(archive, cache)
     assert [entry.name for entry in cache.iterdir()] == [folder.name]  # the earlier version only
     shutil.rmtree(folder)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=damaged):
         extract_image_archive(archive, cache)
     assert list(cache.iterdir()) == []
+    with open(archive, "wb") as garbage:
+        garbage.write(b"not an archive at all")
+    with pytest.raises(ValueError, match=damaged):
+        extract_image_archive(archive, cache)
 
 
 def test_archive_errors(tmp_path):

@@ -409,3 +409,14 @@ print(multiprocessing.get_start_method(allow_none=True), [thread.name for thread
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None ['MainThread']"
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(std=["0.2", "0.2", "0.2"]), r"^std must be None or 3 finite numbers \(R, G, B\)"),
+    (dict(mean=(0.5, 0.5)), r"^mean must be None or 3 finite numbers"),
+    (dict(verbose=-1), "^verbose must be"),
+])
+def test_preprocessing_and_verbose_are_checked_in_our_words(images, params, match):
+    with pytest.raises(ValueError, match=match):
+        ImageEmbedder(**TINY, **params).fit(images)
+    ImageEmbedder(**TINY, verbose=np.bool_(False)).fit(images)  # as scikit-learn's estimators take it

@@ -243,6 +243,8 @@ def test_debiased_predictions_do_not_depend_on_the_other_rows(blobs):
         (dict(learning_rate=-1.0), "learning_rate"),
         (dict(n_heads=2.5), "n_heads"),
         (dict(random_state=-1), "^random_state must be"),
+        # Infinity would run, and end in one cluster or a divergence blamed on learning_rate.
+        (dict(weight_decay=float("inf")), r"^weight_decay must be a finite number in \[0.0, inf\); got inf"),
     ],
 )
 @pytest.mark.parametrize("name", sorted(HEADS))
@@ -339,6 +341,10 @@ def test_torch_kmeans_handles_duplicates_and_bad_input():
         TorchKMeans(init="forgy", device="cpu").fit(X)
     with pytest.raises(ValueError, match="^random_state must be"):
         TorchKMeans(random_state=np.random.default_rng(0), device="cpu").fit(X)
+    with pytest.raises(ValueError, match="^tol must be a finite number"):  # inf: one iteration only
+        TorchKMeans(tol=np.inf, device="cpu").fit(X)
+    with pytest.raises(ValueError, match="Negative values"):  # would turn the score's sign
+        model.score(X, sample_weight=-np.ones(len(X)))
 
 
 def test_torch_kmeans_stays_precise_far_from_the_origin():
@@ -558,6 +564,10 @@ def test_select_n_clusters_recovers_true_k():
     assert set(scores) == set(range(2, 9))
     with pytest.raises(ValueError, match="candidates"):
         select_n_clusters(X, [1, 5])
+    with pytest.raises(ValueError, match=r"^candidates must be numbers of clusters to try, e.g. range\(2, 21\); got 5"):
+        select_n_clusters(X, 5)
+    with pytest.raises(ValueError, match="^select_n_clusters scores clusterings of a 2-D feature matrix .* Embed them"):
+        select_n_clusters(np.zeros((6, 8, 8, 3), np.uint8), [2, 3])
 
 
 def test_select_n_clusters_says_when_a_head_gives_fewer_clusters_than_asked():

@@ -35,6 +35,10 @@ def test_accuracy_input_errors():
         cluster_accuracy([0, 1], [0])
     with pytest.raises(ValueError, match="at least one sample"):
         cluster_accuracy([], [])
+    with pytest.raises(ValueError, match="y_true contains NaN or infinity; if those mark unlabelled"):
+        cluster_accuracy([0, np.nan, np.nan, 1], [0, 1, 2, 3])  # would be 0.75
+    with pytest.raises(ValueError, match="y_pred contains NaN"):
+        cluster_accuracy([0, 1], [0.0, np.inf])
 
 
 def test_weighted_accuracy_counts_a_weight_of_two_as_two_samples():

@@ -1,4 +1,4 @@
-"""Shared machinery of the torch clustering heads: parameter checks, multi-head
+"""Shared machinery of the torch clustering heads: multi-head
 modules, the mini-batch loop, progress bars, CPU export of fitted weights, and the
 estimator base class with prediction.
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import warnings
 
 import numpy as np
@@ -25,47 +24,11 @@ from torch import nn
 
 from .._device import host_array, resolve_device, seeded_torch, torch_seed_from
 from .._progress import progress_bar
+from .._validation import check_choice, check_float, check_int, check_verbose
 from .._warnings import stacklevel_of_user_code
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def check_int(name, value, minimum=1, allow_none=False):
-    """Raise a ValueError naming ``name`` unless ``value`` is an integer >= ``minimum``."""
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
-    return int(value)
-
-
-def check_float(name, value, low=0.0, high=math.inf, low_inclusive=True, high_inclusive=True):
-    """Raise a ValueError naming ``name`` unless ``value`` is a real number in the range."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a real number; got {value!r}.")
-    value = float(value)
-    too_low = value < low if low_inclusive else value <= low
-    too_high = value > high if high_inclusive else value >= high
-    if too_low or too_high or math.isnan(value):
-        left = "[" if low_inclusive else "("
-        right = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must lie in {left}{low}, {high}{right}; got {value!r}.")
-    return value
-
-
-def check_verbose(value):
-    """Raise a ValueError unless ``value`` is a bool or an integer >= 0, as scikit-learn allows."""
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    return check_int("verbose", value, minimum=0)
-
-
-def check_choice(name, value, choices):
-    """Raise a ValueError naming ``name`` unless ``value`` is one of ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}; got {value!r}.")
-    return value
 
 
 def check_enough_samples(n_samples, n_clusters):

@@ -25,7 +25,8 @@ from sklearn.utils.validation import (
 from .._device import host_array
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
-from ._training import HeadClusterer, check_verbose
+from .._validation import check_verbose
+from ._training import HeadClusterer
 from .kmeans import TorchKMeans
 
 # Cosine silhouette is quadratic in the number of samples; beyond this many it is
@@ -35,12 +36,12 @@ SILHOUETTE_MAX_SAMPLES = 5000
 _COUNT_PARAMETERS = ("n_clusters", "n_components")
 
 
-def _refuse_images(X):
+def refuse_images(X, taker="FeatureClusterer clusters"):
     """Images handed to a feature clusterer get the way to their features, not
     scikit-learn's bare "Found array with dim 4"."""
     if isinstance(X, (str, os.PathLike)) or getattr(X, "ndim", 2) in (3, 4):
         raise ValueError(
-            "FeatureClusterer clusters a 2-D feature matrix (n_samples, n_features); this "
+            f"{taker} a 2-D feature matrix (n_samples, n_features); this "
             "input looks like images or a folder of them. Embed them first with "
             "ImageEmbedder, or use PretrainedFeatureClusterer, which does both."
         )
@@ -415,7 +416,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
             The fitted estimator.
         """
         clusterer = self._validate_params()
-        _refuse_images(X)
+        refuse_images(X)
         X = validate_data(self, host_array(X), dtype=[np.float64, np.float32],
                           ensure_min_samples=1)
         self._check_sample_count(clusterer, X.shape[0])
@@ -462,7 +463,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         """``X`` checked, in the dtype of the rows ``fit`` saw: scikit-learn's KMeans
         predicts only on the dtype it was fitted on."""
         check_is_fitted(self)
-        _refuse_images(X)
+        refuse_images(X)
         return validate_data(self, host_array(X), dtype=self.cluster_centers_.dtype, reset=False)
 
     def _nearest_centre(self, X):

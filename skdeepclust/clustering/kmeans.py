@@ -20,7 +20,8 @@ from sklearn.utils.validation import (
 
 from .._device import host_array, resolve_device, torch_seed_from
 from .._warnings import stacklevel_of_user_code
-from ._training import check_float, check_int, check_verbose, make_generator
+from .._validation import check_float, check_int, check_verbose
+from ._training import make_generator
 
 __all__ = ["TorchKMeans"]
 
@@ -389,5 +390,6 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         squared = euclidean_distances(
             X, self.cluster_centers_.astype(X.dtype, copy=False), squared=True
         ).min(axis=1)
-        sample_weight = _check_sample_weight(host_array(sample_weight), X, dtype=np.float64)
+        sample_weight = _check_sample_weight(host_array(sample_weight), X, dtype=np.float64,
+                                             ensure_non_negative=True)
         return -float(squared @ sample_weight)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array
 
 from .._device import host_array
-from .feature_clusterer import FeatureClusterer, label_free_score
+from .feature_clusterer import FeatureClusterer, label_free_score, refuse_images
 
 __all__ = ["select_n_clusters"]
 
@@ -58,7 +59,10 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     >>> best
     4
     """
+    refuse_images(features, taker="select_n_clusters scores clusterings of")
     features = check_array(host_array(features), dtype=[np.float64, np.float32])
+    if not isinstance(candidates, Iterable) or isinstance(candidates, str):
+        raise ValueError(f"candidates must be numbers of clusters to try, e.g. range(2, 21); got {candidates!r}.")
     candidates = list(candidates)
     if not candidates:
         raise ValueError("candidates is empty; pass numbers of clusters to try, e.g. range(2, 21).")

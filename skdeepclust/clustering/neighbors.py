@@ -12,7 +12,8 @@ import torch
 from sklearn.utils import check_array
 
 from .._device import host_array, resolve_device
-from ._training import check_int, normalize_rows
+from .._validation import check_int
+from ._training import normalize_rows
 
 __all__ = ["mine_nearest_neighbors"]
 

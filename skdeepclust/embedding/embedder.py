@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._device import checked_random_state, resolve_device, usable_cores
 from .._progress import progress_bar
+from .._validation import check_verbose
 from .._warnings import stacklevel_of_user_code
 from .backbone import build_backbone
 from .images import as_images
@@ -475,7 +476,11 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             value = getattr(self, name)
             if value is None:
                 continue
-            if np.ndim(value) != 1 or len(value) != 3 or not np.all(np.isfinite(value)):
+            # Element by element: numpy would read strings as numbers, or refuse them obscurely.
+            if not (np.ndim(value) == 1 and len(value) == 3 and all(
+                isinstance(number, numbers.Real) and not isinstance(number, (bool, np.bool_))
+                and math.isfinite(number) for number in value
+            )):
                 raise ValueError(f"{name} must be None or 3 finite numbers (R, G, B); got {value!r}.")
             if name == "std" and np.any(np.asarray(value) <= 0):
                 raise ValueError(f"std must be positive; got {value!r}.")
@@ -522,8 +527,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}.")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise TypeError(f"normalize must be True or False; got {self.normalize!r}.")
-        if not (isinstance(self.verbose, numbers.Integral) and self.verbose >= 0):
-            raise ValueError(f"verbose must be a non-negative integer; got {self.verbose!r}.")
+        check_verbose(self.verbose)
         checked_random_state(self.random_state)
         resolve_device(self.device)
 
@@ -558,21 +562,23 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             self.crop_pct,
         )
         backbone_name = self._backbone_name()
+        probe_shape = (1, 3, *preprocessing.input_size)
         with torch.inference_mode():
-            probe = torch.zeros(1, 3, *preprocessing.input_size, dtype=torch.float32)
             try:
-                features = model(probe)
+                features = model(torch.zeros(probe_shape, dtype=torch.float32))
             except Exception as exc:
+                if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
+                    fix = "that is more than this machine's memory holds for one image; lower image_size"
                 # Images always reach the backbone as RGB; a stem built for one channel
                 # (or four) fails on them, and image_size is not the culprit then.
-                if "channels" in str(exc):
+                elif "channels" in str(exc):
                     fix = "it must take 3 input channels, as every image is given to it as RGB"
                 elif re.search(r"type.*\b(float|double|half|bfloat16)\b", str(exc), re.IGNORECASE):
                     fix = "its weights must be float32 (module.float()), as the images reach it in float32"
                 else:
                     fix = "check image_size"
                 raise ValueError(
-                    f"The backbone {backbone_name} fails on a {tuple(probe.shape)} input "
+                    f"The backbone {backbone_name} fails on a {probe_shape} input "
                     f"({type(exc).__name__}: {exc}); {fix}."
                 ) from exc
         self.model_ = model
