@@ -6,10 +6,9 @@ import concurrent.futures
 import contextlib
 import gzip
 import hashlib
-import multiprocessing
+import math
 import os
 import shutil
-import secrets
 import tarfile
 import warnings
 import zipfile
@@ -23,8 +22,8 @@ from ._device import usable_cores
 from ._progress import progress_bar
 from .embedding.images import _decode_file, find_image_files, is_hidden_name
 
-# Below this many files per process, starting the processes costs more than they save.
-PARALLEL_CHECK_MIN_FILES = 1000
+# Files each thread of the readability check gets at least.
+FILES_PER_CHECK_THREAD = 256
 # Unreadable files named in load_image_folder's warning; the Bunch lists them all.
 UNREADABLE_FILES_SHOWN = 5
 
@@ -44,7 +43,7 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
         Keep at most this many images of each class, drawn at random (seeded by
         ``random_state``). Needs a labelled folder.
     skip_unreadable : bool, default=False
-        Decode every listed file once (JPEGs at a reduced scale), in one process
+        Decode every listed file once (JPEGs at a reduced scale), in one thread
         per core for many files, and leave out those that cannot be read (damaged,
         cut short, or not images after all), with a warning that names them.
         Without it such a file is found only when the images are embedded, and
@@ -66,7 +65,10 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
         ``root`` itself, :class:`~skdeepclust.ImageEmbedder` and
         :class:`~skdeepclust.PretrainedFeatureClusterer` take the images in that
         order too, so with ``max_per_class=None`` row ``i`` of the embeddings, and
-        ``labels_[i]``, belong to ``filenames[i]``.
+        ``labels_[i]``, belong to ``filenames[i]``. With ``skip_unreadable=True``
+        also ``unreadable``: a dict from each file left out to why it could not be
+        read (a class whose files are all unreadable keeps its name in
+        ``target_names``, with no samples).
     (filenames, target) : tuple
         If ``return_X_y`` is True.
 
@@ -199,16 +201,16 @@ def split_readable(files, progress=False):
     """Decode each of ``files``; return ``(readable, reasons)``.
 
     ``readable[i]`` tells whether ``files[i]`` decodes and ``reasons[i]`` why it
-    does not (None where it does). Many files are checked in one process per
-    core; ``progress=True`` shows a progress bar.
+    does not (None where it does). Many files are checked in one thread per core
+    (Pillow decodes without holding the GIL; threads, unlike processes, need no
+    ``if __name__ == "__main__"`` guard in the caller's script); ``progress=True``
+    shows a progress bar.
     """
-    processes = min(usable_cores(), len(files) // PARALLEL_CHECK_MIN_FILES)
-    if multiprocessing.current_process().daemon:
-        processes = 0  # e.g. a multiprocessing.Pool's worker, which may not start processes
+    threads = min(usable_cores(), math.ceil(len(files) / FILES_PER_CHECK_THREAD))
     with contextlib.ExitStack() as stack:
-        if processes > 1:  # 10,000 CIFAR-10 JPEGs take 3.5 s on one core
-            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(processes))
-            reasons = pool.map(unreadable_reason, files, chunksize=256)
+        if threads > 1:
+            pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(threads))
+            reasons = pool.map(unreadable_reason, files)
         else:
             reasons = map(unreadable_reason, files)
         reasons = list(progress_bar(reasons, enabled=progress, total=len(files), desc="checking files",
@@ -241,7 +243,8 @@ def extract_image_archive(archive, cache_dir=None):
         Where to unpack; default ``$SKDEEPCLUST_CACHE`` or ``~/.cache/skdeepclust``.
         Each archive gets a sub-folder of its own, named after the archive and its
         location. It is unpacked again only when the archive changes (its size or
-        modification time) or the last unpacking did not finish.
+        modification time) or the last unpacking did not finish. Processes that
+        unpack one archive at once take turns (not on Windows).
 
     Returns
     -------
@@ -249,6 +252,13 @@ def extract_image_archive(archive, cache_dir=None):
         The folder holding the archive's contents; when those are a single folder
         (``photos.zip`` holding ``photos/<class>/...``), that folder, so that
         :func:`load_image_folder` finds the classes in it.
+
+    Raises
+    ------
+    ValueError
+        If ``archive`` is not a file of those kinds, is damaged or cut short
+        (nothing is left in the cache then), or holds links or paths leading
+        outside itself.
     """
     if not isinstance(archive, (str, os.PathLike)):
         raise ValueError(f"archive must be the path of a file; got {archive!r}.")
@@ -274,10 +284,43 @@ def extract_image_archive(archive, cache_dir=None):
     if complete.is_file() and complete.read_text() == identity:
         return _contents_folder(folder)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Unpacked beside the folder and moved into place when whole, so that a damaged
-    # archive, or an unpacking cut short, leaves nothing behind.
-    # Not tempfile.mkdtemp, whose folder only its owner may read.
-    unpacking = cache_dir / f".{folder.name}-unpacking-{os.getpid()}-{secrets.token_hex(4)}"
+    with _exclusive_lock(cache_dir / f".{folder.name}.lock"):
+        # Another process may have unpacked it while this one waited for the lock.
+        if not (complete.is_file() and complete.read_text() == identity):
+            _unpack(archive, folder, complete.name, identity)
+    return _contents_folder(folder)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path):
+    """Hold an exclusive lock on the file ``path`` for the block, where the OS has ``fcntl``.
+
+    Two processes unpacking one archive at once (the ranks of one job, two
+    notebooks) would otherwise delete each other's files. Without ``fcntl``
+    (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _unpack(archive, folder, marker_name, identity):
+    """Unpack ``archive`` beside ``folder``, then put it in the folder's place, marked with ``identity``.
+
+    A damaged archive, or an unpacking cut short, leaves the folder as it was.
+    """
+    # Not tempfile.mkdtemp, whose folder only its owner may read. Under the lock, a
+    # folder of this name is left from an unpacking that was killed.
+    unpacking = folder.parent / f".{folder.name}-unpacking"
+    shutil.rmtree(unpacking, ignore_errors=True)
     unpacking.mkdir()
     try:
         if archive.name.endswith(".zip"):
@@ -286,10 +329,21 @@ def extract_image_archive(archive, cache_dir=None):
         else:
             with tarfile.open(archive) as tarred:
                 tarred.extractall(unpacking, filter="data")
-        (unpacking / complete.name).write_text(identity)
+                # tarfile takes a damaged header for the end of the archive; reading the
+                # compressed stream to its end checks it whole (gzip's CRC, a cut end).
+                while tarred.fileobj.read(1 << 20):
+                    pass
+        (unpacking / marker_name).write_text(identity)
         if folder.exists():  # an older version of the archive
             shutil.rmtree(folder)
         os.replace(unpacking, folder)
+    except tarfile.FilterError as exc:
+        shutil.rmtree(unpacking, ignore_errors=True)
+        raise ValueError(
+            f"archive={str(archive)!r} holds a member that is refused for safety ({exc}): a link "
+            "or path leading outside the archive, or a device file. Unpack it yourself, if you "
+            "trust it, and pass the folder to load_image_folder."
+        ) from exc
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         shutil.rmtree(unpacking, ignore_errors=True)
         reason = " ".join(str(exc).split())  # tarfile's runs over several lines
@@ -300,7 +354,6 @@ def extract_image_archive(archive, cache_dir=None):
     except BaseException:
         shutil.rmtree(unpacking, ignore_errors=True)
         raise
-    return _contents_folder(folder)
 
 
 def _contents_folder(folder):

@@ -64,9 +64,9 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
         raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")
     for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
         # NaN would be one more class (or cluster), and the accuracy a number that means nothing.
-        if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        if _has_missing(labels):
             raise ValueError(
-                f"{name} contains NaN or infinity; if those mark unlabelled samples, leave "
+                f"{name} contains NaN, infinity or None; if those mark unlabelled samples, leave "
                 "the samples out of the score."
             )
     if sample_weight is None:
@@ -81,6 +81,16 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
         np.add.at(counts, (class_index, cluster_index), sample_weight)
     rows, cols = linear_sum_assignment(counts, maximize=True)
     return float(counts[rows, cols].sum() / total)
+
+
+def _has_missing(labels):
+    """Whether ``labels`` hold NaN, infinity or None, in a float or an object array."""
+    if labels.dtype.kind == "f":
+        return not np.isfinite(labels).all()
+    if labels.dtype.kind == "O":
+        return any(label is None or (isinstance(label, (float, np.floating)) and not np.isfinite(label))
+                   for label in labels)
+    return False
 
 
 cluster_accuracy_scorer = make_scorer(cluster_accuracy)

@@ -102,11 +102,11 @@ def test_file_names_that_are_not_utf8_are_written_as_their_bytes(capsys, image_f
     assert len(rows) == 1 + 9 and any(row.startswith(name) for row in rows)
 
 
-@pytest.mark.parametrize("files_per_process", [1000, 2], ids=["in-process", "process-pool"])
-def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path, monkeypatch, files_per_process):
+@pytest.mark.parametrize("files_per_thread", [1000, 2], ids=["one-thread", "threads"])
+def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path, monkeypatch, files_per_thread):
     import skdeepclust.datasets
 
-    monkeypatch.setattr(skdeepclust.datasets, "PARALLEL_CHECK_MIN_FILES", files_per_process)
+    monkeypatch.setattr(skdeepclust.datasets, "FILES_PER_CHECK_THREAD", files_per_thread)
     (image_folder / "dark" / "broken.jpg").write_bytes(b"not a jpeg")
     status, stdout, err = _run(
         capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS
@@ -114,7 +114,7 @@ def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path,
     assert status == 0
     [warning] = err.strip().splitlines()
     assert warning.startswith(f"skdeepclust: warning: skipping unreadable image file {image_folder / 'dark'}")
-    assert "broken.jpg: cannot identify image file" in warning  # why, from the worker processes too
+    assert "broken.jpg: cannot identify image file" in warning  # why, from the checking threads too
     assert "skipped 1 unreadable file(s)" in stdout and stdout.rstrip().endswith("broken.jpg")
 
 

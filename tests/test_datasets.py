@@ -50,11 +50,11 @@ def test_max_per_class_needs_class_folders(image_folder, with_class_folders):
         load_image_folder(image_folder, max_per_class=5, return_X_y=True)
 
 
-@pytest.mark.parametrize("files_per_process", [1000, 2], ids=["in-process", "process-pool"])
-def test_skip_unreadable_leaves_damaged_files_out_with_their_labels(image_folder, monkeypatch, files_per_process):
+@pytest.mark.parametrize("files_per_thread", [1000, 2], ids=["one-thread", "threads"])
+def test_skip_unreadable_leaves_damaged_files_out_with_their_labels(image_folder, monkeypatch, files_per_thread):
     import skdeepclust.datasets
 
-    monkeypatch.setattr(skdeepclust.datasets, "PARALLEL_CHECK_MIN_FILES", files_per_process)
+    monkeypatch.setattr(skdeepclust.datasets, "FILES_PER_CHECK_THREAD", files_per_thread)
     broken = image_folder / "dark" / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     with pytest.warns(UserWarning, match=r"Left out 1 unreadable image file\(s\) of 9 .*broken.jpg: cannot identify"):
@@ -228,15 +228,69 @@ def test_a_damaged_archive_leaves_nothing_in_the_cache(image_folder, tmp_path, k
     damaged = r"^archive=.*pictures.* is damaged or cut short \(\w+: .*\); copy or download it again."
     with pytest.raises(ValueError, match=damaged):
         extract_image_archive(archive, cache)
-    assert [entry.name for entry in cache.iterdir()] == [folder.name]  # the earlier version only
+    assert _unpacked(cache) == [folder.name]  # the earlier version only
     shutil.rmtree(folder)
     with pytest.raises(ValueError, match=damaged):
         extract_image_archive(archive, cache)
-    assert list(cache.iterdir()) == []
+    assert _unpacked(cache) == []
     with open(archive, "wb") as garbage:
         garbage.write(b"not an archive at all")
     with pytest.raises(ValueError, match=damaged):
         extract_image_archive(archive, cache)
+
+
+def test_a_tar_gz_damaged_in_the_middle_is_refused_not_unpacked_in_part(tmp_path):
+    import tarfile
+
+    source = tmp_path / "pictures" / "cat"
+    source.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(30):
+        (source / f"{index}.png").write_bytes(rng.bytes(3000) + bytes(3000))
+    archive = tmp_path / "pictures.tar.gz"
+    with tarfile.open(archive, "w:gz") as tarred:
+        tarred.add(source.parent, arcname="pictures")
+    damaged = bytearray(archive.read_bytes())
+    for position in range(len(damaged) // 3, len(damaged) // 3 + 50):
+        damaged[position] ^= 0xFF  # tarfile then meets a bad header and stops, as at the end
+    archive.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="is damaged or cut short"):
+        extract_image_archive(archive, tmp_path / "cache")
+    assert _unpacked(tmp_path / "cache") == []
+
+
+def test_an_archive_with_a_link_outside_itself_is_refused_for_safety(tmp_path):
+    import tarfile
+
+    archive = tmp_path / "links.tar"
+    with tarfile.open(archive, "w") as tarred:
+        link = tarfile.TarInfo("photos/cat/1.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tarred.addfile(link)
+    with pytest.raises(ValueError, match="holds a member that is refused for safety .*Unpack it yourself"):
+        extract_image_archive(archive, tmp_path / "cache")
+
+
+def test_unpacking_one_archive_at_once_and_after_a_killed_unpacking(image_folder, tmp_path):
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    archive = shutil.make_archive(str(tmp_path / "pictures"), "gztar", image_folder)
+    cache = tmp_path / "cache"
+    folder = extract_image_archive(archive, cache)
+    killed = cache / f".{folder.name}-unpacking"  # what an unpacking killed half-way leaves
+    killed.mkdir()
+    (killed / "half.png").write_bytes(b"")
+    shutil.rmtree(folder)
+    with ThreadPoolExecutor(3) as pool:
+        folders = list(pool.map(lambda _: extract_image_archive(archive, cache), range(3)))
+    assert folders == [folder] * 3 and len(load_image_folder(folder).filenames) == 8
+    assert _unpacked(cache) == [folder.name]
+
+
+def _unpacked(cache):
+    """What the cache holds besides the lock files of its archives."""
+    return sorted(entry.name for entry in cache.iterdir() if not entry.name.endswith(".lock"))
 
 
 def test_archive_errors(tmp_path):

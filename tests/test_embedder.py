@@ -252,7 +252,7 @@ def test_unfitted_transform_raises(images):
         ({"pretrained": 1.5}, TypeError, "pretrained must be"),
         ({"image_size": 0}, ValueError, "image_size"),
         ({"normalize": "yes"}, TypeError, "normalize must be True or False"),
-        ({"verbose": -1}, ValueError, "verbose must be a non-negative integer"),
+        ({"verbose": -1}, ValueError, "verbose must be an integer >= 0"),
         ({"image_size": (32, 32, 3)}, ValueError, "image_size"),
         ({"mean": (0.5, 0.5)}, ValueError, "mean must be"),
         ({"std": (0.5, 0.0, 0.5)}, ValueError, "std must be positive"),
@@ -420,3 +420,4 @@ def test_preprocessing_and_verbose_are_checked_in_our_words(images, params, matc
     with pytest.raises(ValueError, match=match):
         ImageEmbedder(**TINY, **params).fit(images)
     ImageEmbedder(**TINY, verbose=np.bool_(False)).fit(images)  # as scikit-learn's estimators take it
+    ImageEmbedder(**TINY, mean=[torch.tensor(0.5)] * 3, std=np.full(3, 0.25)).fit(images)

@@ -35,10 +35,12 @@ def test_accuracy_input_errors():
         cluster_accuracy([0, 1], [0])
     with pytest.raises(ValueError, match="at least one sample"):
         cluster_accuracy([], [])
-    with pytest.raises(ValueError, match="y_true contains NaN or infinity; if those mark unlabelled"):
+    with pytest.raises(ValueError, match="y_true contains NaN, infinity or None; if those mark unlabelled"):
         cluster_accuracy([0, np.nan, np.nan, 1], [0, 1, 2, 3])  # would be 0.75
     with pytest.raises(ValueError, match="y_pred contains NaN"):
         cluster_accuracy([0, 1], [0.0, np.inf])
+    with pytest.raises(ValueError, match="y_true contains NaN"):  # e.g. a pandas column of names
+        cluster_accuracy(np.array(["cat", None, "dog"], dtype=object), [0, 1, 2])
 
 
 def test_weighted_accuracy_counts_a_weight_of_two_as_two_samples():

@@ -96,6 +96,16 @@ class SCANClusterer(tr.HeadClusterer):
     Rows are L2-normalised before entering the head, in ``fit`` and ``predict``
     alike, so the head works in the cosine geometry the neighbours were mined in.
 
+    The reference code (wvangansbeke/Unsupervised-Classification) trains the head
+    together with the backbone on augmented images (Adam at 1e-4, batch 128, 20
+    neighbours counting the sample itself, one head); its ImageNet configurations
+    freeze the backbone and train ten heads on the unnormalised features of
+    augmented images, with SGD at learning rate 5.0, batch 512 and 50 neighbours.
+    It keeps the head whose consistency
+    minus marginal entropy (weight 1, not ``entropy_weight``) is lowest on the
+    whole data set; here it is the head with the lowest training loss of the last
+    epoch. The loss itself is the reference's.
+
     Examples
     --------
     >>> import numpy as np

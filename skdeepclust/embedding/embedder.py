@@ -201,6 +201,20 @@ def _is_positive_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
+def _three_finite_numbers(value):
+    """Whether ``value`` is a sequence of 3 finite numbers (0-d arrays and tensors count).
+
+    Element by element: numpy would read strings as numbers, or refuse them obscurely.
+    """
+    if np.ndim(value) != 1 or len(value) != 3:
+        return False
+    try:
+        values = [float(number) for number in value if not isinstance(number, (str, bytes, bool, np.bool_))]
+    except (TypeError, ValueError):
+        return False
+    return len(values) == 3 and all(map(math.isfinite, values))
+
+
 def _check_compile_options(options):
     """Refuse keys that torch.compile does not take, now rather than at the first transform."""
     parameters = inspect.signature(torch.compile).parameters.values()
@@ -476,11 +490,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             value = getattr(self, name)
             if value is None:
                 continue
-            # Element by element: numpy would read strings as numbers, or refuse them obscurely.
-            if not (np.ndim(value) == 1 and len(value) == 3 and all(
-                isinstance(number, numbers.Real) and not isinstance(number, (bool, np.bool_))
-                and math.isfinite(number) for number in value
-            )):
+            if not _three_finite_numbers(value):
                 raise ValueError(f"{name} must be None or 3 finite numbers (R, G, B); got {value!r}.")
             if name == "std" and np.any(np.asarray(value) <= 0):
                 raise ValueError(f"std must be positive; got {value!r}.")
