@@ -235,6 +235,9 @@ def test_n_clusters_larger_than_n_samples(blobs):
         ({"clusterer": "hdbscan", "n_clusters": 3}, ValueError, "takes no n_clusters"),
         ({"n_clusters": 0}, ValueError, "positive integer"),
         ({"n_clusters": 2.5}, ValueError, "positive integer"),
+        # Checked also where the clusterer does not use them.
+        ({"clusterer": "agglomerative", "device": "cdua"}, ValueError, "device='cdua' is not a device name"),
+        ({"clusterer": "agglomerative", "random_state": "seed"}, ValueError, "^random_state must be"),
     ],
 )
 def test_bad_parameters(blobs, params, error, match):

@@ -22,7 +22,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .._device import host_array
+from .._device import checked_random_state, host_array, resolve_device
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
 from .._validation import check_verbose
@@ -374,6 +374,10 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
                 f"n_clusters must be a positive integer or None; got {self.n_clusters!r}."
             )
         check_verbose(self.verbose)
+        # Checked even where the clusterer ignores them, so that a typo does not wait
+        # for a clusterer that uses them.
+        checked_random_state(self.random_state)
+        resolve_device(self.device)
         clusterer = _build_clusterer(
             self.clusterer, self.n_clusters, self.random_state, self.device, self.verbose
         )

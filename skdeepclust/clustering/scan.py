@@ -104,7 +104,10 @@ class SCANClusterer(tr.HeadClusterer):
     It keeps the head whose consistency
     minus marginal entropy (weight 1, not ``entropy_weight``) is lowest on the
     whole data set; here it is the head with the lowest training loss of the last
-    epoch. The loss itself is the reference's.
+    epoch. On the same six fits per set, the reference's choice changed mean accuracy
+    by +0.0, +0.6 and -0.0 points on the balanced, ratio-10 and ratio-100 sets of
+    ``benchmarks/heads.py`` (SimCLR features) and by -1.1, +0.7 and +0.6 on
+    EfficientNet-Lite0 features: no clear gain. The loss itself is the reference's.
 
     Examples
     --------
