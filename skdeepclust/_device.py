@@ -13,23 +13,12 @@ from sklearn.utils import check_random_state
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-def resolve_device(device) -> torch.device:
-    """Turn a user's ``device`` parameter into a :class:`torch.device`.
+def parsed_device(device) -> torch.device:
+    """``device`` as a :class:`torch.device`, checked for its form only, not for whether
+    this machine has it (``"auto"`` is resolved, though).
 
-    Parameters
-    ----------
-    device : {"auto", "cpu", "cuda", "cuda:N", "mps"} or torch.device
-        ``"auto"`` picks CUDA when a CUDA device is present, else the CPU.
-
-    Returns
-    -------
-    torch.device
-
-    Raises
-    ------
-    ValueError
-        If ``device`` is not a device name, is of a type other than CPU, CUDA or
-        MPS, or names a CUDA device that this machine does not have.
+    For a parameter that some clusterers ignore: a typo is an error at once, while
+    ``"cuda"`` on a machine without one is left to the clusterers that use it.
     """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -49,6 +38,28 @@ def resolve_device(device) -> torch.device:
             f"device={device!r} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N', 'mps', "
             "or a torch.device of one of those types."
         )
+    return resolved
+
+
+def resolve_device(device) -> torch.device:
+    """Turn a user's ``device`` parameter into a :class:`torch.device`.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"} or torch.device
+        ``"auto"`` picks CUDA when a CUDA device is present, else the CPU.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not a device name, is of a type other than CPU, CUDA or
+        MPS, or names a CUDA device that this machine does not have.
+    """
+    resolved = parsed_device(device)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

@@ -22,10 +22,10 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .._device import checked_random_state, host_array, resolve_device
+from .._device import checked_random_state, host_array, parsed_device
+from .._validation import check_verbose
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
-from .._validation import check_verbose
 from ._training import HeadClusterer
 from .kmeans import TorchKMeans
 
@@ -375,9 +375,10 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
             )
         check_verbose(self.verbose)
         # Checked even where the clusterer ignores them, so that a typo does not wait
-        # for a clusterer that uses them.
+        # for a clusterer that uses them; whether this machine has the device is left
+        # to those (an instance may pin its own).
         checked_random_state(self.random_state)
-        resolve_device(self.device)
+        parsed_device(self.device)
         clusterer = _build_clusterer(
             self.clusterer, self.n_clusters, self.random_state, self.device, self.verbose
         )

@@ -101,13 +101,13 @@ class SCANClusterer(tr.HeadClusterer):
     neighbours counting the sample itself, one head); its ImageNet configurations
     freeze the backbone and train ten heads on the unnormalised features of
     augmented images, with SGD at learning rate 5.0, batch 512 and 50 neighbours.
-    It keeps the head whose consistency
-    minus marginal entropy (weight 1, not ``entropy_weight``) is lowest on the
-    whole data set; here it is the head with the lowest training loss of the last
-    epoch. On the same six fits per set, the reference's choice changed mean accuracy
-    by +0.0, +0.6 and -0.0 points on the balanced, ratio-10 and ratio-100 sets of
-    ``benchmarks/heads.py`` (SimCLR features) and by -1.1, +0.7 and +0.6 on
-    EfficientNet-Lite0 features: no clear gain. The loss itself is the reference's.
+    It keeps the head whose consistency minus marginal entropy (weight 1, not
+    ``entropy_weight``) is lowest on the whole data set; here it is the head with
+    the lowest training loss of the last epoch. On the same six fits per set, the
+    reference's choice changed mean accuracy by +0.0, +0.6 and -0.0 points on the
+    balanced, ratio-10 and ratio-100 sets of ``benchmarks/heads.py`` (SimCLR
+    features) and by -1.1, +0.7 and +0.6 on EfficientNet-Lite0 features: no clear
+    gain. The loss itself is the reference's.
 
     Examples
     --------
