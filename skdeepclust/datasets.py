@@ -281,13 +281,16 @@ def extract_image_archive(archive, cache_dir=None):
     # Archives of one name from different places must not share a folder.
     folder = cache_dir / f"{name}-{hashlib.sha256(location.encode()).hexdigest()[:10]}"
     complete = folder / ".extracted"
-    if complete.is_file() and complete.read_text() == identity:
-        return _contents_folder(folder)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache_dir / f".{folder.name}.lock"):
-        # Another process may have unpacked it while this one waited for the lock.
-        if not (complete.is_file() and complete.read_text() == identity):
-            _unpack(archive, folder, complete.name, identity)
+
+    def unpacked():
+        return complete.is_file() and complete.read_text() == identity
+
+    if not unpacked():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(cache_dir / f".{folder.name}.lock"):
+            # Another process may have unpacked it while this one waited for the lock.
+            if not unpacked():
+                _unpack(archive, folder, complete.name, identity)
     return _contents_folder(folder)
 
 
@@ -338,22 +341,19 @@ def _unpack(archive, folder, marker_name, identity):
             shutil.rmtree(folder)
         os.replace(unpacking, folder)
     except tarfile.FilterError as exc:
-        shutil.rmtree(unpacking, ignore_errors=True)
         raise ValueError(
             f"archive={str(archive)!r} holds a member that is refused for safety ({exc}): a link "
             "or path leading outside the archive, or a device file. Unpack it yourself, if you "
             "trust it, and pass the folder to load_image_folder."
         ) from exc
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        shutil.rmtree(unpacking, ignore_errors=True)
         reason = " ".join(str(exc).split())  # tarfile's runs over several lines
         raise ValueError(
             f"archive={str(archive)!r} is damaged or cut short ({type(exc).__name__}: {reason}); "
             "copy or download it again."
         ) from exc
-    except BaseException:
+    finally:  # after a failure; once moved into place, there is nothing left here
         shutil.rmtree(unpacking, ignore_errors=True)
-        raise
 
 
 def _contents_folder(folder):

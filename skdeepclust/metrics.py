@@ -14,7 +14,6 @@ from sklearn.metrics import (
     make_scorer,
     normalized_mutual_info_score,
 )
-from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils import column_or_1d
 from sklearn.utils.validation import _check_sample_weight, check_consistent_length
 
@@ -33,8 +32,9 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
     """Accuracy of a clustering under the best one-to-one match of clusters to classes.
 
     The match maximises the number (or, with ``sample_weight``, the weight) of
-    correctly grouped samples (Hungarian algorithm). When there are more clusters than classes, the clusters left
-    unmatched count as wrong; when there are fewer, the classes left unmatched do.
+    correctly grouped samples (Hungarian algorithm). When there are more clusters
+    than classes, the clusters left unmatched count as wrong; when there are fewer,
+    the classes left unmatched do.
 
     Parameters
     ----------
@@ -69,16 +69,14 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
                 f"{name} contains NaN, infinity or None; if those mark unlabelled samples, leave "
                 "the samples out of the score."
             )
-    if sample_weight is None:
-        counts = contingency_matrix(y_true, y_pred)
-        total = y_true.shape[0]
-    else:
+    if sample_weight is not None:
         sample_weight = _check_sample_weight(host_array(sample_weight), y_true, ensure_non_negative=True)
-        total = sample_weight.sum()  # positive: _check_sample_weight refuses all zeros
-        _, class_index = np.unique(y_true, return_inverse=True)
-        _, cluster_index = np.unique(y_pred, return_inverse=True)
-        counts = np.zeros((class_index.max() + 1, cluster_index.max() + 1))
-        np.add.at(counts, (class_index, cluster_index), sample_weight)
+    classes, class_index = np.unique(y_true, return_inverse=True)
+    clusters, cluster_index = np.unique(y_pred, return_inverse=True)
+    # The contingency table, of counts or (with weights) of summed weights.
+    counts = np.bincount(class_index * clusters.size + cluster_index, weights=sample_weight,
+                         minlength=classes.size * clusters.size).reshape(classes.size, clusters.size)
+    total = y_true.shape[0] if sample_weight is None else sample_weight.sum()  # > 0: all zeros are refused
     rows, cols = linear_sum_assignment(counts, maximize=True)
     return float(counts[rows, cols].sum() / total)
 
