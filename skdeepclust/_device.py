@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+# torch's global RNG and default dtype are shared by every thread of the process: two
+# fits in threads (joblib's threading backend, a web server) that seed or switch them
+# at once would draw each other's numbers. Blocks that change them hold this lock; it
+# is reentrant because those blocks nest.
+GLOBAL_TORCH_STATE_LOCK = threading.RLock()
 
 
 def parsed_device(device) -> torch.device:
@@ -100,9 +107,10 @@ def seeded_torch(random_state, *, seed=True):
     the caller's own random stream untouched. With ``seed=False`` the stream is
     only forked, for a block whose random draws are all replaced afterwards:
     ``random_state`` is then not drawn from (scikit-learn draws from numpy's global
-    stream only when randomness is used).
+    stream only when randomness is used). Blocks in other threads that do the same
+    wait for this one.
     """
-    with torch.random.fork_rng(devices=[]):
+    with GLOBAL_TORCH_STATE_LOCK, torch.random.fork_rng(devices=[]):
         if seed:
             torch.manual_seed(torch_seed_from(random_state))
         yield

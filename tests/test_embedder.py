@@ -1,4 +1,5 @@
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import joblib
 import numpy as np
@@ -101,6 +102,19 @@ def test_random_state_leaves_the_global_torch_stream_alone(images):
     torch.manual_seed(0)
     ImageEmbedder(**TINY).fit(images)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_fits_in_threads_draw_the_same_random_weights(images):
+    # torch's global RNG is shared by all threads; a seeded build in one thread
+    # must not draw from, or reseed, another's.
+    expected = ImageEmbedder(**TINY).fit_transform(images)
+    torch.manual_seed(0)
+    stream = torch.get_rng_state()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: ImageEmbedder(**TINY).fit_transform(images), range(8)))
+    for features in results:
+        np.testing.assert_array_equal(features, expected)
+    assert torch.equal(torch.get_rng_state(), stream)
 
 
 @pytest.mark.parametrize("backbone", ["test_vit", "resnet18"])

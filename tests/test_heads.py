@@ -4,6 +4,7 @@ of n_clusters, on small synthetic data whose right answer is known."""
 import pickle
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from skdeepclust.clustering import (
     mine_nearest_neighbors,
     select_n_clusters,
 )
+from skdeepclust._device import seeded_torch
 from skdeepclust.clustering import kmeans as kmeans_module
 
 FAST = dict(n_epochs=30, batch_size=32, n_heads=4)
@@ -81,6 +83,31 @@ def test_head_leaves_the_global_torch_stream_alone(name, blobs):
     torch.manual_seed(0)
     HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_seeded_blocks_in_threads_draw_their_own_numbers():
+    # The heads draw their initial weights inside seeded_torch, from torch's global
+    # RNG, which all threads share (GridSearchCV under joblib's threading backend).
+    def draw(seed):
+        with seeded_torch(seed):
+            return torch.cat([torch.rand(20_000) for _ in range(5)])
+
+    expected = {seed: draw(seed) for seed in range(8)}
+    with ThreadPoolExecutor(8) as pool:
+        drawn = list(pool.map(draw, list(range(8)) * 4))
+    for seed, numbers in zip(list(range(8)) * 4, drawn):
+        torch.testing.assert_close(numbers, expected[seed], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_fits_in_threads_are_repeatable(name, blobs):
+    X, _ = blobs
+    expected = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X).predict_proba(X)
+    with ThreadPoolExecutor(4) as pool:
+        fits = list(pool.map(
+            lambda _: HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X), range(4)))
+    for model in fits:
+        np.testing.assert_array_equal(model.predict_proba(X), expected)
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from .._device import seeded_torch
+from .._device import GLOBAL_TORCH_STATE_LOCK, seeded_torch
 from .._warnings import stacklevel_of_user_code
 from .packaged_weights import PACKAGED_BACKBONES, load_packaged_state_dict
 
@@ -472,12 +472,13 @@ def _as_size(image_size):
 def _float32_by_default():
     """Build in float32 under any ``torch.set_default_dtype``: the same random_state
     then gives the same random weights, which float64 draws would not."""
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(saved)
+    with GLOBAL_TORCH_STATE_LOCK:
+        saved = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(saved)
 
 
 def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, random_state,
