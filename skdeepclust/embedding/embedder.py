@@ -216,19 +216,26 @@ def _three_finite_numbers(value):
 
 
 def _check_compile_options(options):
-    """Refuse keys that torch.compile does not take, now rather than at the first transform."""
+    """Refuse what torch.compile refuses, now rather than at the first transform."""
     parameters = inspect.signature(torch.compile).parameters.values()
-    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
-        return  # takes any keyword
-    accepted = [
-        parameter.name for parameter in parameters if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
-    unknown = [key for key in options if key not in accepted]
-    if unknown:
-        raise ValueError(
-            f"compile has keys that torch.compile does not take: {', '.join(map(repr, unknown))}; "
-            f"it takes {', '.join(map(repr, accepted))}."
-        )
+    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        accepted = [
+            parameter.name for parameter in parameters if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
+        unknown = [key for key in options if key not in accepted]
+        if unknown:
+            raise ValueError(
+                f"compile has keys that torch.compile does not take: {', '.join(map(repr, unknown))}; "
+                f"it takes {', '.join(map(repr, accepted))}."
+            )
+    # torch.compile checks mode, backend and options when called, and compiles only at
+    # the first forward pass, so wrapping a stand-in module checks them at no cost.
+    try:
+        torch.compile(torch.nn.Identity(), **options)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 300 else reason[:300] + " ..."
+        raise ValueError(f"compile={options!r} is refused by torch.compile: {reason}") from exc
 
 
 def _is_convolutional(model):
