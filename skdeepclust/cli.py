@@ -255,7 +255,7 @@ def _output_folder(path, save_embeddings):
 
 
 def _write_results(out, files, stage, features, save_embeddings):
-    from .visualization import cluster_montage
+    from .visualization import _MontageTooLarge, cluster_montage
 
     confidence = _confidence(stage, features)
     earlier_run = _holds_earlier_results(out)
@@ -271,7 +271,13 @@ def _write_results(out, files, stage, features, save_embeddings):
         (out / EMBEDDINGS_FILE).unlink()
         _warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
               f"the new {RESULTS_FILE} (--embeddings writes them anew)")
-    cluster_montage(files, stage.labels_, scores=confidence).save(out / MONTAGE_FILE)
+    try:
+        cluster_montage(files, stage.labels_, scores=confidence).save(out / MONTAGE_FILE)
+    except _MontageTooLarge:
+        # Only so many clusters make a picture too large to open; the results stand.
+        _warn(f"{MONTAGE_FILE} not written: a row for each of the {len(np.unique(stage.labels_)):,} "
+              f"clusters would make it larger than PIL opens (PIL.Image.MAX_IMAGE_PIXELS); "
+              f"{RESULTS_FILE} holds every image's cluster")
 
 
 def _pretrained_argument(value):

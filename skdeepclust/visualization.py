@@ -16,6 +16,10 @@ _LABEL_WIDTH = 110
 _GAP = 4
 
 
+class _MontageTooLarge(ValueError):
+    """A montage over PIL's pixel limit, which PIL would then refuse to open."""
+
+
 def _thumbnail(pixels, size):
     """A (3, H, W) tensor of pixels as a size x size PIL thumbnail, aspect kept, centred."""
     pixels = pixels.cpu() if pixels.dtype == torch.uint8 else pixels.cpu().float()
@@ -67,7 +71,8 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     n_per_cluster : int, default=8
         Thumbnails per row.
     thumbnail_size : int, default=48
-        Side of each square thumbnail, in pixels.
+        Side of each square thumbnail, in pixels. A montage larger than PIL's
+        ``Image.MAX_IMAGE_PIXELS`` is refused.
     scores : array-like of shape (n_images,), default=None
         Confidence of each assignment; when given, each row shows the most
         confident members, else a random draw seeded by ``random_state``.
@@ -103,12 +108,21 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
         raise ValueError(f"Got {len(source)} images but {labels.size} labels; they must pair up.")
     rng = check_random_state(random_state)
     chosen = _pick_examples(labels, scores, n_per_cluster, rng)
-    decoded = _decode_selected(source, np.concatenate(list(chosen.values())))
-
     row_height = thumbnail_size + _GAP
     longest_row = max(len(members) for members in chosen.values())
     width = _LABEL_WIDTH + longest_row * (thumbnail_size + _GAP)
-    montage = Image.new("RGB", (width, len(chosen) * row_height + _GAP), _BACKGROUND)
+    height = len(chosen) * row_height + _GAP
+    # Checked before decoding: a mistyped thumbnail_size would otherwise ask for
+    # gigabytes only after every chosen image had been read.
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+        raise _MontageTooLarge(
+            f"The montage would be {width} x {height} pixels, over PIL's limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS): lower thumbnail_size "
+            "or n_per_cluster, or show fewer clusters."
+        )
+    decoded = _decode_selected(source, np.concatenate(list(chosen.values())))
+
+    montage = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(montage)
     font = ImageFont.load_default()
     for row, (cluster, members) in enumerate(chosen.items()):

@@ -33,6 +33,18 @@ def test_cluster_writes_csv_montage_and_embeddings(capsys, image_folder, tmp_pat
     assert "accuracy 1.000" in stdout
 
 
+def test_too_many_clusters_for_a_montage_leave_the_results_and_warn(capsys, image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # below a montage of two rows
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                          *TINY_ARGS)
+    assert status == 0, err
+    assert err.startswith("skdeepclust: warning: montage.png not written: a row for each of the 2 clusters")
+    assert not (out / "montage.png").exists()
+    with open(out / "clusters.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 8
+
+
 def test_output_folder_inside_the_input_is_not_clustered_next_time(capsys, image_folder):
     out = image_folder / "results"
     for _ in range(2):

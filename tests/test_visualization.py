@@ -53,6 +53,19 @@ def test_only_shown_images_are_decoded(tmp_path, monkeypatch):
     assert sorted(decoded) == [paths[0], paths[3]]
 
 
+def test_a_montage_over_pils_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    decoded = []
+    monkeypatch.setattr(images_module, "_decode_file", lambda *args: decoded.append(args))
+    paths = [str(tmp_path / f"{i}.png") for i in range(12)]
+    for path in paths:
+        Image.new("RGB", (8, 8)).save(path)
+    with pytest.raises(ValueError, match=r"would be \d+ x \d+ pixels, over PIL's limit .* lower thumbnail_size"):
+        cluster_montage(paths, np.arange(12) % 3, thumbnail_size=4800)
+    assert decoded == []
+
+
 @pytest.mark.parametrize(
     "labels, kwargs, match",
     [
