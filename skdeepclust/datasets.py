@@ -332,10 +332,15 @@ def _unpack(archive, folder, marker_name, identity):
         else:
             with tarfile.open(archive) as tarred:
                 tarred.extractall(unpacking, filter="data")
-                # tarfile takes a damaged header for the end of the archive; reading the
-                # compressed stream to its end checks it whole (gzip's CRC, a cut end).
-                while tarred.fileobj.read(1 << 20):
-                    pass
+                # tarfile takes a damaged member header for the end of the archive, so
+                # only zero padding may follow where it stopped. Reading to the end
+                # also checks a compressed stream whole (gzip's CRC, a cut end).
+                while chunk := tarred.fileobj.read(1 << 20):
+                    if chunk.count(0) != len(chunk):
+                        raise tarfile.ReadError(
+                            "data follows where tarfile saw the end: a damaged member "
+                            "header, or several archives joined into one"
+                        )
         (unpacking / marker_name).write_text(identity)
         if folder.exists():  # an older version of the archive
             shutil.rmtree(folder)

@@ -1,3 +1,5 @@
+import gzip
+import io
 import warnings
 
 import numpy as np
@@ -255,6 +257,30 @@ def test_a_tar_gz_damaged_in_the_middle_is_refused_not_unpacked_in_part(tmp_path
         damaged[position] ^= 0xFF  # tarfile then meets a bad header and stops, as at the end
     archive.write_bytes(bytes(damaged))
     with pytest.raises(ValueError, match="is damaged or cut short"):
+        extract_image_archive(archive, tmp_path / "cache")
+    assert _unpacked(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_an_archive_with_a_damaged_member_header_is_refused_not_unpacked_in_part(tmp_path, mode):
+    # Damage made before compression: gzip's own check passes, and tarfile stops at
+    # the bad header as it would at the end of the archive.
+    import tarfile
+
+    source = tmp_path / "pictures" / "cat"
+    source.mkdir(parents=True)
+    for index in range(6):
+        (source / f"{index}.png").write_bytes(bytes([index + 1]) * 3000)
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as tarred:
+        tarred.add(source.parent, arcname="pictures")
+    with tarfile.open(fileobj=io.BytesIO(plain.getvalue())) as tarred:
+        header = tarred.getmembers()[4].offset
+    damaged = bytearray(plain.getvalue())
+    damaged[header + 10:header + 30] = b"X" * 20
+    archive = tmp_path / ("pictures.tar" if mode == "w" else "pictures.tar.gz")
+    archive.write_bytes(bytes(damaged) if mode == "w" else gzip.compress(bytes(damaged)))
+    with pytest.raises(ValueError, match="is damaged or cut short .*a damaged member header"):
         extract_image_archive(archive, tmp_path / "cache")
     assert _unpacked(tmp_path / "cache") == []
 
