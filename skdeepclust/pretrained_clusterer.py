@@ -196,7 +196,7 @@ class PretrainedFeatureClusterer(
         Parameters
         ----------
         X : array-like of images, list of images or paths, or folder path
-            A 4-D array or torch tensor (NHWC or NCHW; uint8, or float in [0, 1]),
+            A 4-D array or torch tensor (NHWC or NCHW; uint8, uint16 or float in [0, 1]),
             a list of PIL images, arrays or file paths, or the path of a folder of
             images.
         y : None

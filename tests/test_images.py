@@ -298,7 +298,24 @@ def test_pil_images_of_32_bit_modes_follow_the_rules_of_arrays():
         _first_batch([Image.fromarray(np.full((6, 6), 70000, np.int32))])
 
 
-@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_sixteen_bit_arrays_and_tensors_are_read_as_sixteen_bit_files_are(tmp_path):
+    # A dark 16-bit image (0-255 out of 65535) stays dark whichever way it comes.
+    gray = np.arange(0, 2 ** 16, 64, dtype=np.uint16).reshape(32, 32)
+    dark = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    for pixels in (gray, dark):
+        path = str(tmp_path / "sixteen.png")
+        Image.fromarray(pixels).save(path)
+        expected = _first_batch([path])
+        batch = pixels[None, :, :, None]
+        for form in (batch, batch.astype(">u2"), [pixels], torch.from_numpy(batch.astype(np.int32)).to(torch.uint16),
+                     [np.asarray(Image.open(path))]):
+            torch.testing.assert_close(_first_batch(form), expected)
+    assert _first_batch(dark[None, :, :, None]).max() == 1
+    with pytest.raises(ValueError, match=r"unless they are uint16 .*X.astype\(np.uint16\)"):
+        as_images(gray.astype(np.int32)[None, :, :, None])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint32, torch.uint64])
 def test_wide_unsigned_tensors_are_read_as_integers(images, dtype):
     expected = _first_batch(images)
     wide = torch.from_numpy(images).to(dtype)

@@ -423,11 +423,11 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     - the path of a folder, searched recursively for image files (folder links
       are followed; hidden files and macOS's ``__MACOSX`` folders are skipped).
 
-    Grayscale is repeated to RGB and an alpha channel is dropped. Integer pixels
-    must lie in [0, 255]; 16-bit grayscale files (PNG, TIFF, PGM) are scaled to that
-    range, as their format defines. Files and PIL images are turned upright by their
-    EXIF orientation, as ``PIL.ImageOps.exif_transpose`` does (which also removes
-    the tag, so an image it has turned is not turned again).
+    Grayscale is repeated to RGB and an alpha channel is dropped. uint16 pixels are
+    16-bit (0-65535) and scaled to 8 bits, as 16-bit grayscale files (PNG, TIFF,
+    PGM) are; other integer pixels must lie in [0, 255]. Files and PIL images are
+    turned upright by their EXIF orientation, as ``PIL.ImageOps.exif_transpose``
+    does (which also removes the tag, so an image it has turned is not turned again).
 
     Examples
     --------

@@ -49,6 +49,9 @@ IMAGE_EXTENSIONS = (
 # has one of these: an NCHW batch of images two pixels wide must stay NCHW.
 _CHANNEL_COUNTS = (1, 3, 4)
 _GRAY_ALPHA = 2
+# 16-bit samples span 0-65535 as 8-bit ones span 0-255: each 8-bit level is 257
+# 16-bit ones. A table makes the conversion one lookup, without a float copy.
+_EIGHT_BITS_OF_SIXTEEN = np.rint(np.arange(2 ** 16) / 257).astype(np.uint8)
 
 
 def is_hidden_name(name):
@@ -159,10 +162,10 @@ def _pil_to_rgb_array(image, name, file_format=None):
     they are, checked as an array's would be."""
     file_format = image.format or file_format
     if image.mode.startswith("I;16") or (image.mode == "I" and file_format in ("PNG", "PPM")):
-        # 16-bit samples span 0-65535 as 8-bit ones span 0-255 (Pillow opens a 16-bit
-        # PGM, and on older versions a 16-bit PNG, as "I", stretching a PGM's maximum
-        # to 65535); PIL's own convert("RGB") would clip them at 255.
-        gray = np.rint(np.asarray(image, dtype=np.float32) * (255 / 65535)).astype(np.uint8)
+        # Pillow opens a 16-bit PGM, and on older versions a 16-bit PNG, as "I",
+        # stretching a PGM's maximum to 65535; PIL's own convert("RGB") would clip
+        # 16-bit samples at 255.
+        gray = _EIGHT_BITS_OF_SIXTEEN[np.asarray(image)]
         return _channels_last_to_rgb(gray[..., None])
     if image.mode in ("I", "F"):  # 32-bit integers or floats: no range is implied
         pixels = np.asarray(image)
@@ -361,10 +364,15 @@ def _dtype_kind(dtype):
     return dtype.kind
 
 
-def _check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as X / 65535"):
+def _is_sixteen_bit(dtype):
+    """Whether pixels of the numpy or torch ``dtype`` are 16-bit, spanning 0-65535."""
+    return _dtype_kind(dtype) == "u" and dtype.itemsize == 2
+
+
+def _check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as uint16, X.astype(np.uint16)"):
     """Reject values that are not pixels; returns the array (numpy or torch) unchanged."""
     kind = _dtype_kind(array.dtype)
-    if kind == "u" and array.dtype.itemsize == 1:
+    if kind == "u" and array.dtype.itemsize <= 2:  # every value is a pixel
         return array
     if kind not in "iuf":
         raise TypeError(
@@ -387,17 +395,20 @@ def _check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as X / 65535
     elif low < 0 or high > 255:
         raise ValueError(
             f"{name} is an integer array with values in [{low}, {high}]; integer images must "
-            f"lie in [0, 255] (8-bit); {fix}."
+            f"lie in [0, 255] (8-bit), unless they are uint16 (16-bit); {fix}."
         )
     return array
 
 
 def _from_numpy(pixels):
-    """numpy pixels as a torch tensor of the same layout (other integers as uint8, floats as float32).
+    """numpy pixels as a torch tensor of the same layout (uint16 scaled to uint8, other
+    integers as uint8, floats as float32).
 
     Shares memory with ``pixels`` where it can, and never writes to it.
     """
-    if pixels.dtype.kind in "iu" and pixels.dtype != np.uint8:
+    if _is_sixteen_bit(pixels.dtype):
+        pixels = _EIGHT_BITS_OF_SIXTEEN[pixels]
+    elif pixels.dtype.kind in "iu" and pixels.dtype != np.uint8:
         pixels = pixels.astype(np.uint8)
     elif pixels.dtype.kind == "f" and pixels.dtype != np.float32:
         pixels = pixels.astype(np.float32)
@@ -426,7 +437,10 @@ def _rgb_batch(chunk, channels_first):
         chunk = chunk[:, :3]
     if not (chunk.is_contiguous() or chunk.is_contiguous(memory_format=torch.channels_last)):
         chunk = chunk.contiguous()  # one dense block, which copies to a device in one go
-    if not chunk.is_floating_point() and chunk.dtype != torch.uint8:
+    if _is_sixteen_bit(chunk.dtype):
+        table = torch.from_numpy(_EIGHT_BITS_OF_SIXTEEN).to(chunk.device)
+        chunk = table[chunk.to(torch.int32)]
+    elif not chunk.is_floating_point() and chunk.dtype != torch.uint8:
         chunk = chunk.to(torch.uint8)  # the values were checked to lie in [0, 255]
     elif chunk.is_floating_point() and chunk.dtype not in _TORCH_REDUCIBLE_DTYPES:
         chunk = chunk.float()  # float8, which resizing does not take
