@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from ._validation import check_tensor_has_data, unmasked
+
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 # torch's global RNG and default dtype are shared by every thread of the process: two
@@ -116,8 +118,11 @@ def seeded_torch(random_state, *, seed=True):
         yield
 
 
-def host_array(data):
+def host_array(data, name):
     """``data`` as a CPU numpy array when it is a torch tensor, else ``data`` itself.
+
+    A masked array without masked values is its data; masked values, and tensors
+    without readable values (meta, nested, sparse), are refused, naming ``name``.
 
     Features from a user's own torch code may sit on a GPU, be bfloat16, or still
     require grad, and numpy takes none of these (its message for bfloat16 is "Got
@@ -125,9 +130,10 @@ def host_array(data):
     become float32; the others keep their dtype, so that a tensor is treated as the
     same numpy array would be. The tensor itself is left as it was.
     """
+    data = unmasked(data, name)
     if not isinstance(data, torch.Tensor):
         return data
-    data = data.detach()
+    data = check_tensor_has_data(data, name).detach()
     if data.is_floating_point() and data.dtype not in (torch.float16, torch.float32, torch.float64):
         return data.to("cpu", torch.float32).numpy()
     return data.cpu().resolve_conj().resolve_neg().numpy()

@@ -1,4 +1,5 @@
-"""Checks of parameter values, each raising a ValueError that names the parameter."""
+"""Checks of parameter values, each raising a ValueError that names the parameter, and
+of input containers that numpy or torch would read wrongly or fail on deep inside."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 import numbers
 
 import numpy as np
+import torch
 
 
 def check_int(name, value, minimum=1, allow_none=False):
@@ -43,3 +45,33 @@ def check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}; got {value!r}.")
     return value
+
+
+def unmasked(array, name):
+    """The data of a numpy masked array without masked values (other inputs as they are).
+
+    numpy and torch read a masked array's data and ignore its mask, so a masked
+    value would count as whatever lies under it.
+    """
+    if not np.ma.isMaskedArray(array):
+        return array
+    n_masked = int(np.ma.count_masked(array))
+    if n_masked:
+        raise ValueError(
+            f"{name} is a masked array with {n_masked} masked values; fill them first, "
+            "e.g. X.filled(0), or pass X.data if the mask does not matter."
+        )
+    return np.ma.getdata(array)
+
+
+def check_tensor_has_data(tensor, name):
+    """Refuse tensors whose values cannot be read as a dense array: on the meta device,
+    nested or sparse (torch's own errors for them come from deep inside, or ask for a
+    bug report)."""
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name} is a tensor on the meta device, which holds no values; pass one that does.")
+    if tensor.is_nested:
+        raise ValueError(f"{name} is a nested tensor; pass its parts as a list, list(X.unbind()).")
+    if tensor.layout != torch.strided:
+        raise ValueError(f"{name} is a {tensor.layout} tensor; pass a dense one, X.to_dense().")
+    return tensor

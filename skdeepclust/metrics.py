@@ -57,8 +57,8 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
     >>> cluster_accuracy([0, 0, 1, 1, 2, 2], [5, 5, 3, 3, 3, 7])
     0.8333333333333334
     """
-    y_true = column_or_1d(host_array(y_true), warn=True)
-    y_pred = column_or_1d(host_array(y_pred), warn=True)
+    y_true = column_or_1d(host_array(y_true, "y_true"), warn=True)
+    y_pred = column_or_1d(host_array(y_pred, "y_pred"), warn=True)
     check_consistent_length(y_true, y_pred)
     if y_true.shape[0] == 0:
         raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")
@@ -70,7 +70,9 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
                 "the samples out of the score."
             )
     if sample_weight is not None:
-        sample_weight = _check_sample_weight(host_array(sample_weight), y_true, ensure_non_negative=True)
+        sample_weight = _check_sample_weight(
+            host_array(sample_weight, "sample_weight"), y_true, ensure_non_negative=True
+        )
     classes, class_index = np.unique(y_true, return_inverse=True)
     clusters, cluster_index = np.unique(y_pred, return_inverse=True)
     # The contingency table, of counts or (with weights) of summed weights.

@@ -581,6 +581,33 @@ def test_neighbour_mining_and_scores_take_torch_tensors(blobs):
     np.testing.assert_array_equal(from_tensor.cluster_centers_, from_numpy.cluster_centers_)
 
 
+@pytest.mark.parametrize("fit", [
+    lambda X: TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X),
+    lambda X: HEADS["scan"](n_clusters=4, random_state=0, device="cpu").fit(X),
+    lambda X: FeatureClusterer(n_clusters=4, random_state=0).fit(X),
+    lambda X: FeatureClusterer(clusterer="agglomerative", n_clusters=4).fit(X),
+    lambda X: mine_nearest_neighbors(X, 3, device="cpu"),
+    lambda X: select_n_clusters(X, [3, 4], random_state=0),
+], ids=["torch_kmeans", "scan", "kmeans", "agglomerative", "neighbours", "select"])
+def test_masked_values_and_tensors_without_values_are_refused(fit, blobs):
+    # numpy and torch read a masked array's data and ignore its mask.
+    masked = np.ma.masked_array(blobs[0])
+    masked[0, 0] = np.ma.masked
+    with pytest.raises(ValueError, match=r"(X|features) is a masked array with 1 masked values; fill them"):
+        fit(masked)
+    for tensor, problem in [(torch.empty(240, 16, device="meta"), "on the meta device"),
+                            (torch.from_numpy(blobs[0]).to_sparse(), "sparse_coo tensor; pass a dense one")]:
+        with pytest.raises(ValueError, match=f"(X|features) is a .*{problem}"):
+            fit(tensor)
+
+
+def test_masked_arrays_without_masked_values_cluster_as_their_data(blobs):
+    X = blobs[0]
+    expected = FeatureClusterer(n_clusters=4, random_state=0).fit(X).labels_
+    np.testing.assert_array_equal(
+        FeatureClusterer(n_clusters=4, random_state=0).fit(np.ma.masked_array(X)).labels_, expected)
+
+
 # --------------------------------------------------------------------------- n_clusters
 
 

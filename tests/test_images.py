@@ -1,4 +1,5 @@
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -80,6 +81,18 @@ def test_bad_tensors_are_named():
         as_images(torch.zeros((2, 3, 8, 8), dtype=torch.bool))
     with pytest.raises(ValueError, match=r"shape \(2, 8, 8, 3, 1\)"):
         as_images(torch.zeros((2, 8, 8, 3, 1)))
+    # torch's own errors for these come from deep inside, or ask for a bug report.
+    with pytest.raises(ValueError, match="The image tensor is a tensor on the meta device"):
+        as_images(torch.empty((2, 3, 8, 8), dtype=torch.uint8, device="meta"))
+    with pytest.raises(ValueError, match="Image 1 is a tensor on the meta device"):
+        as_images([torch.zeros((3, 8, 8)), torch.empty((3, 8, 8), device="meta")])
+    with pytest.raises(ValueError, match=r"sparse_coo tensor; pass a dense one, X.to_dense\(\)"):
+        as_images(torch.rand((2, 3, 8, 8)).to_sparse())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch calls nested tensors a prototype
+        nested = torch.nested.nested_tensor([torch.rand(3, 8, 8), torch.rand(3, 6, 8)])
+    with pytest.raises(ValueError, match=r"nested tensor; pass its parts as a list, list\(X.unbind\(\)\)"):
+        as_images(nested)
 
 
 def test_negative_strides_are_copied_not_refused(images):

@@ -384,7 +384,7 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         of the heads (None for linear heads).
         """
         self._check_params()
-        X = validate_data(self, host_array(X), dtype=[np.float64, np.float32])
+        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32])
         check_enough_samples(X.shape[0], self.n_clusters)
         unit = normalize_rows(X)
         setup = HeadTraining(unit, self.n_neighbors, self.random_state, self.device)
@@ -421,7 +421,7 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
             Rows sum to 1; in the dtype of ``X`` (float32 or float64).
         """
         check_is_fitted(self)
-        X = validate_data(self, host_array(X), dtype=[np.float64, np.float32], reset=False)
+        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
         return self._proba(normalize_rows(X)).astype(X.dtype, copy=False)
 
     def predict(self, X):

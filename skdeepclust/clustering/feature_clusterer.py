@@ -136,7 +136,7 @@ def checked_sample_weight(clusterer, sample_weight, samples):
             "'cuml_kmeans' or DBSCAN()."
         )
     weights = _check_sample_weight(
-        host_array(sample_weight), samples, dtype=np.float64, ensure_non_negative=True
+        host_array(sample_weight, "sample_weight"), samples, dtype=np.float64, ensure_non_negative=True
     )
     if not weights.sum() > 0:
         raise ValueError("sample_weight is zero for every sample; give some samples a "
@@ -272,8 +272,8 @@ def label_free_score(features, labels, random_state=None):
     >>> round(label_free_score(X, y), 2) > 0.5
     True
     """
-    features = check_array(host_array(features))
-    labels = column_or_1d(host_array(labels))
+    features = check_array(host_array(features, "features"))
+    labels = column_or_1d(host_array(labels, "labels"))
     check_consistent_length(features, labels)
     if labels.dtype.kind in "iuf":
         kept = labels >= 0
@@ -422,7 +422,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         """
         clusterer = self._validate_params()
         refuse_images(X)
-        X = validate_data(self, host_array(X), dtype=[np.float64, np.float32],
+        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32],
                           ensure_min_samples=1)
         self._check_sample_count(clusterer, X.shape[0])
         fit_params = {}
@@ -469,7 +469,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         predicts only on the dtype it was fitted on."""
         check_is_fitted(self)
         refuse_images(X)
-        return validate_data(self, host_array(X), dtype=self.cluster_centers_.dtype, reset=False)
+        return validate_data(self, host_array(X, "X"), dtype=self.cluster_centers_.dtype, reset=False)
 
     def _nearest_centre(self, X):
         centres = self.cluster_centers_.astype(X.dtype, copy=False)

@@ -231,7 +231,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
 
     def _given_centers(self, n_clusters, X):
         """The centres given as ``init``, checked against ``X``, in its dtype (a copy)."""
-        centers = check_array(host_array(self.init), dtype=X.dtype, copy=True, input_name="init")
+        centers = check_array(host_array(self.init, "init"), dtype=X.dtype, copy=True, input_name="init")
         if centers.shape != (n_clusters, X.shape[1]):
             raise ValueError(
                 f"init holds centres of shape {centers.shape}, but n_clusters={n_clusters} "
@@ -259,7 +259,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             The fitted estimator.
         """
         n_clusters, n_init, max_iter, tol = self._check_params()
-        X = validate_data(self, host_array(X), dtype=[np.float64, np.float32])
+        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32])
         if X.shape[0] < n_clusters:
             raise ValueError(
                 f"n_samples={X.shape[0]} should be >= n_clusters={n_clusters}; pass more "
@@ -268,8 +268,9 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         device = resolve_device(self.device)
         weights = None
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(host_array(sample_weight), X, dtype=X.dtype,
-                                                 ensure_non_negative=True)
+            sample_weight = _check_sample_weight(
+                host_array(sample_weight, "sample_weight"), X, dtype=X.dtype, ensure_non_negative=True
+            )
             if not sample_weight.sum() > 0:
                 raise ValueError("sample_weight is zero for every row; give some rows a "
                                  "positive weight.")
@@ -350,7 +351,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         # Not transform itself: set_output(transform="pandas") wraps that one, and
         # predict needs an array whatever the output is set to.
         check_is_fitted(self)
-        X = validate_data(self, host_array(X), dtype=[np.float64, np.float32], reset=False)
+        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
         return euclidean_distances(X, self.cluster_centers_.astype(X.dtype, copy=False))
 
     def predict(self, X):
@@ -386,10 +387,11 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             to their nearest centres.
         """
         check_is_fitted(self)
-        X = validate_data(self, host_array(X), dtype=[np.float64, np.float32], reset=False)
+        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
         squared = euclidean_distances(
             X, self.cluster_centers_.astype(X.dtype, copy=False), squared=True
         ).min(axis=1)
-        sample_weight = _check_sample_weight(host_array(sample_weight), X, dtype=np.float64,
-                                             ensure_non_negative=True)
+        sample_weight = _check_sample_weight(
+            host_array(sample_weight, "sample_weight"), X, dtype=np.float64, ensure_non_negative=True
+        )
         return -float(squared @ sample_weight)

@@ -60,7 +60,7 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     4
     """
     refuse_images(features, taker="select_n_clusters scores clusterings of")
-    features = check_array(host_array(features), dtype=[np.float64, np.float32])
+    features = check_array(host_array(features, "features"), dtype=[np.float64, np.float32])
     if not isinstance(candidates, Iterable) or isinstance(candidates, str):
         raise ValueError(f"candidates must be numbers of clusters to try, e.g. range(2, 21); got {candidates!r}.")
     candidates = list(candidates)

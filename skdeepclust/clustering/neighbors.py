@@ -95,7 +95,7 @@ def mine_nearest_neighbors(features, n_neighbors=20, *, device="auto", chunk_siz
     [1, 0, 3, 2]
     """
     # A NaN row would come out as almost every row's nearest neighbour, silently.
-    features = check_array(host_array(features), dtype=[np.float64, np.float32],
+    features = check_array(host_array(features, "features"), dtype=[np.float64, np.float32],
                            input_name="features")
     n_samples = features.shape[0]
     check_int("chunk_size", chunk_size, allow_none=True)

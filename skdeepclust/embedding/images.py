@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._validation import check_tensor_has_data, unmasked
 from .._warnings import stacklevel_of_user_code
 
 
@@ -329,20 +330,6 @@ def _value_range(array):
     return low, high
 
 
-def _unmasked(array, name):
-    """The data of a numpy masked array without masked values; masked values would be
-    checked as missing and then read as whatever lies under the mask."""
-    if not np.ma.isMaskedArray(array):
-        return array
-    n_masked = int(np.ma.count_masked(array))
-    if n_masked:
-        raise ValueError(
-            f"{name} is a masked array with {n_masked} masked values; fill them first, "
-            "e.g. X.filled(0), or pass X.data if the mask does not matter."
-        )
-    return np.ma.getdata(array)
-
-
 def _tensor_as_numpy(tensor):
     """A torch image as a numpy array on the host (float dtypes numpy lacks become float32)."""
     tensor = tensor.detach().cpu()
@@ -538,7 +525,11 @@ class ImageList:
 
         # Tensors come to the host now: worker processes can neither share GPU memory
         # nor read bfloat16 through numpy.
-        self._items = [_tensor_as_numpy(item) if isinstance(item, torch.Tensor) else item for item in items]
+        self._items = [
+            _tensor_as_numpy(check_tensor_has_data(item, f"Image {position}"))
+            if isinstance(item, torch.Tensor) else item
+            for position, item in enumerate(items)
+        ]
         missing = []
         for position, item in enumerate(self._items):
             if isinstance(item, (str, os.PathLike)):
@@ -551,7 +542,7 @@ class ImageList:
                 if not os.path.isfile(item):
                     missing.append(str(item))
             elif isinstance(item, np.ndarray):  # checked now, not when its batch comes
-                item = self._items[position] = _unmasked(item, f"Image {position}")
+                item = self._items[position] = unmasked(item, f"Image {position}")
                 _channel_axis_of_one_image(item.shape, f"Image {position}")
                 _check_pixel_range(item, f"Image {position}")
             elif isinstance(item, Image.Image):
@@ -726,14 +717,14 @@ def as_images(X):
             )
         raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
     if isinstance(X, torch.Tensor):
-        return ArrayImages(X.detach())
+        return ArrayImages(check_tensor_has_data(X, "The image tensor").detach())
     if hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
         X = np.asarray(X)
     if isinstance(X, np.ndarray) and X.dtype.kind in "OUS":  # paths or objects, one per image
         # os.fsdecode: bytes paths may hold any file system encoding, not only ASCII.
         return ImageList([os.fsdecode(item) for item in X] if X.dtype.kind == "S" else list(X))
     if isinstance(X, np.ndarray):
-        return ArrayImages(_unmasked(X, "The image array"))
+        return ArrayImages(unmasked(X, "The image array"))
     if isinstance(X, Sequence):
         return ImageList(list(X))
     hint = (" X is one PIL image; pass a list of images, e.g. [image]."
