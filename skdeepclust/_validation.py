@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
 import numpy as np
 import torch
@@ -75,3 +76,45 @@ def check_tensor_has_data(tensor, name):
     if tensor.layout != torch.strided:
         raise ValueError(f"{name} is a {tensor.layout} tensor; pass a dense one, X.to_dense().")
     return tensor
+
+
+def _is_missing(label):
+    if label is None:
+        return True
+    if isinstance(label, (float, np.floating)):
+        return not math.isfinite(label)
+    if isinstance(label, (np.datetime64, np.timedelta64)):
+        return bool(np.isnat(label))
+    pandas = sys.modules.get("pandas")  # its missing values exist only once it is imported
+    return pandas is not None and (label is pandas.NA or label is pandas.NaT)
+
+
+def check_no_missing_labels(labels, name, advice):
+    """Refuse a 1-D label array holding NaN, infinity, None, NaT or pandas' NA.
+
+    Each would be one more class or cluster (or, for NaN, one per sample), and
+    what is computed from the labels a number that means nothing.
+    """
+    if labels.dtype.kind == "f":
+        missing = not np.isfinite(labels).all()
+    elif labels.dtype.kind in "Mm":
+        missing = bool(np.isnat(labels).any())
+    elif labels.dtype.kind == "O":
+        missing = any(map(_is_missing, labels))
+    else:
+        missing = False
+    if missing:
+        raise ValueError(f"{name} contains NaN, infinity, None or NA; {advice}.")
+
+
+def unique_labels(labels, name, **options):
+    """``np.unique(labels, **options)``, with an error naming ``name`` for labels of
+    types that do not sort (an object column mixing integers and strings)."""
+    try:
+        return np.unique(labels, **options)
+    except TypeError as exc:
+        types = sorted({type(label).__name__ for label in labels})
+        raise ValueError(
+            f"{name} mixes values of types that do not sort ({', '.join(types)}); convert "
+            f"them to one type, e.g. np.asarray({name}, dtype=str)."
+        ) from exc

@@ -18,6 +18,7 @@ from sklearn.utils import column_or_1d
 from sklearn.utils.validation import _check_sample_weight, check_consistent_length
 
 from ._device import host_array
+from ._validation import check_no_missing_labels, unique_labels
 
 __all__ = [
     "cluster_accuracy",
@@ -63,34 +64,22 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
     if y_true.shape[0] == 0:
         raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")
     for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
-        # NaN would be one more class (or cluster), and the accuracy a number that means nothing.
-        if _has_missing(labels):
-            raise ValueError(
-                f"{name} contains NaN, infinity or None; if those mark unlabelled samples, leave "
-                "the samples out of the score."
-            )
+        check_no_missing_labels(
+            labels, name, "if those mark unlabelled samples, leave the samples out of the score")
     if sample_weight is not None:
         sample_weight = _check_sample_weight(
             host_array(sample_weight, "sample_weight"), y_true, ensure_non_negative=True
         )
-    classes, class_index = np.unique(y_true, return_inverse=True)
-    clusters, cluster_index = np.unique(y_pred, return_inverse=True)
+    classes, class_index = unique_labels(y_true, "y_true", return_inverse=True)
+    clusters, cluster_index = unique_labels(y_pred, "y_pred", return_inverse=True)
     # The contingency table, of counts or (with weights) of summed weights.
     counts = np.bincount(class_index * clusters.size + cluster_index, weights=sample_weight,
                          minlength=classes.size * clusters.size).reshape(classes.size, clusters.size)
     total = y_true.shape[0] if sample_weight is None else sample_weight.sum()  # > 0: all zeros are refused
     rows, cols = linear_sum_assignment(counts, maximize=True)
-    return float(counts[rows, cols].sum() / total)
-
-
-def _has_missing(labels):
-    """Whether ``labels`` hold NaN, infinity or None, in a float or an object array."""
-    if labels.dtype.kind == "f":
-        return not np.isfinite(labels).all()
-    if labels.dtype.kind == "O":
-        return any(label is None or (isinstance(label, (float, np.floating)) and not np.isfinite(label))
-                   for label in labels)
-    return False
+    # min: the matched weights and the total are summed in different orders, so a
+    # perfect weighted clustering could otherwise score 1.0000000000000002.
+    return min(1.0, float(counts[rows, cols].sum() / total))
 
 
 cluster_accuracy_scorer = make_scorer(cluster_accuracy)

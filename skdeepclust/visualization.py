@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from sklearn.utils import check_random_state
 
+from ._validation import check_no_missing_labels, unique_labels
 from .embedding.images import as_images
 
 _BACKGROUND = (255, 255, 255)
@@ -41,7 +42,7 @@ def _thumbnail(pixels, size):
 def _pick_examples(labels, scores, n_per_cluster, rng):
     """Per cluster, the most confident members when scores are given, else a random draw."""
     chosen = {}
-    for cluster in np.unique(labels):
+    for cluster in unique_labels(labels, "labels"):
         members = np.flatnonzero(labels == cluster)
         if scores is not None:
             members = members[np.argsort(-scores[members], kind="stable")]
@@ -96,6 +97,7 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array; got shape {labels.shape}.")
+    check_no_missing_labels(labels, "labels", "leave those images out, or give them a cluster such as -1")
     if scores is not None:
         scores = np.asarray(scores, dtype=float)
         if scores.shape != labels.shape:

@@ -167,6 +167,8 @@ def test_label_free_score_checks_its_input(blobs):
         label_free_score(X, y))
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):
         label_free_score(X, y[:-1])
+    with pytest.raises(ValueError, match="labels contains NaN, infinity, None or NA; leave those rows out"):
+        label_free_score(X, np.r_[np.nan, y[1:]])  # was left out as noise is, unsaid
 
 
 @pytest.mark.parametrize("clusterer", ["kmeans", "minibatch_kmeans", "gmm", "torch_kmeans"])

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
@@ -35,12 +36,38 @@ def test_accuracy_input_errors():
         cluster_accuracy([0, 1], [0])
     with pytest.raises(ValueError, match="at least one sample"):
         cluster_accuracy([], [])
-    with pytest.raises(ValueError, match="y_true contains NaN, infinity or None; if those mark unlabelled"):
+    with pytest.raises(ValueError, match="y_true contains NaN, infinity, None or NA; if those mark unlabelled"):
         cluster_accuracy([0, np.nan, np.nan, 1], [0, 1, 2, 3])  # would be 0.75
     with pytest.raises(ValueError, match="y_pred contains NaN"):
         cluster_accuracy([0, 1], [0.0, np.inf])
     with pytest.raises(ValueError, match="y_true contains NaN"):  # e.g. a pandas column of names
         cluster_accuracy(np.array(["cat", None, "dog"], dtype=object), [0, 1, 2])
+
+
+@pytest.mark.parametrize("y_true", [
+    pd.Series(["cat", "cat", None, "dog"], dtype="string"),  # a nullable column with a gap
+    np.array(["cat", "cat", pd.NA, "dog"], dtype=object),
+    np.array(["2020-01-01", "2020-01-01", "NaT", "2021-01-01"], dtype="datetime64[D]"),
+    np.array([pd.Timestamp(0), pd.Timestamp(0), pd.NaT, pd.Timestamp(1)], dtype=object),
+], ids=["string-NA", "object-NA", "NaT", "object-NaT"])
+def test_pandas_and_datetime_missing_labels_are_refused(y_true):
+    with pytest.raises(ValueError, match="y_true contains NaN, infinity, None or NA"):
+        cluster_accuracy(y_true, [0, 0, 1, 1])
+
+
+def test_labels_of_types_that_do_not_sort_are_named():
+    with pytest.raises(ValueError, match=r"y_true mixes values of types that do not sort \(int, str\); .*dtype=str"):
+        cluster_accuracy(pd.Series([0, 0, "b", "b"], dtype=object), [0, 0, 1, 1])
+    assert cluster_accuracy(np.asarray(pd.Series([0, 0, "b", "b"], dtype=object), dtype=str), [0, 0, 1, 1]) == 1.0
+
+
+def test_weighted_accuracy_of_a_perfect_clustering_is_not_over_one():
+    # The matched cells and the total add the same weights in different orders.
+    assert cluster_accuracy([1, 0, 0], [1, 0, 0], sample_weight=[0.1, 0.7, 1.0]) == 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        y = rng.integers(0, 4, 30)
+        assert cluster_accuracy(y, (y + 1) % 4, sample_weight=rng.random(30)) <= 1.0
 
 
 def test_weighted_accuracy_counts_a_weight_of_two_as_two_samples():

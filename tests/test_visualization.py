@@ -69,6 +69,8 @@ def test_a_montage_over_pils_pixel_limit_is_refused_before_decoding(tmp_path, mo
 @pytest.mark.parametrize(
     "labels, kwargs, match",
     [
+        (np.r_[np.nan, np.zeros(11)], {}, "labels contains NaN, infinity, None or NA; leave those images out"),
+        (np.array([0] * 6 + ["b"] * 6, dtype=object), {}, "labels mixes values of types that do not sort"),
         ([0, 1], {}, "12 images but 2 labels"),
         ([], {}, "non-empty"),
         (np.zeros(12), {"scores": [1.0]}, "scores has shape"),

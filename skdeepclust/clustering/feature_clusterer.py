@@ -23,7 +23,7 @@ from sklearn.utils.validation import (
 )
 
 from .._device import checked_random_state, host_array, parsed_device
-from .._validation import check_verbose
+from .._validation import check_no_missing_labels, check_verbose, unique_labels
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
 from ._training import HeadClusterer
@@ -275,12 +275,13 @@ def label_free_score(features, labels, random_state=None):
     features = check_array(host_array(features, "features"))
     labels = column_or_1d(host_array(labels, "labels"))
     check_consistent_length(features, labels)
+    check_no_missing_labels(labels, "labels", "leave those rows out, or label them -1, which is left out")
     if labels.dtype.kind in "iuf":
         kept = labels >= 0
         features, labels = features[kept], labels[kept]
     rows = _silhouette_rows(labels, random_state)
     features, labels = features[rows], labels[rows]
-    n_labels = np.unique(labels).shape[0]
+    n_labels = unique_labels(labels, "labels").shape[0]
     if n_labels < 2 or n_labels >= labels.shape[0]:
         return 0.0
     return float(silhouette_score(features, labels, metric="cosine"))
