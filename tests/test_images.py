@@ -1,4 +1,5 @@
 import io
+import os
 import warnings
 
 import numpy as np
@@ -378,9 +379,35 @@ def test_bytes_paths_and_a_single_pil_image(image_folder):
         as_images(Image.open(path))
 
 
+def test_every_spelling_of_a_folder_path_reads_the_folder(image_folder):
+    class BytesPath:
+        def __fspath__(self):
+            return os.fsencode(image_folder)
+
+    expected = _first_batch(str(image_folder))
+    for folder in (os.fsencode(image_folder), np.bytes_(os.fsencode(image_folder)), BytesPath(),
+                   np.array(str(image_folder)), np.array(os.fsencode(image_folder))):
+        torch.testing.assert_close(_first_batch(folder), expected)
+    with pytest.raises(TypeError, match=r"X is bytes, .*os.fsdecode\(X\).*io.BytesIO\(X\)"):
+        as_images(b"\x89PNG not a folder")
+
+
+def test_a_table_of_paths_asks_for_one_column(image_folder):
+    pd = pytest.importorskip("pandas")
+    table = pd.DataFrame({"path": find_image_files(image_folder)})
+    with pytest.raises(ValueError, match=r"table of paths or objects with shape \(\d+, 1\); .*df\['path'\]"):
+        as_images(table)
+    torch.testing.assert_close(_first_batch(table["path"]), _first_batch(list(table["path"])))
+
+
 def test_float_range_error_shows_the_excess():
     with pytest.raises(ValueError, match=r"values in \[0, 1.00000095\]; float images must lie in"):
         as_images(np.array([0, 1.000001], np.float32).reshape(1, 1, 2, 1))
+    # Nine digits would print 1 + 1e-12 as 1; a rounding overshoot is clipped, 0-255 data divided.
+    with pytest.raises(ValueError, match=r"values in \[0, 1.000000000001\]; .* Clip them, np.clip\(X, 0, 1\)"):
+        as_images(np.array([0, 1 + 1e-12]).reshape(1, 1, 2, 1))
+    with pytest.raises(ValueError, match=r"values in \[0, 255\]; .* Divide 0-255 data by 255"):
+        as_images(np.array([0, 255.0]).reshape(1, 1, 2, 1))
 
 
 def test_links_to_one_folder_keep_the_first_by_name(tmp_path):

@@ -356,6 +356,13 @@ def _is_sixteen_bit(dtype):
     return _dtype_kind(dtype) == "u" and dtype.itemsize == 2
 
 
+def _bound(value):
+    """``value`` in nine digits, or in full where those would round it into [0, 1],
+    which the message says it lies outside (1 + 1e-12 would print as 1)."""
+    short = f"{value:.9g}"
+    return short if (float(short) < 0.0 or float(short) > 1.0) == (value < 0.0 or value > 1.0) else repr(value)
+
+
 def _check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as uint16, X.astype(np.uint16)"):
     """Reject values that are not pixels; returns the array (numpy or torch) unchanged."""
     kind = _dtype_kind(array.dtype)
@@ -374,10 +381,13 @@ def _check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as uint16, X
         raise ValueError(f"{name} contains NaN or infinite values; images must be finite.")
     if kind == "f":
         if low < 0.0 or high > 1.0:
-            # Nine digits, so that 1.0000001 does not print as the 1 it exceeds.
+            # A resize or a colour conversion overshoots [0, 1] by rounding errors;
+            # 0-255 data overshoots it by far.
+            fix = ("Clip them, np.clip(X, 0, 1), if they overshoot it by rounding"
+                   if low >= -1e-3 and high <= 1 + 1e-3 else "Divide 0-255 data by 255, or pass it as uint8")
             raise ValueError(
-                f"{name} is a float array with values in [{low:.9g}, {high:.9g}]; float images "
-                "must lie in [0, 1]. Divide 0-255 data by 255, or pass it as uint8."
+                f"{name} is a float array with values in [{_bound(low)}, {_bound(high)}]; float "
+                f"images must lie in [0, 1]. {fix}."
             )
     elif low < 0 or high > 255:
         raise ValueError(
@@ -707,7 +717,18 @@ def as_images(X):
     """Wrap any accepted image input; raises a clear error for anything else."""
     if isinstance(X, (ArrayImages, ImageList)):
         return X
+    if isinstance(X, np.ndarray) and X.ndim == 0:  # e.g. one path drawn from an array of them
+        X = X.item()
+    if isinstance(X, bytes):
+        if not os.path.isdir(X):
+            raise TypeError(
+                "X is bytes, which are neither a folder path nor a list of images. Decode a "
+                "path with os.fsdecode(X); open encoded image bytes with "
+                "PIL.Image.open(io.BytesIO(X)) and pass [image]."
+            )
+        X = os.fsdecode(X)
     if isinstance(X, (str, os.PathLike)):
+        X = os.fsdecode(os.fspath(X))  # pathlib takes no bytes
         if os.path.isdir(X):
             return ImageList(find_image_files(X))
         if os.path.isfile(X):
@@ -721,6 +742,11 @@ def as_images(X):
     if hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
         X = np.asarray(X)
     if isinstance(X, np.ndarray) and X.dtype.kind in "OUS":  # paths or objects, one per image
+        if X.ndim != 1:
+            raise ValueError(
+                f"X is a table of paths or objects with shape {X.shape}; pass one column of "
+                "file paths, e.g. df['path'], or a list of images."
+            )
         # os.fsdecode: bytes paths may hold any file system encoding, not only ASCII.
         return ImageList([os.fsdecode(item) for item in X] if X.dtype.kind == "S" else list(X))
     if isinstance(X, np.ndarray):
