@@ -340,11 +340,11 @@ def test_wide_unsigned_tensors_are_read_as_integers(images, dtype):
         as_images(torch.cat([wide, torch.full((1, 32, 32, 3), 256).to(dtype)]))
     if dtype == torch.uint64:
         with pytest.raises(ValueError, match=r"values in \[9223372036854775808, "):
-            as_images(torch.full((1, 4, 4, 3), 2 ** 63, dtype=dtype))
+            as_images(torch.full((1, 5, 5, 3), 2 ** 63, dtype=dtype))
 
 
 def test_float8_tensors_are_read_as_float32():
-    pixels = torch.full((1, 3, 4, 4), 0.5).to(torch.float8_e4m3fn)
+    pixels = torch.full((1, 3, 5, 5), 0.5).to(torch.float8_e4m3fn)
     assert _first_batch(pixels).dtype == torch.float32
 
 
@@ -361,6 +361,22 @@ def test_images_two_pixels_wide_in_nchw_are_not_taken_for_gray_and_alpha(images)
     narrow = np.ascontiguousarray(images[:, :6, :2].transpose(0, 3, 1, 2))  # (N, 3, 6, 2)
     assert _first_batch(narrow).shape == (images.shape[0], 3, 6, 2)
     assert _first_batch([narrow[0]]).shape == (1, 3, 6, 2)
+
+
+def test_a_layout_that_reads_both_ways_is_read_channels_last_with_a_warning(images):
+    # (N, 3, 16, 4): RGB images 16 x 4 in NCHW, or RGBA images 3 x 16 in NHWC.
+    nhwc = np.ascontiguousarray(images[:, :16, :4])
+    nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+    with pytest.warns(UserWarning, match=r"shape \(16, 3, 16, 4\), which could be channels-first or "
+                                         r"channels-last; it is read as NHWC.*X.transpose\(0, 2, 3, 1\)"):
+        assert _first_batch(nchw).shape == (16, 3, 3, 16)
+    with pytest.warns(UserWarning, match=r"Image 0 \(and 15 more\) has shape \(3, 16, 4\).*np.moveaxis"):
+        as_images(list(nchw))
+    torch.testing.assert_close(_first_batch(nchw.transpose(0, 2, 3, 1)), _first_batch(nhwc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the usual layouts read one way only
+        for unambiguous in (images, images.transpose(0, 3, 1, 2), nhwc, list(nhwc)):
+            as_images(unambiguous)
 
 
 def test_gray_and_alpha_arrays_keep_the_gray(images):
@@ -402,12 +418,12 @@ def test_a_table_of_paths_asks_for_one_column(image_folder):
 
 def test_float_range_error_shows_the_excess():
     with pytest.raises(ValueError, match=r"values in \[0, 1.00000095\]; float images must lie in"):
-        as_images(np.array([0, 1.000001], np.float32).reshape(1, 1, 2, 1))
+        as_images(np.array([0, 1.000001], np.float32).reshape(1, 2, 1, 1))
     # Nine digits would print 1 + 1e-12 as 1; a rounding overshoot is clipped, 0-255 data divided.
     with pytest.raises(ValueError, match=r"values in \[0, 1.000000000001\]; .* Clip them, np.clip\(X, 0, 1\)"):
-        as_images(np.array([0, 1 + 1e-12]).reshape(1, 1, 2, 1))
+        as_images(np.array([0, 1 + 1e-12]).reshape(1, 2, 1, 1))
     with pytest.raises(ValueError, match=r"values in \[0, 255\]; .* Divide 0-255 data by 255"):
-        as_images(np.array([0, 255.0]).reshape(1, 1, 2, 1))
+        as_images(np.array([0, 255.0]).reshape(1, 2, 1, 1))
 
 
 def test_links_to_one_folder_keep_the_first_by_name(tmp_path):

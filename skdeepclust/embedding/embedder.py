@@ -423,11 +423,13 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     - the path of a folder, searched recursively for image files (folder links
       are followed; hidden files and macOS's ``__MACOSX`` folders are skipped).
 
-    Grayscale is repeated to RGB and an alpha channel is dropped. uint16 pixels are
-    16-bit (0-65535) and scaled to 8 bits, as 16-bit grayscale files (PNG, TIFF,
-    PGM) are; other integer pixels must lie in [0, 255]. Files and PIL images are
-    turned upright by their EXIF orientation, as ``PIL.ImageOps.exif_transpose``
-    does (which also removes the tag, so an image it has turned is not turned again).
+    Grayscale is repeated to RGB and an alpha channel is dropped. A shape that reads
+    both ways, such as (n, 3, 16, 4) (RGB 16 x 4, or RGBA 3 x 16), is read
+    channels-last, with a warning. uint16 pixels are 16-bit (0-65535) and scaled to
+    8 bits, as 16-bit grayscale files (PNG, TIFF, PGM) are; other integer pixels
+    must lie in [0, 255]. Files and PIL images are turned upright by their EXIF
+    orientation, as ``PIL.ImageOps.exif_transpose`` does (which also removes the
+    tag, so an image it has turned is not turned again).
 
     Examples
     --------

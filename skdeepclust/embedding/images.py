@@ -277,6 +277,30 @@ def _channels_last(last, first):
     return None
 
 
+def _layout_is_ambiguous(shape):
+    """Whether an image's (3-D) or a batch's (4-D) ``shape`` reads both ways: its last
+    axis and its first candidate channel axis both hold channel counts, as (3, 16, 4),
+    an RGB image 16 x 4 or an RGBA one 3 x 16. Channels-last is then taken."""
+    first = shape[0] if len(shape) == 3 else shape[1]
+    return first in _CHANNEL_COUNTS and shape[-1] in _CHANNEL_COUNTS
+
+
+def _warn_of_ambiguous_layout(name, shape, others=0):
+    """Say how an ambiguous ``shape`` is read, and how to be sure of the other
+    reading; ``others`` counts more images of that kind."""
+    if len(shape) == 3:
+        order, move = "(height, width, channels)", "np.moveaxis(image, 0, -1) for each"
+    else:
+        order, move = "NHWC", "X.transpose(0, 2, 3, 1) (X.permute for a tensor)"
+    more = f" (and {others} more)" if others else ""
+    warnings.warn(
+        f"{name}{more} has shape {shape}, which could be channels-first or channels-last; it "
+        f"is read as {order}, with {shape[-1]} channels. If the channels come first, pass {move}.",
+        UserWarning,
+        stacklevel=stacklevel_of_user_code(),
+    )
+
+
 def _channel_axis_of_one_image(shape, name):
     """Where the channels of a single image of ``shape`` lie: -1 (HWC), 0 (CHW) or None (HW).
 
@@ -479,6 +503,8 @@ class ArrayImages:
                 f"(n_images, channels, height, width); got {array.ndim}-D with shape {shape}.{hint}"
             )
         channels_last = _channels_last(array.shape[-1], array.shape[1])
+        if _layout_is_ambiguous(shape):
+            _warn_of_ambiguous_layout("The image array", shape)
         if channels_last is not None:
             self._channels_first = not channels_last
         else:
@@ -540,7 +566,7 @@ class ImageList:
             if isinstance(item, torch.Tensor) else item
             for position, item in enumerate(items)
         ]
-        missing = []
+        missing, ambiguous = [], []
         for position, item in enumerate(self._items):
             if isinstance(item, (str, os.PathLike)):
                 if os.path.isdir(item):
@@ -554,6 +580,8 @@ class ImageList:
             elif isinstance(item, np.ndarray):  # checked now, not when its batch comes
                 item = self._items[position] = unmasked(item, f"Image {position}")
                 _channel_axis_of_one_image(item.shape, f"Image {position}")
+                if item.ndim == 3 and _layout_is_ambiguous(item.shape):
+                    ambiguous.append(position)
                 _check_pixel_range(item, f"Image {position}")
             elif isinstance(item, Image.Image):
                 if 0 in item.size:
@@ -565,6 +593,9 @@ class ImageList:
                     f"Image {position} is a {type(item).__name__}; a list of images may hold "
                     f"file paths, PIL images, numpy arrays or torch tensors.{hint}"
                 )
+        if ambiguous:
+            first = ambiguous[0]
+            _warn_of_ambiguous_layout(f"Image {first}", self._items[first].shape, others=len(ambiguous) - 1)
         if missing:
             shown = ", ".join(repr(name) for name in missing[:3])
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
