@@ -7,7 +7,7 @@ several on the same embeddings is a loop. Here 1,000 CIFAR-10 photos are embedde
 once and clustered into 10 groups by
 
 - scikit-learn's k-means, agglomerative (Ward) clustering and a Gaussian mixture;
-- the clustering heads of :mod:`skdeepclust.clustering`, small networks trained on
+- the clustering heads of ``skdeepclust.clustering``, small networks trained on
   the frozen features so that each photo and its nearest neighbours fall in the
   same confident cluster: ``"scan"``
   (:class:`~skdeepclust.clustering.SCANClusterer`), ``"temi"``

@@ -257,8 +257,10 @@ def extract_image_archive(archive, cache_dir=None):
     ------
     ValueError
         If ``archive`` is not a file of those kinds, is damaged or cut short
-        (nothing is left in the cache then), or holds links or paths leading
-        outside itself.
+        (nothing is left in the cache then), or is a tar file holding links or
+        paths leading outside itself. In a zip file, such paths are unpacked
+        inside the folder, as :mod:`zipfile` cleans them (``../a.png`` as
+        ``a.png``).
     """
     if not isinstance(archive, (str, os.PathLike)):
         raise ValueError(f"archive must be the path of a file; got {archive!r}.")

@@ -67,7 +67,7 @@ class PretrainedFeatureClusterer(
     clusterer : str or estimator, default="kmeans"
         A clusterer name (see :func:`~skdeepclust.clustering.available_clusterer_names`)
         or an unfitted scikit-learn style clusterer, which is cloned.
-    n_clusters : int, default=None
+    n_clusters : int or None, default=None
         Number of clusters; ``None`` keeps the clusterer's own (8 for k-means).
     mean, std : tuple of 3 floats, default=None
         Normalisation, overriding the model's own.

@@ -72,7 +72,7 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     n_per_cluster : int, default=8
         Thumbnails per row.
     thumbnail_size : int, default=48
-        Side of each square thumbnail, in pixels. A montage larger than PIL's
+        Side of each square thumbnail, in pixels, at least 8. A montage larger than PIL's
         ``Image.MAX_IMAGE_PIXELS`` is refused.
     scores : array-like of shape (n_images,), default=None
         Confidence of each assignment; when given, each row shows the most

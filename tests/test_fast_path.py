@@ -178,6 +178,16 @@ def test_compile_passes_its_options_and_always_sees_full_batches(images, monkeyp
     assert len(calls) == 1  # the compiled model is kept between calls
 
 
+def test_compile_takes_numpy_booleans_from_a_parameter_grid(images, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)
+    expected = ImageEmbedder(**TINY).fit_transform(images)
+    np.testing.assert_array_equal(ImageEmbedder(**TINY, compile=np.False_).fit_transform(images), expected)
+    assert calls == []
+    np.testing.assert_allclose(ImageEmbedder(**TINY, compile=np.True_).fit_transform(images), expected, atol=1e-5)
+    assert calls == [{}]
+
+
 def test_compile_with_torch_gives_the_same_features(images):
     expected = ImageEmbedder(**TINY, batch_size=8).fit_transform(images)
     compiled = ImageEmbedder(**TINY, batch_size=8, compile={"backend": "eager"}).fit(images)

@@ -129,7 +129,7 @@ class DebiasedClusterer(tr.HeadClusterer):
       of the batch it came in: the per-feature mean and variance, and the log of
       the batch size (cardinality). The sample is standardised with these moments
       and the summary is encoded into a per-cluster logit offset (see
-      :class:`StatisticsPoolingHeads`), so a big class that dominates the batch
+      ``StatisticsPoolingHeads``), so a big class that dominates the batch
       mean does not pull the samples of a small class into itself.
     - **A balance prior that lets sizes differ.** SCAN's entropy term, weighted
       5, pushes every cluster towards ``1 / n_clusters`` of the data, which on a
@@ -139,7 +139,7 @@ class DebiasedClusterer(tr.HeadClusterer):
       ``final_entropy_weight``. Near-equal fine clusters are harmless: a big
       class is covered by several of them, a small class by one. The fine
       clusters are then merged, greedily, along the k-NN graph down to
-      ``n_clusters`` (:func:`merge_on_neighbor_graph`): pairs with the largest
+      ``n_clusters`` (``merge_on_neighbor_graph``): pairs with the largest
       share of crossing neighbour edges merge first, so the siblings of a big
       class reunite while a small class whose neighbours stay inside it keeps
       its own cluster. The final sizes are whatever the graph supports.

@@ -33,7 +33,7 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     candidates : iterable of int
         Numbers of clusters to try, each >= 2 and < n_samples.
     clusterer : str or estimator, default="kmeans"
-        As in :class:`~skdeepclust.clustering.FeatureClusterer`; a head such as
+        As in :class:`~skdeepclust.FeatureClusterer`; a head such as
         ``"scan"`` works too, at the cost of one training per candidate.
     random_state : int, RandomState instance or None, default=None
         Passed to the clusterer and to the silhouette's subsampling.

@@ -47,7 +47,16 @@ _ENCODER_PREFIXES = ("backbone.", "base_encoder.")
 
 
 class PretrainedWeightsUnavailable(OSError):
-    """timm's own weights for a backbone could not be fetched (offline, or no such tag)."""
+    """timm's own weights for a backbone could not be fetched (offline, or no such tag).
+
+    Raised by ``fit`` with ``pretrained=True``; its message lists the ways to go on
+    without the hub. An :class:`OSError`, as a failed download is.
+
+    Attributes
+    ----------
+    backbone : str
+        The backbone name whose weights were asked for.
+    """
 
     def __init__(self, backbone, reason):
         self.backbone = backbone
@@ -64,7 +73,21 @@ class PretrainedWeightsUnavailable(OSError):
 @dataclass(frozen=True)
 class Preprocessing:
     """How images are prepared for a backbone: resized to cover ``resize_size``, their
-    centre ``input_size`` cropped, and normalised."""
+    centre ``input_size`` cropped, and normalised.
+
+    A fitted :class:`~skdeepclust.ImageEmbedder` holds one as ``preprocessing_``.
+
+    Parameters
+    ----------
+    input_size : tuple of 2 ints
+        (height, width) of the crop the backbone sees.
+    mean, std : tuple of 3 floats
+        Per-channel normalisation of pixels on the 0-1 scale.
+    interpolation : str
+        Resizing filter: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+    crop_pct : float, default=1.0
+        Share of the resized image's short side that the crop keeps.
+    """
 
     input_size: tuple  # (height, width)
     mean: tuple

@@ -337,7 +337,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     pretrained : bool or str or path-like, default=True
         ``True``: timm's own weights for the name (from the model hub, or its cache).
         A path: a local checkpoint (``.safetensors``, ``.pth``, ``.pt``, ``.bin``,
-        ``.pth.tar``),
+        ``.ckpt``, ``.pth.tar``),
         including training checkpoints such as DINO's (``teacher``/``student``,
         ``backbone.`` and ``module.`` prefixes are handled; the teacher is used).
         Name the tag of the weights (``"vit_small_patch16_224.dino"``): it gives
@@ -535,7 +535,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             raise ValueError(
                 f"num_workers must be None or a non-negative integer; got {self.num_workers!r}."
             )
-        if not isinstance(self.compile, (bool, dict)):
+        if not isinstance(self.compile, (bool, np.bool_, dict)):
             raise TypeError(
                 "compile must be True, False or a dict of torch.compile keyword arguments; "
                 f"got {self.compile!r}."
@@ -551,10 +551,12 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         resolve_device(self.device)
 
     def fit(self, X, y=None):
-        """Load the backbone and check that ``X`` can be read.
+        """Load the backbone and check the form of ``X``.
 
-        Nothing is learned from ``X``: the backbone is frozen. ``fit_transform``
-        embeds ``X`` once.
+        Nothing is learned from ``X``: the backbone is frozen. Arrays are checked
+        whole and files for existence; files are decoded only when embedded, by
+        ``transform``, so a damaged one is found there. ``fit_transform`` embeds
+        ``X`` once.
 
         Parameters
         ----------
@@ -610,6 +612,12 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def _backbone_name(self):
         return self.backbone if isinstance(self.backbone, str) else type(self.backbone).__name__
 
+    def _compile_options(self):
+        """torch.compile's keyword arguments, or None when the backbone is not compiled."""
+        if isinstance(self.compile, dict):
+            return self.compile
+        return {} if self.compile else None
+
     def _runtime_on(self, device):
         """The backbone prepared for ``device``, with the batch size and input format to use there.
 
@@ -625,7 +633,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         # A convolutional backbone is copied on the CPU too: channels-last weights, which
         # run faster, would make model_'s tensors non-contiguous, and safetensors refuses
         # to save those.
-        if device.type != "cpu" or convolutional or dtype != torch.float32 or self.compile is not False:
+        compile_options = self._compile_options()
+        if device.type != "cpu" or convolutional or dtype != torch.float32 or compile_options is not None:
             model = copy.deepcopy(model).to(device, dtype)  # model_ itself stays as fitted, on the CPU
         memory_format = torch.channels_last if convolutional else torch.contiguous_format
         if convolutional:
@@ -633,8 +642,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         batch_size = self.batch_size
         if batch_size == "auto":
             batch_size = auto_batch_size(model, self.preprocessing_.input_size, device, dtype)
-        if self.compile is not False:
-            model = torch.compile(model, **({} if self.compile is True else self.compile))
+        if compile_options is not None:
+            model = torch.compile(model, **compile_options)
         runtime = _Runtime(model, batch_size, dtype, memory_format)
         self._runtime = (key, runtime)
         return runtime
@@ -742,7 +751,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         shape or new strides would compile it again.
         """
         n_images = chunk.shape[0]
-        if self.compile is not False and n_images < forward_size:
+        if self._compile_options() is not None and n_images < forward_size:
             padding = chunk.new_zeros((forward_size - n_images, *chunk.shape[1:]))
             chunk = torch.cat([chunk, padding]).contiguous(memory_format=runtime.memory_format)
         output = runtime.model(chunk)
