@@ -8,6 +8,7 @@ import itertools
 import multiprocessing
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import joblib
 import numpy as np
@@ -89,6 +90,20 @@ def test_embedding_files_with_workers_matches_in_process(images, image_files):
     embedder = ImageEmbedder(**TINY, batch_size=4, num_workers=0).fit(images)
     expected = embedder.transform(image_files)
     np.testing.assert_array_equal(embedder.set_params(num_workers=2).transform(image_files), expected)
+
+
+def test_decode_workers_started_from_an_executor_thread_exit_cleanly(images, image_files):
+    # As a server's request handler, or asyncio's run_in_executor, would call it. Such
+    # workers exited with code 1, and the DataLoader raised in the main thread.
+    embedder = ImageEmbedder(**TINY, batch_size=4, num_workers=2).fit(images)
+    expected = embedder.transform(image_files)
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(4):
+            calls = [pool.submit(embedder.transform, image_files) for _ in range(2)]
+            while not all(call.done() for call in calls):
+                time.sleep(0.001)  # the main thread runs Python code, where the signal lands
+            for call in calls:
+                np.testing.assert_array_equal(call.result(), expected)
 
 
 def _in_joblib_workers(function, argument):

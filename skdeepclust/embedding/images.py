@@ -661,6 +661,7 @@ class ImageList:
             num_workers=num_workers,
             pin_memory=pin_memory,
             multiprocessing_context=_standard_start_context(),
+            worker_init_fn=_forget_executor_threads,
             # Its own: the workers' seeds would otherwise be drawn from torch's global
             # stream, which the caller may rely on.
             generator=torch.Generator(),
@@ -669,6 +670,20 @@ class ImageList:
             if isinstance(batch, Exception):  # raised here so that the user sees the message alone
                 raise batch
             yield batch
+
+
+def _forget_executor_threads(worker_id):
+    """In a worker forked from a ThreadPoolExecutor's thread (a server's request
+    handler, asyncio's run_in_executor), forget the parent's executor threads.
+
+    At exit, concurrent.futures joins every executor thread it knows, and in the
+    fork that list holds the worker's own thread, which cannot be joined: the worker
+    exits with code 1, and the DataLoader raises in the parent's main thread.
+    Python 3.11 does not clear the list on fork.
+    """
+    import concurrent.futures.thread
+
+    getattr(concurrent.futures.thread, "_threads_queues", {}).clear()
 
 
 def _standard_start_context():
