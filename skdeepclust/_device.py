@@ -20,6 +20,10 @@ SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "mps")
 # at once would draw each other's numbers. Blocks that change them hold this lock; it
 # is reentrant because those blocks nest.
 GLOBAL_TORCH_STATE_LOCK = threading.RLock()
+if hasattr(os, "register_at_fork"):
+    # A process forked while another thread holds the lock would inherit it held, by
+    # a thread the fork does not have, and wait for it forever.
+    os.register_at_fork(after_in_child=GLOBAL_TORCH_STATE_LOCK._at_fork_reinit)
 
 
 def parsed_device(device) -> torch.device:
@@ -110,11 +114,15 @@ def seeded_torch(random_state, *, seed=True):
     only forked, for a block whose random draws are all replaced afterwards:
     ``random_state`` is then not drawn from (scikit-learn draws from numpy's global
     stream only when randomness is used). Blocks in other threads that do the same
-    wait for this one.
+    wait for this one; other code that draws from torch's global stream in another
+    thread meanwhile is not held back, and changes what this block draws.
     """
     with GLOBAL_TORCH_STATE_LOCK, torch.random.fork_rng(devices=[]):
         if seed:
-            torch.manual_seed(torch_seed_from(random_state))
+            # The CPU generator only, whose state the fork restores: torch.manual_seed
+            # would also reseed every CUDA device (or queue that until CUDA starts),
+            # changing the caller's GPU stream for good.
+            torch.default_generator.manual_seed(torch_seed_from(random_state))
         yield
 
 

@@ -1,4 +1,7 @@
+import multiprocessing
+import os
 import pickle
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import joblib
@@ -10,6 +13,7 @@ from PIL import Image
 from sklearn.base import clone
 
 from skdeepclust import ImageEmbedder
+from skdeepclust._device import seeded_torch
 from skdeepclust.embedding import embedder as embedder_module
 from skdeepclust.embedding.images import as_images
 
@@ -115,6 +119,48 @@ def test_fits_in_threads_draw_the_same_random_weights(images):
     for features in results:
         np.testing.assert_array_equal(features, expected)
     assert torch.equal(torch.get_rng_state(), stream)
+
+
+def test_seeded_build_leaves_the_gpu_streams_alone(images, monkeypatch):
+    # torch.manual_seed would reseed every CUDA device, or queue that until CUDA
+    # starts, and fork_rng(devices=[]) restores the CPU stream only.
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeded.append)
+    ImageEmbedder(**TINY).fit(images)
+    assert reseeded == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_process_forked_during_a_seeded_build_can_build_too():
+    # It inherits the lock of the seeded blocks held by a thread it does not have.
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with seeded_torch(0):
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    holding.wait(60)
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_seeded_block)
+        child.start()
+        child.join(30)
+        stuck = child.is_alive()
+        if stuck:
+            child.kill()
+            child.join()
+    finally:
+        release.set()
+        holder.join()
+    assert not stuck and child.exitcode == 0
+
+
+def _seeded_block():
+    with seeded_torch(0):
+        torch.rand(3)
 
 
 @pytest.mark.parametrize("backbone", ["test_vit", "resnet18"])

@@ -100,6 +100,21 @@ def test_seeded_blocks_in_threads_draw_their_own_numbers():
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
+def test_heads_draw_their_weights_from_a_stream_of_their_own(name, blobs, monkeypatch):
+    # Not from torch's global stream, which another thread may draw from meanwhile.
+    X, _ = blobs
+    expected = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X).predict_proba(X)
+
+    def global_stream_used(*args, **kwargs):
+        raise AssertionError("torch's global stream was seeded or forked")
+
+    monkeypatch.setattr(torch, "manual_seed", global_stream_used)
+    monkeypatch.setattr(torch.random, "fork_rng", global_stream_used)
+    np.testing.assert_array_equal(
+        HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X).predict_proba(X), expected)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
 def test_head_fits_in_threads_are_repeatable(name, blobs):
     X, _ = blobs
     expected = HEADS[name](n_clusters=4, random_state=0, device="cpu").fit(X).predict_proba(X)
@@ -208,7 +223,7 @@ def test_neighbor_information_ranks_a_merged_head_below_a_separating_one():
 
     features = torch.tensor(np.repeat(np.eye(3), 20, axis=0), dtype=torch.float32)
     neighbors = torch.tensor([[(i + 1) % 20 + 20 * (i // 20)] for i in range(60)])
-    heads = MultiHead(2, 3, 3)
+    heads = MultiHead(2, 3, 3, generator=torch.Generator())
     with torch.no_grad():
         heads.biases[0].zero_()
         heads.weights[0][0] = torch.eye(3)  # three groups

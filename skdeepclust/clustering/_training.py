@@ -22,7 +22,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from .._device import host_array, resolve_device, seeded_torch, torch_seed_from
+from .._device import host_array, resolve_device, torch_seed_from
 from .._progress import progress_bar
 from .._validation import check_choice, check_float, check_int, check_verbose
 from .._warnings import stacklevel_of_user_code
@@ -113,7 +113,7 @@ class MultiHead(nn.Module):
     Output: logits of shape (n_heads, batch, n_clusters).
     """
 
-    def __init__(self, n_heads, in_features, n_clusters, hidden_size=None):
+    def __init__(self, n_heads, in_features, n_clusters, hidden_size=None, *, generator):
         super().__init__()
         self.hidden_size = hidden_size
         sizes = [in_features, n_clusters] if hidden_size is None else [
@@ -123,11 +123,13 @@ class MultiHead(nn.Module):
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = 1.0 / math.sqrt(fan_in)
-            # float32 whatever torch's default dtype is: the features always are.
+            # float32 whatever torch's default dtype is: the features always are. A
+            # generator of the caller's, not torch's global stream, which every
+            # thread of the process shares and may draw from meanwhile.
             self.weights.append(nn.Parameter(torch.empty(
-                n_heads, fan_in, fan_out, dtype=torch.float32).uniform_(-bound, bound)))
+                n_heads, fan_in, fan_out, dtype=torch.float32).uniform_(-bound, bound, generator=generator)))
             self.biases.append(nn.Parameter(torch.empty(
-                n_heads, 1, fan_out, dtype=torch.float32).uniform_(-bound, bound)))
+                n_heads, 1, fan_out, dtype=torch.float32).uniform_(-bound, bound, generator=generator)))
 
     def forward(self, x):
         # x: (batch, in) shared by all heads, or (n_heads, batch, in) per head.
@@ -308,20 +310,19 @@ class HeadTraining:
         self.generator = make_generator(self.seed + 1, self.device)
 
     def new_module(self, module_factory):
-        with seeded_torch(self.seed):
-            module = module_factory()
-        return module.to(self.device)
+        """``module_factory(generator)``, its random weights drawn on the CPU from
+        ``self.seed``, moved to the device."""
+        # A stream of their own for the weights (the batches draw from self.seed + 1).
+        return module_factory(torch.Generator().manual_seed(torch_seed_from(self.seed))).to(self.device)
 
 
 def single_head(multi_head, head):
     """A one-head :class:`MultiHead` holding a copy of head ``head`` of ``multi_head``."""
     weights = [w.detach()[head:head + 1] for w in multi_head.weights]
     biases = [b.detach()[head:head + 1] for b in multi_head.biases]
-    # Its random initial weights are overwritten below; seeding a fork of torch's
-    # stream leaves the caller's own stream as it was.
-    with seeded_torch(0):
-        copy = MultiHead(1, weights[0].shape[1], weights[-1].shape[2],
-                         None if len(weights) == 1 else weights[0].shape[2])
+    # Its random initial weights are overwritten below.
+    copy = MultiHead(1, weights[0].shape[1], weights[-1].shape[2],
+                     None if len(weights) == 1 else weights[0].shape[2], generator=torch.Generator())
     with torch.no_grad():
         for target, source in zip(list(copy.weights) + list(copy.biases), weights + biases):
             target.copy_(source)

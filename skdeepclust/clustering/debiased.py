@@ -41,12 +41,12 @@ class StatisticsPoolingHeads(nn.Module):
     composition of the batch instead of baking one composition into its biases.
     """
 
-    def __init__(self, n_heads, n_features, n_clusters, hidden_size, context_size):
+    def __init__(self, n_heads, n_features, n_clusters, hidden_size, context_size, *, generator):
         super().__init__()
         self.n_features = n_features
-        self.sample_heads = tr.MultiHead(n_heads, n_features, n_clusters, hidden_size)
-        self.context_encoder = tr.MultiHead(n_heads, 2 * n_features + 1, context_size)
-        self.context_to_logits = tr.MultiHead(n_heads, context_size, n_clusters)
+        self.sample_heads = tr.MultiHead(n_heads, n_features, n_clusters, hidden_size, generator=generator)
+        self.context_encoder = tr.MultiHead(n_heads, 2 * n_features + 1, context_size, generator=generator)
+        self.context_to_logits = tr.MultiHead(n_heads, context_size, n_clusters, generator=generator)
 
     def forward(self, features, pooled):
         standardised = standardise(features, pooled, self.n_features)
@@ -295,9 +295,9 @@ class DebiasedClusterer(tr.HeadClusterer):
             The fitted estimator.
         """
         unit, setup, hidden = self._start_training(X)
-        heads = setup.new_module(lambda: StatisticsPoolingHeads(
+        heads = setup.new_module(lambda generator: StatisticsPoolingHeads(
             self.n_heads, unit.shape[1], self.n_clusters * self.overclustering, hidden,
-            self.context_size))
+            self.context_size, generator=generator))
         optimizer = torch.optim.AdamW(heads.parameters(), lr=self.learning_rate,
                                       weight_decay=self.weight_decay)
 

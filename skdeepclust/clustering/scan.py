@@ -168,7 +168,8 @@ class SCANClusterer(tr.HeadClusterer):
         """
         unit, setup, hidden = self._start_training(X)
         heads = setup.new_module(
-            lambda: tr.MultiHead(self.n_heads, unit.shape[1], self.n_clusters, hidden))
+            lambda generator: tr.MultiHead(self.n_heads, unit.shape[1], self.n_clusters, hidden,
+                                           generator=generator))
         optimizer = torch.optim.AdamW(heads.parameters(), lr=self.learning_rate,
                                       weight_decay=self.weight_decay)
 

@@ -181,7 +181,8 @@ class TEMIClusterer(tr.HeadClusterer):
         """
         unit, setup, hidden = self._start_training(X)
         student = setup.new_module(
-            lambda: tr.MultiHead(self.n_heads, unit.shape[1], self.n_clusters, hidden))
+            lambda generator: tr.MultiHead(self.n_heads, unit.shape[1], self.n_clusters, hidden,
+                                           generator=generator))
         teacher = copy.deepcopy(student).requires_grad_(False)
         optimizer = torch.optim.AdamW(student.parameters(), lr=self.learning_rate,
                                       weight_decay=self.weight_decay)

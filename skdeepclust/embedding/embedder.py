@@ -396,7 +396,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     normalize : bool, default=True
         Scale each feature vector to unit L2 norm.
     random_state : int, RandomState instance or None, default=None
-        Seeds the random weights when ``pretrained=False``.
+        Seeds the random weights when ``pretrained=False``. timm draws them from
+        torch's global stream, which is shared by the threads of a process: fits
+        in threads wait for each other, but other torch code drawing in another
+        thread during ``fit`` changes them.
     verbose : int, default=0
         Show a progress bar (tqdm) over the images when positive.
 
