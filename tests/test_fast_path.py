@@ -4,8 +4,10 @@ Their speed is measured in benchmarks/; these tests check that each gives the
 same features as the plain path and that its parameter is checked.
 """
 
+import copy
 import itertools
 import multiprocessing
+import pickle
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,6 +159,36 @@ def test_fitted_convolutional_backbone_can_be_saved_with_safetensors(images, tmp
     save_file(embedder.model_.state_dict(), tmp_path / "backbone.safetensors")
     saved = load_file(tmp_path / "backbone.safetensors")
     assert all(torch.equal(saved[name], tensor) for name, tensor in embedder.model_.state_dict().items())
+
+
+def test_threads_sharing_a_fitted_embedder_copy_its_backbone_once(images, monkeypatch):
+    # A convolutional backbone is copied (channels-last) for the CPU too, as every
+    # backbone is for a GPU: concurrent first calls made one copy each.
+    embedder = ImageEmbedder(**CONV, device="cpu").fit(images)
+    expected = embedder.transform(images)
+    embedder = pickle.loads(pickle.dumps(embedder))  # as a server loads it: nothing prepared
+    copies = []
+    real_deepcopy = copy.deepcopy
+
+    def slow_deepcopy(value, *args):
+        if isinstance(value, torch.nn.Module):
+            copies.append(value)
+            time.sleep(0.2)  # the window in which other threads arrive
+        return real_deepcopy(value, *args)
+
+    monkeypatch.setattr(embedder_module.copy, "deepcopy", slow_deepcopy)
+    start = threading.Barrier(4)
+
+    def first_call(_):
+        start.wait()
+        return embedder.transform(images)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(first_call, range(4)))
+    assert len(copies) == 1
+    for features in results:
+        np.testing.assert_array_equal(features, expected)
+    assert "_runtime_lock" not in pickle.loads(pickle.dumps(embedder)).__dict__
 
 
 def test_transformer_backbone_is_not_copied_on_the_cpu(images):

@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import re
+import threading
 import warnings
 
 import numpy as np
@@ -630,6 +631,16 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         cached = getattr(self, "_runtime", None)
         if cached is not None and cached[0] == key:
             return cached[1]
+        # Threads sharing one fitted embedder (a server's) would otherwise each copy the
+        # backbone to the device, and compile it, at their first call. setdefault is
+        # atomic, so they all get the same lock.
+        with self.__dict__.setdefault("_runtime_lock", threading.Lock()):
+            cached = getattr(self, "_runtime", None)
+            if cached is None or cached[0] != key:
+                self._runtime = (key, self._prepared_runtime(device))
+            return self._runtime[1]
+
+    def _prepared_runtime(self, device):
         model = self.model_
         convolutional = _is_convolutional(model)
         dtype = compute_dtype(device, self.precision)
@@ -647,9 +658,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             batch_size = auto_batch_size(model, self.preprocessing_.input_size, device, dtype)
         if compile_options is not None:
             model = torch.compile(model, **compile_options)
-        runtime = _Runtime(model, batch_size, dtype, memory_format)
-        self._runtime = (key, runtime)
-        return runtime
+        return _Runtime(model, batch_size, dtype, memory_format)
 
     def _decode_workers(self, device):
         if self.num_workers is not None:
@@ -764,6 +773,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def __getstate__(self):
         state = dict(super().__getstate__())
         state.pop("_runtime", None)  # device copies are rebuilt where the pickle is loaded
+        state.pop("_runtime_lock", None)
         return state
 
     def __sklearn_tags__(self):
