@@ -679,7 +679,7 @@ def _forget_executor_threads(worker_id):
     At exit, concurrent.futures joins every executor thread it knows, and in the
     fork that list holds the worker's own thread, which cannot be joined: the worker
     exits with code 1, and the DataLoader raises in the parent's main thread.
-    Python 3.11 does not clear the list on fork.
+    concurrent.futures (Python 3.11) does not clear the list on fork.
     """
     import concurrent.futures.thread
 
