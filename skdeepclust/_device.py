@@ -15,15 +15,24 @@ from ._validation import check_tensor_has_data, unmasked
 
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "mps")
 
+
+def fork_safe_lock():
+    """A reentrant lock that a forked process gets anew.
+
+    A process forked while another thread holds a lock inherits it held, by a thread
+    the fork does not have, and would wait for it forever.
+    """
+    lock = threading.RLock()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=lock._at_fork_reinit)
+    return lock
+
+
 # torch's global RNG and default dtype are shared by every thread of the process: two
 # fits in threads (joblib's threading backend, a web server) that seed or switch them
 # at once would draw each other's numbers. Blocks that change them hold this lock; it
 # is reentrant because those blocks nest.
-GLOBAL_TORCH_STATE_LOCK = threading.RLock()
-if hasattr(os, "register_at_fork"):
-    # A process forked while another thread holds the lock would inherit it held, by
-    # a thread the fork does not have, and wait for it forever.
-    os.register_at_fork(after_in_child=GLOBAL_TORCH_STATE_LOCK._at_fork_reinit)
+GLOBAL_TORCH_STATE_LOCK = fork_safe_lock()
 
 
 def parsed_device(device) -> torch.device:

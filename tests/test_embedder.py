@@ -1,6 +1,7 @@
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +14,8 @@ from PIL import Image
 from sklearn.base import clone
 
 from skdeepclust import ImageEmbedder
-from skdeepclust._device import seeded_torch
+from skdeepclust._device import GLOBAL_TORCH_STATE_LOCK
+from skdeepclust.embedding import backbone as backbone_module
 from skdeepclust.embedding import embedder as embedder_module
 from skdeepclust.embedding.images import as_images
 
@@ -132,12 +134,17 @@ def test_seeded_build_leaves_the_gpu_streams_alone(images, monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_process_forked_during_a_seeded_build_can_build_too():
-    # It inherits the lock of the seeded blocks held by a thread it does not have.
+@pytest.mark.parametrize("lock", [
+    GLOBAL_TORCH_STATE_LOCK,
+    embedder_module._RUNTIME_PREPARATION_LOCK,
+    backbone_module._LOAD_STATE_DICT_SWAP,
+], ids=["seeding", "runtime", "load_state_dict"])
+def test_a_process_forked_while_another_thread_holds_a_lock_gets_it_anew(lock):
+    # It would inherit the lock held, by a thread the fork does not have.
     holding, release = threading.Event(), threading.Event()
 
     def hold_the_lock():
-        with seeded_torch(0):
+        with lock:
             holding.set()
             release.wait(60)
 
@@ -145,22 +152,17 @@ def test_a_process_forked_during_a_seeded_build_can_build_too():
     holder.start()
     holding.wait(60)
     try:
-        child = multiprocessing.get_context("fork").Process(target=_seeded_block)
+        child = multiprocessing.get_context("fork").Process(target=_take_within_five_seconds, args=(lock,))
         child.start()
         child.join(30)
-        stuck = child.is_alive()
-        if stuck:
-            child.kill()
-            child.join()
     finally:
         release.set()
         holder.join()
-    assert not stuck and child.exitcode == 0
+    assert child.exitcode == 0
 
 
-def _seeded_block():
-    with seeded_torch(0):
-        torch.rand(3)
+def _take_within_five_seconds(lock):
+    sys.exit(0 if lock.acquire(timeout=5) else 1)
 
 
 @pytest.mark.parametrize("backbone", ["test_vit", "resnet18"])

@@ -188,7 +188,6 @@ def test_threads_sharing_a_fitted_embedder_copy_its_backbone_once(images, monkey
     assert len(copies) == 1
     for features in results:
         np.testing.assert_array_equal(features, expected)
-    assert "_runtime_lock" not in pickle.loads(pickle.dumps(embedder)).__dict__
 
 
 def test_transformer_backbone_is_not_copied_on_the_cpu(images):

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from .._device import GLOBAL_TORCH_STATE_LOCK, seeded_torch
+from .._device import GLOBAL_TORCH_STATE_LOCK, fork_safe_lock, seeded_torch
 from .._warnings import stacklevel_of_user_code
 from .packaged_weights import PACKAGED_BACKBONES, load_packaged_state_dict
 
@@ -317,7 +317,7 @@ def _hub_offline_mode():
 # Held while a model class's load_state_dict is replaced: two threads building one
 # architecture at once would otherwise restore each other's replacement. Reentrant,
 # for a build that builds another backbone inside it.
-_LOAD_STATE_DICT_SWAP = threading.RLock()
+_LOAD_STATE_DICT_SWAP = fork_safe_lock()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ import math
 import numbers
 import os
 import re
-import threading
 import warnings
 
 import numpy as np
@@ -20,12 +19,17 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .._device import checked_random_state, resolve_device, usable_cores
+from .._device import checked_random_state, fork_safe_lock, resolve_device, usable_cores
 from .._progress import progress_bar
 from .._validation import check_verbose
 from .._warnings import stacklevel_of_user_code
 from .backbone import build_backbone
 from .images import as_images
+
+# Threads sharing one fitted embedder (a server's) would otherwise each copy its
+# backbone to the device, and compile it, at their first call. One lock for all
+# embedders: preparing is rare.
+_RUNTIME_PREPARATION_LOCK = fork_safe_lock()
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -428,12 +432,12 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
       are followed; hidden files and macOS's ``__MACOSX`` folders are skipped).
 
     Grayscale is repeated to RGB and an alpha channel is dropped. A shape that reads
-    both ways, such as (n, 3, 16, 4) (RGB 16 x 4, or RGBA 3 x 16), is read
-    channels-last, with a warning. uint16 pixels are 16-bit (0-65535) and scaled to
-    8 bits, as 16-bit grayscale files (PNG, TIFF, PGM) are; other integer pixels
-    must lie in [0, 255]. Files and PIL images are turned upright by their EXIF
-    orientation, as ``PIL.ImageOps.exif_transpose`` does (which also removes the
-    tag, so an image it has turned is not turned again).
+    both ways, such as (n, 3, 16, 4) (RGB 16 x 4, or RGBA 3 x 16), is read one way,
+    with a warning that says how to pass the other. uint16 pixels are 16-bit
+    (0-65535) and scaled to 8 bits, as 16-bit grayscale files (PNG, TIFF, PGM) are;
+    other integer pixels must lie in [0, 255]. Files and PIL images are turned
+    upright by their EXIF orientation, as ``PIL.ImageOps.exif_transpose`` does
+    (which also removes the tag, so an image it has turned is not turned again).
 
     Examples
     --------
@@ -631,10 +635,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         cached = getattr(self, "_runtime", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        # Threads sharing one fitted embedder (a server's) would otherwise each copy the
-        # backbone to the device, and compile it, at their first call. setdefault is
-        # atomic, so they all get the same lock.
-        with self.__dict__.setdefault("_runtime_lock", threading.Lock()):
+        with _RUNTIME_PREPARATION_LOCK:
             cached = getattr(self, "_runtime", None)
             if cached is None or cached[0] != key:
                 self._runtime = (key, self._prepared_runtime(device))
@@ -773,7 +774,6 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def __getstate__(self):
         state = dict(super().__getstate__())
         state.pop("_runtime", None)  # device copies are rebuilt where the pickle is loaded
-        state.pop("_runtime_lock", None)
         return state
 
     def __sklearn_tags__(self):
