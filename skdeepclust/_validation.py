@@ -59,8 +59,9 @@ def unmasked(array, name):
     n_masked = int(np.ma.count_masked(array))
     if n_masked:
         raise ValueError(
-            f"{name} is a masked array with {n_masked} masked values; fill them first, "
-            "e.g. X.filled(0), or pass X.data if the mask does not matter."
+            f"{name} is a masked array with {n_masked} masked values; fill them "
+            "(.filled(value)), leave out what they belong to, or pass its .data if the "
+            "mask does not matter."
         )
     return np.ma.getdata(array)
 

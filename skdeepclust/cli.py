@@ -254,7 +254,14 @@ def _output_folder(path, save_embeddings):
         raise
 
 
+def _listed(items):
+    """``items`` as one English list: "a", "a and b", "a, b and c"."""
+    items = [str(item) for item in items]
+    return items[-1] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _write_results(out, files, stage, features, save_embeddings):
+    """Write the results into ``out``; returns the paths of the files written."""
     from .visualization import _MontageTooLarge, cluster_montage
 
     confidence = _confidence(stage, features)
@@ -265,19 +272,27 @@ def _write_results(out, files, stage, features, save_embeddings):
         writer.writerow(RESULTS_HEADER)
         for file, cluster, score in zip(files, stage.labels_, confidence):
             writer.writerow([file, int(cluster), f"{score:.4f}"])
+    written = [out / RESULTS_FILE]
     if save_embeddings:
         np.save(out / EMBEDDINGS_FILE, features)
+        written.append(out / EMBEDDINGS_FILE)
     elif earlier_run and (out / EMBEDDINGS_FILE).is_file():
         (out / EMBEDDINGS_FILE).unlink()
         _warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
               f"the new {RESULTS_FILE} (--embeddings writes them anew)")
     try:
         cluster_montage(files, stage.labels_, scores=confidence).save(out / MONTAGE_FILE)
+        written.append(out / MONTAGE_FILE)
     except _MontageTooLarge:
         # Only so many clusters make a picture too large to open; the results stand.
+        removed = ""
+        if earlier_run and (out / MONTAGE_FILE).is_file():
+            (out / MONTAGE_FILE).unlink()  # it shows the clusters of an earlier run
+            removed = f", and the earlier run's {MONTAGE_FILE} removed"
         _warn(f"{MONTAGE_FILE} not written: a row for each of the {len(np.unique(stage.labels_)):,} "
-              f"clusters would make it larger than PIL opens (PIL.Image.MAX_IMAGE_PIXELS); "
+              f"clusters would make it larger than PIL opens (PIL.Image.MAX_IMAGE_PIXELS){removed}; "
               f"{RESULTS_FILE} holds every image's cluster")
+    return written
 
 
 def _pretrained_argument(value):
@@ -375,12 +390,12 @@ def _cluster_folder(args, folder, out):
     features, stage = _embed_and_cluster(
         files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet
     )
-    _write_results(out, files, stage, features, args.embeddings)
+    written = _write_results(out, files, stage, features, args.embeddings)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
     print(
         f"{len(files)} images in {len(stage.cluster_ids_)} clusters{noise} "
-        f"({time.perf_counter() - start:.1f} s); wrote {out / RESULTS_FILE} and {out / MONTAGE_FILE}"
+        f"({time.perf_counter() - start:.1f} s); wrote {_listed(written)}"
     )
     if args.eval:
         print(_metrics_line(y, stage.labels_))
@@ -432,9 +447,11 @@ def _demo(args, shared, out):
     start = time.perf_counter()
     features, stage = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters, 0, args.quiet)
     seconds = time.perf_counter() - start
-    _write_results(out, files, stage, features, False)
+    written = _write_results(out, files, stage, features, False)
     print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")
-    print(f"wrote {out / MONTAGE_FILE} (one row of photos per cluster) and {out / RESULTS_FILE}")
+    shown = [f"{path} (one row of photos per cluster)" if path.name == MONTAGE_FILE else str(path)
+             for path in reversed(written)]
+    print(f"wrote {_listed(shown)}")
     return 0
 
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from sklearn.utils import check_random_state
 
+from ._device import host_array
 from ._validation import check_no_missing_labels, unique_labels
 from .embedding.images import as_images
 
@@ -18,7 +19,8 @@ _GAP = 4
 
 
 class _MontageTooLarge(ValueError):
-    """A montage over PIL's pixel limit, which PIL would then refuse to open."""
+    """A montage that PIL would refuse to open: over twice ``Image.MAX_IMAGE_PIXELS``
+    (PIL warns above the limit itself and refuses above twice it)."""
 
 
 def _thumbnail(pixels, size):
@@ -72,8 +74,8 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     n_per_cluster : int, default=8
         Thumbnails per row.
     thumbnail_size : int, default=48
-        Side of each square thumbnail, in pixels, at least 8. A montage larger than PIL's
-        ``Image.MAX_IMAGE_PIXELS`` is refused.
+        Side of each square thumbnail, in pixels, at least 8. A montage larger than
+        PIL opens (twice ``PIL.Image.MAX_IMAGE_PIXELS``) is refused.
     scores : array-like of shape (n_images,), default=None
         Confidence of each assignment; when given, each row shows the most
         confident members, else a random draw seeded by ``random_state``.
@@ -94,12 +96,12 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     >>> montage.size
     (182, 112)
     """
-    labels = np.asarray(labels)
+    labels = np.asarray(host_array(labels, "labels"))
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array; got shape {labels.shape}.")
     check_no_missing_labels(labels, "labels", "leave those images out, or give them a cluster such as -1")
     if scores is not None:
-        scores = np.asarray(scores, dtype=float)
+        scores = np.asarray(host_array(scores, "scores"), dtype=float)
         if scores.shape != labels.shape:
             raise ValueError(f"scores has shape {scores.shape} but labels has {labels.shape}.")
     for name, value, minimum in (("n_per_cluster", n_per_cluster, 1), ("thumbnail_size", thumbnail_size, 8)):
@@ -116,10 +118,10 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     height = len(chosen) * row_height + _GAP
     # Checked before decoding: a mistyped thumbnail_size would otherwise ask for
     # gigabytes only after every chosen image had been read.
-    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > 2 * Image.MAX_IMAGE_PIXELS:
         raise _MontageTooLarge(
-            f"The montage would be {width} x {height} pixels, over PIL's limit of "
-            f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS): lower thumbnail_size "
+            f"The montage would be {width} x {height} pixels, more than PIL opens (twice "
+            f"PIL.Image.MAX_IMAGE_PIXELS, {2 * Image.MAX_IMAGE_PIXELS:,}): lower thumbnail_size "
             "or n_per_cluster, or show fewer clusters."
         )
     decoded = _decode_selected(source, np.concatenate(list(chosen.values())))

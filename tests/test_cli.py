@@ -34,13 +34,19 @@ def test_cluster_writes_csv_montage_and_embeddings(capsys, image_folder, tmp_pat
 
 
 def test_too_many_clusters_for_a_montage_leave_the_results_and_warn(capsys, image_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # below a montage of two rows
     out = tmp_path / "out"
-    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
-                          *TINY_ARGS)
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                               *TINY_ARGS)
+    assert status == 0 and (out / "montage.png").is_file(), err
+    assert stdout.rstrip().endswith(f"wrote {out / 'clusters.csv'} and {out / 'montage.png'}")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # below a montage of two rows, even twice over
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                               *TINY_ARGS)
     assert status == 0, err
     assert err.startswith("skdeepclust: warning: montage.png not written: a row for each of the 2 clusters")
+    assert "and the earlier run's montage.png removed" in err  # it showed other clusters
     assert not (out / "montage.png").exists()
+    assert stdout.rstrip().endswith(f"wrote {out / 'clusters.csv'}")
     with open(out / "clusters.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 8
 

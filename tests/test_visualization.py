@@ -53,7 +53,7 @@ def test_only_shown_images_are_decoded(tmp_path, monkeypatch):
     assert sorted(decoded) == [paths[0], paths[3]]
 
 
-def test_a_montage_over_pils_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+def test_a_montage_larger_than_pil_opens_is_refused_before_decoding(tmp_path, monkeypatch):
     from PIL import Image
 
     decoded = []
@@ -61,7 +61,7 @@ def test_a_montage_over_pils_pixel_limit_is_refused_before_decoding(tmp_path, mo
     paths = [str(tmp_path / f"{i}.png") for i in range(12)]
     for path in paths:
         Image.new("RGB", (8, 8)).save(path)
-    with pytest.raises(ValueError, match=r"would be \d+ x \d+ pixels, over PIL's limit .* lower thumbnail_size"):
+    with pytest.raises(ValueError, match=r"would be \d+ x \d+ pixels, more than PIL opens .* lower thumbnail_size"):
         cluster_montage(paths, np.arange(12) % 3, thumbnail_size=4800)
     assert decoded == []
 
@@ -71,6 +71,8 @@ def test_a_montage_over_pils_pixel_limit_is_refused_before_decoding(tmp_path, mo
     [
         (np.r_[np.nan, np.zeros(11)], {}, "labels contains NaN, infinity, None or NA; leave those images out"),
         (np.array([0] * 6 + ["b"] * 6, dtype=object), {}, "labels mixes values of types that do not sort"),
+        (np.ma.masked_array(np.zeros(12), mask=np.r_[True, np.zeros(11, bool)]), {},
+         r"labels is a masked array with 1 masked values"),
         ([0, 1], {}, "12 images but 2 labels"),
         ([], {}, "non-empty"),
         (np.zeros(12), {"scores": [1.0]}, "scores has shape"),
