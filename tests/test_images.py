@@ -350,7 +350,7 @@ def test_float8_tensors_are_read_as_float32():
 
 def test_masked_arrays_are_refused_unless_nothing_is_masked(images):
     masked = np.ma.masked_greater(images, 200)
-    with pytest.raises(ValueError, match="masked array with .* masked values.*filled"):
+    with pytest.raises(ValueError, match=r"masked array with .* masked values; fill them \(.filled\(value\)\)"):
         as_images(masked)
     with pytest.raises(ValueError, match="Image 0 is a masked array"):
         as_images([masked[-1]])
@@ -359,8 +359,10 @@ def test_masked_arrays_are_refused_unless_nothing_is_masked(images):
 
 def test_images_two_pixels_wide_in_nchw_are_not_taken_for_gray_and_alpha(images):
     narrow = np.ascontiguousarray(images[:, :6, :2].transpose(0, 3, 1, 2))  # (N, 3, 6, 2)
-    assert _first_batch(narrow).shape == (images.shape[0], 3, 6, 2)
-    assert _first_batch([narrow[0]]).shape == (1, 3, 6, 2)
+    with pytest.warns(UserWarning, match="read as NCHW"):  # it reads both ways
+        assert _first_batch(narrow).shape == (images.shape[0], 3, 6, 2)
+    with pytest.warns(UserWarning, match=r"read as \(channels, height, width\)"):
+        assert _first_batch([narrow[0]]).shape == (1, 3, 6, 2)
 
 
 def test_a_layout_that_reads_both_ways_is_read_channels_last_with_a_warning(images):
@@ -373,6 +375,11 @@ def test_a_layout_that_reads_both_ways_is_read_channels_last_with_a_warning(imag
     with pytest.warns(UserWarning, match=r"Image 0 \(and 15 more\) has shape \(3, 16, 4\).*np.moveaxis"):
         as_images(list(nchw))
     torch.testing.assert_close(_first_batch(nchw.transpose(0, 2, 3, 1)), _first_batch(nhwc))
+    # Gray and alpha (2 channels) give way to 1, 3 or 4 on the other axis, but say so.
+    two_wide = np.ascontiguousarray(images[:, :16, :2].transpose(0, 3, 1, 2))  # (16, 3, 16, 2)
+    with pytest.warns(UserWarning, match=r"read as NCHW, with 3 channels. If the channels come last, "
+                                         r"pass X.transpose\(0, 3, 1, 2\)"):
+        assert _first_batch(two_wide).shape == (16, 3, 16, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the usual layouts read one way only
         for unambiguous in (images, images.transpose(0, 3, 1, 2), nhwc, list(nhwc)):
@@ -418,12 +425,12 @@ def test_a_table_of_paths_asks_for_one_column(image_folder):
 
 def test_float_range_error_shows_the_excess():
     with pytest.raises(ValueError, match=r"values in \[0, 1.00000095\]; float images must lie in"):
-        as_images(np.array([0, 1.000001], np.float32).reshape(1, 2, 1, 1))
+        as_images(np.array([0, 1.000001] * 5, np.float32).reshape(1, 5, 2, 1))
     # Nine digits would print 1 + 1e-12 as 1; a rounding overshoot is clipped, 0-255 data divided.
     with pytest.raises(ValueError, match=r"values in \[0, 1.000000000001\]; .* Clip them, np.clip\(X, 0, 1\)"):
-        as_images(np.array([0, 1 + 1e-12]).reshape(1, 2, 1, 1))
+        as_images(np.array([0, 1 + 1e-12] * 5).reshape(1, 5, 2, 1))
     with pytest.raises(ValueError, match=r"values in \[0, 255\]; .* Divide 0-255 data by 255"):
-        as_images(np.array([0, 255.0]).reshape(1, 2, 1, 1))
+        as_images(np.array([0, 255.0] * 5).reshape(1, 5, 2, 1))
 
 
 def test_links_to_one_folder_keep_the_first_by_name(tmp_path):
@@ -469,3 +476,13 @@ def test_every_jpeg_extension_and_tga_are_found(tmp_path):
     found = [path.rsplit("/", 1)[-1] for path in find_image_files(tmp_path)]
     assert found == ["a.jfif", "b.jpe", "c.tga", "d.JPG"]
     assert _first_batch([str(tmp_path / name) for name in found]).shape == (4, 3, 4, 4)
+
+
+def test_internal_helpers_once_listed_in_the_package_still_import_with_a_warning():
+    import skdeepclust.embedding
+
+    with pytest.warns(FutureWarning, match=r"skdeepclust.embedding.as_images is internal .* "
+                                           r"import it from skdeepclust.embedding.images"):
+        assert skdeepclust.embedding.as_images is as_images
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        skdeepclust.embedding.nope

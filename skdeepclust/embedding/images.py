@@ -280,22 +280,27 @@ def _channels_last(last, first):
 def _layout_is_ambiguous(shape):
     """Whether an image's (3-D) or a batch's (4-D) ``shape`` reads both ways: its last
     axis and its first candidate channel axis both hold channel counts, as (3, 16, 4),
-    an RGB image 16 x 4 or an RGBA one 3 x 16. Channels-last is then taken."""
+    an RGB image 16 x 4 or an RGBA one 3 x 16 (:func:`_channels_last` decides)."""
     first = shape[0] if len(shape) == 3 else shape[1]
-    return first in _CHANNEL_COUNTS and shape[-1] in _CHANNEL_COUNTS
+    counts = _CHANNEL_COUNTS + (_GRAY_ALPHA,)
+    return first in counts and shape[-1] in counts
 
 
 def _warn_of_ambiguous_layout(name, shape, others=0):
-    """Say how an ambiguous ``shape`` is read, and how to be sure of the other
-    reading; ``others`` counts more images of that kind."""
-    if len(shape) == 3:
-        order, move = "(height, width, channels)", "np.moveaxis(image, 0, -1) for each"
+    """Say how an ambiguous ``shape`` is read, and how to pass the other reading;
+    ``others`` counts more images of that kind."""
+    one_image = len(shape) == 3
+    if _channels_last(shape[-1], shape[0] if one_image else shape[1]):
+        order, channels, other = ("(height, width, channels)" if one_image else "NHWC"), shape[-1], "first"
+        move = "np.moveaxis(image, 0, -1) for each" if one_image else "X.transpose(0, 2, 3, 1) (X.permute for a tensor)"
     else:
-        order, move = "NHWC", "X.transpose(0, 2, 3, 1) (X.permute for a tensor)"
+        order, channels, other = ("(channels, height, width)" if one_image else "NCHW"), shape[-3], "last"
+        move = "np.moveaxis(image, -1, 0) for each" if one_image else "X.transpose(0, 3, 1, 2) (X.permute for a tensor)"
     more = f" (and {others} more)" if others else ""
     warnings.warn(
         f"{name}{more} has shape {shape}, which could be channels-first or channels-last; it "
-        f"is read as {order}, with {shape[-1]} channels. If the channels come first, pass {move}.",
+        f"is read as {order}, with {channels} channel{'s' if channels != 1 else ''}. If the "
+        f"channels come {other}, pass {move}.",
         UserWarning,
         stacklevel=stacklevel_of_user_code(),
     )
