@@ -291,11 +291,13 @@ def _warn_of_ambiguous_layout(name, shape, others=0):
     ``others`` counts more images of that kind."""
     one_image = len(shape) == 3
     if _channels_last(shape[-1], shape[0] if one_image else shape[1]):
-        order, channels, other = ("(height, width, channels)" if one_image else "NHWC"), shape[-1], "first"
-        move = "np.moveaxis(image, 0, -1) for each" if one_image else "X.transpose(0, 2, 3, 1) (X.permute for a tensor)"
+        order = "(height, width, channels)" if one_image else "NHWC"
+        channels, other, axes = shape[-1], "first", ("0, -1", "0, 2, 3, 1")
     else:
-        order, channels, other = ("(channels, height, width)" if one_image else "NCHW"), shape[-3], "last"
-        move = "np.moveaxis(image, -1, 0) for each" if one_image else "X.transpose(0, 3, 1, 2) (X.permute for a tensor)"
+        order = "(channels, height, width)" if one_image else "NCHW"
+        channels, other, axes = shape[-3], "last", ("-1, 0", "0, 3, 1, 2")
+    move = (f"np.moveaxis(image, {axes[0]}) for each" if one_image
+            else f"X.transpose({axes[1]}) (X.permute for a tensor)")
     more = f" (and {others} more)" if others else ""
     warnings.warn(
         f"{name}{more} has shape {shape}, which could be channels-first or channels-last; it "
