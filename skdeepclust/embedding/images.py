@@ -772,15 +772,13 @@ def as_images(X):
         return X
     if isinstance(X, np.ndarray) and X.ndim == 0:  # e.g. one path drawn from an array of them
         X = X.item()
-    if isinstance(X, bytes):
-        if not os.path.isdir(X):
-            raise TypeError(
-                "X is bytes, which are neither a folder path nor a list of images. Decode a "
-                "path with os.fsdecode(X); open encoded image bytes with "
-                "PIL.Image.open(io.BytesIO(X)) and pass [image]."
-            )
-        X = os.fsdecode(X)
-    if isinstance(X, (str, os.PathLike)):
+    if isinstance(X, bytes) and not os.path.isdir(X):
+        raise TypeError(
+            "X is bytes, which are neither a folder path nor a list of images. Decode a "
+            "path with os.fsdecode(X); open encoded image bytes with "
+            "PIL.Image.open(io.BytesIO(X)) and pass [image]."
+        )
+    if isinstance(X, (str, bytes, os.PathLike)):
         X = os.fsdecode(os.fspath(X))  # pathlib takes no bytes
         if os.path.isdir(X):
             return ImageList(find_image_files(X))
