@@ -101,7 +101,11 @@ def check_no_missing_labels(labels, name, advice):
     elif labels.dtype.kind in "Mm":
         missing = bool(np.isnat(labels).any())
     elif labels.dtype.kind == "O":
-        missing = any(map(_is_missing, labels))
+        # Label by label only where some label is of a type that can be missing: a
+        # column of strings, the usual case, is then cleared at C speed.
+        never_missing = (str, bytes, numbers.Integral)
+        missing = (any(not issubclass(kind, never_missing) for kind in set(map(type, labels)))
+                   and any(map(_is_missing, labels)))
     else:
         missing = False
     if missing:
