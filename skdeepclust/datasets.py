@@ -100,6 +100,7 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
     >>> data = load_image_folder(root, skip_unreadable=True)  # warns, naming dog/2.png
     >>> len(data.filenames), list(data.unreadable) == [str(root / "dog" / "2.png")]
     (3, True)
+    >>> import shutil; shutil.rmtree(root)
     """
     if not isinstance(root, (str, os.PathLike)):
         raise ValueError(f"root must be the path of a folder; got {root!r}.")

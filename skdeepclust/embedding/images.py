@@ -125,6 +125,7 @@ def find_image_files(folder) -> list:
     ...         Image.new("RGB", (4, 4)).save(root / name)
     >>> [pathlib.Path(path).relative_to(root).as_posix() for path in find_image_files(root)]
     ['a/1.jpg', 'b/2.png']
+    >>> import shutil; shutil.rmtree(root)
     """
     folder = Path(folder)
     if not folder.is_dir():
