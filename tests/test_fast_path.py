@@ -7,6 +7,7 @@ same features as the plain path and that its parameter is checked.
 import copy
 import itertools
 import multiprocessing
+import os
 import pickle
 import threading
 import time
@@ -106,6 +107,36 @@ def test_decode_workers_started_from_an_executor_thread_exit_cleanly(images, ima
                 time.sleep(0.001)  # the main thread runs Python code, where the signal lands
             for call in calls:
                 np.testing.assert_array_equal(call.result(), expected)
+
+
+def test_threads_start_their_decode_workers_one_at_a_time(images, image_files, monkeypatch):
+    # With Python 3.12 or newer and filelock 3.32 or newer (which timm's hub client
+    # imports), a fork while another thread's fork is under way raises RuntimeError:
+    # 27 of 40 transforms in 4 threads failed so on Python 3.13.
+    embedder = ImageEmbedder(**TINY, batch_size=4, num_workers=2).fit(images)
+    expected = embedder.transform(image_files)
+    real_fork, guard = os.fork, threading.Lock()
+    forking = most_at_once = 0
+
+    def counting_fork():
+        nonlocal forking, most_at_once
+        with guard:
+            forking += 1
+            most_at_once = max(most_at_once, forking)
+        time.sleep(0.02)  # a window in which another thread's fork would overlap
+        pid = real_fork()
+        if pid:  # the child must not touch the guard, which another thread may hold
+            with guard:
+                forking -= 1
+        return pid
+
+    monkeypatch.setattr(os, "fork", counting_fork)
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            calls = [pool.submit(embedder.transform, image_files) for _ in range(2)]
+            for call in calls:
+                np.testing.assert_array_equal(call.result(), expected)
+    assert most_at_once == 1
 
 
 def _in_joblib_workers(function, argument):

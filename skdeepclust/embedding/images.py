@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._device import fork_safe_lock
 from .._validation import check_tensor_has_data, unmasked
 from .._warnings import stacklevel_of_user_code
 
@@ -674,10 +675,18 @@ class ImageList:
             # stream, which the caller may rely on.
             generator=torch.Generator(),
         )
-        for batch in loader:
+        # The workers are forked as the iteration starts; one thread at a time, since with
+        # Python 3.12 or newer, filelock 3.32 or newer (which timm's hub client imports)
+        # makes a fork raise RuntimeError while another thread's fork is under way.
+        with _WORKER_START_LOCK:
+            started = iter(loader)
+        for batch in started:
             if isinstance(batch, Exception):  # raised here so that the user sees the message alone
                 raise batch
             yield batch
+
+
+_WORKER_START_LOCK = fork_safe_lock()
 
 
 def _forget_executor_threads(worker_id):
