@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.utils import Bunch, check_random_state
 
 from ._device import usable_cores
+from ._grouping import rows_of_each
 from ._progress import progress_bar
 from .embedding.images import _decode_file, find_image_files, is_hidden_name
 
@@ -140,8 +141,8 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
         rng = check_random_state(random_state)
         kept = np.concatenate(
             [
-                np.sort(rng.permutation(np.flatnonzero(target == label))[:max_per_class])
-                for label in range(len(target_names))
+                np.sort(rng.permutation(members)[:max_per_class])
+                for members in rows_of_each(target, np.arange(len(target_names)))
             ]
         )
         files = [files[i] for i in kept]

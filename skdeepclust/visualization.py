@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sklearn.utils import check_random_state
 
 from ._device import host_array
+from ._grouping import rows_of_each
 from ._validation import check_no_missing_labels, unique_labels
 from .embedding.images import as_images
 
@@ -42,16 +43,18 @@ def _thumbnail(pixels, size):
 
 
 def _pick_examples(labels, scores, n_per_cluster, rng):
-    """Per cluster, the most confident members when scores are given, else a random draw."""
-    chosen = {}
-    for cluster in unique_labels(labels, "labels"):
-        members = np.flatnonzero(labels == cluster)
+    """Per cluster, the most confident members when scores are given, else a random
+    draw; and the size of each cluster."""
+    chosen, sizes = {}, {}
+    clusters = unique_labels(labels, "labels")
+    for cluster, members in zip(clusters, rows_of_each(labels, clusters)):
+        sizes[cluster] = members.size
         if scores is not None:
             members = members[np.argsort(-scores[members], kind="stable")]
         else:
             members = rng.permutation(members)
         chosen[cluster] = np.sort(members[:n_per_cluster]) if scores is None else members[:n_per_cluster]
-    return chosen
+    return chosen, sizes
 
 
 def _decode_selected(source, positions):
@@ -111,7 +114,7 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     if len(source) != labels.size:
         raise ValueError(f"Got {len(source)} images but {labels.size} labels; they must pair up.")
     rng = check_random_state(random_state)
-    chosen = _pick_examples(labels, scores, n_per_cluster, rng)
+    chosen, sizes = _pick_examples(labels, scores, n_per_cluster, rng)
     row_height = thumbnail_size + _GAP
     longest_row = max(len(members) for members in chosen.values())
     width = _LABEL_WIDTH + longest_row * (thumbnail_size + _GAP)
@@ -133,7 +136,7 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
         top = _GAP + row * row_height
         name = "noise" if cluster == -1 else f"cluster {cluster}"
         draw.text((4, top + 2), name, fill=(0, 0, 0), font=font)
-        draw.text((4, top + 16), f"{np.sum(labels == cluster)} images", fill=(90, 90, 90), font=font)
+        draw.text((4, top + 16), f"{sizes[cluster]} images", fill=(90, 90, 90), font=font)
         for column, position in enumerate(members):
             left = _LABEL_WIDTH + column * (thumbnail_size + _GAP)
             montage.paste(_thumbnail(decoded[int(position)], thumbnail_size), (left, top))

@@ -76,3 +76,17 @@ def cifar10_test_folder(tmp_path_factory):
     from skdeepclust.datasets import extract_image_archive
 
     return extract_image_archive(CIFAR10_ARCHIVE, tmp_path_factory.mktemp("cache")) / "test"
+
+
+def peak_numpy_bytes(function, *args, **kwargs):
+    """The most memory ``function(*args, **kwargs)`` held at once in numpy arrays and
+    Python objects (numpy reports its buffers to tracemalloc), and its result."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = function(*args, **kwargs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, result

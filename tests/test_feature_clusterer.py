@@ -18,7 +18,10 @@ from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from conftest import peak_numpy_bytes
 from skdeepclust import FeatureClusterer, PretrainedFeatureClusterer
+from skdeepclust.clustering import _training
+from skdeepclust.clustering import feature_clusterer as feature_clusterer_module
 from skdeepclust.clustering import TorchKMeans, available_clusterer_names, label_free_score
 
 
@@ -126,6 +129,31 @@ def test_clusterers_without_predict_use_the_nearest_centre(blobs, clusterer, n_c
     kept = est.labels_ >= 0
     assert np.mean(predicted[kept] == est.labels_[kept]) > 0.95
     assert est.score(new, y) > 0.9
+
+
+def test_nearest_centre_predictions_hold_a_block_of_distances_at_a_time(monkeypatch):
+    # All rows' distances to all centres took 80 GB for a million rows and ten
+    # thousand clusters.
+    X, _ = make_blobs(n_samples=4000, centers=50, n_features=4, random_state=0)
+    est = FeatureClusterer(AgglomerativeClustering(), n_clusters=50).fit(X)
+    all_distances = X.shape[0] * 50 * 8
+    expected = est.cluster_ids_[
+        ((X[:, None, :] - est.cluster_centers_[None]) ** 2).sum(axis=2).argmin(axis=1)]
+    monkeypatch.setattr(_training, "LABELLING_BLOCK_ELEMENTS", 2 ** 12)
+    peak, predicted = peak_numpy_bytes(est.predict, X)
+    assert peak < all_distances / 4
+    np.testing.assert_array_equal(predicted, expected)
+
+
+def test_label_free_score_copies_only_the_rows_it_samples(monkeypatch):
+    # It copied all rows not labelled noise before drawing its sample: 3 GB for a
+    # million rows of 768 features.
+    X, y = make_blobs(n_samples=20000, centers=3, n_features=64, random_state=0)
+    y[:10] = -1
+    monkeypatch.setattr(feature_clusterer_module, "SILHOUETTE_MAX_SAMPLES", 100)
+    peak, score = peak_numpy_bytes(label_free_score, X, y, random_state=0)
+    assert peak < X.nbytes / 4
+    assert score > 0.5
 
 
 def test_density_clusterer_that_finds_only_noise_predicts_noise(blobs):

@@ -24,7 +24,9 @@ from skdeepclust.clustering import (
     mine_nearest_neighbors,
     select_n_clusters,
 )
+from conftest import peak_numpy_bytes
 from skdeepclust._device import seeded_torch
+from skdeepclust.clustering import _training
 from skdeepclust.clustering import kmeans as kmeans_module
 
 FAST = dict(n_epochs=30, batch_size=32, n_heads=4)
@@ -363,6 +365,61 @@ def test_torch_kmeans_gives_the_same_result_in_any_blocking(blobs, monkeypatch):
     np.testing.assert_array_equal(blocked.labels_, whole.labels_)
     np.testing.assert_allclose(blocked.cluster_centers_, whole.cluster_centers_, rtol=1e-6)
     assert blocked.inertia_ == pytest.approx(whole.inertia_, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_head_predictions_hold_a_block_of_probabilities_at_a_time(name, monkeypatch):
+    # All rows' probabilities at once, and several temporaries of their size, took
+    # about 18 GB for a million rows and a thousand clusters.
+    X, _ = sphere_blobs([2000] * 4, n_features=8)
+    model = HEADS[name](n_clusters=64, n_epochs=2, random_state=0, device="cpu").fit(X)
+    # float32 probabilities of every row, over the widest layer (the debiased
+    # head's fine clusters, before they are summed into n_clusters_)
+    all_rows = X.shape[0] * model._widest(X.shape[1]) * 4
+    monkeypatch.setattr(_training, "LABELLING_BLOCK_ELEMENTS", 2 ** 12)
+    peak, labels = peak_numpy_bytes(model.predict, X)
+    assert peak < all_rows / 4
+    np.testing.assert_array_equal(labels, model.labels_)
+    peak, proba = peak_numpy_bytes(model.predict_proba, X)
+    assert peak < proba.nbytes + all_rows / 4  # the result itself, and a block
+    np.testing.assert_array_equal(proba.argmax(axis=1), model.labels_)
+
+
+def test_torch_kmeans_predicts_a_block_of_distances_at_a_time(blobs, monkeypatch):
+    X = np.tile(blobs[0], (10, 1))
+    model = TorchKMeans(n_clusters=100, n_init=1, random_state=0, device="cpu").fit(X)
+    full_distances = X.shape[0] * 100 * 8  # float64, in which they are computed
+    expected_labels = model.transform(X).argmin(axis=1)
+    monkeypatch.setattr(kmeans_module, "DISTANCES_PER_BLOCK", 2 ** 12)
+    peak, labels = peak_numpy_bytes(model.predict, X)
+    assert peak < full_distances / 4
+    np.testing.assert_array_equal(labels, expected_labels)
+    peak, score = peak_numpy_bytes(model.score, X)
+    assert peak < full_distances / 4
+    assert score == pytest.approx(-model.inertia_, rel=1e-4)
+
+
+def test_debiased_merge_matches_merging_from_scratch_each_step():
+    from skdeepclust.clustering.debiased import merge_on_neighbor_graph
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 30, 600)
+    neighbors = rng.integers(0, 600, (600, 5))
+    neighbors[:300] = np.flatnonzero(labels < 10)[rng.integers(0, (labels < 10).sum(), (300, 5))]
+    # The same greedy merge, with every affinity recomputed at each step.
+    links = np.zeros((30, 30))
+    np.add.at(links, (np.repeat(labels, 5), labels[neighbors].ravel()), 1.0)
+    links = links + links.T
+    sizes, groups = np.bincount(labels).astype(float), [[c] for c in range(30)]
+    while len(groups) > 4:
+        affinity = np.array([[-1.0 if a is b else links[np.ix_(a, b)].sum() / (sizes[a].sum() + sizes[b].sum())
+                              for b in groups] for a in groups])
+        first, second = np.unravel_index(affinity.argmax(), affinity.shape)
+        groups[first] += groups.pop(second)
+    expected = np.empty(30, dtype=int)
+    for merged, members in enumerate(sorted(groups, key=min)):
+        expected[members] = merged
+    np.testing.assert_array_equal(merge_on_neighbor_graph(labels, neighbors, 4), expected)
 
 
 def test_torch_kmeans_restarts_empty_clusters():

@@ -48,15 +48,31 @@ def normalize_rows(X):
 
     Rows of zeros stay zero. Each row is first divided by its largest magnitude,
     so that its norm neither overflows nor underflows in float32: the result does
-    not depend on the scale of the row, as a cosine should not.
+    not depend on the scale of the row, as a cosine should not. Computed by blocks
+    of rows, so that the temporaries stay small beside the result.
     """
     X = np.asarray(X)
-    X = X.astype(np.result_type(X.dtype, np.float32), copy=False)
-    peaks = np.abs(X).max(axis=1, keepdims=True)
-    scaled = (X / np.where(peaks > 0, peaks, 1)).astype(np.float32, copy=False)
-    norms = np.linalg.norm(scaled, axis=1, keepdims=True)  # at least 1, or 0 for a row of zeros
-    scaled /= np.where(norms > 0, norms, 1)  # in place: scaled is always a new array
-    return scaled
+    unit = np.empty(X.shape, dtype=np.float32)
+    for rows in row_blocks(X.shape[0], X.shape[1]):
+        block = X[rows].astype(np.result_type(X.dtype, np.float32), copy=False)
+        peaks = np.abs(block).max(axis=1, keepdims=True)
+        scaled = (block / np.where(peaks > 0, peaks, 1)).astype(np.float32, copy=False)
+        norms = np.linalg.norm(scaled, axis=1, keepdims=True)  # at least 1, or 0 for a row of zeros
+        np.divide(scaled, np.where(norms > 0, norms, 1), out=unit[rows])
+    return unit
+
+
+# Values computed at once when labelling or normalising rows (activations of every
+# head, probabilities, scaled rows): 64 MiB of float32, whatever the number of rows,
+# heads, clusters and features.
+LABELLING_BLOCK_ELEMENTS = 2 ** 24
+
+
+def row_blocks(n_rows, width):
+    """Slices of consecutive rows covering ``n_rows``, each of at most
+    ``LABELLING_BLOCK_ELEMENTS // width`` rows (at least one)."""
+    step = max(1, LABELLING_BLOCK_ELEMENTS // max(1, width))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
 def make_generator(seed, device):
@@ -172,15 +188,29 @@ def softmax(logits, axis=1):
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
-def occupied_clusters(proba):
-    """Columns of ``proba`` that are the arg-max of at least one row, in order.
+def occupied_clusters(labels, n_clusters):
+    """The clusters among ``0 .. n_clusters - 1`` that hold at least one of ``labels``, in order.
 
     Heads are pruned to these clusters after training: a cluster no training
     sample chooses carries no information, and dropping it keeps labels
     consecutive (0 .. n_clusters_ - 1), which also makes over-clustering a way
     to let the head choose the number of clusters.
     """
-    return np.flatnonzero(np.bincount(proba.argmax(axis=1), minlength=proba.shape[1]))
+    return np.flatnonzero(np.bincount(labels, minlength=n_clusters))
+
+
+def blockwise_argmax(scores_of, rows, width):
+    """``scores_of(rows).argmax(axis=1)``, computed by blocks of rows so that the
+    scores (``width`` columns) of all rows never exist at once."""
+    labels = np.empty(rows.shape[0], dtype=np.int64)
+    for block in row_blocks(rows.shape[0], width):
+        labels[block] = scores_of(rows[block]).argmax(axis=1)
+    return labels
+
+
+def layer_widths(layers):
+    """Widths of the outputs of exported ``layers`` (see :meth:`MultiHead.export`)."""
+    return [weight.shape[1] for weight, _ in layers]
 
 
 # --------------------------------------------------------------------------- loop
@@ -242,11 +272,6 @@ def best_head(head_losses, learning_rate):
     return int(torch.where(finite, head_losses, torch.inf).argmin())
 
 
-# Activations evaluated at once when labelling every sample with every head: bounds
-# each layer's to 64 MiB of float32 whatever n_samples, n_heads and the widths are.
-LABELLING_BLOCK_ELEMENTS = 2 ** 24
-
-
 def neighbor_label_information(head_logits, features, neighbors, hidden_size=None):
     """Mutual information, in nats, between the cluster of a sample and that of each
     of its mined neighbours, under each head's hard labels: shape (n_heads,), CPU.
@@ -271,13 +296,17 @@ def neighbor_label_information(head_logits, features, neighbors, hidden_size=Non
         for head_labels in labels:
             pair_codes = (head_labels.repeat_interleave(n_neighbors) * n_clusters
                           + head_labels[neighbors.reshape(-1)])
-            joint = torch.bincount(pair_codes, minlength=n_clusters * n_clusters).double()
-            joint = (joint / pair_codes.numel()).reshape(n_clusters, n_clusters)
-            independent = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
-            # xlogy makes the pairs never seen count 0 without a mask, which on a GPU would
-            # wait for the device once per head; where joint > 0, independent > 0 too.
-            ratio = joint / independent.clamp_min(torch.finfo(joint.dtype).tiny)
-            information.append(torch.special.xlogy(joint, ratio).sum())
+            # Over the pairs of clusters seen only: a table of all n_clusters**2 pairs
+            # would be mostly zeros, and gigabytes for thousands of clusters.
+            seen, counts = torch.unique(pair_codes, return_counts=True)
+            joint = counts.double() / pair_codes.numel()
+            first, second = seen // n_clusters, seen % n_clusters
+            first_marginal = torch.zeros(n_clusters, dtype=joint.dtype, device=joint.device)
+            second_marginal = torch.zeros_like(first_marginal)
+            first_marginal.index_add_(0, first, joint)
+            second_marginal.index_add_(0, second, joint)
+            independent = first_marginal[first] * second_marginal[second]
+            information.append((joint * torch.log(joint / independent)).sum())
         # One copy to the host for all heads, not one wait per head.
         return torch.stack(information).cpu()
 
@@ -329,12 +358,15 @@ def single_head(multi_head, head):
     return copy.to(weights[0].device)
 
 
-def prune_exported(layers, proba):
-    """Drop the output columns of an exported head that no training row chooses.
+def prune_exported(layers, unit):
+    """Drop the output columns of an exported head that no row of ``unit`` (the
+    L2-normalised training rows) chooses.
 
     Returns the pruned layers and the indices of the kept columns.
     """
-    kept = occupied_clusters(proba)
+    width = max(unit.shape[1], *layer_widths(layers))
+    labels = blockwise_argmax(lambda rows: softmax(exported_logits(layers, rows)), unit, width)
+    kept = occupied_clusters(labels, layers[-1][0].shape[1])
     *hidden, (weight, bias) = layers
     return hidden + [(weight[:, kept].copy(), bias[kept].copy())], kept
 
@@ -398,15 +430,20 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
                 "Training diverged: the kept head's weights became NaN or infinite. Lower "
                 f"learning_rate (it is {self.learning_rate})."
             )
-        self.head_weights_, _ = prune_exported(layers, softmax(exported_logits(layers, unit)))
+        self.head_weights_, _ = prune_exported(layers, unit)
         self.n_clusters_ = self.head_weights_[-1][1].shape[0]
         warn_if_clusters_pruned(self, self.n_clusters_)
         self.best_head_ = best_head
         self.head_losses_ = head_losses.numpy().astype(np.float64)
-        self.labels_ = self._proba(unit).argmax(axis=1).astype(np.int64)
+        self.labels_ = blockwise_argmax(self._proba, unit, self._widest(unit.shape[1]))
 
     def _proba(self, unit):
+        """Cluster probabilities of L2-normalised rows."""
         return softmax(exported_logits(self.head_weights_, unit))
+
+    def _widest(self, n_features):
+        """The most columns of any array that :meth:`_proba` makes."""
+        return max(n_features, *layer_widths(self.head_weights_))
 
     def predict_proba(self, X):
         """Probability of each kept cluster for each row of ``X``.
@@ -421,9 +458,15 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_clusters_)
             Rows sum to 1; in the dtype of ``X`` (float32 or float64).
         """
+        X = self._validated(X)
+        proba = np.empty((X.shape[0], self.n_clusters_), dtype=X.dtype)
+        for rows in row_blocks(X.shape[0], self._widest(X.shape[1])):
+            proba[rows] = self._proba(normalize_rows(X[rows]))
+        return proba
+
+    def _validated(self, X):
         check_is_fitted(self)
-        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
-        return self._proba(normalize_rows(X)).astype(X.dtype, copy=False)
+        return validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
 
     def predict(self, X):
         """Most probable cluster of each row of ``X``.
@@ -438,4 +481,6 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,)
             Cluster of each row, in ``0 .. n_clusters_ - 1``.
         """
-        return self.predict_proba(X).argmax(axis=1).astype(np.int64)
+        X = self._validated(X)
+        return blockwise_argmax(lambda rows: self._proba(normalize_rows(rows)), X,
+                                self._widest(X.shape[1]))

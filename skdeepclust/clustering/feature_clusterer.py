@@ -23,10 +23,11 @@ from sklearn.utils.validation import (
 )
 
 from .._device import checked_random_state, host_array, parsed_device
+from .._grouping import rows_of_each
 from .._validation import check_no_missing_labels, check_verbose, unique_labels
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
-from ._training import HeadClusterer
+from ._training import HeadClusterer, row_blocks
 from .kmeans import TorchKMeans
 
 # Cosine silhouette is quadratic in the number of samples; beyond this many it is
@@ -162,8 +163,7 @@ def _cluster_means(X, labels, cluster_ids, weights):
     if cluster_ids.size == 0:
         return np.empty((0, X.shape[1]), dtype=X.dtype)
     means = []
-    for cluster in cluster_ids:
-        members = labels == cluster
+    for members in rows_of_each(labels, cluster_ids):
         cluster_weights = None if weights is None else weights[members]
         if cluster_weights is not None and not cluster_weights.sum() > 0:
             cluster_weights = None
@@ -276,10 +276,12 @@ def label_free_score(features, labels, random_state=None):
     labels = column_or_1d(host_array(labels, "labels"))
     check_consistent_length(features, labels)
     check_no_missing_labels(labels, "labels", "leave those rows out, or label them -1, which is left out")
+    rows = np.arange(labels.shape[0])
     if labels.dtype.kind in "iuf":
-        kept = labels >= 0
-        features, labels = features[kept], labels[kept]
-    rows = _silhouette_rows(labels, random_state)
+        rows = np.flatnonzero(labels >= 0)
+    # Rows picked first and copied once: a copy of all kept rows could be far
+    # larger than the sample the silhouette is estimated on.
+    rows = rows[_silhouette_rows(labels[rows], random_state)]
     features, labels = features[rows], labels[rows]
     n_labels = unique_labels(labels, "labels").shape[0]
     if n_labels < 2 or n_labels >= labels.shape[0]:
@@ -474,9 +476,13 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
 
     def _nearest_centre(self, X):
         centres = self.cluster_centers_.astype(X.dtype, copy=False)
-        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, and |x|^2 does not change the argmin.
-        distances = (centres * centres).sum(axis=1) - 2.0 * (X @ centres.T)
-        return distances.argmin(axis=1)
+        squared_norms = (centres * centres).sum(axis=1)
+        nearest = np.empty(X.shape[0], dtype=np.int64)
+        # By blocks of rows, so that the distances of all rows never exist at once.
+        for rows in row_blocks(X.shape[0], centres.shape[0]):
+            # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, and |x|^2 does not change the argmin.
+            nearest[rows] = (squared_norms - 2.0 * (X[rows] @ centres.T)).argmin(axis=1)
+        return nearest
 
     @available_if(_clusterer_has("predict_proba"))
     def predict_proba(self, X):

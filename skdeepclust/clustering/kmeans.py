@@ -348,11 +348,28 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         return self._distances(X)
 
     def _distances(self, X):
-        # Not transform itself: set_output(transform="pandas") wraps that one, and
-        # predict needs an array whatever the output is set to.
-        check_is_fitted(self)
-        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
+        # Not transform itself: set_output(transform="pandas") wraps that one.
+        X = self._validated(X)
         return euclidean_distances(X, self.cluster_centers_.astype(X.dtype, copy=False))
+
+    def _validated(self, X):
+        check_is_fitted(self)
+        return validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
+
+    def _nearest(self, X):
+        """Nearest centre of each row of checked ``X`` and its squared distance.
+
+        By blocks of rows, so that the distances of all rows to all centres never
+        exist at once (a million rows and a thousand centres would take gigabytes).
+        """
+        centers = self.cluster_centers_.astype(X.dtype, copy=False)
+        labels = np.empty(X.shape[0], dtype=np.int64)
+        squared = np.empty(X.shape[0], dtype=X.dtype)
+        for rows in _row_blocks(X.shape[0], centers.shape[0]):
+            distances = euclidean_distances(X[rows], centers, squared=True)
+            labels[rows] = distances.argmin(axis=1)
+            squared[rows] = distances[np.arange(distances.shape[0]), labels[rows]]
+        return labels, squared
 
     def predict(self, X):
         """Nearest centre of each row of ``X`` (computed on the CPU with numpy).
@@ -366,7 +383,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         -------
         labels : ndarray of shape (n_samples,)
         """
-        return self._distances(X).argmin(axis=1).astype(np.int64)
+        return self._nearest(self._validated(X))[0]
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of ``X`` on the fitted centres: higher is better.
@@ -386,11 +403,8 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             Minus the sum of the (weighted) squared distances of the rows of ``X``
             to their nearest centres.
         """
-        check_is_fitted(self)
-        X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
-        squared = euclidean_distances(
-            X, self.cluster_centers_.astype(X.dtype, copy=False), squared=True
-        ).min(axis=1)
+        X = self._validated(X)
+        _, squared = self._nearest(X)
         sample_weight = _check_sample_weight(
             host_array(sample_weight, "sample_weight"), X, dtype=np.float64, ensure_non_negative=True
         )
