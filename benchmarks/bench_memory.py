@@ -12,6 +12,11 @@ is printed beside the size of the data the call holds:
           a multiple of the matrix;
 * knn:    ``mine_nearest_neighbors`` on n x d; the rise is bounded by the chunk
           budget of 256 MiB of similarities, whatever n;
+* predict: ``predict`` of a SCAN head, of ``FeatureClusterer`` by nearest centre
+          (agglomerative) and of ``TorchKMeans``, each fitted with k clusters on a
+          sample, on an n x d float32 matrix, and ``label_free_score`` of it; the
+          rise as a multiple of the matrix, which n x k distances or probabilities
+          held at once would exceed by far;
 * strip:  ``ImageEmbedder.transform`` of one image of 1 x 2000 pixels at 224 px
           (ResNet-18, random weights), which the resize would enlarge to
           224 x 448000 before cropping all but its centre; the rise in MiB against
@@ -19,6 +24,7 @@ is printed beside the size of the data the call holds:
 
     python benchmarks/bench_memory.py
     python benchmarks/bench_memory.py --steps knn --knn-samples 200000
+    python benchmarks/bench_memory.py --steps predict --predict-samples 100000 --predict-clusters 1000
 
 All on the CPU: a GPU's memory is another matter (``torch.cuda.max_memory_allocated``).
 """
@@ -29,15 +35,17 @@ import argparse
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
+from sklearn.cluster import AgglomerativeClustering, KMeans
+from sklearn.exceptions import ConvergenceWarning
 
 from bench_cluster import clustered_features
-from skdeepclust import ImageEmbedder
-from skdeepclust.clustering import TorchKMeans, mine_nearest_neighbors
+from skdeepclust import FeatureClusterer, ImageEmbedder
+from skdeepclust.clustering import SCANClusterer, TorchKMeans, label_free_score, mine_nearest_neighbors
 from skdeepclust.datasets import extract_image_archive
 from skdeepclust.embedding.images import find_image_files
 
@@ -104,6 +112,27 @@ def knn(args):
     report(f"knn: mine_nearest_neighbors, n={args.knn_samples}", X.nbytes / MIB, rise, seconds)
 
 
+def predict(args):
+    X = clustered_features(args.predict_samples, args.features, args.predict_clusters)
+    sample = X[:2 * args.predict_clusters]
+    k = args.predict_clusters
+    models = [
+        ("SCANClusterer", SCANClusterer(n_clusters=k, n_epochs=1, random_state=0, device="cpu")),
+        ("FeatureClusterer, agglomerative",
+         FeatureClusterer(AgglomerativeClustering(), n_clusters=k)),
+        ("TorchKMeans", TorchKMeans(n_clusters=k, n_init=1, random_state=0, device="cpu")),
+    ]
+    for name, model in models:
+        with warnings.catch_warnings():  # one epoch leaves some of SCAN's clusters empty
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(sample)
+        rise, seconds, _ = peak_rise(lambda: model.predict(X))
+        report(f"predict: {name}", X.nbytes / MIB, rise, seconds)
+    labels = models[-1][1].predict(X)
+    rise, seconds, _ = peak_rise(lambda: label_free_score(X, labels, random_state=0))
+    report("predict: label_free_score", X.nbytes / MIB, rise, seconds)
+
+
 def strip(args):
     embedder = ImageEmbedder(backbone="resnet18", pretrained=False, image_size=224, device="cpu",
                              random_state=0).fit(np.zeros((1, 8, 8, 3), np.uint8))
@@ -113,7 +142,7 @@ def strip(args):
     report("strip: ImageEmbedder.transform, 1x2000 px", 3 * 224 * 224 * 4 / MIB, rise, seconds)
 
 
-STEPS = {"stream": stream, "kmeans": kmeans, "knn": knn, "strip": strip}
+STEPS = {"stream": stream, "kmeans": kmeans, "knn": knn, "predict": predict, "strip": strip}
 
 
 def main():
@@ -129,6 +158,8 @@ def main():
     parser.add_argument("--max-iter", type=int, default=5)
     parser.add_argument("--knn-samples", type=int, default=50_000)
     parser.add_argument("--knn-features", type=int, default=384)
+    parser.add_argument("--predict-samples", type=int, default=100_000)
+    parser.add_argument("--predict-clusters", type=int, default=1000)
     args = parser.parse_args()
     if not os.path.exists("/proc/self/clear_refs"):
         parser.error("the peak is read from Linux's /proc/self; run this on Linux")

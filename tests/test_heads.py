@@ -369,8 +369,8 @@ def test_torch_kmeans_gives_the_same_result_in_any_blocking(blobs, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_head_predictions_hold_a_block_of_probabilities_at_a_time(name, monkeypatch):
-    # All rows' probabilities at once, and several temporaries of their size, took
-    # about 18 GB for a million rows and a thousand clusters.
+    # All rows' probabilities at once, and several temporaries of their size: 1,280
+    # MiB more for 100,000 rows and 1,000 clusters (benchmarks/bench_memory.py).
     X, _ = sphere_blobs([2000] * 4, n_features=8)
     model = HEADS[name](n_clusters=64, n_epochs=2, random_state=0, device="cpu").fit(X)
     # float32 probabilities of every row, over the widest layer (the debiased
