@@ -110,8 +110,8 @@ def test_decode_workers_started_from_an_executor_thread_exit_cleanly(images, ima
 
 
 def test_threads_start_their_decode_workers_one_at_a_time(images, image_files, monkeypatch):
-    # With Python 3.12 or newer and filelock 3.32 or newer (which timm's hub client
-    # imports), a fork while another thread's fork is under way raises RuntimeError:
+    # On Python 3.12 or newer, filelock (4.3.1 seen here; timm's hub client imports
+    # it) makes a fork raise RuntimeError while another thread's fork is under way:
     # 27 of 40 transforms in 4 threads failed so on Python 3.13.
     embedder = ImageEmbedder(**TINY, batch_size=4, num_workers=2).fit(images)
     expected = embedder.transform(image_files)

@@ -699,8 +699,8 @@ class ImageList:
             # stream, which the caller may rely on.
             generator=torch.Generator(),
         )
-        # The workers are forked as the iteration starts; one thread at a time, since with
-        # Python 3.12 or newer, filelock 3.32 or newer (which timm's hub client imports)
+        # The workers are forked as the iteration starts; one thread at a time, since on
+        # Python 3.12 or newer filelock (4.3.1 seen here; timm's hub client imports it)
         # makes a fork raise RuntimeError while another thread's fork is under way.
         with _WORKER_START_LOCK:
             started = iter(loader)
