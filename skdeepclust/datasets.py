@@ -227,18 +227,26 @@ def class_folder_labels(root, files):
     names, or ``(None, [])`` if any file lies directly in ``root``.
     """
     prefix = os.path.join(os.fspath(root), "")
-    if all(file.startswith(prefix) for file in files):  # as find_image_files gives them
-        # Cut as strings: a Path per file took 10 s for a million files.
-        cut = (file[len(prefix):].partition(os.sep) for file in files)
-        class_of = [first if rest else None for first, _, rest in cut]
-    else:
-        cut = (Path(file).relative_to(root).parts for file in files)
-        class_of = [parts[0] if len(parts) > 1 else None for parts in cut]
+    class_of = [_class_folder(file, root, prefix) for file in files]
     if None in class_of:  # a file directly in root
         return None, []
     target_names = sorted(set(class_of))
     index = {name: label for label, name in enumerate(target_names)}
     return np.array([index[name] for name in class_of], dtype=np.int64), target_names
+
+
+def _class_folder(file, root, prefix):
+    """The folder of ``file`` right below ``root`` (whose path with a final separator is
+    ``prefix``), or None for a file directly in ``root``."""
+    if isinstance(file, str) and prefix and file.startswith(prefix):
+        below = file[len(prefix):]
+        # Cut as a string where that reads it as Path does, a normalised path as
+        # find_image_files gives: a Path per file took 10 s for a million files.
+        if os.path.normpath(below) == below and not below.startswith(os.sep):
+            first, separator, _ = below.partition(os.sep)
+            return first if separator else None
+    parts = Path(file).relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
 
 
 def extract_image_archive(archive, cache_dir=None):

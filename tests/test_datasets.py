@@ -182,6 +182,18 @@ def test_cache_dir_with_a_tilde_is_under_home(tmp_path, monkeypatch):
     assert folder.parent == tmp_path / "home" / "cache"
 
 
+@pytest.mark.parametrize("spelling", ["root/./cat/1.png", "root//cat/1.png", "root/cat/"])
+def test_class_folder_labels_read_odd_spellings_as_paths(spelling):
+    from pathlib import Path
+
+    from skdeepclust.datasets import class_folder_labels
+
+    files = [spelling, "root/dog/2.png"]
+    in_root = len(Path(spelling).relative_to("root").parts) == 1
+    assert class_folder_labels("root", files) == ((None, []) if in_root else (
+        pytest.approx([0, 1]), ["cat", "dog"]))
+
+
 def test_hidden_files_and_folders_are_skipped(image_folder):
     (image_folder / ".thumbnails").mkdir()
     Image.new("RGB", (4, 4)).save(image_folder / ".thumbnails" / "1.png")

@@ -239,6 +239,26 @@ def test_neighbor_information_ranks_a_merged_head_below_a_separating_one():
                                                  - (1 / 3) * np.log(1 / 3)])
 
 
+@pytest.mark.parametrize("n_clusters", [3, 50])  # a table of all pairs, or the pairs seen
+def test_neighbor_information_is_the_mutual_information_of_the_pairs(n_clusters):
+    from sklearn.metrics import mutual_info_score
+
+    from skdeepclust.clustering._training import neighbor_label_information
+
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, n_clusters, (2, 200)))
+    neighbors = torch.from_numpy(rng.integers(0, 200, (200, 2)))
+    features = torch.arange(200.0)[:, None]
+
+    def head_logits(rows):
+        return torch.nn.functional.one_hot(labels[:, rows[:, 0].long()], n_clusters).float()
+
+    information = neighbor_label_information(head_logits, features, neighbors)
+    for head in range(2):
+        pairs = labels[head].repeat_interleave(2), labels[head][neighbors.reshape(-1)]
+        assert float(information[head]) == pytest.approx(mutual_info_score(*pairs), rel=1e-9)
+
+
 def test_labelling_blocks_shrink_with_the_hidden_layer(monkeypatch):
     from skdeepclust.clustering import _training
 

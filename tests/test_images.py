@@ -470,6 +470,22 @@ def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, 
     assert record[0].filename == __file__
 
 
+def test_files_in_a_folder_that_cannot_be_entered_are_named_not_found(tmp_path, monkeypatch):
+    import os
+
+    for folder in ("open", "sealed"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / folder / "1.png")
+    access = os.access
+
+    def refusing(path, mode, **kwargs):  # as for a folder of mode r--, which root could still enter
+        return os.path.basename(os.fspath(path)) != "sealed" and access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", refusing)
+    with pytest.warns(UserWarning, match=r"Skipped 1 image name\(s\) that lead to no file that can be read.*sealed"):
+        assert find_image_files(tmp_path) == [str(tmp_path / "open" / "1.png")]
+
+
 def test_every_jpeg_extension_and_tga_are_found(tmp_path):
     for name in ("a.jfif", "b.jpe", "c.tga", "d.JPG"):
         Image.new("RGB", (4, 4)).save(tmp_path / name, format="TGA" if name.endswith("tga") else "JPEG")

@@ -296,17 +296,27 @@ def neighbor_label_information(head_logits, features, neighbors, hidden_size=Non
         for head_labels in labels:
             pair_codes = (head_labels.repeat_interleave(n_neighbors) * n_clusters
                           + head_labels[neighbors.reshape(-1)])
-            # Over the pairs of clusters seen only: a table of all n_clusters**2 pairs
-            # would be mostly zeros, and gigabytes for thousands of clusters.
-            seen, counts = torch.unique(pair_codes, return_counts=True)
+            if n_clusters * n_clusters <= pair_codes.numel():
+                # Every pair of clusters, in a table no larger than the pairs themselves.
+                counts = torch.bincount(pair_codes, minlength=n_clusters * n_clusters)
+                codes = torch.arange(counts.numel(), device=counts.device)
+            else:
+                # Only the pairs seen: a table of all pairs of thousands of clusters would
+                # be mostly zeros, and gigabytes. (Sorting the pairs to find them is slower
+                # than the table for a few clusters: 12.6 s against 5.7 s for 10 heads,
+                # 500,000 samples, 20 neighbours and 10 clusters.)
+                codes, counts = torch.unique(pair_codes, return_counts=True)
             joint = counts.double() / pair_codes.numel()
-            first, second = seen // n_clusters, seen % n_clusters
+            first, second = codes // n_clusters, codes % n_clusters
             first_marginal = torch.zeros(n_clusters, dtype=joint.dtype, device=joint.device)
             second_marginal = torch.zeros_like(first_marginal)
             first_marginal.index_add_(0, first, joint)
             second_marginal.index_add_(0, second, joint)
             independent = first_marginal[first] * second_marginal[second]
-            information.append((joint * torch.log(joint / independent)).sum())
+            # xlogy makes the pairs never seen count 0 without a mask, which on a GPU would
+            # wait for the device once per head; where joint > 0, independent > 0 too.
+            ratio = joint / independent.clamp_min(torch.finfo(joint.dtype).tiny)
+            information.append(torch.special.xlogy(joint, ratio).sum())
         # One copy to the host for all heads, not one wait per head.
         return torch.stack(information).cpu()
 

@@ -89,6 +89,8 @@ def merge_on_neighbor_graph(labels, neighbors, n_clusters):
     Returns, for each input cluster, the id (0 .. n_clusters - 1) of its merged cluster.
     """
     n_input = int(labels.max()) + 1
+    if n_input <= n_clusters:
+        return np.arange(n_input)
     n_neighbors = neighbors.shape[1]
     pair_codes = np.repeat(labels, n_neighbors) * n_input + labels[neighbors].ravel()
     links = np.bincount(pair_codes, minlength=n_input * n_input).astype(float)
@@ -364,8 +366,10 @@ class DebiasedClusterer(tr.HeadClusterer):
         width = max(unit.shape[1], widest_layer(weights))
 
         def fine_labels(weights):
+            # Of the logits: the same labels as of their softmax, but where rounding
+            # ties two probabilities, the clusters kept are those that the merge sees used.
             return tr.blockwise_argmax(
-                lambda rows: tr.softmax(exported_debiased_logits(weights, pooled, rows)), unit, width)
+                lambda rows: exported_debiased_logits(weights, pooled, rows), unit, width)
 
         kept = tr.occupied_clusters(fine_labels(weights), weights["sample"][-1][0].shape[1])
         weights["sample"][-1] = tuple(part[..., kept].copy() for part in weights["sample"][-1])

@@ -150,13 +150,18 @@ def find_image_files(folder) -> list:
             unlisted.append(error)
             continue
         subfolders = []
+        # A folder that may be listed but not entered (mode r--) names files that
+        # cannot be opened, though its entries say "file" (os.path.isfile's stat failed).
+        enterable = os.access(directory, os.X_OK)
         for entry in entries:
             if is_hidden_name(entry.name):
                 continue
             if _entry_is(entry.is_dir):  # links to folders followed
                 subfolders.append(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                if _entry_is(entry.is_file):
+                if not enterable:
+                    unreachable.append(entry.path)
+                elif _entry_is(entry.is_file):
                     files.append(entry.path)
                 elif not os.path.exists(entry.path):
                     unreachable.append(entry.path)
