@@ -68,10 +68,11 @@ def normalize_rows(X):
 LABELLING_BLOCK_ELEMENTS = 2 ** 24
 
 
-def row_blocks(n_rows, width):
-    """Slices of consecutive rows covering ``n_rows``, each of at most
-    ``LABELLING_BLOCK_ELEMENTS // width`` rows (at least one)."""
-    step = max(1, LABELLING_BLOCK_ELEMENTS // max(1, width))
+def row_blocks(n_rows, width, budget=None):
+    """Slices of consecutive rows covering ``n_rows``, each of at most ``budget // width``
+    rows (at least one); ``budget`` is ``LABELLING_BLOCK_ELEMENTS`` unless given."""
+    budget = LABELLING_BLOCK_ELEMENTS if budget is None else budget
+    step = max(1, budget // max(1, width))
     return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 

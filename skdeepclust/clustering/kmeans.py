@@ -21,19 +21,13 @@ from sklearn.utils.validation import (
 from .._device import host_array, resolve_device, torch_seed_from
 from .._warnings import stacklevel_of_user_code
 from .._validation import check_float, check_int, check_verbose
-from ._training import make_generator
+from ._training import make_generator, row_blocks
 
 __all__ = ["TorchKMeans"]
 
 # Distances computed at once: about 64 MB in float32, so the rows per block
 # shrink as the number of centres grows.
 DISTANCES_PER_BLOCK = 1 << 24
-
-
-def _row_blocks(n_rows, n_centers):
-    """Row slices whose distances to ``n_centers`` points fit in one block."""
-    rows_per_block = max(1, DISTANCES_PER_BLOCK // n_centers)
-    return [slice(start, start + rows_per_block) for start in range(0, n_rows, rows_per_block)]
 
 
 def _center_terms(X, centers):
@@ -48,7 +42,7 @@ def _center_terms(X, centers):
 def _assign(X, row_sq_norms, centers):
     """Nearest centre of each row and its squared distance, block by block."""
     labels, distances = [], []
-    for rows in _row_blocks(X.shape[0], centers.shape[0]):
+    for rows in row_blocks(X.shape[0], centers.shape[0], DISTANCES_PER_BLOCK):
         nearest, label = _center_terms(X[rows], centers).min(dim=1)
         labels.append(label)
         distances.append(nearest.add_(row_sq_norms[rows]).clamp_min_(0.0))
@@ -59,7 +53,7 @@ def _squared_distances(X, row_sq_norms, points):
     """Squared distance of every row of X to every one of a few ``points``."""
     return torch.cat([
         _center_terms(X[rows], points).add_(row_sq_norms[rows, None]).clamp_min_(0.0)
-        for rows in _row_blocks(X.shape[0], points.shape[0])
+        for rows in row_blocks(X.shape[0], points.shape[0], DISTANCES_PER_BLOCK)
     ])
 
 
@@ -135,7 +129,8 @@ def _inertia(X, centers, labels, weights):
     far from the origin compared with their distances.
     """
     total = X.new_zeros((), dtype=torch.float64)
-    for rows in _row_blocks(X.shape[0], X.shape[1]):  # blocks of about as many values as distances
+    # Blocks of about as many values as distances.
+    for rows in row_blocks(X.shape[0], X.shape[1], DISTANCES_PER_BLOCK):
         squared = ((X[rows] - centers[labels[rows]]) ** 2).sum(dim=1)
         total += (squared if weights is None else squared * weights[rows]).sum(dtype=torch.float64)
     return total
@@ -289,8 +284,8 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             data.sub_(mean)  # a copy of this fit's own
         shift_tolerance = tol * float(data.var(dim=0, unbiased=False).mean())
         # By blocks of rows: data * data at once would be a second copy of the data.
-        row_sq_norms = torch.cat([(data[rows] * data[rows]).sum(dim=1)
-                                  for rows in _row_blocks(data.shape[0], data.shape[1])])
+        blocks = row_blocks(data.shape[0], data.shape[1], DISTANCES_PER_BLOCK)
+        row_sq_norms = torch.cat([(data[rows] * data[rows]).sum(dim=1) for rows in blocks])
         generator = make_generator(torch_seed_from(self.random_state), device)
         given = not isinstance(self.init, str)
         if given:
@@ -365,7 +360,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         centers = self.cluster_centers_.astype(X.dtype, copy=False)
         labels = np.empty(X.shape[0], dtype=np.int64)
         squared = np.empty(X.shape[0], dtype=X.dtype)
-        for rows in _row_blocks(X.shape[0], centers.shape[0]):
+        for rows in row_blocks(X.shape[0], centers.shape[0], DISTANCES_PER_BLOCK):
             distances = euclidean_distances(X[rows], centers, squared=True)
             labels[rows] = distances.argmin(axis=1)
             squared[rows] = distances[np.arange(distances.shape[0]), labels[rows]]
