@@ -364,19 +364,16 @@ class DebiasedClusterer(tr.HeadClusterer):
         weights = heads.export(best_head)
         pooled = pooled_on_device.cpu().numpy().astype(np.float32)
         width = max(unit.shape[1], widest_layer(weights))
-
-        def fine_labels(weights):
-            # Of the logits: the same labels as of their softmax, but where rounding
-            # ties two probabilities, the clusters kept are those that the merge sees used.
-            return tr.blockwise_argmax(
-                lambda rows: exported_debiased_logits(weights, pooled, rows), unit, width)
-
-        kept = tr.occupied_clusters(fine_labels(weights), weights["sample"][-1][0].shape[1])
+        fine_labels = tr.blockwise_argmax(
+            lambda rows: exported_debiased_logits(weights, pooled, rows), unit, width)
+        kept = tr.occupied_clusters(fine_labels, weights["sample"][-1][0].shape[1])
         weights["sample"][-1] = tuple(part[..., kept].copy() for part in weights["sample"][-1])
         weights["context_to_logits"][-1] = tuple(
             part[..., kept].copy() for part in weights["context_to_logits"][-1])
-        merged = merge_on_neighbor_graph(fine_labels(weights), setup.neighbors.cpu().numpy(),
-                                         self.n_clusters)
+        # Every row keeps its fine cluster, renumbered among the kept ones: no second
+        # pass of the pruned head over the data, and no kept fine cluster left empty.
+        merged = merge_on_neighbor_graph(np.searchsorted(kept, fine_labels),
+                                         setup.neighbors.cpu().numpy(), self.n_clusters)
         membership = np.eye(merged.max() + 1, dtype=np.float32)[merged]
         # Summing fine probabilities can, rarely, leave a merged cluster that no
         # training row picks; dropping it keeps the labels consecutive.
