@@ -133,30 +133,25 @@ def _without_output_folders(folder, files, out):
     return files
 
 
-def _readable_images(folder, quiet, out):
-    """The image files under ``folder`` that decode, and those that do not.
-
-    Files in ``out`` and in the output folders of earlier runs are left out, so that
-    a run writing its results inside ``folder`` does not cluster them in the next run.
-    """
-    from .datasets import split_readable
+def _image_files(folder, out):
+    """The image files under ``folder``, less those in ``out`` and in the output folders
+    of earlier runs, so that a run writing its results inside ``folder`` does not
+    cluster them in the next run."""
     from .embedding.images import find_image_files
 
-    files = _without_output_folders(folder, find_image_files(folder), out)
-    readable, reasons = split_readable(files, progress=not quiet)
-    for path, reason in zip(files, reasons):
-        if reason is not None:
-            _warn(f"skipping unreadable image file {path}: {reason}")
-    if not any(readable):
-        raise UserError(f"none of the {len(files)} image files under {folder} could be read")
-    return ([path for path, keep in zip(files, readable) if keep],
-            [path for path, keep in zip(files, readable) if not keep])
+    return _without_output_folders(folder, find_image_files(folder), out)
 
 
-def _embed_and_cluster(files_or_images, embedder_params, clusterer, n_clusters, random_state, quiet):
-    """Both stages, embedding each image once; returns (features, fitted FeatureClusterer)."""
+def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_state, quiet):
+    """Both stages, decoding and embedding each file once.
+
+    A file that does not decode is left out, with a warning. Returns the features
+    and the fitted FeatureClusterer of the files that decoded, and a boolean mask
+    of those files.
+    """
     from .clustering import FeatureClusterer
     from .embedding import ImageEmbedder
+    from .embedding.images import ImageList
 
     stage = FeatureClusterer(
         clusterer,
@@ -167,13 +162,30 @@ def _embed_and_cluster(files_or_images, embedder_params, clusterer, n_clusters, 
     )
     # Mistakes in the clustering settings surface now, not after the embedding.
     clusterer = stage._validate_params()
-    stage._check_sample_count(clusterer, len(files_or_images))
-    # This package's own clusterers check their few needs up front; SCAN's trial would take seconds.
-    if len(files_or_images) <= TRIAL_FIT_MAX_SAMPLES and not type(clusterer).__module__.startswith(__package__):
-        _trial_fit(stage, len(files_or_images))
+    _check_image_count(stage, clusterer, len(files))
     embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
-    features = embedder.fit_transform(files_or_images)
-    return features, stage.fit(features)
+    # Unreadable files are found as they are embedded: a separate pass to check every
+    # file first would decode each one twice.
+    images = ImageList(files, skip_unreadable=True)
+    features = embedder.fit_transform(images)
+    for position, reason in sorted(images.unreadable.items()):
+        _warn(f"skipping unreadable image file {files[position]}: {reason}")
+    if len(images.unreadable) == len(files):
+        raise UserError(f"none of the {len(files)} image files could be read")
+    readable = np.ones(len(files), dtype=bool)
+    readable[list(images.unreadable)] = False
+    if images.unreadable:
+        features = features[readable]
+        _check_image_count(stage, clusterer, len(features))
+    return features, stage.fit(features), readable
+
+
+def _check_image_count(stage, clusterer, n_images):
+    """Fail, in the command's words, where ``clusterer`` cannot group ``n_images`` images."""
+    stage._check_sample_count(clusterer, n_images)
+    # This package's own clusterers check their few needs up front; SCAN's trial would take seconds.
+    if n_images <= TRIAL_FIT_MAX_SAMPLES and not type(clusterer).__module__.startswith(__package__):
+        _trial_fit(stage, n_images)
 
 
 def _trial_fit(stage, n_images):
@@ -371,11 +383,9 @@ def cluster_command(args):
 def _cluster_folder(args, folder, out):
     from .datasets import class_folder_labels
 
-    files, skipped = _readable_images(folder, args.quiet, out)
-    if args.eval:
-        y, _ = class_folder_labels(folder, files)
-        if y is None:
-            raise UserError("--eval needs class folders, PATH/<class>/<file>, but some images lie in PATH itself")
+    files = _image_files(folder, out)
+    if args.eval and class_folder_labels(folder, files)[0] is None:
+        raise UserError("--eval needs class folders, PATH/<class>/<file>, but some images lie in PATH itself")
     start = time.perf_counter()
     embedder_params = dict(
         backbone=args.backbone,
@@ -387,9 +397,11 @@ def _cluster_folder(args, folder, out):
         num_workers=args.num_workers,
         compile=args.compile,
     )
-    features, stage = _embed_and_cluster(
+    features, stage, readable = _embed_and_cluster(
         files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet
     )
+    skipped = [path for path, keep in zip(files, readable) if not keep]
+    files = [path for path, keep in zip(files, readable) if keep]
     written = _write_results(out, files, stage, features, args.embeddings)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
@@ -398,7 +410,7 @@ def _cluster_folder(args, folder, out):
         f"({time.perf_counter() - start:.1f} s); wrote {_listed(written)}"
     )
     if args.eval:
-        print(_metrics_line(y, stage.labels_))
+        print(_metrics_line(class_folder_labels(folder, files)[0], stage.labels_))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):")
         for path in skipped:
@@ -445,7 +457,9 @@ def _demo(args, shared, out):
     groups = "groups, as many as it finds," if n_clusters is None else "10 groups"
     print(f"Clustering {len(files)} CIFAR-10 test photos into {groups} with a {described}.")
     start = time.perf_counter()
-    features, stage = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters, 0, args.quiet)
+    features, stage, readable = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters, 0,
+                                                   args.quiet)
+    files, y = [path for path, keep in zip(files, readable) if keep], y[readable]
     seconds = time.perf_counter() - start
     written = _write_results(out, files, stage, features, False)
     print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")

@@ -21,7 +21,7 @@ from sklearn.utils import Bunch, check_random_state
 from ._device import usable_cores
 from ._grouping import rows_of_each
 from ._progress import progress_bar
-from .embedding.images import _decode_file, find_image_files, is_hidden_name
+from .embedding.images import _decode_file, find_image_files, is_hidden_name, unreadable_file_reason
 
 # Files each thread of the readability check gets at least.
 FILES_PER_CHECK_THREAD = 256
@@ -193,10 +193,7 @@ def unreadable_reason(path):
         _decode_file(path, min_size=(64, 64))
         return None
     except Exception as exc:  # PIL raises many types for damaged files
-        # A wrapped error's own message only names the file, which the caller does already.
-        reason = exc.__cause__ if exc.__cause__ is not None else exc
-        lines = str(reason).strip().splitlines()
-        return lines[0] if lines else type(reason).__name__
+        return unreadable_file_reason(exc)
 
 
 def split_readable(files, progress=False):

@@ -120,20 +120,50 @@ def test_file_names_that_are_not_utf8_are_written_as_their_bytes(capsys, image_f
     assert len(rows) == 1 + 9 and any(row.startswith(name) for row in rows)
 
 
-@pytest.mark.parametrize("files_per_thread", [1000, 2], ids=["one-thread", "threads"])
-def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path, monkeypatch, files_per_thread):
-    import skdeepclust.datasets
-
-    monkeypatch.setattr(skdeepclust.datasets, "FILES_PER_CHECK_THREAD", files_per_thread)
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path, workers):
     (image_folder / "dark" / "broken.jpg").write_bytes(b"not a jpeg")
     status, stdout, err = _run(
-        capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), *TINY_ARGS
+        capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"),
+        "--num-workers", workers, "--batch-size", "3", *TINY_ARGS
     )
     assert status == 0
     [warning] = err.strip().splitlines()
     assert warning.startswith(f"skdeepclust: warning: skipping unreadable image file {image_folder / 'dark'}")
-    assert "broken.jpg: cannot identify image file" in warning  # why, from the checking threads too
+    assert "broken.jpg: cannot identify image file" in warning  # why, from the decoding workers too
     assert "skipped 1 unreadable file(s)" in stdout and stdout.rstrip().endswith("broken.jpg")
+    rows = (tmp_path / "o" / "clusters.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and not any("broken.jpg" in row for row in rows)
+
+
+def test_each_file_is_decoded_once(capsys, image_folder, tmp_path, monkeypatch):
+    import collections
+    import os
+
+    from skdeepclust import visualization
+
+    (image_folder / "dark" / "broken.jpg").write_bytes(b"not a jpeg")
+    # The montage opens the few files it shows once more; it is not under test here.
+    monkeypatch.setattr(visualization, "cluster_montage", lambda *args, **kwargs: Image.new("RGB", (1, 1)))
+    opened = collections.Counter()
+    open_image = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *args: opened.update([os.fspath(fp)]) or open_image(fp, *args))
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"),
+                          "--num-workers", "0", *TINY_ARGS)
+    assert status == 0, err
+    assert len(opened) == 9 and set(opened.values()) == {1}, opened
+
+
+def test_too_few_readable_images_for_the_clusters_asked_is_an_error(capsys, image_folder, tmp_path):
+    for position in range(4):
+        (image_folder / "dark" / f"{position}.png").write_bytes(b"damaged")
+    for position in range(5, 8):
+        (image_folder / "bright" / f"{position}.jpg").write_bytes(b"damaged")
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"),
+                          *TINY_ARGS)
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith("skdeepclust: error: ")
+    assert "n_samples=1" in err or "1 image" in err, err
 
 
 def test_soft_clusterer_confidence_is_a_probability(capsys, image_folder, tmp_path):

@@ -66,6 +66,29 @@ def test_unreadable_file_in_a_worker_is_a_clear_error(image_files):
         list(as_images(image_files).batches(4, num_workers=2))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_files_can_pass_as_black_pixels_with_their_reasons(image_files, workers):
+    from skdeepclust.embedding.images import ImageList
+
+    for position in (4, 5, 6, 7, 9):  # the whole second batch, and one of the third
+        with open(image_files[position], "wb") as broken:
+            broken.write(b"not an image")
+    images = ImageList(image_files, skip_unreadable=True)
+    batches = list(images.batches(4, num_workers=workers))
+    assert sorted(images.unreadable) == [4, 5, 6, 7, 9]
+    assert all(reason.startswith("cannot identify image file") for reason in images.unreadable.values())
+    readable = list(ImageList([image_files[p] for p in (0, 1, 2, 3, 8, 10, 11)]).batches(7))[0]
+    assert torch.equal(batches[0], readable[:4])
+    assert not batches[1].any()  # no readable image in that batch to take the size of
+    assert torch.equal(batches[2][[0, 2, 3]], readable[4:]) and batches[2].shape == (4, 3, 32, 32)
+    assert not batches[2][1].any()
+    # A subset numbers its own images.
+    subset = images.subset([9, 0])
+    assert subset.unreadable == {}
+    list(subset.batches(2))
+    assert subset.unreadable == {0: images.unreadable[9]}
+
+
 class _FailsOnSecondBatch(torch.nn.Module):
     def __init__(self):
         super().__init__()

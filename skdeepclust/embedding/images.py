@@ -588,10 +588,24 @@ class ArrayImages:
         return _rgb_batch(chunk, self._channels_first)
 
 
-class ImageList:
-    """A sequence of images given one by one: file paths, PIL images or arrays."""
+def unreadable_file_reason(error):
+    """Why a file failed to decode, in one line, from the error ``_decode_file`` raised."""
+    # A wrapped error's own message only names the file, which the caller does already.
+    reason = error.__cause__ if error.__cause__ is not None else error
+    lines = str(reason).strip().splitlines()
+    return lines[0] if lines else type(reason).__name__
 
-    def __init__(self, items):
+
+class ImageList:
+    """A sequence of images given one by one: file paths, PIL images or arrays.
+
+    With ``skip_unreadable=True`` a file that does not decode reaches the caller
+    as black pixels instead of an error, and ``unreadable`` maps its position to
+    the reason, once its batch has been given out: a caller that drops those rows
+    decodes every file once, instead of once to check it and once to use it.
+    """
+
+    def __init__(self, items, skip_unreadable=False):
         if len(items) == 0:
             raise ValueError("Found 0 images; at least one is required.")
         from PIL import Image
@@ -638,6 +652,8 @@ class ImageList:
             shown = ", ".join(repr(name) for name in missing[:3])
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise ValueError(f"Image files not found: {shown}{more}.")
+        self.skip_unreadable = skip_unreadable
+        self.unreadable = {}
 
     def __len__(self):
         return len(self._items)
@@ -646,6 +662,7 @@ class ImageList:
         """The images at ``positions``, in that order."""
         subset = copy.copy(self)
         subset._items = [self._items[int(p)] for p in positions]
+        subset.unreadable = {}  # numbered by the subset's own positions
         return subset
 
     def _decode(self, position, min_size=None):
@@ -663,13 +680,41 @@ class ImageList:
             item = np.moveaxis(item, 0, -1)
         return _channels_last_to_rgb(item)
 
+    def _decode_or_fail(self, position, min_size):
+        """The pixels of image ``position``, or (with ``skip_unreadable``, for a file) the reason it failed."""
+        if not (self.skip_unreadable and isinstance(self._items[position], (str, os.PathLike))):
+            return self._decode(position, min_size)
+        try:
+            return self._decode(position, min_size)
+        except MemoryError:
+            raise
+        except Exception as exc:  # _decode_file wraps PIL's many kinds in ValueError
+            return unreadable_file_reason(exc)
+
     def decode_range(self, start, stop, min_size=None):
-        """Images ``start`` to ``stop``: one tensor when they share size and dtype, else a list."""
-        images = [self._decode(position, min_size) for position in range(start, stop)]
+        """Images ``start`` to ``stop``, and the ``(position, reason)`` of each that failed to decode.
+
+        The images come as one tensor when they share size and dtype, else as a
+        list. Failures are listed only with ``skip_unreadable``, which puts black
+        pixels, shaped as a readable image of the range, in their place.
+        """
+        images = [self._decode_or_fail(position, min_size) for position in range(start, stop)]
+        failures = [(start + offset, reason) for offset, reason in enumerate(images) if isinstance(reason, str)]
+        if failures:
+            decoded = [image for image in images if not isinstance(image, str)]
+            black = np.zeros_like(decoded[0]) if decoded else np.zeros((1, 1, 3), np.uint8)
+            images = [black if isinstance(image, str) else image for image in images]
         first = images[0]
         if all(image.shape == first.shape and image.dtype == first.dtype for image in images):
-            return _to_tensor(np.stack(images))
-        return [_to_tensor(image) for image in images]
+            return _to_tensor(np.stack(images)), failures
+        return [_to_tensor(image) for image in images], failures
+
+    def _recorded(self, decoded):
+        """The images of a ``decode_range`` result, its failures noted in ``unreadable``."""
+        images, failures = decoded  # a DataLoader may have made the pair a list
+        for position, reason in failures:
+            self.unreadable[int(position)] = reason
+        return images
 
     def batches(self, batch_size, num_workers=0, pin_memory=False, min_size=None):
         """Decoded batches in order.
@@ -688,7 +733,7 @@ class ImageList:
             num_workers = 0  # e.g. a multiprocessing.Pool's worker, which may not start processes
         if num_workers <= 0:
             batches = (
-                self.decode_range(start, min(start + batch_size, len(self)), min_size)
+                self._recorded(self.decode_range(start, min(start + batch_size, len(self)), min_size))
                 for start in range(0, len(self), batch_size)
             )
             yield from pinned_ahead(batches) if pin_memory else batches
@@ -713,7 +758,7 @@ class ImageList:
             for batch in started:
                 if isinstance(batch, Exception):  # raised here so that the user sees the message alone
                     raise batch
-                yield batch
+                yield self._recorded(batch)
         finally:
             # Dropping the iterator stops the workers. A traceback kept alive after an
             # error (as a notebook keeps the last one) can keep this frame, and with it
