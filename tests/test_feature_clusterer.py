@@ -20,7 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import peak_numpy_bytes
 from skdeepclust import FeatureClusterer, PretrainedFeatureClusterer
-from skdeepclust.clustering import _training
+from skdeepclust.clustering import kmeans as kmeans_module
 from skdeepclust.clustering import feature_clusterer as feature_clusterer_module
 from skdeepclust.clustering import TorchKMeans, available_clusterer_names, label_free_score
 
@@ -139,7 +139,7 @@ def test_nearest_centre_predictions_hold_a_block_of_distances_at_a_time(monkeypa
     all_distances = X.shape[0] * 50 * 8
     expected = est.cluster_ids_[
         ((X[:, None, :] - est.cluster_centers_[None]) ** 2).sum(axis=2).argmin(axis=1)]
-    monkeypatch.setattr(_training, "LABELLING_BLOCK_ELEMENTS", 2 ** 12)
+    monkeypatch.setattr(kmeans_module, "DISTANCES_PER_BLOCK", 2 ** 12)
     peak, predicted = peak_numpy_bytes(est.predict, X)
     assert peak < all_distances / 4
     np.testing.assert_array_equal(predicted, expected)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from sklearn.cluster import KMeans
+from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
@@ -419,6 +419,64 @@ def test_torch_kmeans_predicts_a_block_of_distances_at_a_time(blobs, monkeypatch
     assert score == pytest.approx(-model.inertia_, rel=1e-4)
 
 
+def test_torch_kmeans_seeds_more_rows_than_torch_multinomial_draws_from():
+    # torch.multinomial takes at most 2**24 categories: k-means++ over more rows raised
+    # "number of categories cannot exceed 2^24" from inside torch.
+    X = np.zeros((2 ** 24 + 1, 1), dtype=np.float32)
+    X[-1] = 1.0  # the one row that lies apart; k-means++ must be able to draw it
+    model = TorchKMeans(n_clusters=2, n_init=1, max_iter=2, random_state=0, device="cpu").fit(X)
+    assert sorted(model.cluster_centers_.ravel().tolist()) == [0.0, 1.0]
+    assert model.labels_[-1] != model.labels_[0]
+
+
+@pytest.mark.parametrize("dtype, scales", [(np.float32, [1e-25, 1e19]), (np.float64, [1e-170, 1e150])])
+def test_torch_kmeans_does_not_depend_on_the_scale_of_the_data(blobs, dtype, scales):
+    # Squared distances overflowed (float32 values near 1e19 raised inside
+    # torch.multinomial, or gave wrong labels and an infinite inertia) or vanished.
+    X, _ = blobs
+    reference = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X.astype(dtype))
+    for scale in scales:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            scaled = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X.astype(dtype) * dtype(scale))
+        np.testing.assert_array_equal(scaled.labels_, reference.labels_)
+        np.testing.assert_allclose(scaled.cluster_centers_, reference.cluster_centers_ * scale, rtol=1e-5)
+        if np.isfinite(reference.inertia_ * scale ** 2) and reference.inertia_ * scale ** 2 > 0:
+            assert scaled.inertia_ == pytest.approx(reference.inertia_ * scale ** 2, rel=1e-5)
+        np.testing.assert_array_equal(scaled.predict(X.astype(dtype) * dtype(scale)), reference.labels_)
+
+
+def test_torch_kmeans_random_init_draws_rows_in_proportion_to_their_weight():
+    # It drew uniformly, so rows of weight 0 became the initial centres, which
+    # scikit-learn's never do: after one iteration, 1 of 20 seeds had found the two
+    # weighted groups (scikit-learn: 12).
+    rng = np.random.default_rng(0)
+    weighted = np.r_[rng.normal(0, 0.1, (50, 2)), rng.normal(0, 0.1, (50, 2)) + [10, 0]]
+    X = np.r_[weighted, rng.normal(0, 0.1, (900, 2)) + [5, 50]]
+    weights = np.r_[np.ones(100), np.zeros(900)]
+    found = [
+        TorchKMeans(n_clusters=2, init="random", n_init=1, max_iter=1, random_state=seed,
+                    device="cpu").fit(X, sample_weight=weights).inertia_ < 10
+        for seed in range(20)
+    ]
+    assert sum(found) >= 8  # both seeds in one group, half the time, is the method's own weakness
+
+
+@pytest.mark.parametrize("dtype, offset", [(np.float32, 1e4), (np.float64, 1e8)])
+def test_predictions_keep_their_precision_far_from_the_origin(dtype, offset):
+    # |x|^2 - 2 x.c + |c|^2 on the raw rows put 43% of float32 rows offset by 1e4 in
+    # the wrong cluster, and TorchKMeans's score(X_train) was 10.7 times -inertia_.
+    rng = np.random.default_rng(0)
+    X = (np.r_[rng.normal(0, 0.3, (100, 8)), rng.normal(0, 0.3, (100, 8)) + 2.0] + offset).astype(dtype)
+    kmeans = TorchKMeans(n_clusters=2, random_state=0, device="cpu").fit(X)
+    np.testing.assert_array_equal(kmeans.predict(X), kmeans.labels_)
+    np.testing.assert_array_equal(kmeans.transform(X).argmin(axis=1), kmeans.labels_)
+    assert -kmeans.score(X) == pytest.approx(kmeans.inertia_, rel=1e-3)
+    stage = FeatureClusterer(AgglomerativeClustering(n_clusters=2)).fit(X)
+    exact = ((X.astype(np.longdouble)[:, None] - stage.cluster_centers_.astype(np.longdouble)) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(stage.predict(X), stage.cluster_ids_[exact.argmin(axis=1)])
+
+
 def test_debiased_merge_matches_merging_from_scratch_each_step():
     from skdeepclust.clustering.debiased import merge_on_neighbor_graph
 
@@ -590,6 +648,23 @@ def test_a_head_whose_training_diverges_is_an_error_not_a_nan_model(name):
     X, _ = sphere_blobs([30, 30, 30])
     with pytest.raises(ValueError, match="Training diverged.*learning_rate"):
         HEADS[name](n_clusters=3, learning_rate=1e12, random_state=0, device="cpu").fit(X)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_the_divergence_error_names_the_raised_parameter_and_a_step_too_large_for_float32(name):
+    # It always blamed learning_rate, and a learning_rate near 1e38 failed inside torch's
+    # AdamW ("value cannot be converted to type float without overflow").
+    X, _ = sphere_blobs([30, 30, 30])
+    settings = dict(n_clusters=3, n_epochs=3, random_state=0, device="cpu")
+    with pytest.raises(ValueError, match=r"^Training diverged.*Lower weight_decay \(it is 1e\+300\) or "
+                                         r"learning_rate \(it is [0-9.e-]+\)\.$"):
+        HEADS[name](**settings, weight_decay=1e300).fit(X)
+    with pytest.raises(ValueError, match=r"^Training diverged: an optimiser step overflowed float32 .*"
+                                         r"Lower learning_rate \(it is 1e\+38\)\.$"):
+        HEADS[name](**settings, learning_rate=1e38).fit(X)
+    if "entropy_weight" in HEADS[name]().get_params():
+        with pytest.raises(ValueError, match=r"Lower entropy_weight \(it is 1e\+300\) or learning_rate"):
+            HEADS[name](**settings, entropy_weight=1e300).fit(X)
 
 
 # --------------------------------------------------------------------------- neighbours

@@ -12,6 +12,7 @@ and merge.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
 
@@ -86,6 +87,9 @@ def make_generator(seed, device):
 # An epoch of fewer batches leaves small data sets too few optimisation steps: on
 # 1,000 CIFAR-10 features TEMI reached 0.30 accuracy with one batch of 1,000 per epoch
 # and 0.51-0.54 with eight batches of 125 (two seeds).
+# Parameters besides learning_rate whose large values make the steps, and so the
+# training, blow up.
+STEP_SCALING_PARAMETERS = ("entropy_weight", "final_entropy_weight", "weight_decay")
 MIN_BATCHES_PER_EPOCH = 8
 MIN_BATCH_SIZE = 64
 
@@ -262,14 +266,23 @@ def train_epochs(step, *, n_samples, batch_size, n_epochs, generator, progress):
     return last_losses
 
 
-def best_head(head_losses, learning_rate):
-    """The head with the lowest finite loss; a ValueError when every head diverged."""
+def optimizer_step(optimizer, fix):
+    """``optimizer.step()``; where a step's size overflows float32 (a learning_rate
+    near 1e38), the ValueError of a diverged training, ending in ``fix``, instead of
+    torch's RuntimeError."""
+    try:
+        optimizer.step()
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            raise
+        raise ValueError(f"Training diverged: an optimiser step overflowed float32 ({exc}). {fix}") from exc
+
+
+def best_head(head_losses, fix):
+    """The head with the lowest finite loss; a ValueError, ending in ``fix``, when every head diverged."""
     finite = torch.isfinite(head_losses)
     if not bool(finite.any()):
-        raise ValueError(
-            f"Training diverged: the loss of every head became NaN or infinite. Lower "
-            f"learning_rate (it is {learning_rate})."
-        )
+        raise ValueError(f"Training diverged: the loss of every head became NaN or infinite. {fix}")
     return int(torch.where(finite, head_losses, torch.inf).argmin())
 
 
@@ -322,10 +335,10 @@ def neighbor_label_information(head_logits, features, neighbors, hidden_size=Non
         return torch.stack(information).cpu()
 
 
-def most_informative_head(head_logits, setup, head_losses, learning_rate, hidden_size=None):
+def most_informative_head(head_logits, setup, head_losses, fix, hidden_size=None):
     """The head whose hard labels carry the most neighbour information (see
     :func:`neighbor_label_information`), among those whose loss stayed finite."""
-    best_head(head_losses, learning_rate)  # raises when every head diverged
+    best_head(head_losses, fix)  # raises when every head diverged
     information = neighbor_label_information(head_logits, setup.features, setup.neighbors,
                                              hidden_size)
     return int(torch.where(torch.isfinite(head_losses), information, -torch.inf).argmax())
@@ -421,6 +434,17 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         check_float("weight_decay", self.weight_decay)
         check_verbose(self.verbose)
 
+    def _divergence_fix(self):
+        """What to lower when training diverged: learning_rate, after any other
+        parameter that scales the steps and was raised above its default."""
+        defaults = inspect.signature(type(self).__init__).parameters
+        raised = [
+            name for name in STEP_SCALING_PARAMETERS
+            if name in defaults and getattr(self, name) > defaults[name].default
+        ]
+        lowered = " or ".join(f"{name} (it is {getattr(self, name)})" for name in [*raised, "learning_rate"])
+        return f"Lower {lowered}."
+
     def _start_training(self, X):
         """Check parameters and ``X``, L2-normalise it and mine its neighbours.
 
@@ -438,8 +462,7 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         """Store head ``best_head`` (exported ``layers``) with its empty clusters pruned."""
         if not all(np.isfinite(array).all() for layer in layers for array in layer):
             raise ValueError(
-                "Training diverged: the kept head's weights became NaN or infinite. Lower "
-                f"learning_rate (it is {self.learning_rate})."
+                f"Training diverged: the kept head's weights became NaN or infinite. {self._divergence_fix()}"
             )
         self.head_weights_, _ = prune_exported(layers, unit)
         self.n_clusters_ = self.head_weights_[-1][1].shape[0]

@@ -330,6 +330,7 @@ class DebiasedClusterer(tr.HeadClusterer):
             self.context_size, generator=generator))
         optimizer = torch.optim.AdamW(heads.parameters(), lr=self.learning_rate,
                                       weight_decay=self.weight_decay)
+        fix = self._divergence_fix()
 
         def step(anchors, epoch):
             neighbors = tr.sample_neighbors(setup.neighbors, anchors, setup.generator)
@@ -345,7 +346,7 @@ class DebiasedClusterer(tr.HeadClusterer):
                       - weight * marginal_entropy(anchor_proba))
             optimizer.zero_grad()
             losses.sum().backward()
-            optimizer.step()
+            tr.optimizer_step(optimizer, fix)
             return losses
 
         head_losses = tr.train_epochs(
@@ -360,7 +361,7 @@ class DebiasedClusterer(tr.HeadClusterer):
         # By neighbour information, not loss (see Notes), and of the fine clusters:
         # judging the merged ones instead did worst on long-tailed data.
         best_head = tr.most_informative_head(lambda rows: heads(rows, pooled_on_device), setup,
-                                             head_losses, self.learning_rate, hidden)
+                                             head_losses, fix, hidden)
         weights = heads.export(best_head)
         pooled = pooled_on_device.cpu().numpy().astype(np.float32)
         width = max(unit.shape[1], widest_layer(weights))

@@ -27,8 +27,8 @@ from .._grouping import rows_of_each
 from .._validation import check_no_missing_labels, check_verbose, unique_labels
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
-from ._training import HeadClusterer, row_blocks
-from .kmeans import TorchKMeans
+from ._training import HeadClusterer
+from .kmeans import TorchKMeans, nearest_centres
 
 # Cosine silhouette is quadratic in the number of samples; beyond this many it is
 # estimated on a random subsample, which keeps `score` at a few seconds.
@@ -475,14 +475,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         return validate_data(self, host_array(X, "X"), dtype=self.cluster_centers_.dtype, reset=False)
 
     def _nearest_centre(self, X):
-        centres = self.cluster_centers_.astype(X.dtype, copy=False)
-        squared_norms = (centres * centres).sum(axis=1)
-        nearest = np.empty(X.shape[0], dtype=np.int64)
-        # By blocks of rows, so that the distances of all rows never exist at once.
-        for rows in row_blocks(X.shape[0], centres.shape[0]):
-            # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, and |x|^2 does not change the argmin.
-            nearest[rows] = (squared_norms - 2.0 * (X[rows] @ centres.T)).argmin(axis=1)
-        return nearest
+        return nearest_centres(X, self.cluster_centers_.astype(X.dtype, copy=False))[0]
 
     @available_if(_clusterer_has("predict_proba"))
     def predict_proba(self, X):

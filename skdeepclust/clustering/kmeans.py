@@ -3,6 +3,7 @@ squared distances as matrix products over blocks of rows."""
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 
@@ -57,6 +58,75 @@ def _squared_distances(X, row_sq_norms, points):
     ])
 
 
+def unit_scale(peak, dtype):
+    """A power of two ``s`` with ``peak * s`` in [0.5, 1), as far as ``dtype`` can hold it; 1 for 0.
+
+    Multiplying by a power of two is exact, so distances computed on rows scaled by
+    ``s`` are those of the rows times ``s``, but their squares neither overflow (values
+    near 1e19 in float32) nor vanish (near 1e-25).
+    """
+    if not 0 < peak < math.inf:
+        return 1.0
+    limits = np.finfo(dtype)
+    exponent = min(max(-math.frexp(peak)[1], limits.minexp), limits.maxexp - 1)
+    return math.ldexp(1.0, exponent)
+
+
+def centred_frame(centres):
+    """The shift and scale (see :func:`unit_scale`) that put ``centres`` about the origin, within ±1.
+
+    Distances to the centres keep their precision in that frame: the expansion
+    |x|^2 - 2 x.c + |c|^2 loses it for rows far from the origin compared with
+    their distances (features offset by 1e4 in float32).
+    """
+    shift = centres.mean(axis=0)
+    return shift, unit_scale(float(np.abs(centres - shift).max(initial=0.0)), centres.dtype)
+
+
+def nearest_centres(X, centres):
+    """Nearest of ``centres`` to each row of ``X`` (numpy arrays of one dtype), and the
+    squared distance to it, in float64.
+
+    By blocks of rows, so that the distances of all rows to all centres never
+    exist at once (a million rows and a thousand centres would take gigabytes).
+    """
+    shift, scale = centred_frame(centres)
+    local_centres = (centres - shift) * scale
+    centre_norms = (local_centres * local_centres).sum(axis=1)
+    labels = np.empty(X.shape[0], dtype=np.int64)
+    squared = np.empty(X.shape[0], dtype=np.float64)
+    for rows in row_blocks(X.shape[0], max(centres.shape[0], X.shape[1]), DISTANCES_PER_BLOCK):
+        local = (X[rows] - shift) * scale
+        # |x|^2 does not change which centre is nearest.
+        labels[rows] = (centre_norms - 2.0 * (local @ local_centres.T)).argmin(axis=1)
+        # The distance itself from the difference, which loses no precision to cancellation.
+        local -= local_centres[labels[rows]]
+        squared[rows] = np.einsum("ij,ij->i", local, local, dtype=np.float64)
+    return labels, squared / (scale * scale)
+
+
+def _drawn(weights, n_draws, generator):
+    """Rows drawn with replacement in proportion to ``weights``; rows of weight 0 never.
+
+    Any number of rows: torch.multinomial takes at most 2**24.
+    """
+    cumulative = weights.cumsum(0, dtype=torch.float64)
+    targets = torch.rand(n_draws, generator=generator, dtype=torch.float64, device=weights.device)
+    rows = torch.searchsorted(cumulative, targets * cumulative[-1], right=True)
+    return rows.clamp_max_(weights.shape[0] - 1)  # against rounding at the top end
+
+
+def _random_rows(n_samples, n_clusters, weights, generator, device):
+    """``n_clusters`` distinct rows, drawn in proportion to ``weights`` (all 1 for None),
+    as scikit-learn draws them: each row's key is an exponential draw over its weight,
+    and the smallest keys win (rows of weight 0, whose key is infinite, come last)."""
+    uniform = torch.rand(n_samples, generator=generator, dtype=torch.float64, device=device)
+    keys = -torch.log1p(-uniform)
+    if weights is not None:
+        keys /= weights
+    return keys.topk(n_clusters, largest=False).indices
+
+
 def _kmeans_plusplus(X, row_sq_norms, n_clusters, weights, generator):
     """Greedy k-means++ (Arthur & Vassilvitskii 2007): several candidates per step,
     keep the one that lowers the potential most, as scikit-learn does. With
@@ -64,8 +134,8 @@ def _kmeans_plusplus(X, row_sq_norms, n_clusters, weights, generator):
     n_samples = X.shape[0]
     n_candidates = 2 + int(np.log(n_clusters))
     # Drawn the same way without weights, so that weights of all ones pick what none pick.
-    first = torch.multinomial(torch.ones(n_samples, dtype=X.dtype, device=X.device)
-                              if weights is None else weights, 1, generator=generator)
+    first = _drawn(torch.ones(n_samples, dtype=X.dtype, device=X.device)
+                   if weights is None else weights, 1, generator)
     chosen = [first]
     closest = _squared_distances(X, row_sq_norms, X[first])[:, 0]
     for _ in range(1, n_clusters):
@@ -74,8 +144,7 @@ def _kmeans_plusplus(X, row_sq_norms, n_clusters, weights, generator):
         # another. Deciding that on the device spares a wait for it each step.
         potential = torch.where(potential.sum() > 0, potential,
                                 1.0 if weights is None else weights)
-        candidates = torch.multinomial(potential, n_candidates, replacement=True,
-                                       generator=generator)
+        candidates = _drawn(potential, n_candidates, generator)
         candidate_closest = torch.minimum(closest[:, None],
                                           _squared_distances(X, row_sq_norms, X[candidates]))
         candidate_potential = (candidate_closest if weights is None
@@ -159,8 +228,9 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         times the mean per-feature variance of the data (scikit-learn's rule).
     init : {"k-means++", "random"} or array-like of shape (n_clusters, n_features), \
             default="k-means++"
-        Seeding: k-means++, ``n_clusters`` distinct random rows, or the given
-        centres, from which one run starts (``n_init`` is then not used).
+        Seeding: k-means++, ``n_clusters`` distinct random rows (drawn in
+        proportion to ``sample_weight``), or the given centres, from which one run
+        starts (``n_init`` is then not used).
     device : str or torch.device, default="auto"
         Where to compute; ``"auto"`` uses CUDA when present.
     random_state : int, RandomState instance or None, default=None
@@ -282,6 +352,11 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             data = data - mean  # X itself stays untouched
         else:
             data.sub_(mean)  # a copy of this fit's own
+        # Nor with a scale; see unit_scale. aminmax, unlike abs, makes no copy of the data.
+        lowest, highest = data.aminmax()
+        scale = unit_scale(max(-float(lowest), float(highest)), X.dtype)
+        if scale != 1.0:
+            data.mul_(scale)
         shift_tolerance = tol * float(data.var(dim=0, unbiased=False).mean())
         # By blocks of rows: data * data at once would be a second copy of the data.
         blocks = row_blocks(data.shape[0], data.shape[1], DISTANCES_PER_BLOCK)
@@ -290,7 +365,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         given = not isinstance(self.init, str)
         if given:
             n_init = 1  # a second run from the same centres would end where the first did
-            given_centers = torch.from_numpy(self._given_centers(n_clusters, X)).to(device) - mean
+            given_centers = (torch.from_numpy(self._given_centers(n_clusters, X)).to(device) - mean) * scale
         best = None
         for restart in range(n_init):
             if given:
@@ -298,21 +373,20 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             elif self.init == "k-means++":
                 centers = _kmeans_plusplus(data, row_sq_norms, n_clusters, weights, generator)
             else:
-                rows = torch.randperm(data.shape[0], generator=generator, device=device)
-                centers = data[rows[:n_clusters]].clone()
+                centers = data[_random_rows(data.shape[0], n_clusters, weights, generator, device)]
             centers, labels, inertia, n_iter = _lloyd(
                 data, row_sq_norms, centers, weights, max_iter, shift_tolerance
             )
             if self.verbose:
-                print(f"[TorchKMeans] init {restart + 1}/{n_init}: inertia {float(inertia):.6g}"
+                print(f"[TorchKMeans] init {restart + 1}/{n_init}: inertia {float(inertia) / scale**2:.6g}"
                       f" after {n_iter} iterations", file=sys.stderr, flush=True)
             if best is None or inertia < best[2]:
                 best = (centers, labels, inertia, n_iter)
         centers, labels, inertia, n_iter = best
-        self.cluster_centers_ = (centers + mean).cpu().numpy()
+        self.cluster_centers_ = (centers / scale + mean).cpu().numpy()
         self._n_features_out = self.cluster_centers_.shape[0]  # transform's columns, one per centre
         self.labels_ = labels.cpu().numpy().astype(np.int64)
-        self.inertia_ = float(inertia)
+        self.inertia_ = float(inertia) / (scale * scale)
         self.n_iter_ = int(n_iter)
         # Rows of zero weight do not count: a centre that only they are near is
         # not a cluster of the weighted data.
@@ -345,26 +419,21 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
     def _distances(self, X):
         # Not transform itself: set_output(transform="pandas") wraps that one.
         X = self._validated(X)
-        return euclidean_distances(X, self.cluster_centers_.astype(X.dtype, copy=False))
+        centers = self.cluster_centers_.astype(X.dtype, copy=False)
+        shift, scale = centred_frame(centers)  # see nearest_centres
+        local_centers = (centers - shift) * scale
+        distances = np.empty((X.shape[0], centers.shape[0]), dtype=X.dtype)
+        for rows in row_blocks(X.shape[0], max(centers.shape[0], X.shape[1]), DISTANCES_PER_BLOCK):
+            distances[rows] = euclidean_distances((X[rows] - shift) * scale, local_centers)
+        return distances / scale
 
     def _validated(self, X):
         check_is_fitted(self)
         return validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
 
     def _nearest(self, X):
-        """Nearest centre of each row of checked ``X`` and its squared distance.
-
-        By blocks of rows, so that the distances of all rows to all centres never
-        exist at once (a million rows and a thousand centres would take gigabytes).
-        """
-        centers = self.cluster_centers_.astype(X.dtype, copy=False)
-        labels = np.empty(X.shape[0], dtype=np.int64)
-        squared = np.empty(X.shape[0], dtype=X.dtype)
-        for rows in row_blocks(X.shape[0], centers.shape[0], DISTANCES_PER_BLOCK):
-            distances = euclidean_distances(X[rows], centers, squared=True)
-            labels[rows] = distances.argmin(axis=1)
-            squared[rows] = distances[np.arange(distances.shape[0]), labels[rows]]
-        return labels, squared
+        """Nearest centre of each row of checked ``X`` and its squared distance."""
+        return nearest_centres(X, self.cluster_centers_.astype(X.dtype, copy=False))
 
     def predict(self, X):
         """Nearest centre of each row of ``X`` (computed on the CPU with numpy).

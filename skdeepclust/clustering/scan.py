@@ -172,6 +172,7 @@ class SCANClusterer(tr.HeadClusterer):
                                            generator=generator))
         optimizer = torch.optim.AdamW(heads.parameters(), lr=self.learning_rate,
                                       weight_decay=self.weight_decay)
+        fix = self._divergence_fix()
 
         def clustering_step(anchors, epoch):
             neighbors = tr.sample_neighbors(setup.neighbors, anchors, setup.generator)
@@ -181,14 +182,14 @@ class SCANClusterer(tr.HeadClusterer):
                       - self.entropy_weight * marginal_entropy(anchor_proba))
             optimizer.zero_grad()
             losses.sum().backward()
-            optimizer.step()
+            tr.optimizer_step(optimizer, fix)
             return losses
 
         head_losses = tr.train_epochs(
             clustering_step, n_samples=setup.n_samples, batch_size=self.batch_size,
             n_epochs=self.n_epochs, generator=setup.generator,
             progress=tr.Progress("SCAN", self.n_epochs, self.verbose))
-        best_head = tr.best_head(head_losses, self.learning_rate)
+        best_head = tr.best_head(head_losses, fix)
         head = tr.single_head(heads, best_head)
         if self.self_label_epochs:
             self_label(head, setup, self.self_label_epochs, self.confidence_threshold,

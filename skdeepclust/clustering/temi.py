@@ -186,6 +186,7 @@ class TEMIClusterer(tr.HeadClusterer):
         teacher = copy.deepcopy(student).requires_grad_(False)
         optimizer = torch.optim.AdamW(student.parameters(), lr=self.learning_rate,
                                       weight_decay=self.weight_decay)
+        fix = self._divergence_fix()
         prior = setup.features.new_full((self.n_heads, self.n_clusters), 1.0 / self.n_clusters)
 
         def step(anchors, epoch):
@@ -203,7 +204,7 @@ class TEMIClusterer(tr.HeadClusterer):
             losses = -(pair_weight * pmi).mean(-1)
             optimizer.zero_grad()
             losses.sum().backward()
-            optimizer.step()
+            tr.optimizer_step(optimizer, fix)
             with torch.no_grad():
                 for teacher_param, student_param in zip(teacher.parameters(),
                                                         student.parameters()):
@@ -219,7 +220,7 @@ class TEMIClusterer(tr.HeadClusterer):
         # Not the lowest loss: with beta < 1 a cluster the teacher is abandoning
         # inflates its PMI term ((q_s q_t)**beta / pi grows as pi shrinks), so the
         # lowest-loss head is often one that merged two clusters.
-        best_head = tr.most_informative_head(teacher, setup, head_losses, self.learning_rate,
+        best_head = tr.most_informative_head(teacher, setup, head_losses, fix,
                                              hidden)
         layers = teacher.export(best_head)
         # Folding the temperature into the last layer makes predict a plain softmax.
