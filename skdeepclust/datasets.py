@@ -286,7 +286,7 @@ def extract_image_archive(archive, cache_dir=None):
     ).expanduser()
     name = archive.name
     for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):  # PHOTOS.ZIP too, as some Windows tools write it
             name = name[: -len(suffix)]
             break
     else:
@@ -342,7 +342,7 @@ def _unpack(archive, folder, marker_name, identity):
     shutil.rmtree(unpacking, ignore_errors=True)
     unpacking.mkdir()
     try:
-        if archive.name.endswith(".zip"):
+        if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zipped:
                 zipped.extractall(unpacking)
         else:

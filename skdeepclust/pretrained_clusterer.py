@@ -9,7 +9,7 @@ from sklearn.base import (
     TransformerMixin,
 )
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _num_samples, check_is_fitted
 
 from .clustering.feature_clusterer import (
     FeatureClusterer,
@@ -246,8 +246,11 @@ class PretrainedFeatureClusterer(
         # this estimator's own transform follows it.
         embedder.set_output(transform="default")
         features = embedder.fit(images).transform(images)
+        feature_clusterer.fit(features, sample_weight=sample_weight)
+        # Set only now: a refit that fails (or is interrupted) leaves the earlier fit
+        # whole, not a new backbone feeding the old clusters.
         self.embedder_ = embedder
-        self.feature_clusterer_ = feature_clusterer.fit(features, sample_weight=sample_weight)
+        self.feature_clusterer_ = feature_clusterer
         self.clusterer_ = self.feature_clusterer_.clusterer_
         self.labels_ = self.feature_clusterer_.labels_
         self.cluster_centers_ = self.feature_clusterer_.cluster_centers_
@@ -318,8 +321,17 @@ class PretrainedFeatureClusterer(
             in [-1, 1] (0.0 for a single cluster); see
             :meth:`FeatureClusterer.score`.
         """
-        check_score_weights(y, sample_weight)  # before the embedding, which is slow
-        features = self._embed(X)
+        # Mistakes surface before the embedding, which is slow.
+        check_is_fitted(self)
+        check_score_weights(y, sample_weight)
+        images = as_images(X)
+        for name, values in (("y", y), ("sample_weight", sample_weight)):
+            if values is not None and _num_samples(values) != len(images):
+                raise ValueError(
+                    f"{name} has {_num_samples(values)} entries for {len(images)} images; "
+                    "give one per image, in the order of X."
+                )
+        features = self._embed(images)
         return self.feature_clusterer_.score(features, y, sample_weight)
 
     def __sklearn_tags__(self):

@@ -51,10 +51,12 @@ def test_original_dino_checkpoint_format(tmp_path):
     _assert_weights_equal(embedder.model_, _reference_vit(seed=1))
 
 
-def test_ddp_state_dict_wrapper_in_bin_file(tmp_path):
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.module.", "module._orig_mod."])
+def test_ddp_state_dict_wrapper_in_bin_file(tmp_path, prefix):
+    # torch.compile(DDP(model)) saves "_orig_mod.module.", whose "module." was kept.
     weights = _reference_vit(seed=5).state_dict()
     path = tmp_path / "pytorch_model.bin"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in weights.items()}}, path)
+    torch.save({"state_dict": {f"{prefix}{k}": v for k, v in weights.items()}}, path)
     embedder = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
     _assert_weights_equal(embedder.model_, _reference_vit(seed=5))
 
@@ -117,6 +119,13 @@ def test_image_size_off_the_patch_grid_is_refused(image_size, match):
     with pytest.raises(ValueError, match=r"not a multiple of the backbone's patch size.*" + match):
         ImageEmbedder("test_vit", pretrained=False, image_size=image_size).fit(
             np.zeros((1, 40, 40, 3), np.uint8))
+
+
+def test_an_image_size_too_small_for_the_relative_position_tables_is_a_clear_error():
+    # timm sizes them as it builds the model, and raised its own RuntimeError there.
+    with pytest.raises(ValueError, match=r"^The backbone test_vit_relpos cannot be built for image_size=.*"
+                                         r"choose a larger image_size\.$"):
+        ImageEmbedder("test_vit_relpos", pretrained=False, image_size=8).fit(np.zeros((1, 8, 8, 3), np.uint8))
 
 
 def test_patch_grid_rule_spares_overlapping_patches_and_the_models_own_size():

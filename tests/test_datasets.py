@@ -1,5 +1,6 @@
 import gzip
 import io
+import os
 import warnings
 
 import numpy as np
@@ -121,12 +122,15 @@ def test_missing_or_empty_folder(tmp_path):
         load_image_folder(tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+@pytest.mark.parametrize("kind", ["tar.gz", "zip", "ZIP", "TGZ"])
 def test_archive_is_extracted_once(image_folder, tmp_path_factory, kind):
     import shutil
 
+    # Upper-case suffixes, as some Windows tools write them, were "not a .zip archive".
     archive_base = tmp_path_factory.mktemp("archives") / "pictures"
-    archive = shutil.make_archive(str(archive_base), "gztar" if kind == "tar.gz" else "zip", image_folder)
+    made = shutil.make_archive(str(archive_base), "zip" if kind.lower() == "zip" else "gztar", image_folder)
+    archive = f"{archive_base}.{kind}"
+    os.rename(made, archive)
     cache = tmp_path_factory.mktemp("cache")
     folder = extract_image_archive(archive, cache)
     assert folder.parent == cache and folder.name.startswith("pictures-")

@@ -29,6 +29,17 @@ def test_grayscale_is_repeated_to_rgb(images):
         assert torch.equal(batch[:, 0], batch[:, 2])
 
 
+def test_a_grayscale_stack_two_pixels_wide_reads_without_a_layout_warning(images):
+    # Its 3-D shape (2, 10, 2) was judged as one image's, and the warning said it was
+    # read as one gray+alpha image.
+    gray = images[:2, :10, :2, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = _first_batch(gray)
+    assert torch.equal(batch, _first_batch(gray[..., None]))
+    assert batch.shape == (2, 3, 10, 2)
+
+
 def test_alpha_channel_is_dropped(images):
     rgba = np.concatenate([images, np.full(images.shape[:3] + (1,), 7, np.uint8)], axis=-1)
     assert torch.equal(_first_batch(rgba), _first_batch(images))

@@ -32,6 +32,26 @@ def test_predict_assigns_new_images_to_the_learned_clusters(labelled_images):
     np.testing.assert_array_equal(predicted == dark_cluster, new_y == 0)
 
 
+def test_a_fit_that_fails_in_the_clustering_leaves_the_earlier_fit_whole(labelled_images):
+    from sklearn.exceptions import NotFittedError
+
+    # It kept the new backbone beside the old clusters, and predicted with both.
+    X, _ = labelled_images
+    refused_in_fit = AgglomerativeClustering(n_clusters=2, linkage="ward", metric="cosine")
+    est = PretrainedFeatureClusterer(**TINY, clusterer=refused_in_fit)
+    with pytest.raises(ValueError, match="Ward"):
+        est.fit(X)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(X)
+    embedder, before = est.embedder_, est.predict(X)
+    est.set_params(backbone="test_vit2", clusterer=refused_in_fit, n_clusters=None)
+    with pytest.raises(ValueError, match="Ward"):
+        est.fit(X)
+    assert est.embedder_ is embedder
+    np.testing.assert_array_equal(est.predict(X), before)
+
+
 def test_clusterer_without_predict_still_predicts(labelled_images):
     X, y = labelled_images
     given = AgglomerativeClustering()
@@ -65,6 +85,20 @@ def test_too_many_clusters_is_caught_before_embedding(images, monkeypatch):
     monkeypatch.setattr(ImageEmbedder, "fit", fail)
     with pytest.raises(ValueError, match="n_samples=16 is fewer than n_clusters=20"):
         PretrainedFeatureClusterer(**TINY, n_clusters=20).fit(images)
+
+
+def test_score_refuses_labels_of_another_length_before_embedding(labelled_images, monkeypatch):
+    X, y = labelled_images
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(X)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the backbone should not run")
+
+    monkeypatch.setattr(ImageEmbedder, "transform", fail)
+    with pytest.raises(ValueError, match=r"^y has 10 entries for 16 images; give one per image"):
+        est.score(X, y[:10])
+    with pytest.raises(ValueError, match=r"^sample_weight has 3 entries for 16 images"):
+        est.score(X, y, sample_weight=[1.0, 2.0, 3.0])
 
 
 def test_label_free_score_is_a_silhouette(labelled_images):

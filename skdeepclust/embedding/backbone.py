@@ -173,9 +173,9 @@ def clean_state_dict(checkpoint, source="checkpoint") -> dict:
     for name, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
             continue
-        for prefix in _PREFIXES_TO_STRIP:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
+        # Repeatedly, in any order: torch.compile(DDP(model)) saves "_orig_mod.module.".
+        while (prefix := next((p for p in _PREFIXES_TO_STRIP if name.startswith(p)), None)):
+            name = name[len(prefix):]
         state_dict[name] = value
     encoder_prefix = next(
         (prefix for prefix in _ENCODER_PREFIXES
@@ -281,6 +281,15 @@ def _create_timm_model(name, image_size, **kwargs):
             # Convolutional models take any input size and have no img_size argument.
             if "img_size" not in str(exc):
                 raise
+        except RuntimeError as exc:
+            if "state_dict" in str(exc):  # weights that do not fit: the caller says so
+                raise
+            # Relative position tables (MaxViT, ViTs with relpos) are sized from it as the
+            # model is built; too small a size fails there, in timm.
+            raise ValueError(
+                f"The backbone {name} cannot be built for image_size={image_size} "
+                f"(RuntimeError: {exc}); choose a larger image_size."
+            ) from exc
     return timm.create_model(name, num_classes=0, **kwargs)
 
 

@@ -540,7 +540,8 @@ class ArrayImages:
                 f"(n_images, channels, height, width); got {array.ndim}-D with shape {shape}.{hint}"
             )
         channels_last = _channels_last(array.shape[-1], array.shape[1])
-        if _layout_is_ambiguous(shape):
+        # A 3-D stack is grayscale, as settled above.
+        if len(shape) == 4 and _layout_is_ambiguous(shape):
             _warn_of_ambiguous_layout("The image array", shape)
         if channels_last is not None:
             self._channels_first = not channels_last
