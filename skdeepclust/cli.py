@@ -371,6 +371,17 @@ def _check_cluster_count_option(clusterer, n_clusters):
         raise UserError(f"--n-clusters must be a positive integer; got {n_clusters}")
 
 
+def _check_class_folders(folder, files):
+    """Fail now, before the embedding, unless ``--eval`` can label every readable file."""
+    from .datasets import _class_folder, split_readable
+
+    prefix = os.path.join(os.fspath(folder), "")
+    loose = [path for path in files if _class_folder(path, folder, prefix) is None]
+    # Files that do not decode are skipped, so only readable ones in PATH itself stop --eval.
+    if loose and any(split_readable(loose)[0]):
+        raise UserError("--eval needs class folders, PATH/<class>/<file>, but some images lie in PATH itself")
+
+
 def cluster_command(args):
     folder = Path(args.path)
     if not folder.is_dir():
@@ -384,8 +395,8 @@ def _cluster_folder(args, folder, out):
     from .datasets import class_folder_labels
 
     files = _image_files(folder, out)
-    if args.eval and class_folder_labels(folder, files)[0] is None:
-        raise UserError("--eval needs class folders, PATH/<class>/<file>, but some images lie in PATH itself")
+    if args.eval:
+        _check_class_folders(folder, files)
     start = time.perf_counter()
     embedder_params = dict(
         backbone=args.backbone,

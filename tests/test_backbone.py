@@ -51,9 +51,11 @@ def test_original_dino_checkpoint_format(tmp_path):
     _assert_weights_equal(embedder.model_, _reference_vit(seed=1))
 
 
-@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.module.", "module._orig_mod."])
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.module.", "module._orig_mod.",
+                                    "backbone._orig_mod.", "module.backbone.module."])
 def test_ddp_state_dict_wrapper_in_bin_file(tmp_path, prefix):
-    # torch.compile(DDP(model)) saves "_orig_mod.module.", whose "module." was kept.
+    # torch.compile(DDP(model)) saves "_orig_mod.module.", whose "module." was kept, and
+    # an encoder compiled alone, "backbone._orig_mod.", kept "_orig_mod.".
     weights = _reference_vit(seed=5).state_dict()
     path = tmp_path / "pytorch_model.bin"
     torch.save({"state_dict": {f"{prefix}{k}": v for k, v in weights.items()}}, path)

@@ -136,6 +136,15 @@ def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path,
     assert len(rows) == 1 + 8 and not any("broken.jpg" in row for row in rows)
 
 
+def test_eval_skips_an_unreadable_file_in_path_itself(capsys, image_folder, tmp_path):
+    # The check for class folders counted it before it was found unreadable and skipped.
+    (image_folder / "broken.jpg").write_bytes(b"not a jpeg")
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--eval",
+                               "--out", str(tmp_path / "o"), *TINY_ARGS)
+    assert status == 0, err
+    assert "accuracy" in stdout and stdout.rstrip().endswith("broken.jpg")
+
+
 def test_each_file_is_decoded_once(capsys, image_folder, tmp_path, monkeypatch):
     import collections
     import os

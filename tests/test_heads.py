@@ -429,8 +429,8 @@ def test_torch_kmeans_seeds_more_rows_than_torch_multinomial_draws_from():
     assert model.labels_[-1] != model.labels_[0]
 
 
-@pytest.mark.parametrize("dtype, scales", [(np.float32, [1e-25, 1e19]), (np.float64, [1e-170, 1e150])])
-def test_torch_kmeans_does_not_depend_on_the_scale_of_the_data(blobs, dtype, scales):
+@pytest.mark.parametrize("dtype, scales", [(np.float32, [1e-25, 1e19]), (np.float64, [1e-170, 1e-156, 1e150])])
+def test_torch_kmeans_does_not_depend_on_the_scale_of_the_data(blobs, dtype, scales, capsys):
     # Squared distances overflowed (float32 values near 1e19 raised inside
     # torch.multinomial, or gave wrong labels and an infinite inertia) or vanished.
     X, _ = blobs
@@ -438,12 +438,24 @@ def test_torch_kmeans_does_not_depend_on_the_scale_of_the_data(blobs, dtype, sca
     for scale in scales:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            scaled = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X.astype(dtype) * dtype(scale))
+            scaled = TorchKMeans(n_clusters=4, random_state=0, device="cpu", verbose=1).fit(
+                X.astype(dtype) * dtype(scale))
         np.testing.assert_array_equal(scaled.labels_, reference.labels_)
         np.testing.assert_allclose(scaled.cluster_centers_, reference.cluster_centers_ * scale, rtol=1e-5)
         if np.isfinite(reference.inertia_ * scale ** 2) and reference.inertia_ * scale ** 2 > 0:
             assert scaled.inertia_ == pytest.approx(reference.inertia_ * scale ** 2, rel=1e-5)
         np.testing.assert_array_equal(scaled.predict(X.astype(dtype) * dtype(scale)), reference.labels_)
+
+
+def test_torch_kmeans_does_not_depend_on_the_scale_of_the_weights(blobs):
+    # float32 weights near 1e38 overflowed the weighted sums into NaN centres.
+    X, _ = blobs
+    X = X.astype(np.float32)
+    plain = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=np.ones(len(X)))
+    heavy = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=np.full(len(X), 3e38))
+    np.testing.assert_array_equal(heavy.labels_, plain.labels_)
+    np.testing.assert_allclose(heavy.cluster_centers_, plain.cluster_centers_, rtol=1e-5)
+    assert heavy.inertia_ == pytest.approx(plain.inertia_ * 3e38, rel=1e-5)
 
 
 def test_torch_kmeans_random_init_draws_rows_in_proportion_to_their_weight():
@@ -646,8 +658,11 @@ def test_verbose_may_be_a_bool_as_in_scikit_learn(make, capsys):
 @pytest.mark.parametrize("name", HEADS)
 def test_a_head_whose_training_diverges_is_an_error_not_a_nan_model(name):
     X, _ = sphere_blobs([30, 30, 30])
-    with pytest.raises(ValueError, match="Training diverged.*learning_rate"):
-        HEADS[name](n_clusters=3, learning_rate=1e12, random_state=0, device="cpu").fit(X)
+    # A raised entropy weight far from overflowing the loss is not named: with AdamW,
+    # the steps do not grow with it.
+    with pytest.raises(ValueError, match=r"^Training diverged.*\. Lower learning_rate \(it is 1000000000000.0\)\.$"):
+        HEADS[name](n_clusters=3, learning_rate=1e12, random_state=0, device="cpu",
+                    **({"entropy_weight": 6.0} if name != "temi" else {})).fit(X)
 
 
 @pytest.mark.parametrize("name", HEADS)

@@ -12,7 +12,6 @@ and merge.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import warnings
 
@@ -84,12 +83,12 @@ def make_generator(seed, device):
     return generator
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Weights of an entropy term in the loss: an entropy is at most log(n_clusters).
+ENTROPY_WEIGHTS = ("entropy_weight", "final_entropy_weight")
 # An epoch of fewer batches leaves small data sets too few optimisation steps: on
 # 1,000 CIFAR-10 features TEMI reached 0.30 accuracy with one batch of 1,000 per epoch
 # and 0.51-0.54 with eight batches of 125 (two seeds).
-# Parameters besides learning_rate whose large values make the steps, and so the
-# training, blow up.
-STEP_SCALING_PARAMETERS = ("entropy_weight", "final_entropy_weight", "weight_decay")
 MIN_BATCHES_PER_EPOCH = 8
 MIN_BATCH_SIZE = 64
 
@@ -435,14 +434,15 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         check_verbose(self.verbose)
 
     def _divergence_fix(self):
-        """What to lower when training diverged: learning_rate, after any other
-        parameter that scales the steps and was raised above its default."""
-        defaults = inspect.signature(type(self).__init__).parameters
-        raised = [
-            name for name in STEP_SCALING_PARAMETERS
-            if name in defaults and getattr(self, name) > defaults[name].default
-        ]
-        lowered = " or ".join(f"{name} (it is {getattr(self, name)})" for name in [*raised, "learning_rate"])
+        """What to lower when training diverged: learning_rate, after a parameter
+        set far beyond any working value: a weight_decay of 1 or more (AdamW scales
+        the weights by 1 - learning_rate * weight_decay each step), or an entropy
+        weight that takes the loss past float32's range."""
+        culprits = ["weight_decay"] if self.weight_decay >= 1 else []
+        largest_entropy = math.log(max(2, self.n_clusters))
+        culprits += [name for name in ENTROPY_WEIGHTS
+                     if getattr(self, name, 0.0) * largest_entropy > FLOAT32_MAX]
+        lowered = " or ".join(f"{name} (it is {getattr(self, name)})" for name in [*culprits, "learning_rate"])
         return f"Lower {lowered}."
 
     def _start_training(self, X):

@@ -59,7 +59,8 @@ def _squared_distances(X, row_sq_norms, points):
 
 
 def unit_scale(peak, dtype):
-    """A power of two ``s`` with ``peak * s`` in [0.5, 1), as far as ``dtype`` can hold it; 1 for 0.
+    """A power of two ``s`` with ``peak * s`` in [0.5, 1), as far as ``s**2`` stays
+    within ``dtype``'s range; 1 for 0.
 
     Multiplying by a power of two is exact, so distances computed on rows scaled by
     ``s`` are those of the rows times ``s``, but their squares neither overflow (values
@@ -67,9 +68,8 @@ def unit_scale(peak, dtype):
     """
     if not 0 < peak < math.inf:
         return 1.0
-    limits = np.finfo(dtype)
-    exponent = min(max(-math.frexp(peak)[1], limits.minexp), limits.maxexp - 1)
-    return math.ldexp(1.0, exponent)
+    limit = np.finfo(dtype).maxexp // 2 - 1  # so that squared distances can be scaled back
+    return math.ldexp(1.0, min(max(-math.frexp(peak)[1], -limit), limit))
 
 
 def centred_frame(centres):
@@ -331,16 +331,19 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
                 "samples or ask for fewer clusters."
             )
         device = resolve_device(self.device)
-        weights = None
+        weights, weight_scale = None, 1.0
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
                 host_array(sample_weight, "sample_weight"), X, dtype=X.dtype, ensure_non_negative=True
             )
-            if not sample_weight.sum() > 0:
+            if not sample_weight.max() > 0:  # not the sum, which may overflow
                 raise ValueError("sample_weight is zero for every row; give some rows a "
                                  "positive weight.")
+            # Centres do not change with a scale of the weights, and weights of about 1
+            # keep the weighted sums within float32 (weights near 1e38 gave NaN centres).
+            weight_scale = unit_scale(float(sample_weight.max()), X.dtype)
             weights = torch.from_numpy(np.require(sample_weight, requirements=["C", "W"]))
-            weights = weights.to(device)
+            weights = weights.to(device) * weight_scale
         # np.require copies read-only input (e.g. a memmap) that torch cannot wrap.
         writable = np.require(X, requirements=["C", "W"])
         source = torch.from_numpy(writable)
@@ -366,6 +369,9 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         if given:
             n_init = 1  # a second run from the same centres would end where the first did
             given_centers = (torch.from_numpy(self._given_centers(n_clusters, X)).to(device) - mean) * scale
+        def in_units_of_X(inertia):
+            return float(inertia) / (scale * scale) / weight_scale
+
         best = None
         for restart in range(n_init):
             if given:
@@ -378,7 +384,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
                 data, row_sq_norms, centers, weights, max_iter, shift_tolerance
             )
             if self.verbose:
-                print(f"[TorchKMeans] init {restart + 1}/{n_init}: inertia {float(inertia) / scale**2:.6g}"
+                print(f"[TorchKMeans] init {restart + 1}/{n_init}: inertia {in_units_of_X(inertia):.6g}"
                       f" after {n_iter} iterations", file=sys.stderr, flush=True)
             if best is None or inertia < best[2]:
                 best = (centers, labels, inertia, n_iter)
@@ -386,7 +392,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         self.cluster_centers_ = (centers / scale + mean).cpu().numpy()
         self._n_features_out = self.cluster_centers_.shape[0]  # transform's columns, one per centre
         self.labels_ = labels.cpu().numpy().astype(np.int64)
-        self.inertia_ = float(inertia) / (scale * scale)
+        self.inertia_ = in_units_of_X(inertia)
         self.n_iter_ = int(n_iter)
         # Rows of zero weight do not count: a centre that only they are near is
         # not a cluster of the weighted data.

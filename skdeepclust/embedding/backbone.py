@@ -158,6 +158,14 @@ def _load_failure_reason(exc):
     return first_line.split(". ")[0].rstrip(".")
 
 
+def _without_training_prefixes(name):
+    """``name`` less the prefixes of training wrappers, repeatedly and in any order:
+    torch.compile(DDP(model)) saves "_orig_mod.module."."""
+    while prefix := next((p for p in _PREFIXES_TO_STRIP if name.startswith(p)), None):
+        name = name[len(prefix):]
+    return name
+
+
 def clean_state_dict(checkpoint, source="checkpoint") -> dict:
     """Unwrap nested training checkpoints and strip training-time prefixes."""
     while isinstance(checkpoint, Mapping):
@@ -169,14 +177,10 @@ def clean_state_dict(checkpoint, source="checkpoint") -> dict:
         checkpoint = checkpoint[wrapper]
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source} holds a {type(checkpoint).__name__}, not a dict of weights.")
-    state_dict = {}
-    for name, value in checkpoint.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        # Repeatedly, in any order: torch.compile(DDP(model)) saves "_orig_mod.module.".
-        while (prefix := next((p for p in _PREFIXES_TO_STRIP if name.startswith(p)), None)):
-            name = name[len(prefix):]
-        state_dict[name] = value
+    state_dict = {
+        _without_training_prefixes(name): value
+        for name, value in checkpoint.items() if isinstance(value, torch.Tensor)
+    }
     encoder_prefix = next(
         (prefix for prefix in _ENCODER_PREFIXES
          if any(name.startswith(prefix) for name in state_dict)),
@@ -184,7 +188,8 @@ def clean_state_dict(checkpoint, source="checkpoint") -> dict:
     )
     if encoder_prefix is not None:
         state_dict = {
-            name[len(encoder_prefix):]: value
+            # The encoder alone may have been compiled or wrapped: "backbone._orig_mod.".
+            _without_training_prefixes(name[len(encoder_prefix):]): value
             for name, value in state_dict.items()
             if name.startswith(encoder_prefix)
         }
@@ -282,10 +287,11 @@ def _create_timm_model(name, image_size, **kwargs):
             if "img_size" not in str(exc):
                 raise
         except RuntimeError as exc:
-            if "state_dict" in str(exc):  # weights that do not fit: the caller says so
-                raise
             # Relative position tables (MaxViT, ViTs with relpos) are sized from it as the
-            # model is built; too small a size fails there, in timm.
+            # model is built; too small a size fails there, in timm. Other errors (weights
+            # that do not fit, memory) are the caller's to explain.
+            if "negative dimension" not in str(exc):
+                raise
             raise ValueError(
                 f"The backbone {name} cannot be built for image_size={image_size} "
                 f"(RuntimeError: {exc}); choose a larger image_size."

@@ -628,7 +628,9 @@ class ImageList:
                         "files only. Pass the folder itself, not in a list, to read all the "
                         "images under it."
                     )
-                if not stat.S_ISREG(mode):
+                # Where unreadable files are skipped, a missing one is one of those: it
+                # may have vanished since the folder was listed.
+                if not stat.S_ISREG(mode) and not skip_unreadable:
                     missing.append(str(item))
             elif isinstance(item, np.ndarray):  # checked now, not when its batch comes
                 item = self._items[position] = unmasked(item, f"Image {position}")
