@@ -95,7 +95,7 @@ def nearest_centres(X, centres):
     centre_norms = (local_centres * local_centres).sum(axis=1)
     labels = np.empty(X.shape[0], dtype=np.int64)
     squared = np.empty(X.shape[0], dtype=np.float64)
-    for rows in row_blocks(X.shape[0], max(centres.shape[0], X.shape[1]), DISTANCES_PER_BLOCK):
+    for rows in row_blocks(X.shape[0], centres.shape[0] + X.shape[1], DISTANCES_PER_BLOCK):
         local = (X[rows] - shift) * scale
         # |x|^2 does not change which centre is nearest.
         labels[rows] = (centre_norms - 2.0 * (local @ local_centres.T)).argmin(axis=1)
@@ -429,7 +429,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         shift, scale = centred_frame(centers)  # see nearest_centres
         local_centers = (centers - shift) * scale
         distances = np.empty((X.shape[0], centers.shape[0]), dtype=X.dtype)
-        for rows in row_blocks(X.shape[0], max(centers.shape[0], X.shape[1]), DISTANCES_PER_BLOCK):
+        for rows in row_blocks(X.shape[0], centers.shape[0] + X.shape[1], DISTANCES_PER_BLOCK):
             distances[rows] = euclidean_distances((X[rows] - shift) * scale, local_centers)
         return distances / scale
 
