@@ -7,6 +7,8 @@ samples whose matched class is right. NMI and ARI need no matching.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import (
@@ -70,16 +72,17 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
         sample_weight = _check_sample_weight(
             host_array(sample_weight, "sample_weight"), y_true, ensure_non_negative=True
         )
+        # Only the weights' ratios count; sums of weights near 1e308 would overflow.
+        sample_weight = sample_weight / sample_weight.max()  # > 0: all zeros are refused
     classes, class_index = unique_labels(y_true, "y_true", return_inverse=True)
     clusters, cluster_index = unique_labels(y_pred, "y_pred", return_inverse=True)
     # The contingency table, of counts or (with weights) of summed weights.
     counts = np.bincount(class_index * clusters.size + cluster_index, weights=sample_weight,
                          minlength=classes.size * clusters.size).reshape(classes.size, clusters.size)
-    total = y_true.shape[0] if sample_weight is None else sample_weight.sum()  # > 0: all zeros are refused
     rows, cols = linear_sum_assignment(counts, maximize=True)
-    # min: the matched weights and the total are summed in different orders, so a
-    # perfect weighted clustering could otherwise score 1.0000000000000002.
-    return min(1.0, float(counts[rows, cols].sum() / total))
+    # Both sums exactly rounded from the same cells: summed in different orders, a
+    # perfect weighted clustering scored 1.0000000000000002 or 0.9999999999999999.
+    return math.fsum(counts[rows, cols]) / math.fsum(counts.ravel())
 
 
 cluster_accuracy_scorer = make_scorer(cluster_accuracy)

@@ -7,9 +7,7 @@ import numbers
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from sklearn.utils import check_random_state
-
-from ._device import host_array
+from ._device import checked_random_state, host_array
 from ._grouping import rows_of_each
 from ._validation import check_no_missing_labels, unique_labels
 from .embedding.images import as_images
@@ -57,11 +55,21 @@ def _pick_examples(labels, scores, n_per_cluster, rng):
     return chosen, sizes
 
 
-def _decode_selected(source, positions):
-    """Decode only the images at ``positions``, keyed by position."""
+# Images decoded at once for the montage: each becomes a thumbnail before the next
+# batch, so that only these few are ever held at full size (a 12-megapixel photo
+# takes 36 MB, and a montage of 50 clusters shows 400).
+_DECODED_AT_ONCE = 8
+
+
+def _thumbnails_of(source, positions, size):
+    """Thumbnails of only the images at ``positions``, keyed by position.
+
+    Large JPEG files decode at a reduced scale that still covers ``size``.
+    """
     positions = sorted(set(int(p) for p in positions))
-    pixels = [image for batch in source.subset(positions).batches(256) for image in batch]
-    return dict(zip(positions, pixels))
+    batches = source.subset(positions).batches(_DECODED_AT_ONCE, min_size=(size, size))
+    thumbnails = [_thumbnail(image, size) for batch in batches for image in batch]
+    return dict(zip(positions, thumbnails))
 
 
 def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, scores=None, random_state=0):
@@ -104,16 +112,21 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
         raise ValueError(f"labels must be a non-empty 1-D array; got shape {labels.shape}.")
     check_no_missing_labels(labels, "labels", "leave those images out, or give them a cluster such as -1")
     if scores is not None:
-        scores = np.asarray(host_array(scores, "scores"), dtype=float)
+        try:
+            scores = np.asarray(host_array(scores, "scores"), dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"scores must be numbers, one per image ({exc}).") from exc
         if scores.shape != labels.shape:
             raise ValueError(f"scores has shape {scores.shape} but labels has {labels.shape}.")
     for name, value, minimum in (("n_per_cluster", n_per_cluster, 1), ("thumbnail_size", thumbnail_size, 8)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
+    # Python ints: sizes computed in a numpy integer type (np.uint8(48)) would wrap.
+    n_per_cluster, thumbnail_size = int(n_per_cluster), int(thumbnail_size)
     source = as_images(images)
     if len(source) != labels.size:
         raise ValueError(f"Got {len(source)} images but {labels.size} labels; they must pair up.")
-    rng = check_random_state(random_state)
+    rng = checked_random_state(random_state)
     chosen, sizes = _pick_examples(labels, scores, n_per_cluster, rng)
     row_height = thumbnail_size + _GAP
     longest_row = max(len(members) for members in chosen.values())
@@ -127,7 +140,7 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
             f"PIL.Image.MAX_IMAGE_PIXELS, {2 * Image.MAX_IMAGE_PIXELS:,}): lower thumbnail_size "
             "or n_per_cluster, or show fewer clusters."
         )
-    decoded = _decode_selected(source, np.concatenate(list(chosen.values())))
+    thumbnails = _thumbnails_of(source, np.concatenate(list(chosen.values())), thumbnail_size)
 
     montage = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(montage)
@@ -139,5 +152,5 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
         draw.text((4, top + 16), f"{sizes[cluster]} images", fill=(90, 90, 90), font=font)
         for column, position in enumerate(members):
             left = _LABEL_WIDTH + column * (thumbnail_size + _GAP)
-            montage.paste(_thumbnail(decoded[int(position)], thumbnail_size), (left, top))
+            montage.paste(thumbnails[int(position)], (left, top))
     return montage

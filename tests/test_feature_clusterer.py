@@ -179,6 +179,15 @@ def test_label_free_score_is_scale_free_and_zero_for_one_cluster(blobs):
     assert label_free_score(X, -np.ones(len(X), dtype=int)) == 0.0
 
 
+def test_label_free_score_leaves_noise_out_of_object_labels_too(blobs):
+    # An object column of ints (a pandas Series of dtype object) kept its -1 rows as a cluster.
+    X, y = blobs
+    labels = y.copy()
+    labels[::7] = -1
+    as_objects = np.array(list(labels), dtype=object)
+    assert label_free_score(X, as_objects) == label_free_score(X, labels)
+
+
 def test_label_free_score_of_many_rows_keeps_every_cluster_in_its_sample():
     # 6,000 rows and one stray: a plain 5,000-row sample misses the stray's
     # cluster about once in six and then holds a single cluster.

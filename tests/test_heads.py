@@ -806,6 +806,19 @@ def test_select_n_clusters_recovers_true_k():
         select_n_clusters(np.zeros((6, 8, 8, 3), np.uint8), [2, 3])
 
 
+def test_select_n_clusters_sets_an_instances_own_count_and_refuses_one_that_finds_it():
+    from sklearn.cluster import DBSCAN
+
+    # Their errors said to "leave n_clusters=None", a parameter select_n_clusters has not.
+    X, _ = make_blobs(n_samples=200, centers=4, n_features=5, random_state=0)
+    best, scores = select_n_clusters(X, [3, 4, 5], clusterer=KMeans(n_clusters=5, n_init=3, random_state=0))
+    assert best == 4 and sorted(scores) == [3, 4, 5]
+    for finds_its_own in ("hdbscan", DBSCAN()):
+        with pytest.raises(ValueError, match=r"^select_n_clusters tries numbers of clusters, but clusterer=.* "
+                                             r"finds its own; choose one that takes a number of clusters"):
+            select_n_clusters(X, [3, 4], clusterer=finds_its_own)
+
+
 def test_select_n_clusters_says_when_a_head_gives_fewer_clusters_than_asked():
     X, _ = sphere_blobs([60, 60, 60], noise=0.1, seed=0)
     with warnings.catch_warnings(record=True) as caught:

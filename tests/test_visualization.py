@@ -53,6 +53,28 @@ def test_only_shown_images_are_decoded(tmp_path, monkeypatch):
     assert sorted(decoded) == [paths[0], paths[3]]
 
 
+def test_large_photos_are_decoded_a_few_at_a_time_at_a_reduced_scale(tmp_path):
+    # All shown images were decoded whole, 256 at a time, before any became a thumbnail:
+    # 24 photos of 4000 x 3000 took 1.6 GB for a montage of 526 x 160 pixels.
+    from conftest import peak_numpy_bytes
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(24)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(path)
+    one_photo = 600 * 800 * 3
+    peak, montage = peak_numpy_bytes(cluster_montage, paths, np.arange(24) % 3, thumbnail_size=48)
+    assert montage.size == (526, 160)
+    assert peak < 2 * one_photo
+
+
+def test_numpy_integer_sizes_do_not_wrap():
+    # np.uint8(48) wrapped in the size arithmetic, and PIL raised "images do not match".
+    montage = cluster_montage(_colour_images(), np.zeros(12), thumbnail_size=np.uint8(48))
+    assert montage.size == cluster_montage(_colour_images(), np.zeros(12)).size
+
+
 def test_a_montage_larger_than_pil_opens_is_refused_before_decoding(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -79,6 +101,8 @@ def test_a_montage_larger_than_pil_opens_is_refused_before_decoding(tmp_path, mo
         (np.zeros(12), {"n_per_cluster": 0}, "n_per_cluster"),
         (np.zeros(12), {"n_per_cluster": 2.5}, "n_per_cluster must be an integer"),
         (np.zeros(12), {"thumbnail_size": 48.0}, "thumbnail_size must be an integer"),
+        (np.zeros(12), {"random_state": -1}, r"random_state must be None, an int in \[0, 2\*\*32 - 1\]"),
+        (np.zeros(12), {"scores": ["a"] * 12}, "scores must be numbers, one per image"),
     ],
 )
 def test_bad_arguments(labels, kwargs, match):

@@ -277,8 +277,10 @@ def label_free_score(features, labels, random_state=None):
     check_consistent_length(features, labels)
     check_no_missing_labels(labels, "labels", "leave those rows out, or label them -1, which is left out")
     rows = np.arange(labels.shape[0])
-    if labels.dtype.kind in "iuf":
-        rows = np.flatnonzero(labels >= 0)
+    numbers_only = labels.dtype.kind in "iuf" or (labels.dtype.kind == "O" and all(
+        isinstance(label, numbers.Real) and not isinstance(label, bool) for label in labels))
+    if numbers_only:  # an object column of ints too (a pandas Series of dtype object)
+        rows = np.flatnonzero(labels.astype(np.float64) >= 0)
     # Rows picked first and copied once: a copy of all kept rows could be far
     # larger than the sample the silhouette is estimated on.
     rows = rows[_silhouette_rows(labels[rows], random_state)]

@@ -7,11 +7,13 @@ import warnings
 from collections.abc import Iterable
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array
 
 from .._device import host_array
-from .feature_clusterer import FeatureClusterer, label_free_score, refuse_images
+from ._registry import FINDS_ITS_CLUSTER_COUNT
+from .feature_clusterer import _COUNT_PARAMETERS, FeatureClusterer, label_free_score, refuse_images
 
 __all__ = ["select_n_clusters"]
 
@@ -34,7 +36,9 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
         Numbers of clusters to try, each >= 2 and < n_samples.
     clusterer : str or estimator, default="kmeans"
         As in :class:`~skdeepclust.FeatureClusterer`; a head such as
-        ``"scan"`` works too, at the cost of one training per candidate.
+        ``"scan"`` works too, at the cost of one training per candidate. An
+        instance's own number of clusters is set to each candidate, on a clone;
+        a clusterer that finds the number itself (HDBSCAN, DBSCAN) is refused.
     random_state : int, RandomState instance or None, default=None
         Passed to the clusterer and to the silhouette's subsampling.
     device : str or torch.device, default="auto"
@@ -74,14 +78,18 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
                 f"Every one of candidates must be an integer in [2, n_samples - 1 = "
                 f"{features.shape[0] - 1}]; got {k!r}."
             )
+    count_parameter = _cluster_count_parameter(clusterer)
     scores, found = {}, {}
     for k in sorted(set(int(k) for k in candidates)):
         with warnings.catch_warnings():
             # One warning below, over all candidates, replaces one per pruning head.
             warnings.filterwarnings("ignore", message=r".* kept \d+ of n_clusters=",
                                     category=ConvergenceWarning)
-            model = FeatureClusterer(clusterer, n_clusters=k, device=device,
-                                     random_state=random_state).fit(features)
+            # An instance's own count is set to each candidate in turn, on a clone.
+            model = (FeatureClusterer(clusterer, n_clusters=k, device=device, random_state=random_state)
+                     if count_parameter is None else
+                     FeatureClusterer(clone(clusterer).set_params(**{count_parameter: k}), device=device,
+                                      random_state=random_state)).fit(features)
         scores[k] = label_free_score(features, model.labels_, random_state=random_state)
         found[k] = model.cluster_ids_.size
     best = max(scores, key=lambda k: (scores[k], -k))
@@ -98,3 +106,20 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
             stacklevel=2,
         )
     return best, scores
+
+
+def _cluster_count_parameter(clusterer):
+    """The parameter of a clusterer instance that holds its number of clusters (None
+    for a name); a ValueError for a clusterer that finds the number itself."""
+    if isinstance(clusterer, str):
+        count_parameter, finds_its_own = None, clusterer in FINDS_ITS_CLUSTER_COUNT
+    else:
+        own_params = clusterer.get_params(deep=False) if hasattr(clusterer, "get_params") else {}
+        count_parameter = next((name for name in _COUNT_PARAMETERS if name in own_params), None)
+        finds_its_own = count_parameter is None and hasattr(clusterer, "get_params")
+    if finds_its_own:
+        raise ValueError(
+            f"select_n_clusters tries numbers of clusters, but clusterer={clusterer!r} finds "
+            "its own; choose one that takes a number of clusters, such as 'kmeans'."
+        )
+    return count_parameter
