@@ -477,7 +477,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         return validate_data(self, host_array(X, "X"), dtype=self.cluster_centers_.dtype, reset=False)
 
     def _nearest_centre(self, X):
-        return nearest_centres(X, self.cluster_centers_.astype(X.dtype, copy=False))[0]
+        return nearest_centres(X, self.cluster_centers_.astype(X.dtype, copy=False), distances=False)[0]
 
     @available_if(_clusterer_has("predict_proba"))
     def predict_proba(self, X):

@@ -83,9 +83,9 @@ def centred_frame(centres):
     return shift, unit_scale(float(np.abs(centres - shift).max(initial=0.0)), centres.dtype)
 
 
-def nearest_centres(X, centres):
+def nearest_centres(X, centres, distances=True):
     """Nearest of ``centres`` to each row of ``X`` (numpy arrays of one dtype), and the
-    squared distance to it, in float64.
+    squared distance to it in float64 (None with ``distances=False``).
 
     By blocks of rows, so that the distances of all rows to all centres never
     exist at once (a million rows and a thousand centres would take gigabytes).
@@ -94,15 +94,16 @@ def nearest_centres(X, centres):
     local_centres = (centres - shift) * scale
     centre_norms = (local_centres * local_centres).sum(axis=1)
     labels = np.empty(X.shape[0], dtype=np.int64)
-    squared = np.empty(X.shape[0], dtype=np.float64)
+    squared = np.empty(X.shape[0], dtype=np.float64) if distances else None
     for rows in row_blocks(X.shape[0], centres.shape[0] + X.shape[1], DISTANCES_PER_BLOCK):
         local = (X[rows] - shift) * scale
         # |x|^2 does not change which centre is nearest.
         labels[rows] = (centre_norms - 2.0 * (local @ local_centres.T)).argmin(axis=1)
-        # The distance itself from the difference, which loses no precision to cancellation.
-        local -= local_centres[labels[rows]]
-        squared[rows] = np.einsum("ij,ij->i", local, local, dtype=np.float64)
-    return labels, squared / (scale * scale)
+        if distances:
+            # The distance itself from the difference, which loses no precision to cancellation.
+            local -= local_centres[labels[rows]]
+            squared[rows] = np.einsum("ij,ij->i", local, local, dtype=np.float64)
+    return labels, squared / (scale * scale) if distances else None
 
 
 def _drawn(weights, n_draws, generator):
@@ -437,9 +438,9 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         check_is_fitted(self)
         return validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], reset=False)
 
-    def _nearest(self, X):
+    def _nearest(self, X, distances=True):
         """Nearest centre of each row of checked ``X`` and its squared distance."""
-        return nearest_centres(X, self.cluster_centers_.astype(X.dtype, copy=False))
+        return nearest_centres(X, self.cluster_centers_.astype(X.dtype, copy=False), distances)
 
     def predict(self, X):
         """Nearest centre of each row of ``X`` (computed on the CPU with numpy).
@@ -453,7 +454,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         -------
         labels : ndarray of shape (n_samples,)
         """
-        return self._nearest(self._validated(X))[0]
+        return self._nearest(self._validated(X), distances=False)[0]
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of ``X`` on the fitted centres: higher is better.
