@@ -73,14 +73,17 @@ def unit_scale(peak, dtype):
 
 
 def centred_frame(centres):
-    """The shift and scale (see :func:`unit_scale`) that put ``centres`` about the origin, within ±1.
+    """The shift and scale (see :func:`unit_scale`) that put ``centres`` about the
+    origin, within ±1, and the centres in that frame; rows go there as
+    ``(X - shift) * scale``.
 
     Distances to the centres keep their precision in that frame: the expansion
     |x|^2 - 2 x.c + |c|^2 loses it for rows far from the origin compared with
     their distances (features offset by 1e4 in float32).
     """
     shift = centres.mean(axis=0)
-    return shift, unit_scale(float(np.abs(centres - shift).max(initial=0.0)), centres.dtype)
+    scale = unit_scale(float(np.abs(centres - shift).max(initial=0.0)), centres.dtype)
+    return shift, scale, (centres - shift) * scale
 
 
 def nearest_centres(X, centres, distances=True):
@@ -90,8 +93,7 @@ def nearest_centres(X, centres, distances=True):
     By blocks of rows, so that the distances of all rows to all centres never
     exist at once (a million rows and a thousand centres would take gigabytes).
     """
-    shift, scale = centred_frame(centres)
-    local_centres = (centres - shift) * scale
+    shift, scale, local_centres = centred_frame(centres)
     centre_norms = (local_centres * local_centres).sum(axis=1)
     labels = np.empty(X.shape[0], dtype=np.int64)
     squared = np.empty(X.shape[0], dtype=np.float64) if distances else None
@@ -337,12 +339,13 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             sample_weight = _check_sample_weight(
                 host_array(sample_weight, "sample_weight"), X, dtype=X.dtype, ensure_non_negative=True
             )
-            if not sample_weight.max() > 0:  # not the sum, which may overflow
+            heaviest = float(sample_weight.max())  # not the sum, which may overflow
+            if not heaviest > 0:
                 raise ValueError("sample_weight is zero for every row; give some rows a "
                                  "positive weight.")
             # Centres do not change with a scale of the weights, and weights of about 1
             # keep the weighted sums within float32 (weights near 1e38 gave NaN centres).
-            weight_scale = unit_scale(float(sample_weight.max()), X.dtype)
+            weight_scale = unit_scale(heaviest, X.dtype)
             weights = torch.from_numpy(np.require(sample_weight, requirements=["C", "W"]))
             weights = weights.to(device) * weight_scale
         # np.require copies read-only input (e.g. a memmap) that torch cannot wrap.
@@ -370,6 +373,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         if given:
             n_init = 1  # a second run from the same centres would end where the first did
             given_centers = (torch.from_numpy(self._given_centers(n_clusters, X)).to(device) - mean) * scale
+
         def in_units_of_X(inertia):
             return float(inertia) / (scale * scale) / weight_scale
 
@@ -427,8 +431,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         # Not transform itself: set_output(transform="pandas") wraps that one.
         X = self._validated(X)
         centers = self.cluster_centers_.astype(X.dtype, copy=False)
-        shift, scale = centred_frame(centers)  # see nearest_centres
-        local_centers = (centers - shift) * scale
+        shift, scale, local_centers = centred_frame(centers)  # see nearest_centres
         distances = np.empty((X.shape[0], centers.shape[0]), dtype=X.dtype)
         for rows in row_blocks(X.shape[0], centers.shape[0] + X.shape[1], DISTANCES_PER_BLOCK):
             distances[rows] = euclidean_distances((X[rows] - shift) * scale, local_centers)
