@@ -131,6 +131,19 @@ def test_clusterers_without_predict_use_the_nearest_centre(blobs, clusterer, n_c
     assert est.score(new, y) > 0.9
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in reduce")  # scikit-learn's NaN check
+@pytest.mark.parametrize("row_scale, weight", [(1e37, None), (1.0, 1e307)])
+def test_cluster_centres_of_huge_rows_and_weights_are_finite(blobs, row_scale, weight):
+    # float32 sums of rows near 1e37, and sums weighted by 1e307, overflowed into
+    # infinite or NaN centres, and predict sent every row to one cluster.
+    X, _ = blobs
+    X = X.astype(np.float32) * np.float32(row_scale)
+    weights = None if weight is None else np.full(len(X), weight)
+    est = FeatureClusterer(DBSCAN(eps=row_scale)).fit(X, sample_weight=weights)
+    assert len(est.cluster_ids_) == 3 and np.isfinite(est.cluster_centers_).all()
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+
+
 def test_nearest_centre_predictions_hold_a_block_of_distances_at_a_time(monkeypatch):
     # All rows' distances to all centres: 763 MiB more for 100,000 rows and 1,000
     # clusters (benchmarks/bench_memory.py).

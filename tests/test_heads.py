@@ -429,15 +429,18 @@ def test_torch_kmeans_seeds_more_rows_than_torch_multinomial_draws_from():
     assert model.labels_[-1] != model.labels_[0]
 
 
-@pytest.mark.parametrize("dtype, scales", [(np.float32, [1e-25, 1e19]), (np.float64, [1e-170, 1e-156, 1e150])])
+@pytest.mark.parametrize("dtype, scales", [(np.float32, [1e-25, 1e19, 1e37]), (np.float64, [1e-170, 1e-156, 1e150])])
 def test_torch_kmeans_does_not_depend_on_the_scale_of_the_data(blobs, dtype, scales, capsys):
     # Squared distances overflowed (float32 values near 1e19 raised inside
-    # torch.multinomial, or gave wrong labels and an infinite inertia) or vanished.
+    # torch.multinomial, or gave wrong labels and an infinite inertia) or vanished;
+    # float32 column sums overflowed (240 rows near 1e37) into NaN centres.
     X, _ = blobs
     reference = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X.astype(dtype))
     for scale in scales:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
+            # scikit-learn's check for NaN first sums the data, which overflows near 1e37.
+            warnings.filterwarnings("ignore", "invalid value encountered in reduce", RuntimeWarning)
             scaled = TorchKMeans(n_clusters=4, random_state=0, device="cpu", verbose=1).fit(
                 X.astype(dtype) * dtype(scale))
         np.testing.assert_array_equal(scaled.labels_, reference.labels_)
@@ -638,6 +641,21 @@ def test_torch_kmeans_warns_when_rows_run_out():
     assert record[0].filename == __file__  # the user's line, not one inside the library
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_torch_kmeans_stops_when_fewer_distinct_rows_than_clusters(dtype):
+    # The empty clusters moved, each iteration, onto rows that rounding noise picked among
+    # rows already on their centres, and Lloyd ran to max_iter: 15 of these 40 fits.
+    for n_features in (2, 4, 16, 64):
+        for seed in range(5):
+            distinct = np.random.default_rng(seed).standard_normal((5, n_features)).astype(dtype)
+            X = np.repeat(distinct, 200, axis=0)
+            with pytest.warns(ConvergenceWarning, match="Only 5 distinct clusters"):
+                model = TorchKMeans(8, n_init=1, random_state=seed, device="cpu").fit(X)
+            assert model.n_iter_ <= 3, (n_features, seed)
+            assert model.inertia_ < 1e-6 * np.sum(X.astype(np.float64) ** 2)
+            assert np.unique(model.labels_).size == 5
+
+
 def test_torch_kmeans_warns_when_rows_of_positive_weight_run_out():
     X = np.arange(10.0)[:, None]
     weights = np.r_[1.0, 1.0, np.zeros(8)]
@@ -680,6 +698,11 @@ def test_the_divergence_error_names_the_raised_parameter_and_a_step_too_large_fo
     if "entropy_weight" in HEADS[name]().get_params():
         with pytest.raises(ValueError, match=r"Lower entropy_weight \(it is 1e\+300\) or learning_rate"):
             HEADS[name](**settings, entropy_weight=1e300).fit(X)
+    for temperature in ("student_temperature", "teacher_temperature"):
+        if temperature in HEADS[name]().get_params():  # logits divided by 1e-40 overflow float32
+            with pytest.raises(ValueError, match=rf"\. Raise {temperature} \(it is 1e-40\), or lower "
+                                                 r"learning_rate \(it is 0.001\)\.$"):
+                HEADS[name](**settings, **{temperature: 1e-40}).fit(X)
 
 
 # --------------------------------------------------------------------------- neighbours
@@ -858,3 +881,16 @@ def test_gpu_neighbours_and_kmeans_match_the_cpu(blobs):
     assert adjusted_rand_score(y, kmeans.labels_) > 0.95
     restored = pickle.loads(pickle.dumps(kmeans))
     np.testing.assert_array_equal(restored.set_params(device="cpu").predict(X), kmeans.labels_)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_a_training_that_raises_closes_its_progress_bar(name, capsys):
+    from tqdm.std import tqdm
+
+    X, _ = sphere_blobs([30, 30, 30])
+    with pytest.raises(ValueError, match="Training diverged") as raised:
+        HEADS[name](n_clusters=3, n_epochs=3, learning_rate=1e38, verbose=1, random_state=0,
+                    device="cpu").fit(X)
+    assert raised.value is not None  # keeps the failed training's frames, and its bar, alive
+    assert not [bar for bar in tqdm._instances if not bar.disable]
+    assert capsys.readouterr().err.endswith("\n")  # a closed bar ends its line

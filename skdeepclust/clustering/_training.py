@@ -86,6 +86,8 @@ def make_generator(seed, device):
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Weights of an entropy term in the loss: an entropy is at most log(n_clusters).
 ENTROPY_WEIGHTS = ("entropy_weight", "final_entropy_weight")
+# Softmax temperatures, which divide the logits.
+TEMPERATURES = ("student_temperature", "teacher_temperature")
 # An epoch of fewer batches leaves small data sets too few optimisation steps: on
 # 1,000 CIFAR-10 features TEMI reached 0.30 accuracy with one batch of 1,000 per epoch
 # and 0.51-0.54 with eight batches of 125 (two seeds).
@@ -236,14 +238,11 @@ class Progress:
     """A tqdm progress bar over the epochs, with the lowest head loss, when ``verbose`` > 0."""
 
     def __init__(self, name, n_epochs, verbose):
-        self.n_epochs = n_epochs
         self.bar = progress_bar(enabled=bool(verbose), total=n_epochs, desc=name, unit="epoch")
 
-    def epoch(self, epoch, loss):
+    def epoch_done(self, loss):
         self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
         self.bar.update(1)
-        if epoch + 1 == self.n_epochs:
-            self.bar.close()
 
 
 def train_epochs(step, *, n_samples, batch_size, n_epochs, generator, progress):
@@ -254,14 +253,17 @@ def train_epochs(step, *, n_samples, batch_size, n_epochs, generator, progress):
     """
     batch_size = effective_batch_size(batch_size, n_samples)
     last_losses = None
-    for epoch in range(n_epochs):
-        total, count = None, 0
-        for batch in minibatches(n_samples, batch_size, generator):
-            losses = step(batch, epoch).detach()
-            total = losses if total is None else total + losses
-            count += 1
-        last_losses = (total / count).cpu()
-        progress.epoch(epoch, float(last_losses.min()))
+    # A training that raises (a diverged step, an interrupt) must not leave its bar
+    # open, where a notebook would show it stuck part-way.
+    with progress.bar:
+        for epoch in range(n_epochs):
+            total, count = None, 0
+            for batch in minibatches(n_samples, batch_size, generator):
+                losses = step(batch, epoch).detach()
+                total = losses if total is None else total + losses
+                count += 1
+            last_losses = (total / count).cpu()
+            progress.epoch_done(float(last_losses.min()))
     return last_losses
 
 
@@ -434,16 +436,21 @@ class HeadClusterer(ClusterMixin, BaseEstimator):
         check_verbose(self.verbose)
 
     def _divergence_fix(self):
-        """What to lower when training diverged: learning_rate, after a parameter
-        set far beyond any working value: a weight_decay of 1 or more (AdamW scales
-        the weights by 1 - learning_rate * weight_decay each step), or an entropy
-        weight that takes the loss past float32's range."""
+        """What to change when training diverged: lower learning_rate, after a
+        parameter set far beyond any working value: raise a temperature so small that
+        logits divided by it overflow float32; lower a weight_decay of 1 or more
+        (AdamW scales the weights by 1 - learning_rate * weight_decay each step), or
+        an entropy weight that takes the loss past float32's range."""
+        def named(names):
+            return " or ".join(f"{name} (it is {getattr(self, name)})" for name in names)
+
+        raised = [name for name in TEMPERATURES if getattr(self, name, 1.0) * FLOAT32_MAX < 1.0]
         culprits = ["weight_decay"] if self.weight_decay >= 1 else []
         largest_entropy = math.log(max(2, self.n_clusters))
         culprits += [name for name in ENTROPY_WEIGHTS
                      if getattr(self, name, 0.0) * largest_entropy > FLOAT32_MAX]
-        lowered = " or ".join(f"{name} (it is {getattr(self, name)})" for name in [*culprits, "learning_rate"])
-        return f"Lower {lowered}."
+        lowered = named([*culprits, "learning_rate"])
+        return f"Raise {named(raised)}, or lower {lowered}." if raised else f"Lower {lowered}."
 
     def _start_training(self, X):
         """Check parameters and ``X``, L2-normalise it and mine its neighbours.

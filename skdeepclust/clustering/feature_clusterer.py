@@ -158,16 +158,20 @@ def _cluster_means(X, labels, cluster_ids, weights):
     """Mean row of each cluster in ``X``'s dtype, weighted when ``weights`` is given.
 
     A cluster of rows that all weigh 0 gets their plain mean: k-means labels every
-    row, weighed or not, so such a cluster can exist.
+    row, weighed or not, so such a cluster can exist. Sums are taken in float64 and
+    weights relative to the cluster's largest, so that neither float32 rows near
+    1e35 nor weights near 1e308 overflow them.
     """
     if cluster_ids.size == 0:
         return np.empty((0, X.shape[1]), dtype=X.dtype)
     means = []
     for members in rows_of_each(labels, cluster_ids):
         cluster_weights = None if weights is None else weights[members]
-        if cluster_weights is not None and not cluster_weights.sum() > 0:
-            cluster_weights = None
-        means.append(np.average(X[members], axis=0, weights=cluster_weights))
+        if cluster_weights is None or not cluster_weights.max() > 0:
+            means.append(X[members].mean(axis=0, dtype=np.float64))
+        else:
+            means.append(np.average(X[members], axis=0,
+                                    weights=cluster_weights / cluster_weights.max()))
     return np.stack(means).astype(X.dtype, copy=False)
 
 

@@ -29,6 +29,9 @@ __all__ = ["TorchKMeans"]
 # Distances computed at once: about 64 MB in float32, so the rows per block
 # shrink as the number of centres grows.
 DISTANCES_PER_BLOCK = 1 << 24
+# A squared distance below this many machine epsilons of |x|^2 + |c|^2 is within the
+# rounding of the expansion |x|^2 - 2 x.c + |c|^2 by which rows are assigned.
+RESOLVABLE_EPS = 64
 
 
 def _center_terms(X, centers):
@@ -56,6 +59,15 @@ def _squared_distances(X, row_sq_norms, points):
         _center_terms(X[rows], points).add_(row_sq_norms[rows, None]).clamp_min_(0.0)
         for rows in row_blocks(X.shape[0], points.shape[0], DISTANCES_PER_BLOCK)
     ])
+
+
+def _column_means(data):
+    """The mean row of ``data``, in its dtype but summed in float64: float32 sums of
+    values near 1e35 overflow. By blocks of rows, so that the float64 copy stays small."""
+    total = torch.zeros(data.shape[1], dtype=torch.float64, device=data.device)
+    for rows in row_blocks(data.shape[0], data.shape[1], DISTANCES_PER_BLOCK):
+        total += data[rows].sum(dim=0, dtype=torch.float64)
+    return (total / data.shape[0]).to(data.dtype)
 
 
 def unit_scale(peak, dtype):
@@ -160,12 +172,21 @@ def _kmeans_plusplus(X, row_sq_norms, n_clusters, weights, generator):
 
 
 def _lloyd(X, row_sq_norms, centers, weights, max_iter, shift_tolerance):
-    """Lloyd iterations until the squared centre shift is at most ``shift_tolerance``."""
+    """Lloyd iterations until the labels repeat or the squared centre shift is at most
+    ``shift_tolerance``."""
     n_clusters = centers.shape[0]
     weighted_rows = X if weights is None else X * weights[:, None]
     n_iter = 0
+    previous_labels = None
     for n_iter in range(1, max_iter + 1):
         labels, distances = _assign(X, row_sq_norms, centers)
+        # Labels as before give the same means again. Only the empty clusters would move:
+        # with fewer distinct rows than clusters they stay empty, and rounding noise
+        # would pick other rows for them each time, a shift that never falls below
+        # the tolerance (scikit-learn also stops on repeated labels).
+        labels_changed = (torch.ones((), dtype=torch.bool, device=X.device) if previous_labels is None
+                          else (labels != previous_labels).any())
+        previous_labels = labels
         sums = torch.zeros_like(centers).index_add_(0, labels, weighted_rows)
         # Not bincount: on CUDA it reads the range of the labels back to the host.
         if weights is None:  # counted in integers: float32 stops counting at 2**24
@@ -176,15 +197,29 @@ def _lloyd(X, row_sq_norms, centers, weights, max_iter, shift_tolerance):
             counts = counts.index_add_(0, labels, weights)
         empty = counts == 0
         new_centers = sums / torch.where(empty, 1, counts)[:, None]
-        # The one read-back of the iteration: whether any cluster emptied, and the shift.
-        n_empty, shift = torch.stack(
-            [empty.sum().to(X.dtype), ((new_centers - centers) ** 2).sum()]
+        # The one read-back of the iteration: whether the labels changed, whether any
+        # cluster emptied, and the shift.
+        labels_changed, n_empty, shift = torch.stack(
+            [labels_changed.to(X.dtype), empty.sum().to(X.dtype), ((new_centers - centers) ** 2).sum()]
         ).tolist()
+        if not labels_changed:
+            break
         if n_empty:
-            # An empty cluster restarts on the rows worst served by the others.
+            # An empty cluster restarts on the rows worst served by the others...
             served = distances if weights is None else distances * weights
             farthest = served.topk(int(n_empty)).indices
-            new_centers[empty] = X[farthest]
+            # ...unless they lie on their own centres as far as the assignment's expansion
+            # can tell: there, with fewer distinct rows than clusters, the two centres
+            # would tie, rounding noise would hand the rows from one to the other, and
+            # the clusters would trade places forever. Such a cluster stays where it was.
+            own_centres = new_centers[labels[farthest]]
+            offsets = ((X[farthest] - own_centres) ** 2).sum(dim=1)
+            resolution = (RESOLVABLE_EPS * torch.finfo(X.dtype).eps
+                          * (row_sq_norms[farthest] + (own_centres * own_centres).sum(dim=1)))
+            movers = farthest[offsets > resolution]
+            empty_clusters = empty.nonzero().squeeze(1)
+            new_centers[empty_clusters] = centers[empty_clusters]
+            new_centers[empty_clusters[:movers.shape[0]]] = X[movers]
             shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
         if shift <= shift_tolerance:
@@ -354,7 +389,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         data = source.to(device)
         # k-means does not change with a shift of the data, and centred rows keep
         # the distance expansion's |x|^2 and x.c small, hence precise in float32.
-        mean = data.mean(dim=0)
+        mean = _column_means(data)
         if data is source and writable is X:
             data = data - mean  # X itself stays untouched
         else:
