@@ -35,7 +35,7 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
 
     Parameters
     ----------
-    root : str or path-like
+    root : str, bytes or path-like
         A folder. Images in ``root/<class>/...`` (any depth below the class folder)
         get the label ``<class>``. If any image lies directly in ``root``, the folder
         is treated as unlabelled and ``target`` is None (with a warning when it also
@@ -103,9 +103,9 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
     (3, True)
     >>> import shutil; shutil.rmtree(root)
     """
-    if not isinstance(root, (str, os.PathLike)):
+    if not isinstance(root, (str, bytes, os.PathLike)):
         raise ValueError(f"root must be the path of a folder; got {root!r}.")
-    root = Path(root)
+    root = Path(os.fsdecode(os.fspath(root)))
     if not root.is_dir():
         raise ValueError(f"root={str(root)!r} is not a folder.")
     for name, flag in (("skip_unreadable", skip_unreadable), ("return_X_y", return_X_y)):

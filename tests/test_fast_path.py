@@ -123,6 +123,37 @@ def test_embedding_files_with_workers_matches_in_process(images, image_files):
     np.testing.assert_array_equal(embedder.set_params(num_workers=2).transform(image_files), expected)
 
 
+def test_decode_workers_leave_lazily_opened_pil_images_readable(tmp_path):
+    # Forked workers read through the caller's open files, sharing their position:
+    # afterwards the caller's own reads of those images failed ("image file is
+    # truncated"), and the same image twice in one list failed at once. Files are
+    # larger than Python's 8 KiB read buffer, which hid it.
+    rng = np.random.default_rng(0)
+    paths = []
+    for position, suffix in enumerate([".jpg", ".png", ".jpg", ".png", ".gif"]):
+        paths.append(str(tmp_path / f"{position}{suffix}"))
+        frames = [Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)) for _ in range(3)]
+        frames[0].save(paths[-1], save_all=suffix == ".gif", append_images=frames[1:])
+
+    def opened(load):
+        images = [Image.open(path) for path in paths + paths[:1]]
+        images[4].seek(2)  # the GIF's third frame
+        images[5].draft("RGB", (30, 40))  # JPEG's reduced-scale decoding, as a user may ask
+        for image in images if load else []:
+            image.load()
+        return images + images[:1]  # one image twice: two workers read it at once
+
+    lazy, loaded = opened(load=False), opened(load=True)
+    embedder = ImageEmbedder(**TINY, batch_size=2, num_workers=0).fit(loaded)
+    expected = embedder.transform(loaded)
+    embedder.set_params(num_workers=2)
+    for _ in range(2):
+        np.testing.assert_array_equal(embedder.transform(lazy), expected)
+    np.testing.assert_array_equal(embedder.set_params(num_workers=0).transform(lazy), expected)
+    for image, reference in zip(lazy, loaded):
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(reference))
+
+
 def test_decode_workers_started_from_an_executor_thread_exit_cleanly(images, image_files):
     # As a server's request handler, or asyncio's run_in_executor, would call it. Such
     # workers exited with code 1, and the DataLoader raised in the main thread.

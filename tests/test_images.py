@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from skdeepclust.datasets import load_image_folder
 from skdeepclust.embedding.images import as_images, find_image_files
 
 
@@ -334,10 +335,33 @@ def test_sixteen_bit_arrays_and_tensors_are_read_as_sixteen_bit_files_are(tmp_pa
         batch = pixels[None, :, :, None]
         for form in (batch, batch.astype(">u2"), [pixels], torch.from_numpy(batch.astype(np.int32)).to(torch.uint16),
                      [np.asarray(Image.open(path))]):
-            torch.testing.assert_close(_first_batch(form), expected)
-    assert _first_batch(dark[None, :, :, None]).max() == 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the dark one's: see the next test
+                torch.testing.assert_close(_first_batch(form), expected)
+    with pytest.warns(UserWarning, match="255 is the largest value"):
+        assert _first_batch(dark[None, :, :, None]).max() == 1
     with pytest.raises(ValueError, match=r"unless they are uint16 .*X.astype\(np.uint16\)"):
         as_images(gray.astype(np.int32)[None, :, :, None])
+
+
+def test_uint16_images_that_use_twelve_bits_or_fewer_are_warned_of(images):
+    # 8-bit values cast to uint16, or a 12-bit camera's, read as 16-bit came out
+    # (nearly) black, silently: the features of dark and bright images were the same.
+    eight_bit = images.astype(np.uint16)
+    match = (r"^The image array is uint16, read as 16-bit \(0-65535\), but 255 is the largest value, "
+             r"so the images come out nearly black\. If they hold 8-bit values, pass "
+             r"X\.astype\(np\.uint8\); if 12-bit, X \* 16 .*")
+    for form in (eight_bit, torch.from_numpy(eight_bit.astype(np.int32)).to(torch.uint16)):
+        with pytest.warns(UserWarning, match=match):
+            as_images(form)
+    with pytest.warns(UserWarning, match=r"^Every one of the 2 uint16 images is .* 4095 is the largest"):
+        as_images([eight_bit[0], np.full((5, 5), 4095, np.uint16)])
+    with pytest.warns(UserWarning, match=r"^The one uint16 image is"):
+        as_images([images[0], eight_bit[0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_images(eight_bit * 257)
+        as_images([eight_bit[0], np.full((5, 5), 4096, np.uint16)])  # a dark one among others
 
 
 @pytest.mark.parametrize("dtype", [torch.uint32, torch.uint64])
@@ -422,6 +446,10 @@ def test_every_spelling_of_a_folder_path_reads_the_folder(image_folder):
     for folder in (os.fsencode(image_folder), np.bytes_(os.fsencode(image_folder)), BytesPath(),
                    np.array(str(image_folder)), np.array(os.fsencode(image_folder))):
         torch.testing.assert_close(_first_batch(folder), expected)
+    # The way back from rows to files takes the same spellings (pathlib's TypeError, before).
+    for folder in (os.fsencode(image_folder), BytesPath()):
+        assert find_image_files(folder) == find_image_files(image_folder)
+        assert load_image_folder(folder).filenames == load_image_folder(image_folder).filenames
     with pytest.raises(TypeError, match=r"X is bytes, .*os.fsdecode\(X\).*io.BytesIO\(X\)"):
         as_images(b"\x89PNG not a folder")
 

@@ -434,8 +434,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     Grayscale is repeated to RGB and an alpha channel is dropped. A shape that reads
     both ways, such as (n, 3, 16, 4) (RGB 16 x 4, or RGBA 3 x 16), is read one way,
     with a warning that says how to pass the other. uint16 pixels are 16-bit
-    (0-65535) and scaled to 8 bits, as 16-bit grayscale files (PNG, TIFF, PGM) are;
-    other integer pixels must lie in [0, 255]. Files and PIL images are turned
+    (0-65535) and scaled to 8 bits, as 16-bit grayscale files (PNG, TIFF, PGM) are,
+    with a warning where all lie below 4096 (8- or 12-bit values in a uint16 array
+    would come out nearly black); other integer pixels must lie in [0, 255]. Files and PIL images are turned
     upright by their EXIF orientation, as ``PIL.ImageOps.exif_transpose`` does
     (which also removes the tag, so an image it has turned is not turned again).
 

@@ -105,7 +105,7 @@ def find_image_files(folder) -> list:
 
     Parameters
     ----------
-    folder : str or path-like
+    folder : str, bytes or path-like
         The folder to search.
 
     Returns
@@ -129,7 +129,7 @@ def find_image_files(folder) -> list:
     ['a/1.jpg', 'b/2.png']
     >>> import shutil; shutil.rmtree(root)
     """
-    folder = Path(folder)
+    folder = Path(os.fsdecode(os.fspath(folder)))  # a bytes path too, as the estimators take it
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
     files, seen, unlisted, unreachable = [], set(), [], []
@@ -212,6 +212,48 @@ def _pil_image_to_rgb_array(image, name):
     """:func:`_pil_to_rgb_array` of a PIL image given in a list, upright as its EXIF
     orientation says (as the image's file would be), whose failures to load (a closed
     or truncated file behind it) name the image."""
+    own_handle = _reopened_in_worker(image)
+    if own_handle is None:
+        return _loaded_pil_image_to_rgb_array(image, name)
+    with own_handle:
+        return _loaded_pil_image_to_rgb_array(own_handle, name)
+
+
+def _reopened_in_worker(image):
+    """In a forked worker process, a PIL image that is not loaded yet opened again
+    through a file handle of its own; else None.
+
+    A forked worker shares the parent's open file, and its position: reading through
+    it would move the position under the parent's buffered reader, so that the image
+    could no longer be read in the caller's process (by this package or by the user),
+    and two workers given the same image would mix their reads. /proc/self/fd opens
+    the same file anew (also one renamed or deleted since), at a position of its own;
+    Image.open reads a file from its start, so nothing else changes.
+    """
+    from PIL import Image
+
+    fp = getattr(image, "fp", None)
+    # A loaded image (no tiles left to decode) may hold pixels the user has changed since.
+    if fp is None or not getattr(image, "tile", None) or torch.utils.data.get_worker_info() is None:
+        return None
+    try:
+        own_handle = Image.open(f"/proc/self/fd/{fp.fileno()}")
+    except Exception:  # no file descriptor (an in-memory file, which the fork copied), or no /proc
+        return None
+    try:
+        own_handle.seek(image.tell())  # the frame the user chose
+        if (own_handle.mode, own_handle.size) != (image.mode, image.size):
+            own_handle.draft(image.mode, image.size)  # the reduced JPEG scale the user chose
+    except Exception:
+        own_handle.close()
+        raise
+    if (own_handle.mode, own_handle.size) != (image.mode, image.size):
+        own_handle.close()
+        return None  # changed in some other way; read as it is
+    return own_handle
+
+
+def _loaded_pil_image_to_rgb_array(image, name):
     try:
         image.load()
     except MemoryError:
@@ -338,6 +380,27 @@ def _warn_of_ambiguous_layout(name, shape, others=0):
     )
 
 
+def _sixteen_bit_peak(pixels):
+    """The largest value of ``pixels`` (numpy or torch) if they are 16-bit, else None."""
+    if not _is_sixteen_bit(pixels.dtype) or math.prod(pixels.shape) == 0:
+        return None
+    return _value_range(pixels)[1]
+
+
+def _warn_if_fewer_than_sixteen_bits(name, peak):
+    """Warn where 16-bit pixels peak at ``peak`` < FEW_BITS_PEAK: most likely 8- or 12-bit
+    values in a uint16 array, which read as 16-bit come out nearly black."""
+    if peak is None or peak >= FEW_BITS_PEAK:
+        return
+    warnings.warn(
+        f"{name} uint16, read as 16-bit (0-65535), but {peak} is the largest value, so the "
+        "images come out nearly black. If they hold 8-bit values, pass X.astype(np.uint8); "
+        "if 12-bit, X * 16 (data of N bits, times 2 ** (16 - N)).",
+        UserWarning,
+        stacklevel=stacklevel_of_user_code(),
+    )
+
+
 def _channel_axis_of_one_image(shape, name):
     """Where the channels of a single image of ``shape`` lie: -1 (HWC), 0 (CHW) or None (HW).
 
@@ -422,6 +485,10 @@ def _bound(value):
     which the message says it lies outside (1 + 1e-12 would print as 1)."""
     short = f"{value:.9g}"
     return short if (float(short) < 0.0 or float(short) > 1.0) == (value < 0.0 or value > 1.0) else repr(value)
+
+
+# 16-bit pixels that all lie below this use 12 bits or fewer.
+FEW_BITS_PEAK = 4096
 
 
 def _check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as uint16, X.astype(np.uint16)"):
@@ -558,6 +625,7 @@ class ArrayImages:
         if height == 0 or width == 0:
             raise ValueError(f"Images of shape {shape} have no pixels.")
         self._array = _check_pixel_range(array, "The image array")
+        _warn_if_fewer_than_sixteen_bits("The image array is", _sixteen_bit_peak(array))
 
     def __len__(self):
         return self._array.shape[0]
@@ -618,7 +686,7 @@ class ImageList:
             if isinstance(item, torch.Tensor) else item
             for position, item in enumerate(items)
         ]
-        missing, ambiguous = [], []
+        missing, ambiguous, sixteen_bit_peaks = [], [], []
         for position, item in enumerate(self._items):
             if isinstance(item, (str, os.PathLike)):
                 mode = _file_mode(item)  # one stat per path: a list may hold millions
@@ -638,6 +706,8 @@ class ImageList:
                 if item.ndim == 3 and _layout_is_ambiguous(item.shape):
                     ambiguous.append(position)
                 _check_pixel_range(item, f"Image {position}")
+                if _is_sixteen_bit(item.dtype):
+                    sixteen_bit_peaks.append(_sixteen_bit_peak(item))
             elif isinstance(item, Image.Image):
                 if 0 in item.size:
                     raise ValueError(f"Image {position} is a PIL image of size {item.size}, with no pixels.")
@@ -648,6 +718,10 @@ class ImageList:
                     f"Image {position} is a {type(item).__name__}; a list of images may hold "
                     f"file paths, PIL images, numpy arrays or torch tensors.{hint}"
                 )
+        if sixteen_bit_peaks:  # one dark image among bright ones may well be 16-bit
+            _warn_if_fewer_than_sixteen_bits(
+                f"Every one of the {len(sixteen_bit_peaks)} uint16 images is" if len(sixteen_bit_peaks) > 1
+                else "The one uint16 image is", max(sixteen_bit_peaks))
         if ambiguous:
             first = ambiguous[0]
             _warn_of_ambiguous_layout(f"Image {first}", self._items[first].shape, others=len(ambiguous) - 1)
