@@ -89,8 +89,12 @@ def _library_warning_printer(options):
 
 def _holds_earlier_results(directory):
     """Whether ``directory`` holds the output of a run: the montage and a clusters.csv of ours."""
-    if not os.path.isfile(os.path.join(directory, MONTAGE_FILE)):
-        return False
+    return os.path.isfile(os.path.join(directory, MONTAGE_FILE)) and _holds_results_table(directory)
+
+
+def _holds_results_table(directory):
+    """Whether ``directory`` holds a clusters.csv of ours (a run whose montage was too
+    large to write left no montage)."""
     try:
         with open(os.path.join(directory, RESULTS_FILE), newline="", encoding="utf-8",
                   errors="surrogateescape") as handle:
@@ -110,8 +114,17 @@ def _without_output_folders(folder, files, out):
         files = [path for path in files if not path.startswith(inside)]
         if not files:
             raise UserError(f"{folder} holds no images outside the output folder {out}")
+    # PATH itself is never skipped, as the user named it as the input, but the montage
+    # of an earlier run written there is no photo of theirs.
+    if _holds_earlier_results(str(folder)):
+        own_montage = os.path.join(str(folder), MONTAGE_FILE)
+        if own_montage in files:
+            files = [path for path in files if path != own_montage]
+            _warn(f"skipping {own_montage}: it is the montage of an earlier skdeepclust run "
+                  f"(beside its {RESULTS_FILE}); rename it to cluster it")
+            if not files:
+                raise UserError(f"{folder} holds no images but the montage of an earlier skdeepclust run")
     # Every output folder holds a montage, so the montages' folders are the only candidates.
-    # PATH itself is never one: the user named it as the input.
     below = len(os.path.join(str(folder), ""))  # find_image_files's paths all start with folder
     montages = [path for path in files if os.path.basename(path) == MONTAGE_FILE and os.sep in path[below:]]
     candidates = sorted({os.path.dirname(path) for path in montages})
@@ -235,6 +248,8 @@ def _metrics_line(y, labels):
 def _output_folder(path, save_embeddings):
     """``path`` as a folder, made and checked now so that a bad one fails before the
     work, not after; if the run fails, the folders it made go again while empty."""
+    if not path:
+        raise UserError("--out is empty; give a folder ('.' for the current folder)")
     out = Path(path)
     made_now = []  # deepest first
     missing = out.absolute()
@@ -277,13 +292,16 @@ def _write_results(out, files, stage, features, save_embeddings):
     from .visualization import _MontageTooLarge, cluster_montage
 
     confidence = _confidence(stage, features)
-    earlier_run = _holds_earlier_results(out)
+    earlier_run = _holds_results_table(out)
     # surrogateescape writes back the bytes of file names that are not valid UTF-8.
     with open(out / RESULTS_FILE, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle, lineterminator="\n")
+        # QUOTE_MINIMAL quotes only the characters of the line terminator (on Python
+        # 3.11), so a carriage return in a file name would end the row for a reader.
+        quoting_writer = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(RESULTS_HEADER)
         for file, cluster, score in zip(files, stage.labels_, confidence):
-            writer.writerow([file, int(cluster), f"{score:.4f}"])
+            (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
     if save_embeddings:
         np.save(out / EMBEDDINGS_FILE, features)
@@ -367,8 +385,6 @@ def _check_cluster_count_option(clusterer, n_clusters):
     elif n_clusters is None:
         raise UserError(f"--clusterer {clusterer} needs --n-clusters, the number of groups to "
                         "find (--clusterer hdbscan and cuml_hdbscan find it themselves)")
-    elif n_clusters < 1:
-        raise UserError(f"--n-clusters must be a positive integer; got {n_clusters}")
 
 
 def _check_class_folders(folder, files):
@@ -378,11 +394,16 @@ def _check_class_folders(folder, files):
     prefix = os.path.join(os.fspath(folder), "")
     loose = [path for path in files if _class_folder(path, folder, prefix) is None]
     # Files that do not decode are skipped, so only readable ones in PATH itself stop --eval.
-    if loose and any(split_readable(loose)[0]):
-        raise UserError("--eval needs class folders, PATH/<class>/<file>, but some images lie in PATH itself")
+    readable = [path for path, keep in zip(loose, split_readable(loose)[0]) if keep]
+    if readable:
+        more = f" and {len(readable) - 1} more" if len(readable) > 1 else ""
+        raise UserError(f"--eval needs class folders, PATH/<class>/<file>, but some images lie in "
+                        f"PATH itself: {readable[0]}{more}")
 
 
 def cluster_command(args):
+    if not args.path:  # an unset shell variable, which Path would read as the current folder
+        raise UserError("PATH is empty; give the folder of images ('.' for the current folder)")
     folder = Path(args.path)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
@@ -480,10 +501,19 @@ def _demo(args, shared, out):
     return 0
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's parser, whose mistakes end in one line, as the command's others do,
+    instead of after the whole usage (nine lines for ``cluster``). The subcommands'
+    parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
     from .clustering import available_clusterer_names
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="skdeepclust", description="Cluster images with a frozen pretrained backbone."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -499,13 +529,14 @@ def build_parser():
         "under PATH that hold an earlier run's clusters.csv and montage.png are not clustered.",
     )
     cluster.add_argument("path", metavar="PATH", help="folder of images")
-    cluster.add_argument("--n-clusters", type=int, default=None,
+    cluster.add_argument("--n-clusters", type=_positive_int_argument, default=None,
                          help="number of clusters; required, except by hdbscan and cuml_hdbscan, "
                               "which find it")
     cluster.add_argument("--backbone", default="vit_small_patch16_224.dino",
                          help="timm model name, or efficientnet_lite0.offline (default: %(default)s)")
     cluster.add_argument("--pretrained", default="hub", metavar="PATH|hub|none",
-                         help="weights: a local checkpoint, 'hub' for timm's, 'none' for random")
+                         help="weights: a local checkpoint, 'hub' for timm's from the Hugging Face "
+                         "hub, 'none' for random (default: %(default)s)")
     cluster.add_argument("--image-size", type=_positive_int_argument, default=None,
                          help="backbone input size (default: the model's own)")
     cluster.add_argument("--crop-pct", type=_crop_pct_argument, default=1.0,
@@ -513,7 +544,7 @@ def build_parser():
                          "for the model's own, as timm evaluates (default: %(default)s)")
     cluster.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names(),
                          help="how the embeddings are grouped (default: %(default)s)")
-    cluster.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    cluster.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     cluster.add_argument("--batch-size", type=_batch_size_argument, default="auto",
                          help="images per forward pass, or 'auto' (default: %(default)s)")
     cluster.add_argument("--num-workers", type=_count_argument, default=None,
@@ -540,11 +571,27 @@ def build_parser():
                       help="photos per class (default: %(default)s)")
     demo.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names(),
                       help="how the embeddings are grouped (default: %(default)s)")
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     demo.add_argument("--out", default="skdeepclust-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=demo_command)
     return parser
+
+
+@contextlib.contextmanager
+def _escaping_output():
+    """stdout and stderr writing what their encoding cannot (such as a file name's
+    bytes that are not UTF-8) as backslash escapes, as Python's own stderr does,
+    instead of failing once the results are written."""
+    streams = [(stream, stream.errors) for stream in (sys.stdout, sys.stderr)
+               if isinstance(getattr(stream, "errors", None), str) and hasattr(stream, "reconfigure")]
+    for stream, _ in streams:
+        stream.reconfigure(errors="backslashreplace")
+    try:
+        yield
+    finally:
+        for stream, errors in streams:
+            stream.reconfigure(errors=errors)
 
 
 def main(argv=None):
@@ -553,7 +600,7 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _escaping_output():
             warnings.showwarning = _library_warning_printer(vars(args))
             return args.run(args)
     except PretrainedWeightsUnavailable as exc:

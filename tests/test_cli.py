@@ -76,6 +76,27 @@ def test_output_of_an_earlier_run_is_not_clustered(capsys, image_folder, tmp_pat
         assert not any("montage" in row["file"] for row in csv.DictReader(handle))
 
 
+def test_the_montage_of_an_earlier_run_into_path_itself_is_not_clustered(capsys, image_folder, tmp_path):
+    # It was, as a photo, and --eval refused it as an image outside the class folders.
+    status, _, err = _run(capsys, "cluster", str(image_folder / "dark"), "--n-clusters", "2",
+                          "--out", str(image_folder), *TINY_ARGS)
+    assert status == 0 and (image_folder / "montage.png").is_file(), err
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--eval",
+                               "--out", str(tmp_path / "o"), *TINY_ARGS)
+    assert status == 0, err
+    assert stdout.startswith("8 images") and "accuracy" in stdout
+    assert err == (f"skdeepclust: warning: skipping {image_folder / 'montage.png'}: it is the montage of "
+                   "an earlier skdeepclust run (beside its clusters.csv); rename it to cluster it\n")
+
+
+def test_eval_names_an_image_that_lies_outside_the_class_folders(capsys, image_folder, tmp_path):
+    Image.new("RGB", (32, 32)).save(image_folder / "loose.png")
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--eval",
+                          "--out", str(tmp_path / "o"), *TINY_ARGS)
+    assert status == 2
+    assert err.rstrip().endswith(f"some images lie in PATH itself: {image_folder / 'loose.png'}")
+
+
 def test_a_folder_with_a_montage_of_its_own_is_clustered(capsys, image_folder, tmp_path_factory):
     art = image_folder / "art"
     art.mkdir()
@@ -113,11 +134,45 @@ def test_file_names_that_are_not_utf8_are_written_as_their_bytes(capsys, image_f
         Image.new("RGB", (32, 32)).save(name, format="PNG")
     except OSError:
         pytest.skip("this file system refuses names that are not UTF-8")
+    (image_folder / "dark" / "broken.png").write_bytes(b"not a png")
+    os.rename(image_folder / "dark" / "broken.png", os.fsencode(str(image_folder / "dark")) + b"/broken\xff.png")
     out = tmp_path / "out"
-    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                               *TINY_ARGS)
     assert status == 0, err
     rows = (out / "clusters.csv").read_bytes().splitlines()
     assert len(rows) == 1 + 9 and any(row.startswith(name) for row in rows)
+    # On stdout, whose UTF-8 takes no such bytes (as in a UTF-8 locale), they are escaped
+    # as on stderr: printing the skipped file's name had failed, after the results.
+    assert stdout.rstrip().endswith("broken\\udcff.png")
+    assert "broken\\udcff.png: " in err
+
+
+def test_a_carriage_return_in_a_file_name_stays_in_its_row(capsys, image_folder, tmp_path):
+    # Python 3.11's csv quotes only the line terminator's characters: the name ended its row.
+    Image.new("RGB", (32, 32)).save(image_folder / "dark" / "two\rlines.png")
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0, err
+    with open(out / "clusters.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9 and str(image_folder / "dark" / "two\rlines.png") in [row["file"] for row in rows]
+
+
+@pytest.mark.parametrize("empty", ["path", "out"])
+def test_an_empty_path_or_out_is_a_mistake_not_the_current_folder(capsys, image_folder, tmp_path, monkeypatch,
+                                                                empty):
+    # As from an unset shell variable: the current folder was clustered, or written into.
+    monkeypatch.chdir(image_folder)
+    argv = {"path": ["cluster", "", "--out", str(tmp_path / "o")],
+            "out": ["cluster", str(image_folder), "--out", ""]}[empty]
+    status, _, err = _run(capsys, *argv, "--n-clusters", "2", *TINY_ARGS)
+    assert status == 2
+    assert err == {"path": "skdeepclust: error: PATH is empty; give the folder of images ('.' for the "
+                           "current folder)\n",
+                   "out": "skdeepclust: error: --out is empty; give a folder ('.' for the current "
+                          "folder)\n"}[empty]
+    assert not (image_folder / "clusters.csv").exists() and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
@@ -221,7 +276,6 @@ def _occupied_out(tmp_path):
          "--device='cuda:7' but"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--image-size", "7", "--n-clusters", "1",
                       "--backbone", "test_vit", "--pretrained", "none"], "e.g. --image-size=16"),
-        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "0", *TINY_ARGS], "positive integer"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "scan", "--n-clusters", "1", *TINY_ARGS],
          "n_samples=1"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--out", str(_flat_folder(tmp) / "a.png"),
@@ -318,12 +372,16 @@ def test_speed_flags_reach_the_embedder(capsys, image_folder, tmp_path, monkeypa
     ("--num-workers", "-1", "must be a whole number of at least 0, not '-1'"),
     ("--image-size", "0", "must be a whole number of at least 1, not '0'"),
     ("--random-state", "4294967296", "must be a whole number in [0, 2**32 - 1], not '4294967296'"),
+    ("--n-clusters", "0", "must be a whole number of at least 1, not '0'"),
+    ("--n-clusters", "2.5", "must be a whole number of at least 1, not '2.5'"),  # "invalid int value"
 ])
 def test_option_values_are_checked_as_they_are_read(capsys, image_folder, option, value, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["cluster", str(image_folder), option, value])
     assert exit_info.value.code == 2
-    assert f"argument {option}: {message}" in capsys.readouterr().err
+    # One line, as the command's other mistakes: not after the nine lines of the usage.
+    assert capsys.readouterr().err == (f"skdeepclust cluster: error: argument {option}: {message} "
+                                       "(see skdeepclust cluster --help)\n")
 
 
 @pytest.mark.parametrize("value", ["1.5", "0.1", "most"])
@@ -372,6 +430,20 @@ def test_a_rerun_without_embeddings_removes_the_earlier_ones(capsys, image_folde
     assert err.startswith(f"skdeepclust: warning: removed {out / 'embeddings.npy'} of an earlier run")
     # Lines end in "\n" alone, as pandas and the shell tools of the platform write them.
     assert b"\r" not in (out / "clusters.csv").read_bytes()
+
+
+def test_a_rerun_removes_the_embeddings_of_a_run_too_large_for_a_montage(capsys, image_folder, tmp_path,
+                                                                      monkeypatch):
+    # That run wrote no montage, and was not taken for a run of ours: its rows were kept.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        patched.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
+        assert _run(capsys, *argv, "--embeddings")[0] == 0
+    assert not (out / "montage.png").exists() and (out / "embeddings.npy").exists()
+    status, _, err = _run(capsys, *argv)
+    assert status == 0 and not (out / "embeddings.npy").exists()
+    assert err.startswith(f"skdeepclust: warning: removed {out / 'embeddings.npy'} of an earlier run")
 
 
 def test_embeddings_that_no_run_wrote_are_kept(capsys, image_folder, tmp_path):
