@@ -248,8 +248,13 @@ def test_spectral_by_name_on_fewer_samples_than_its_neighbours(blobs):
 @pytest.mark.filterwarnings("ignore:k >= N:RuntimeWarning")  # scikit-learn's, for the dense case
 def test_spectral_on_a_graph_with_as_many_clusters_as_samples_is_refused_clearly(blobs):
     X, _ = blobs
-    with pytest.raises(ValueError, match="nearest-neighbour graph needs more samples than eigen"):
+    # The advice to set n_components only where it is set: the command line has no such option.
+    with pytest.raises(ValueError, match=r"nearest-neighbour graph needs more samples than eigen.*"
+                                         r"Pass more samples or ask for fewer clusters\.$"):
         FeatureClusterer("spectral", n_clusters=5, random_state=0).fit(X[:5])
+    chosen = SpectralClustering(affinity="nearest_neighbors", n_neighbors=4, n_components=5)
+    with pytest.raises(ValueError, match=r"Pass more samples or set n_components below n_samples\.$"):
+        FeatureClusterer(chosen, n_clusters=2, random_state=0).fit(X[:5])
     # Those that scikit-learn fits are left alone: a dense affinity, fewer eigenvectors.
     dense = FeatureClusterer(SpectralClustering(random_state=0), n_clusters=5).fit(X[:5])
     assert sorted(dense.labels_) == [0, 1, 2, 3, 4]

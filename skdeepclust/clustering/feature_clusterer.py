@@ -402,11 +402,12 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
                 "samples or ask for fewer clusters."
             )
         if _spectral_eigenvectors_exceed_arpack(clusterer, n_samples):
+            fewer = ("set n_components below n_samples" if clusterer.n_components
+                     else "ask for fewer clusters")  # the command line has no n_components
             raise ValueError(
                 f"SpectralClustering on a nearest-neighbour graph needs more samples than "
                 f"eigenvectors (n_components, or else n_clusters); got n_samples="
-                f"{n_samples}. Pass more samples, ask for fewer clusters, or set "
-                "n_components below n_samples."
+                f"{n_samples}. Pass more samples or {fewer}."
             )
 
     def fit(self, X, y=None, sample_weight=None):
