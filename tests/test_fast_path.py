@@ -127,7 +127,8 @@ def test_decode_workers_leave_lazily_opened_pil_images_readable(tmp_path):
     # Forked workers read through the caller's open files, sharing their position:
     # afterwards the caller's own reads of those images failed ("image file is
     # truncated"), and the same image twice in one list failed at once. Files are
-    # larger than Python's 8 KiB read buffer, which hid it.
+    # larger than Python's 8 KiB read buffer, which hid it. The images the workers read
+    # must keep the changes made to them before loading.
     rng = np.random.default_rng(0)
     paths = []
     for position, suffix in enumerate([".jpg", ".png", ".jpg", ".png", ".gif"]):
@@ -135,10 +136,15 @@ def test_decode_workers_leave_lazily_opened_pil_images_readable(tmp_path):
         frames = [Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)) for _ in range(3)]
         frames[0].save(paths[-1], save_all=suffix == ".gif", append_images=frames[1:])
 
+    turned = Image.Exif()
+    turned[0x0112] = 6  # EXIF orientation: turned a quarter
+    Image.open(paths[0]).save(tmp_path / "turned.jpg", exif=turned)
+
     def opened(load):
-        images = [Image.open(path) for path in paths + paths[:1]]
+        images = [Image.open(path) for path in paths + [paths[0], str(tmp_path / "turned.jpg")]]
         images[4].seek(2)  # the GIF's third frame
-        images[5].draft("RGB", (30, 40))  # JPEG's reduced-scale decoding, as a user may ask
+        images[5].draft("RGB", (30, 40))  # and the changes a user may make before loading:
+        images[6].getexif()[0x0112] = 1  # JPEG's reduced-scale decoding; upright after all
         for image in images if load else []:
             image.load()
         return images + images[:1]  # one image twice: two workers read it at once

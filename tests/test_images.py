@@ -348,20 +348,21 @@ def test_uint16_images_that_use_twelve_bits_or_fewer_are_warned_of(images):
     # 8-bit values cast to uint16, or a 12-bit camera's, read as 16-bit came out
     # (nearly) black, silently: the features of dark and bright images were the same.
     eight_bit = images.astype(np.uint16)
-    match = (r"^The image array is uint16, read as 16-bit \(0-65535\), but 255 is the largest value, "
-             r"so the images come out nearly black\. If they hold 8-bit values, pass "
+    match = (r"^The image array is read as 16-bit \(0-65535\), as uint16 pixels are, but 255 is the "
+             r"largest value, so the images come out nearly black\. If they hold 8-bit values, pass "
              r"X\.astype\(np\.uint8\); if 12-bit, X \* 16 .*")
     for form in (eight_bit, torch.from_numpy(eight_bit.astype(np.int32)).to(torch.uint16)):
         with pytest.warns(UserWarning, match=match):
             as_images(form)
-    with pytest.warns(UserWarning, match=r"^Every one of the 2 uint16 images is .* 4095 is the largest"):
+    with pytest.warns(UserWarning, match=r"^The 2 uint16 images are read as .* 4095 is the largest"):
         as_images([eight_bit[0], np.full((5, 5), 4095, np.uint16)])
-    with pytest.warns(UserWarning, match=r"^The one uint16 image is"):
+    with pytest.warns(UserWarning, match=r"^Image 1 is read as 16-bit"):
         as_images([images[0], eight_bit[0]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         as_images(eight_bit * 257)
         as_images([eight_bit[0], np.full((5, 5), 4096, np.uint16)])  # a dark one among others
+        as_images(np.zeros((2, 5, 5), np.uint16))  # black, however read
 
 
 @pytest.mark.parametrize("dtype", [torch.uint32, torch.uint64])

@@ -29,9 +29,8 @@ __all__ = ["TorchKMeans"]
 # Distances computed at once: about 64 MB in float32, so the rows per block
 # shrink as the number of centres grows.
 DISTANCES_PER_BLOCK = 1 << 24
-# A squared distance below this many machine epsilons of |x|^2 + |c|^2 is within the
-# rounding of the expansion |x|^2 - 2 x.c + |c|^2 by which rows are assigned.
-RESOLVABLE_EPS = 64
+# Lloyd stops after this many moves of empty clusters in a row that found no lower inertia.
+MOVES_IN_VAIN_ALLOWED = 5
 
 
 def _center_terms(X, centers):
@@ -172,18 +171,16 @@ def _kmeans_plusplus(X, row_sq_norms, n_clusters, weights, generator):
 
 
 def _lloyd(X, row_sq_norms, centers, weights, max_iter, shift_tolerance):
-    """Lloyd iterations until the labels repeat or the squared centre shift is at most
-    ``shift_tolerance``."""
+    """Lloyd iterations until the squared centre shift is at most ``shift_tolerance``,
+    the labels repeat, or moving empty clusters did not lower the inertia."""
     n_clusters = centers.shape[0]
     weighted_rows = X if weights is None else X * weights[:, None]
     n_iter = 0
-    previous_labels = None
+    previous_labels, lowest_inertia, moves_in_vain = None, math.inf, 0
     for n_iter in range(1, max_iter + 1):
         labels, distances = _assign(X, row_sq_norms, centers)
-        # Labels as before give the same means again. Only the empty clusters would move:
-        # with fewer distinct rows than clusters they stay empty, and rounding noise
-        # would pick other rows for them each time, a shift that never falls below
-        # the tolerance (scikit-learn also stops on repeated labels).
+        # Labels as before give the same means again: only empty clusters would move.
+        # (scikit-learn also stops on repeated labels.)
         labels_changed = (torch.ones((), dtype=torch.bool, device=X.device) if previous_labels is None
                           else (labels != previous_labels).any())
         previous_labels = labels
@@ -205,21 +202,23 @@ def _lloyd(X, row_sq_norms, centers, weights, max_iter, shift_tolerance):
         if not labels_changed:
             break
         if n_empty:
-            # An empty cluster restarts on the rows worst served by the others...
+            # Moving an empty cluster onto a row that lies apart lowers the inertia by at
+            # least that row's distance. Where it does not, time after time, no row lies
+            # apart: with fewer distinct rows than clusters, rounding noise picks rows on
+            # their centres, hands them from one tied centre to another, and the clusters
+            # would trade places until max_iter, their shift never below the tolerance.
+            # (Measured from the differences: the expansion's distances are noise there.
+            # Not at once: where float32 barely resolves the clusters, noise can also
+            # hide a move that helps.)
+            inertia = float(_inertia(X, centers, labels, weights))
+            moves_in_vain = moves_in_vain + 1 if inertia >= lowest_inertia else 0
+            lowest_inertia = min(lowest_inertia, inertia)
+            if moves_in_vain >= MOVES_IN_VAIN_ALLOWED:
+                break
+            # An empty cluster restarts on the rows worst served by the others.
             served = distances if weights is None else distances * weights
             farthest = served.topk(int(n_empty)).indices
-            # ...unless they lie on their own centres as far as the assignment's expansion
-            # can tell: there, with fewer distinct rows than clusters, the two centres
-            # would tie, rounding noise would hand the rows from one to the other, and
-            # the clusters would trade places forever. Such a cluster stays where it was.
-            own_centres = new_centers[labels[farthest]]
-            offsets = ((X[farthest] - own_centres) ** 2).sum(dim=1)
-            resolution = (RESOLVABLE_EPS * torch.finfo(X.dtype).eps
-                          * (row_sq_norms[farthest] + (own_centres * own_centres).sum(dim=1)))
-            movers = farthest[offsets > resolution]
-            empty_clusters = empty.nonzero().squeeze(1)
-            new_centers[empty_clusters] = centers[empty_clusters]
-            new_centers[empty_clusters[:movers.shape[0]]] = X[movers]
+            new_centers[empty] = X[farthest]
             shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
         if shift <= shift_tolerance:

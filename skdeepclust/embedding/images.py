@@ -208,52 +208,53 @@ def _pil_to_rgb_array(image, name, file_format=None):
     return np.asarray(image)
 
 
+# In a worker process: the file descriptors given an open file description of their own.
+_DESCRIPTORS_OF_OWN = set()
+
+
+def _give_own_file_position_in_worker(image):
+    """In a forked worker process, let a PIL image that is not loaded yet read its file
+    at a position of the worker's own.
+
+    A forked worker shares the parent's open files, and their positions: reading
+    through one would move the position under the parent's buffered reader, so that
+    the image could no longer be read in the caller's process (by this package or by
+    the user), and two workers given the same image would mix their reads. Opening
+    /proc/self/fd/N gives the same file (also one renamed or deleted since) a
+    position of its own, which replaces descriptor N in this process only. The image
+    object stays the user's, with every change made to it before loading (EXIF, palette).
+    """
+    fp = getattr(image, "fp", None)
+    # A loaded image (no tiles left to decode) reads no file.
+    if fp is None or not getattr(image, "tile", None) or torch.utils.data.get_worker_info() is None:
+        return
+    try:
+        descriptor = fp.fileno()
+    except Exception:  # an in-memory file, which the fork copied
+        return
+    if descriptor in _DESCRIPTORS_OF_OWN:
+        return
+    try:
+        position = fp.tell()
+        own = os.open(f"/proc/self/fd/{descriptor}", os.O_RDONLY)
+    except OSError:  # no /proc (not Linux)
+        return
+    try:
+        os.dup2(own, descriptor)
+    finally:
+        os.close(own)
+    _DESCRIPTORS_OF_OWN.add(descriptor)
+    # Seeking to the end drops the reader's buffer, which ended where the shared
+    # position stood; the new position then starts where the reader stood.
+    fp.seek(0, os.SEEK_END)
+    fp.seek(position)
+
+
 def _pil_image_to_rgb_array(image, name):
     """:func:`_pil_to_rgb_array` of a PIL image given in a list, upright as its EXIF
     orientation says (as the image's file would be), whose failures to load (a closed
     or truncated file behind it) name the image."""
-    own_handle = _reopened_in_worker(image)
-    if own_handle is None:
-        return _loaded_pil_image_to_rgb_array(image, name)
-    with own_handle:
-        return _loaded_pil_image_to_rgb_array(own_handle, name)
-
-
-def _reopened_in_worker(image):
-    """In a forked worker process, a PIL image that is not loaded yet opened again
-    through a file handle of its own; else None.
-
-    A forked worker shares the parent's open file, and its position: reading through
-    it would move the position under the parent's buffered reader, so that the image
-    could no longer be read in the caller's process (by this package or by the user),
-    and two workers given the same image would mix their reads. /proc/self/fd opens
-    the same file anew (also one renamed or deleted since), at a position of its own;
-    Image.open reads a file from its start, so nothing else changes.
-    """
-    from PIL import Image
-
-    fp = getattr(image, "fp", None)
-    # A loaded image (no tiles left to decode) may hold pixels the user has changed since.
-    if fp is None or not getattr(image, "tile", None) or torch.utils.data.get_worker_info() is None:
-        return None
-    try:
-        own_handle = Image.open(f"/proc/self/fd/{fp.fileno()}")
-    except Exception:  # no file descriptor (an in-memory file, which the fork copied), or no /proc
-        return None
-    try:
-        own_handle.seek(image.tell())  # the frame the user chose
-        if (own_handle.mode, own_handle.size) != (image.mode, image.size):
-            own_handle.draft(image.mode, image.size)  # the reduced JPEG scale the user chose
-    except Exception:
-        own_handle.close()
-        raise
-    if (own_handle.mode, own_handle.size) != (image.mode, image.size):
-        own_handle.close()
-        return None  # changed in some other way; read as it is
-    return own_handle
-
-
-def _loaded_pil_image_to_rgb_array(image, name):
+    _give_own_file_position_in_worker(image)
     try:
         image.load()
     except MemoryError:
@@ -390,12 +391,12 @@ def _sixteen_bit_peak(pixels):
 def _warn_if_fewer_than_sixteen_bits(name, peak):
     """Warn where 16-bit pixels peak at ``peak`` < FEW_BITS_PEAK: most likely 8- or 12-bit
     values in a uint16 array, which read as 16-bit come out nearly black."""
-    if peak is None or peak >= FEW_BITS_PEAK:
+    if peak is None or peak >= FEW_BITS_PEAK or peak == 0:  # all black is black either way
         return
     warnings.warn(
-        f"{name} uint16, read as 16-bit (0-65535), but {peak} is the largest value, so the "
-        "images come out nearly black. If they hold 8-bit values, pass X.astype(np.uint8); "
-        "if 12-bit, X * 16 (data of N bits, times 2 ** (16 - N)).",
+        f"{name} read as 16-bit (0-65535), as uint16 pixels are, but {peak} is the largest "
+        "value, so the images come out nearly black. If they hold 8-bit values, pass "
+        "X.astype(np.uint8); if 12-bit, X * 16 (data of N bits, times 2 ** (16 - N)).",
         UserWarning,
         stacklevel=stacklevel_of_user_code(),
     )
@@ -686,7 +687,7 @@ class ImageList:
             if isinstance(item, torch.Tensor) else item
             for position, item in enumerate(items)
         ]
-        missing, ambiguous, sixteen_bit_peaks = [], [], []
+        missing, ambiguous, sixteen_bit_peaks = [], [], {}
         for position, item in enumerate(self._items):
             if isinstance(item, (str, os.PathLike)):
                 mode = _file_mode(item)  # one stat per path: a list may hold millions
@@ -707,7 +708,7 @@ class ImageList:
                     ambiguous.append(position)
                 _check_pixel_range(item, f"Image {position}")
                 if _is_sixteen_bit(item.dtype):
-                    sixteen_bit_peaks.append(_sixteen_bit_peak(item))
+                    sixteen_bit_peaks[position] = _sixteen_bit_peak(item)
             elif isinstance(item, Image.Image):
                 if 0 in item.size:
                     raise ValueError(f"Image {position} is a PIL image of size {item.size}, with no pixels.")
@@ -720,8 +721,8 @@ class ImageList:
                 )
         if sixteen_bit_peaks:  # one dark image among bright ones may well be 16-bit
             _warn_if_fewer_than_sixteen_bits(
-                f"Every one of the {len(sixteen_bit_peaks)} uint16 images is" if len(sixteen_bit_peaks) > 1
-                else "The one uint16 image is", max(sixteen_bit_peaks))
+                f"The {len(sixteen_bit_peaks)} uint16 images are" if len(sixteen_bit_peaks) > 1
+                else f"Image {next(iter(sixteen_bit_peaks))} is", max(sixteen_bit_peaks.values()))
         if ambiguous:
             first = ambiguous[0]
             _warn_of_ambiguous_layout(f"Image {first}", self._items[first].shape, others=len(ambiguous) - 1)
