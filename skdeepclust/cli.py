@@ -266,6 +266,11 @@ def _output_folder(path, save_embeddings):
             if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
                 raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
                                 "read-only; move it, or choose another --out")
+            # A run writes its clusters.csv first, so a file of these names beside no
+            # clusters.csv of ours is the user's own, which must not be overwritten.
+            if name != EMBEDDINGS_FILE and target.exists() and not _holds_results_table(out):
+                raise UserError(f"--out {path}: it holds a {name} that no skdeepclust run wrote, "
+                                "which would be overwritten; move it, or choose another --out")
         try:
             with tempfile.TemporaryFile(dir=out):
                 pass

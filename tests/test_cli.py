@@ -446,6 +446,20 @@ def test_a_rerun_removes_the_embeddings_of_a_run_too_large_for_a_montage(capsys,
     assert err.startswith(f"skdeepclust: warning: removed {out / 'embeddings.npy'} of an earlier run")
 
 
+@pytest.mark.parametrize("name", ["montage.png", "clusters.csv"])
+def test_an_out_folder_holding_a_file_of_the_users_by_an_output_name_is_refused(capsys, image_folder, tmp_path,
+                                                                                name):
+    # The user's own photo montage.png, or table clusters.csv, was overwritten.
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / name).write_bytes(b"the user's own")
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 2
+    assert err == (f"skdeepclust: error: --out {out}: it holds a {name} that no skdeepclust run wrote, which "
+                   "would be overwritten; move it, or choose another --out\n")
+    assert (out / name).read_bytes() == b"the user's own"
+
+
 def test_embeddings_that_no_run_wrote_are_kept(capsys, image_folder, tmp_path):
     out = tmp_path / "project"
     out.mkdir()
