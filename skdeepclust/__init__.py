@@ -5,10 +5,14 @@ with any timm backbone, and :class:`FeatureClusterer` clusters them.
 :class:`PretrainedFeatureClusterer` composes both into one estimator.
 """
 
-from .clustering import FeatureClusterer
-from .embedding import ImageEmbedder
-from .pretrained_clusterer import PretrainedFeatureClusterer
+from ._lazy import lazy_namespace
 
 __version__ = "0.1.0"
+
+__getattr__, __dir__ = lazy_namespace(__name__, {
+    "FeatureClusterer": "clustering",
+    "ImageEmbedder": "embedding",
+    "PretrainedFeatureClusterer": "pretrained_clusterer",
+}, globals())
 
 __all__ = ["FeatureClusterer", "ImageEmbedder", "PretrainedFeatureClusterer", "__version__"]

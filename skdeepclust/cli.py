@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
-from .embedding.embedder import MIN_CROP_PCT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
 
 EXIT_USAGE = 2
@@ -371,6 +370,8 @@ def _batch_size_argument(value):
 
 
 def _crop_pct_argument(value):
+    from .embedding.embedder import MIN_CROP_PCT  # imports torch: not for --help
+
     if value == "model":
         return value
     try:
@@ -601,9 +602,9 @@ def _escaping_output():
 
 def main(argv=None):
     """Entry point of the ``skdeepclust`` command; returns the exit status."""
-    from .embedding import PretrainedWeightsUnavailable
-
     args = build_parser().parse_args(argv)
+    from .embedding import PretrainedWeightsUnavailable  # after --help, which needs no torch
+
     try:
         with warnings.catch_warnings(), _escaping_output():
             warnings.showwarning = _library_warning_printer(vars(args))

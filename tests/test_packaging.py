@@ -30,3 +30,18 @@ def test_minimum_versions_file_pins_every_lower_bound_of_pyproject():
             name, version = line.split("==")
             pins[_normalized(name)] = Version(version)
     assert pins == bounds
+
+
+@pytest.mark.parametrize("code", [
+    "import skdeepclust",
+    "from skdeepclust.cli import main\ntry:\n    main(['cluster', '--help'])\nexcept SystemExit:\n    pass",
+])
+def test_import_and_help_load_neither_torch_nor_scikit_learn(code):
+    # Both imported them, and timm, at once: 3 s before the first line of help.
+    import subprocess
+    import sys
+
+    check = "\nimport sys\nprint(sorted(name for name in ('torch', 'sklearn', 'timm') if name in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"

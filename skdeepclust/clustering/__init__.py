@@ -1,13 +1,18 @@
 """Stage 2: clustering feature matrices (scikit-learn clusterers, cuML, torch heads)."""
 
+from .._lazy import lazy_namespace
 from ._registry import available_clusterer_names
-from .debiased import DebiasedClusterer
-from .feature_clusterer import FeatureClusterer, label_free_score
-from .kmeans import TorchKMeans
-from .model_selection import select_n_clusters
-from .neighbors import mine_nearest_neighbors
-from .scan import SCANClusterer
-from .temi import TEMIClusterer
+
+__getattr__, __dir__ = lazy_namespace(__name__, {
+    "DebiasedClusterer": "debiased",
+    "FeatureClusterer": "feature_clusterer",
+    "label_free_score": "feature_clusterer",
+    "TorchKMeans": "kmeans",
+    "select_n_clusters": "model_selection",
+    "mine_nearest_neighbors": "neighbors",
+    "SCANClusterer": "scan",
+    "TEMIClusterer": "temi",
+}, globals())
 
 __all__ = [
     "DebiasedClusterer",

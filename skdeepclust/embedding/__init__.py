@@ -3,9 +3,7 @@
 import importlib
 import warnings
 
-from .backbone import Preprocessing, PretrainedWeightsUnavailable, read_checkpoint
-from .embedder import ImageEmbedder
-from .images import IMAGE_EXTENSIONS, find_image_files
+from .._lazy import lazy_namespace
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -20,7 +18,7 @@ __all__ = [
 _MOVED = {"as_images": "images", "build_backbone": "backbone"}
 
 
-def __getattr__(name):
+def _moved(name):
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = f"{__name__}.{_MOVED[name]}"
@@ -28,6 +26,16 @@ def __getattr__(name):
         f"{__name__}.{name} is internal and leaves this namespace in 0.3; "
         f"import it from {module} if you must.",
         FutureWarning,
-        stacklevel=2,
+        stacklevel=3,  # past the package's __getattr__
     )
     return getattr(importlib.import_module(module), name)
+
+
+__getattr__, __dir__ = lazy_namespace(__name__, {
+    "IMAGE_EXTENSIONS": "images",
+    "ImageEmbedder": "embedder",
+    "Preprocessing": "backbone",
+    "PretrainedWeightsUnavailable": "backbone",
+    "find_image_files": "images",
+    "read_checkpoint": "backbone",
+}, globals(), otherwise=_moved)
