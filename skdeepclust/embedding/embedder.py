@@ -38,8 +38,16 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 MIN_CROP_PCT = 0.25
 
 # Measured on a 2-core CPU (benchmarks/README.md): ResNet-18 and ViT-S/16 run
-# fastest per image at batches of 16 to 32; larger ones only cost memory.
+# fastest per image at batches of 16 to 32 at 224 px; larger ones only cost memory.
 CPU_BATCH_SIZE = 32
+# Smaller inputs take larger batches, as many pixels as 32 images of 96 x 96 (a
+# power of two, at most MAX_CPU_BATCH_SIZE): each forward pass costs some time of its
+# own, which short passes feel. 2,048 random images on 2 cores, batch 128 against 32:
+# at 32 px 0.55 vs 0.89 s (EfficientNet-Lite0), 0.78 vs 1.13 (ResNet-18), 0.65 vs
+# 1.00 (ViT-Ti/16); at 48 px 1.27 vs 1.45, 2.54-2.82 vs 3.07, 1.18 vs 1.57; ResNet-18
+# at 96 px was 14% slower per image at 128.
+CPU_BATCH_PIXELS = CPU_BATCH_SIZE * 96 * 96
+MAX_CPU_BATCH_SIZE = 256
 # On a GPU the default batch is the largest power of two whose activations fit
 # in this share of the free memory, up to a cap. The cap is not yet measured on a
 # GPU (benchmarks/run_gpu.sh will): at 256, one ViT-B/16 batch is about 9 TFLOP,
@@ -254,10 +262,10 @@ def auto_batch_size(model, input_size, device, dtype):
     On a GPU, one forward pass of a small probe batch measures the activation
     memory per image; the batch is the largest power of two whose activations
     fill at most ``GPU_MEMORY_SHARE`` of the free memory, capped at
-    ``MAX_GPU_BATCH_SIZE``. Elsewhere it is ``CPU_BATCH_SIZE``.
+    ``MAX_GPU_BATCH_SIZE``. Elsewhere it is :func:`cpu_batch_size`.
     """
     if device.type != "cuda":
-        return CPU_BATCH_SIZE
+        return cpu_batch_size(input_size)
     probe_size = 8
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -269,6 +277,13 @@ def auto_batch_size(model, input_size, device, dtype):
     free, _ = torch.cuda.mem_get_info(device)
     reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return batch_size_that_fits(per_image, free + reusable)
+
+
+def cpu_batch_size(input_size):
+    """``CPU_BATCH_SIZE``, or for inputs under 96 x 96 the largest power of two (up to
+    ``MAX_CPU_BATCH_SIZE``) whose images hold at most ``CPU_BATCH_PIXELS`` pixels."""
+    fits = max(1, CPU_BATCH_PIXELS // (input_size[0] * input_size[1]))
+    return min(MAX_CPU_BATCH_SIZE, max(CPU_BATCH_SIZE, 1 << (fits.bit_length() - 1)))
 
 
 def batch_size_that_fits(bytes_per_image, available_bytes):
@@ -370,7 +385,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         1,000: 0.530 against 0.502 with the SimCLR ResNet-18's own 0.95, 0.456
         against 0.447 with EfficientNet-Lite0's 0.875).
     batch_size : int or "auto", default="auto"
-        Images per forward pass. ``"auto"`` is 32 on the CPU; on a GPU it is the
+        Images per forward pass. ``"auto"`` is 32 on the CPU (up to 256 for inputs
+        under 96 x 96: 128 at 48 px, 256 at 32 px); on a GPU it is the
         largest power of two up to 256 whose activations, measured on a probe
         batch, fill at most 40% of the free memory. On a CUDA out-of-memory error
         the batch is halved and retried.
