@@ -260,6 +260,7 @@ def _output_folder(path, save_embeddings):
     except OSError as exc:
         raise UserError(f"--out {path}: cannot make this folder ({exc.strerror or exc})") from None
     try:
+        earlier_run = _holds_results_table(out)
         for name in (RESULTS_FILE, MONTAGE_FILE) + ((EMBEDDINGS_FILE,) if save_embeddings else ()):
             target = out / name
             if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
@@ -267,7 +268,7 @@ def _output_folder(path, save_embeddings):
                                 "read-only; move it, or choose another --out")
             # A run writes its clusters.csv first, so a file of these names beside no
             # clusters.csv of ours is the user's own, which must not be overwritten.
-            if name != EMBEDDINGS_FILE and target.exists() and not _holds_results_table(out):
+            if name != EMBEDDINGS_FILE and target.exists() and not earlier_run:
                 raise UserError(f"--out {path}: it holds a {name} that no skdeepclust run wrote, "
                                 "which would be overwritten; move it, or choose another --out")
         try:

@@ -7,6 +7,7 @@ import numbers
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
 from ._device import checked_random_state, host_array
 from ._grouping import rows_of_each
 from ._validation import check_no_missing_labels, unique_labels

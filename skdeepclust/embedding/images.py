@@ -381,6 +381,10 @@ def _warn_of_ambiguous_layout(name, shape, others=0):
     )
 
 
+# 16-bit pixels that all lie below this use 12 bits or fewer.
+FEW_BITS_PEAK = 4096
+
+
 def _sixteen_bit_peak(pixels):
     """The largest value of ``pixels`` (numpy or torch) if they are 16-bit, else None."""
     if not _is_sixteen_bit(pixels.dtype) or math.prod(pixels.shape) == 0:
@@ -486,10 +490,6 @@ def _bound(value):
     which the message says it lies outside (1 + 1e-12 would print as 1)."""
     short = f"{value:.9g}"
     return short if (float(short) < 0.0 or float(short) > 1.0) == (value < 0.0 or value > 1.0) else repr(value)
-
-
-# 16-bit pixels that all lie below this use 12 bits or fewer.
-FEW_BITS_PEAK = 4096
 
 
 def _check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as uint16, X.astype(np.uint16)"):
@@ -707,8 +707,9 @@ class ImageList:
                 if item.ndim == 3 and _layout_is_ambiguous(item.shape):
                     ambiguous.append(position)
                 _check_pixel_range(item, f"Image {position}")
-                if _is_sixteen_bit(item.dtype):
-                    sixteen_bit_peaks[position] = _sixteen_bit_peak(item)
+                peak = _sixteen_bit_peak(item)
+                if peak is not None:
+                    sixteen_bit_peaks[position] = peak
             elif isinstance(item, Image.Image):
                 if 0 in item.size:
                     raise ValueError(f"Image {position} is a PIL image of size {item.size}, with no pixels.")
