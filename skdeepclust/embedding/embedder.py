@@ -44,8 +44,8 @@ CPU_BATCH_SIZE = 32
 # power of two, at most MAX_CPU_BATCH_SIZE): each forward pass costs some time of its
 # own, which short passes feel. 2,048 random images on 2 cores, batch 128 against 32:
 # at 32 px 0.55 vs 0.89 s (EfficientNet-Lite0), 0.78 vs 1.13 (ResNet-18), 0.65 vs
-# 1.00 (ViT-Ti/16); at 48 px 1.27 vs 1.45, 2.54-2.82 vs 3.07, 1.18 vs 1.57; ResNet-18
-# at 96 px was 14% slower per image at 128.
+# 1.00 (ViT-Ti/16); at 48 px 1.27 vs 1.45, 2.54-2.82 vs 3.07, 1.18 vs 1.57. At 96 px
+# batch 128 is slower: 512 images through ResNet-18 in 1.86-1.88 s vs 1.65-1.82 s.
 CPU_BATCH_PIXELS = CPU_BATCH_SIZE * 96 * 96
 MAX_CPU_BATCH_SIZE = 256
 # On a GPU the default batch is the largest power of two whose activations fit
