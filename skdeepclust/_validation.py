@@ -90,6 +90,21 @@ def _is_missing(label):
     return pandas is not None and (label is pandas.NA or label is pandas.NaT)
 
 
+def labels_from_list(labels):
+    """A list or tuple of labels as a numpy array; anything else as it is.
+
+    A list mixing strings and floats becomes an object array: numpy would turn
+    ``float("nan")`` beside strings into the string ``"nan"``, a class like any
+    other, which ``check_no_missing_labels`` could not tell from a real one.
+    """
+    if not isinstance(labels, (list, tuple)):
+        return labels
+    converted = np.asarray(labels)
+    if converted.dtype.kind in "US" and any(isinstance(label, (float, np.floating)) for label in labels):
+        return np.asarray(labels, dtype=object)
+    return converted
+
+
 def check_no_missing_labels(labels, name, advice):
     """Refuse a 1-D label array holding NaN, infinity, None, NaT or pandas' NA.
 

@@ -20,7 +20,7 @@ from sklearn.utils import column_or_1d
 from sklearn.utils.validation import _check_sample_weight, check_consistent_length
 
 from ._device import host_array
-from ._validation import check_no_missing_labels, unique_labels
+from ._validation import check_no_missing_labels, labels_from_list, unique_labels
 
 __all__ = [
     "cluster_accuracy",
@@ -60,20 +60,9 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
     >>> cluster_accuracy([0, 0, 1, 1, 2, 2], [5, 5, 3, 3, 3, 7])
     0.8333333333333334
     """
-    y_true = column_or_1d(host_array(y_true, "y_true"), warn=True)
-    y_pred = column_or_1d(host_array(y_pred, "y_pred"), warn=True)
+    y_true, sample_weight = checked_true_labels(y_true, sample_weight)
+    y_pred = _checked_labels(y_pred, "y_pred")
     check_consistent_length(y_true, y_pred)
-    if y_true.shape[0] == 0:
-        raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")
-    for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
-        check_no_missing_labels(
-            labels, name, "if those mark unlabelled samples, leave the samples out of the score")
-    if sample_weight is not None:
-        sample_weight = _check_sample_weight(
-            host_array(sample_weight, "sample_weight"), y_true, ensure_non_negative=True
-        )
-        # Only the weights' ratios count; sums of weights near 1e308 would overflow.
-        sample_weight = sample_weight / sample_weight.max()  # > 0: all zeros are refused
     classes, class_index = unique_labels(y_true, "y_true", return_inverse=True)
     clusters, cluster_index = unique_labels(y_pred, "y_pred", return_inverse=True)
     # The contingency table, of counts or (with weights) of summed weights.
@@ -83,6 +72,29 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
     # Both sums exactly rounded from the same cells: summed in different orders, a
     # perfect weighted clustering scored 1.0000000000000002 or 0.9999999999999999.
     return math.fsum(counts[rows, cols]) / math.fsum(counts.ravel())
+
+
+def _checked_labels(labels, name):
+    labels = column_or_1d(host_array(labels_from_list(labels), name), warn=True)
+    if labels.shape[0] == 0:
+        raise ValueError("cluster_accuracy needs at least one sample; got empty labels.")
+    check_no_missing_labels(
+        labels, name, "if those mark unlabelled samples, leave the samples out of the score")
+    return labels
+
+
+def checked_true_labels(y_true, sample_weight=None):
+    """``y_true`` as a 1-D array and ``sample_weight`` as weights relative to the
+    largest (or None), as :func:`cluster_accuracy` takes them; errors name the problem."""
+    y_true = _checked_labels(y_true, "y_true")
+    unique_labels(y_true, "y_true")  # labels of types that do not sort are refused here
+    if sample_weight is not None:
+        sample_weight = _check_sample_weight(
+            host_array(sample_weight, "sample_weight"), y_true, ensure_non_negative=True
+        )
+        # Only the weights' ratios count; sums of weights near 1e308 would overflow.
+        sample_weight = sample_weight / sample_weight.max()  # > 0: all zeros are refused
+    return y_true, sample_weight
 
 
 cluster_accuracy_scorer = make_scorer(cluster_accuracy)

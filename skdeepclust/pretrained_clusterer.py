@@ -20,6 +20,7 @@ from .clustering.feature_clusterer import (
 )
 from .embedding.embedder import ImageEmbedder
 from .embedding.images import as_images
+from .metrics import checked_true_labels
 
 _EMBEDDER_PARAMS = (
     "backbone",
@@ -331,6 +332,8 @@ class PretrainedFeatureClusterer(
                     f"{name} has {_num_samples(values)} entries for {len(images)} images; "
                     "give one per image, in the order of X."
                 )
+        if y is not None:
+            checked_true_labels(y, sample_weight)
         features = self._embed(images)
         return self.feature_clusterer_.score(features, y, sample_weight)
 

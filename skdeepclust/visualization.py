@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ._device import checked_random_state, host_array
 from ._grouping import rows_of_each
-from ._validation import check_no_missing_labels, unique_labels
+from ._validation import check_no_missing_labels, labels_from_list, unique_labels
 from .embedding.images import as_images
 
 _BACKGROUND = (255, 255, 255)
@@ -108,7 +108,7 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     >>> montage.size
     (182, 112)
     """
-    labels = np.asarray(host_array(labels, "labels"))
+    labels = np.asarray(host_array(labels_from_list(labels), "labels"))
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array; got shape {labels.shape}.")
     check_no_missing_labels(labels, "labels", "leave those images out, or give them a cluster such as -1")

@@ -32,6 +32,9 @@ def no_network(monkeypatch):
             return connect(sock, address)
         return refuse()
 
+    # With a proxy set, the package leaves it to the proxy whether the hub can be reached.
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(socket.socket, "connect", connect_locally_only)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)

@@ -152,6 +152,32 @@ def test_checkpoint_at_another_image_size_is_resampled(tmp_path):
     assert embedder.model_.pos_embed.shape[1] == 1 + (48 // 16) ** 2
 
 
+def test_checkpoint_of_another_size_warns_when_no_image_size_is_given(tmp_path):
+    path = tmp_path / "vit64.safetensors"
+    torch.manual_seed(0)
+    save_file(timm.create_model("test_vit", img_size=64, num_classes=0).state_dict(), path)
+    with pytest.warns(UserWarning, match=r"17 positions, .* 160 x 160, has 101: .* "
+                                          r"trained at 64 x 64, pass image_size=64"):
+        ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ImageEmbedder("test_vit", pretrained=path, image_size=64).fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("other, tensor", [
+    (dict(patch_size=8), r"patch_embed\.proj\.weight has \(64, 3, 8, 8\) in the checkpoint, "
+                         r"\(64, 3, 16, 16\) in the model"),
+    (dict(in_chans=1), r"patch_embed\.proj\.weight has \(64, 1, 16, 16\)"),
+])
+def test_checkpoint_tensors_of_another_size_are_refused_not_resampled(tmp_path, other, tensor):
+    # timm's ViT filter would resample a ViT/8's patch kernels to 16 x 16, silently.
+    torch.manual_seed(0)
+    path = tmp_path / "other.pth"
+    torch.save({"teacher": timm.create_model("test_vit", num_classes=0, **other).state_dict()}, path)
+    with pytest.raises(ValueError, match=f"do not fit backbone 'test_vit': {tensor}"):
+        ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
 @pytest.mark.parametrize("backbone", ["test_vit", "test_resnet"])
 def test_image_size_may_be_numpy_integers(backbone):
     """As GridSearchCV passes it from a numpy array of candidate sizes."""
@@ -212,6 +238,18 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
     save_file(resnet.state_dict(), path)
     with pytest.raises(ValueError, match="do not fit backbone 'test_vit'"):
         ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("source, target", [("test_resnet", "test_convnext"),
+                                            ("test_coatnet", "test_maxvit")])
+def test_checkpoint_that_trips_timms_filter_is_rejected(tmp_path, source, target):
+    # ConvNeXt's and MaxViT's filters look up keys of their own layout: KeyError,
+    # AttributeError from inside timm.
+    torch.manual_seed(0)
+    path = tmp_path / "other.safetensors"
+    save_file(timm.create_model(source, num_classes=10).state_dict(), path)
+    with pytest.raises(ValueError, match=f"do not fit backbone '{target}': (KeyError|AttributeError): "):
+        ImageEmbedder(target, pretrained=path).fit(np.zeros((1, 64, 64, 3), np.uint8))
 
 
 def test_a_checkpoint_lacking_layers_is_rejected_where_timm_loads_non_strictly(tmp_path):
@@ -295,6 +333,30 @@ def test_hub_weights_offline_give_a_clear_error_at_once(images, tmp_path, monkey
     assert constants.HF_HUB_OFFLINE == offline_flag
 
 
+def test_weights_behind_a_plain_url_offline_give_a_clear_error_at_once(images, tmp_path, monkeypatch):
+    # timm fetches these with torch.hub, which has no offline mode and no timeout.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
+    with pytest.raises(OSError, match=r"'legacy_seresnet18' .*they are at https://github\.com/.*"
+                                      r"which cannot be reached, and not in torch's cache"):
+        ImageEmbedder("legacy_seresnet18", pretrained=True).fit(images)
+
+
+def test_behind_a_proxy_the_hub_is_not_declared_unreachable(monkeypatch):
+    from skdeepclust.embedding.backbone import _host_is_reachable
+
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert not _host_is_reachable("huggingface.co")  # the test suite has no network
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert _host_is_reachable("huggingface.co")  # only the proxy can tell
+
+
+def test_an_image_size_too_small_is_not_blamed_on_the_hub(images):
+    with pytest.raises(ValueError, match="cannot be built for image_size=") as info:
+        ImageEmbedder("test_vit_relpos", pretrained=True, image_size=8).fit(images)
+    assert "offline" not in str(info.value)
+
+
 def test_unknown_backbone_suggests_names(images):
     with pytest.raises(ValueError, match="Unknown backbone 'vit_smal_patch16_224'.*vit_small_patch16_224"):
         ImageEmbedder("vit_smal_patch16_224", pretrained=False).fit(images)
@@ -367,6 +429,37 @@ def test_plain_module_with_local_weights(tmp_path, images):
     embedder = ImageEmbedder(_TinyCNN(), pretrained=path, image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
     embedder.fit(images)
     _assert_weights_equal(embedder.model_, trained)
+
+
+class _MixingRows(nn.Module):
+    """Returns features for a batch that are not one row per image."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        pooled = x.mean(dim=(2, 3))
+        if self.how == "twice":
+            return torch.cat([pooled, pooled])
+        if self.how == "batch mean":
+            return pooled.mean(0, keepdim=True)
+        if self.how == "none":
+            return pooled[:, :0]
+        return torch.full_like(pooled, float("nan"))
+
+
+@pytest.mark.parametrize("how, match", [
+    ("twice", r"returned 2 rows of features for a batch of 1 images"),
+    ("batch mean", r"returned 1 rows of features for a batch of 8 images"),
+    ("none", r"returned 0 features per image"),
+    ("nan", r"NaN or infinite features for 16 of 16 images \(the first is image 0\)"),
+])
+def test_module_output_that_is_not_one_row_per_image_is_refused(images, how, match):
+    embedder = ImageEmbedder(_MixingRows(how), image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3,
+                             batch_size=8)
+    with pytest.raises(ValueError, match=match):
+        embedder.fit_transform(images)
 
 
 def test_module_returning_feature_maps_is_rejected(images):

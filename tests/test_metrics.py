@@ -55,6 +55,23 @@ def test_pandas_and_datetime_missing_labels_are_refused(y_true):
         cluster_accuracy(y_true, [0, 0, 1, 1])
 
 
+def test_nan_in_a_list_of_strings_is_refused_not_read_as_the_class_nan():
+    # numpy reads ["cat", nan] as the strings "cat" and "nan", as from df["label"].tolist().
+    from skdeepclust.clustering import label_free_score
+    from skdeepclust.visualization import cluster_montage
+
+    names = ["cat", "cat", float("nan"), "dog"]
+    with pytest.raises(ValueError, match="y_true contains NaN"):
+        cluster_accuracy(names, [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="y_pred contains NaN"):
+        cluster_accuracy([0, 0, 1, 1], tuple(names))
+    with pytest.raises(ValueError, match="labels contains NaN"):
+        label_free_score(np.eye(4), names)
+    with pytest.raises(ValueError, match="labels contains NaN"):
+        cluster_montage(np.zeros((4, 8, 8, 3), np.uint8), names)
+    assert cluster_accuracy(["cat", "cat", "nan", "dog"], [0, 0, 1, 2]) == 1.0  # a class named "nan"
+
+
 def test_labels_of_types_that_do_not_sort_are_named():
     with pytest.raises(ValueError, match=r"y_true mixes values of types that do not sort \(int, str\); .*dtype=str"):
         cluster_accuracy(pd.Series([0, 0, "b", "b"], dtype=object), [0, 0, 1, 1])

@@ -99,6 +99,10 @@ def test_score_refuses_labels_of_another_length_before_embedding(labelled_images
         est.score(X, y[:10])
     with pytest.raises(ValueError, match=r"^sample_weight has 3 entries for 16 images"):
         est.score(X, y, sample_weight=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"^y_true contains NaN"):
+        est.score(X, np.where(y == 0, np.nan, y))
+    with pytest.raises(ValueError, match=r"^Negative values in data passed to `sample_weight`"):
+        est.score(X, y, sample_weight=-np.ones(16))
 
 
 def test_label_free_score_is_a_silhouette(labelled_images):

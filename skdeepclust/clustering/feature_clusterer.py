@@ -24,7 +24,7 @@ from sklearn.utils.validation import (
 
 from .._device import checked_random_state, host_array, parsed_device
 from .._grouping import rows_of_each
-from .._validation import check_no_missing_labels, check_verbose, unique_labels
+from .._validation import check_no_missing_labels, check_verbose, labels_from_list, unique_labels
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
 from ._training import HeadClusterer
@@ -277,7 +277,7 @@ def label_free_score(features, labels, random_state=None):
     True
     """
     features = check_array(host_array(features, "features"))
-    labels = column_or_1d(host_array(labels, "labels"))
+    labels = column_or_1d(host_array(labels_from_list(labels), "labels"))
     check_consistent_length(features, labels)
     check_no_missing_labels(labels, "labels", "leave those rows out, or label them -1, which is left out")
     rows = np.arange(labels.shape[0])

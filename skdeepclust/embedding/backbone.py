@@ -17,8 +17,10 @@ import difflib
 import math
 import numbers
 import os
+import re
 import socket
 import threading
+import urllib.request
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +46,10 @@ _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
 # Self-supervised checkpoints keep the encoder under a prefix beside a projection head
 # or a momentum copy: "backbone." (DINO, SimCLR code), "base_encoder." (MoCo v3).
 _ENCODER_PREFIXES = ("backbone.", "base_encoder.")
+# timm's checkpoint filters resize position tables (absolute, relative, attention
+# biases) to the model's input size on purpose. They would resize other tensors too,
+# silently: a ViT-S/8's patch kernels given for a ViT-S/16.
+_RESIZED_FOR_INPUT_SIZE = re.compile(r"pos|attention_bias")
 
 
 class PretrainedWeightsUnavailable(OSError):
@@ -213,10 +219,12 @@ def _drop_classifier(state_dict, model):
             if not (name.startswith(prefixes) and name not in own)}
 
 
-def _mismatch_error(exc, target, source):
+def _mismatch_error(reason, target, source):
     # torch gives a line per mismatched tensor; one line keeps them where only a
     # message's first line is shown (the command line), and the hint after them.
-    detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if isinstance(reason, (KeyError, AttributeError, IndexError)):
+        reason = f"{type(reason).__name__}: {reason}"  # a bare key says nothing by itself
+    detail = " ".join(line.strip() for line in str(reason).splitlines() if line.strip())
     if len(detail) > 600:
         detail = detail[:600] + " ..."
     hint = ""
@@ -274,6 +282,10 @@ def _pools_class_token(name):
     return architecture.startswith("vit_") and "dinov3" in architecture
 
 
+class ImageSizeError(ValueError):
+    """The architecture cannot be built for the image_size asked for, whatever its weights."""
+
+
 def _create_timm_model(name, image_size, **kwargs):
     import timm
 
@@ -292,24 +304,42 @@ def _create_timm_model(name, image_size, **kwargs):
             # that do not fit, memory) are the caller's to explain.
             if "negative dimension" not in str(exc):
                 raise
-            raise ValueError(
+            raise ImageSizeError(
                 f"The backbone {name} cannot be built for image_size={image_size} "
                 f"(RuntimeError: {exc}); choose a larger image_size."
             ) from exc
     return timm.create_model(name, num_classes=0, **kwargs)
 
 
-def _hub_is_reachable(timeout=3.0):
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return False
-    host = urlparse(constants.ENDPOINT).hostname
+def _host_is_reachable(host, timeout=3.0):
+    if urllib.request.getproxies().get("https") and not urllib.request.proxy_bypass(host):
+        return True  # only the proxy can tell; the download goes through it and fails in its own time
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def _hub_is_reachable():
+    from huggingface_hub import constants
+
+    return not constants.is_offline_mode() and _host_is_reachable(urlparse(constants.ENDPOINT).hostname)
+
+
+def _uncached_url_weights(name):
+    """The URL of timm's weights for ``name`` where they are not on the Hugging Face
+    hub but behind a plain URL (GitHub releases), and not yet in torch's cache; else None.
+
+    timm downloads those with torch.hub, which has no offline mode and no timeout.
+    """
+    import timm.models
+
+    config = timm.models.get_pretrained_cfg(name)
+    if config is None or config.hf_hub_id or not isinstance(config.url, str) or not config.url:
+        return None
+    cached = Path(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(config.url).path))
+    return None if cached.exists() else config.url
 
 
 @contextlib.contextmanager
@@ -384,11 +414,57 @@ def _head_prefix(model):
     return classifier.rsplit(".", 1)[0] + "." if "." in classifier else None
 
 
+def _check_tensor_sizes(state_dict, model, image_size, target, source):
+    """Refuse checkpoint tensors of another size than the model's, position tables
+    aside, before timm's filter resamples them; warn when the position embedding was
+    trained for another input size and no ``image_size`` was given."""
+    own = model.state_dict()
+    shared = [name for name, value in state_dict.items()
+              if name in own and isinstance(value, torch.Tensor)]
+    # Sizes, not shapes: converting filters reshape an old layout (a linear patch
+    # embedding into a convolution's) without changing how many numbers it holds.
+    wrong = [f"{name} has {tuple(state_dict[name].shape)} in the checkpoint, "
+             f"{tuple(own[name].shape)} in the model" for name in shared
+             if state_dict[name].numel() != own[name].numel()
+             and not _RESIZED_FOR_INPUT_SIZE.search(name)]
+    if wrong:
+        shown = "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise _mismatch_error(f"{shown}.", target, source)
+    if image_size is None and "pos_embed" in shared:
+        _warn_if_position_grid_differs(state_dict["pos_embed"], model, target, source)
+
+
+def _warn_if_position_grid_differs(trained, model, target, source):
+    """Warn that a ViT runs at its default size on position embeddings resampled from
+    a checkpoint trained at another size, which changes the features."""
+    positions, own_positions = trained.shape[-2], model.pos_embed.shape[-2]
+    if positions == own_positions:
+        return
+    height, width = model.patch_embed.img_size
+    advice = "If the weights were trained at another size, pass that image_size"
+    # The class and register tokens hold positions of their own unless no_embed_class.
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
+    side = math.isqrt(max(positions - prefix, 0))
+    patch_height, patch_width = model.patch_embed.patch_size
+    if side > 0 and side * side == positions - prefix and patch_height == patch_width:
+        trained_side = side * patch_height
+        advice = (f"If the weights were trained at {trained_side} x {trained_side}, pass "
+                  f"image_size={trained_side} to run them at that size")
+    warnings.warn(
+        f"The position embedding in {source} has {positions} positions, {target} at its "
+        f"default input size, {height} x {width}, has {own_positions}: the embedding was "
+        f"resampled, and images are resized to {height} x {width}. {advice}.",
+        UserWarning,
+        stacklevel=stacklevel_of_user_code(),
+    )
+
+
 def _create_timm_model_with_weights(name, image_size, state_dict, source):
     # timm applies the model's own checkpoint filter (e.g. resampling a ViT's position
     # embedding to image_size) to a state dict given through the pretrained config.
     skeleton = _create_timm_model(name, image_size, pretrained=False)
     state_dict = _drop_classifier(state_dict, skeleton)
+    _check_tensor_sizes(state_dict, skeleton, image_size, f"backbone {name!r}", source)
     try:
         with _refusing_missing_weights(type(skeleton), _head_prefix(skeleton)):
             model = _create_timm_model(
@@ -397,7 +473,10 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
                 pretrained=True,
                 pretrained_cfg_overlay=dict(state_dict=state_dict, num_classes=0),
             )
-    except RuntimeError as exc:
+    # The skeleton was built from the same arguments, so what fails now is the
+    # checkpoint: torch's strict load raises RuntimeError, timm's filters, looking
+    # for keys of their own layout, KeyError or AttributeError.
+    except (RuntimeError, KeyError, AttributeError, IndexError) as exc:
         raise _mismatch_error(exc, f"backbone {name!r}", source) from exc
     # timm keeps the overlay in the model's config: a second copy of every weight,
     # in memory, in each device copy and in every pickle.
@@ -417,10 +496,18 @@ def _load_timm_backbone(name, pretrained, image_size):
     if pretrained is False:
         return _create_timm_model(name, image_size, pretrained=False)
     if pretrained is True:
-        hub_context = contextlib.nullcontext() if _hub_is_reachable() else _hub_offline_mode()
+        url = _uncached_url_weights(name)
+        if url is not None and not _host_is_reachable(urlparse(url).hostname):
+            raise PretrainedWeightsUnavailable(
+                name, f"they are at {url}, which cannot be reached, and not in torch's cache "
+                f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}")
+        hub_context = (contextlib.nullcontext() if url is not None or _hub_is_reachable()
+                       else _hub_offline_mode())
         try:
             with hub_context:
                 return _create_timm_model(name, image_size, pretrained=True)
+        except ImageSizeError:
+            raise  # not the weights' fault
         except Exception as exc:  # hub, HTTP and cache errors have no common base class
             raise PretrainedWeightsUnavailable(name, f"{type(exc).__name__}: {str(exc)[:300]}") from exc
     return _create_timm_model_with_weights(name, image_size, read_checkpoint(pretrained), str(pretrained))

@@ -199,7 +199,8 @@ def compute_dtype(device, precision):
     return getattr(torch, precision)
 
 
-def _check_features(features, backbone):
+def _check_features(features, backbone, n_images, n_features=None):
+    """``features``, if they are a (n_images, n_features) matrix, one row per image."""
     if not isinstance(features, torch.Tensor) or features.ndim != 2:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise ValueError(
@@ -207,7 +208,36 @@ def _check_features(features, backbone):
             "backbone must return pooled features, e.g. end it with global average pooling "
             "and flatten."
         )
+    # Rows cut off or missing would give images the features of others.
+    if features.shape[0] != n_images:
+        raise ValueError(
+            f"The backbone {backbone} returned {features.shape[0]} rows of features for a batch "
+            f"of {n_images} images. A module backbone must return one row per image, "
+            "(batch, features), and treat each image on its own."
+        )
+    if features.shape[1] == 0 or n_features not in (None, features.shape[1]):
+        raise ValueError(
+            f"The backbone {backbone} returned {features.shape[1]} features per image"
+            + (f", after {n_features} for earlier images" if n_features else "")
+            + ". A module backbone must return the same, positive number for every image."
+        )
     return features
+
+
+def _check_finite(features, backbone, dtype):
+    """Refuse NaN or infinite features, which every clusterer would refuse later
+    without saying where they came from."""
+    finite_rows = np.isfinite(features).all(axis=1)
+    if finite_rows.all():
+        return
+    bad = np.flatnonzero(~finite_rows)
+    cause = ("float16 overflowed in the backbone: use precision='bfloat16' or 'float32'"
+             if dtype == torch.float16 else
+             "check the backbone's weights (a checkpoint holding NaN?) and those images")
+    raise ValueError(
+        f"The backbone {backbone} returned NaN or infinite features for {bad.size} of "
+        f"{features.shape[0]} images (the first is image {bad[0]}); {cause}."
+    )
 
 
 def _is_positive_int(value):
@@ -629,7 +659,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 ) from exc
         self.model_ = model
         self.preprocessing_ = preprocessing
-        self.embedding_dim_ = int(_check_features(features, backbone_name).shape[1])
+        self.embedding_dim_ = int(_check_features(features, backbone_name, probe_shape[0]).shape[1])
         self._n_features_out = self.embedding_dim_  # named by get_feature_names_out
         self._runtime = None
         return self
@@ -772,7 +802,9 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     sink.add(output)
                     position += output.shape[0]
                     progress.update(output.shape[0])
-        return sink.result()
+        features = sink.result()
+        _check_finite(features, self._backbone_name(), runtime.dtype)
+        return features
 
     def _forward(self, runtime, chunk, forward_size):
         """Features of ``chunk`` as float32.
@@ -785,7 +817,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             padding = chunk.new_zeros((forward_size - n_images, *chunk.shape[1:]))
             chunk = torch.cat([chunk, padding]).contiguous(memory_format=runtime.memory_format)
         output = runtime.model(chunk)
-        output = _check_features(output, self._backbone_name())[:n_images].float()
+        output = _check_features(output, self._backbone_name(), chunk.shape[0],
+                                 self.embedding_dim_)[:n_images].float()
         return F.normalize(output, dim=1) if self.normalize else output
 
     def __getstate__(self):
