@@ -60,9 +60,10 @@ def cluster_accuracy(y_true, y_pred, *, sample_weight=None):
     >>> cluster_accuracy([0, 0, 1, 1, 2, 2], [5, 5, 3, 3, 3, 7])
     0.8333333333333334
     """
-    y_true, sample_weight = checked_true_labels(y_true, sample_weight)
+    y_true = _checked_labels(y_true, "y_true")
     y_pred = _checked_labels(y_pred, "y_pred")
     check_consistent_length(y_true, y_pred)
+    sample_weight = _relative_weights(sample_weight, y_true)
     classes, class_index = unique_labels(y_true, "y_true", return_inverse=True)
     clusters, cluster_index = unique_labels(y_pred, "y_pred", return_inverse=True)
     # The contingency table, of counts or (with weights) of summed weights.
@@ -83,18 +84,22 @@ def _checked_labels(labels, name):
     return labels
 
 
-def checked_true_labels(y_true, sample_weight=None):
-    """``y_true`` as a 1-D array and ``sample_weight`` as weights relative to the
-    largest (or None), as :func:`cluster_accuracy` takes them; errors name the problem."""
+def _relative_weights(sample_weight, y_true):
+    if sample_weight is None:
+        return None
+    sample_weight = _check_sample_weight(
+        host_array(sample_weight, "sample_weight"), y_true, ensure_non_negative=True
+    )
+    # Only the weights' ratios count; sums of weights near 1e308 would overflow.
+    return sample_weight / sample_weight.max()  # > 0: all zeros are refused
+
+
+def check_true_labels(y_true, sample_weight=None):
+    """Raise the error :func:`cluster_accuracy` would raise for ``y_true`` or
+    ``sample_weight``, before anything slow computes the clusters to score."""
     y_true = _checked_labels(y_true, "y_true")
-    unique_labels(y_true, "y_true")  # labels of types that do not sort are refused here
-    if sample_weight is not None:
-        sample_weight = _check_sample_weight(
-            host_array(sample_weight, "sample_weight"), y_true, ensure_non_negative=True
-        )
-        # Only the weights' ratios count; sums of weights near 1e308 would overflow.
-        sample_weight = sample_weight / sample_weight.max()  # > 0: all zeros are refused
-    return y_true, sample_weight
+    unique_labels(y_true, "y_true")  # labels of types that do not sort
+    _relative_weights(sample_weight, y_true)
 
 
 cluster_accuracy_scorer = make_scorer(cluster_accuracy)

@@ -20,7 +20,7 @@ from .clustering.feature_clusterer import (
 )
 from .embedding.embedder import ImageEmbedder
 from .embedding.images import as_images
-from .metrics import checked_true_labels
+from .metrics import check_true_labels
 
 _EMBEDDER_PARAMS = (
     "backbone",
@@ -333,7 +333,7 @@ class PretrainedFeatureClusterer(
                     "give one per image, in the order of X."
                 )
         if y is not None:
-            checked_true_labels(y, sample_weight)
+            check_true_labels(y, sample_weight)
         features = self._embed(images)
         return self.feature_clusterer_.score(features, y, sample_weight)
 

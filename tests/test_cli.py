@@ -303,7 +303,10 @@ def test_weights_that_do_not_fit_keep_the_mismatch_and_the_hint_on_one_line(caps
     import torch
 
     weights = timm.create_model("test_vit", pretrained=False, num_classes=0).state_dict()
-    weights["blocks.0.norm1.weight"] = torch.ones(7)  # torch names each wrong tensor on a line of its own
+    # Transposed: as many numbers, so torch's strict load finds them, and names each
+    # wrong tensor on a line of its own.
+    for name in ("blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight"):
+        weights[name] = weights[name].T.contiguous()
     torch.save(weights, tmp_path / "weights.pth")
     status, _, err = _run(
         capsys, "cluster", str(_flat_folder(tmp_path)), "--backbone", "test_vit", "--pretrained",
@@ -311,7 +314,8 @@ def test_weights_that_do_not_fit_keep_the_mismatch_and_the_hint_on_one_line(caps
     )
     assert status == 2
     assert len(err.strip().splitlines()) == 1
-    assert "size mismatch for blocks.0.norm1.weight" in err
+    assert "size mismatch for blocks.0.attn.qkv.weight" in err
+    assert "size mismatch for blocks.0.mlp.fc1.weight" in err
     assert "Check that the backbone architecture matches the checkpoint" in err
 
 

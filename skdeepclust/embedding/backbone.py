@@ -437,23 +437,25 @@ def _check_tensor_sizes(state_dict, model, image_size, target, source):
 def _warn_if_position_grid_differs(trained, model, target, source):
     """Warn that a ViT runs at its default size on position embeddings resampled from
     a checkpoint trained at another size, which changes the features."""
-    positions, own_positions = trained.shape[-2], model.pos_embed.shape[-2]
+    positions, own_positions = trained.shape[-2], model.state_dict()["pos_embed"].shape[-2]
     if positions == own_positions:
         return
-    height, width = model.patch_embed.img_size
+    input_size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", ())[1:])
+    size = " x ".join(map(str, input_size)) or "default"
     advice = "If the weights were trained at another size, pass that image_size"
     # The class and register tokens hold positions of their own unless no_embed_class.
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
     side = math.isqrt(max(positions - prefix, 0))
-    patch_height, patch_width = model.patch_embed.patch_size
-    if side > 0 and side * side == positions - prefix and patch_height == patch_width:
-        trained_side = side * patch_height
+    patch_size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if (side > 0 and side * side == positions - prefix and isinstance(patch_size, tuple)
+            and len(set(patch_size)) == 1):
+        trained_side = side * patch_size[0]
         advice = (f"If the weights were trained at {trained_side} x {trained_side}, pass "
                   f"image_size={trained_side} to run them at that size")
     warnings.warn(
         f"The position embedding in {source} has {positions} positions, {target} at its "
-        f"default input size, {height} x {width}, has {own_positions}: the embedding was "
-        f"resampled, and images are resized to {height} x {width}. {advice}.",
+        f"default input size, {size}, has {own_positions}: the embedding was "
+        f"resampled, and images are resized to {size}. {advice}.",
         UserWarning,
         stacklevel=stacklevel_of_user_code(),
     )
