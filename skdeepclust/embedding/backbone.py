@@ -17,7 +17,6 @@ import difflib
 import math
 import numbers
 import os
-import re
 import socket
 import threading
 import urllib.request
@@ -46,10 +45,6 @@ _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
 # Self-supervised checkpoints keep the encoder under a prefix beside a projection head
 # or a momentum copy: "backbone." (DINO, SimCLR code), "base_encoder." (MoCo v3).
 _ENCODER_PREFIXES = ("backbone.", "base_encoder.")
-# timm's checkpoint filters resize position tables (absolute, relative, attention
-# biases) to the model's input size on purpose. They would resize other tensors too,
-# silently: a ViT-S/8's patch kernels given for a ViT-S/16.
-_RESIZED_FOR_INPUT_SIZE = re.compile(r"pos|attention_bias")
 
 
 class PretrainedWeightsUnavailable(OSError):
@@ -415,22 +410,25 @@ def _head_prefix(model):
 
 
 def _check_tensor_sizes(state_dict, model, image_size, target, source):
-    """Refuse checkpoint tensors of another size than the model's, position tables
-    aside, before timm's filter resamples them; warn when the position embedding was
-    trained for another input size and no ``image_size`` was given."""
+    """Refuse convolution kernels of another spatial size than the model's before
+    timm's filter resamples them, silently (a ViT-S/8's 8 x 8 patch kernels given for
+    a ViT-S/16); warn when the position embedding was trained for another input size
+    and no ``image_size`` was given.
+
+    Other differences are left to the filter and the strict load: filters rename
+    tensors (Swin's original layout puts stage i's downsampling under stage i - 1),
+    so one name may hold another tensor before the filter runs.
+    """
     own = model.state_dict()
-    shared = [name for name, value in state_dict.items()
-              if name in own and isinstance(value, torch.Tensor)]
-    # Sizes, not shapes: converting filters reshape an old layout (a linear patch
-    # embedding into a convolution's) without changing how many numbers it holds.
-    wrong = [f"{name} has {tuple(state_dict[name].shape)} in the checkpoint, "
-             f"{tuple(own[name].shape)} in the model" for name in shared
-             if state_dict[name].numel() != own[name].numel()
-             and not _RESIZED_FOR_INPUT_SIZE.search(name)]
-    if wrong:
-        shown = "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")
-        raise _mismatch_error(f"{shown}.", target, source)
-    if image_size is None and "pos_embed" in shared:
+    resampled = [
+        f"{name} has {tuple(value.shape)} in the checkpoint, {tuple(own[name].shape)} in the model"
+        for name, value in state_dict.items()
+        if name in own and isinstance(value, torch.Tensor) and value.ndim == 4 == own[name].ndim
+        and value.shape[:2] == own[name].shape[:2] and value.shape[2:] != own[name].shape[2:]
+    ]
+    if resampled:
+        raise _mismatch_error("; ".join(resampled) + ".", target, source)
+    if image_size is None and isinstance(state_dict.get("pos_embed"), torch.Tensor) and "pos_embed" in own:
         _warn_if_position_grid_differs(state_dict["pos_embed"], model, target, source)
 
 
