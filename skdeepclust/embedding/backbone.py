@@ -217,8 +217,6 @@ def _drop_classifier(state_dict, model):
 def _mismatch_error(reason, target, source):
     # torch gives a line per mismatched tensor; one line keeps them where only a
     # message's first line is shown (the command line), and the hint after them.
-    if isinstance(reason, (KeyError, AttributeError, IndexError)):
-        reason = f"{type(reason).__name__}: {reason}"  # a bare key says nothing by itself
     detail = " ".join(line.strip() for line in str(reason).splitlines() if line.strip())
     if len(detail) > 600:
         detail = detail[:600] + " ..."
@@ -409,17 +407,15 @@ def _head_prefix(model):
     return classifier.rsplit(".", 1)[0] + "." if "." in classifier else None
 
 
-def _check_tensor_sizes(state_dict, model, image_size, target, source):
-    """Refuse convolution kernels of another spatial size than the model's before
-    timm's filter resamples them, silently (a ViT-S/8's 8 x 8 patch kernels given for
-    a ViT-S/16); warn when the position embedding was trained for another input size
-    and no ``image_size`` was given.
+def _refuse_resampled_kernels(state_dict, own, target, source):
+    """Refuse convolution kernels of another spatial size than the model's (``own``,
+    its state dict) before timm's filter resamples them, silently: a ViT-S/8's 8 x 8
+    patch kernels given for a ViT-S/16.
 
     Other differences are left to the filter and the strict load: filters rename
     tensors (Swin's original layout puts stage i's downsampling under stage i - 1),
     so one name may hold another tensor before the filter runs.
     """
-    own = model.state_dict()
     resampled = [
         f"{name} has {tuple(value.shape)} in the checkpoint, {tuple(own[name].shape)} in the model"
         for name, value in state_dict.items()
@@ -428,14 +424,15 @@ def _check_tensor_sizes(state_dict, model, image_size, target, source):
     ]
     if resampled:
         raise _mismatch_error("; ".join(resampled) + ".", target, source)
-    if image_size is None and isinstance(state_dict.get("pos_embed"), torch.Tensor) and "pos_embed" in own:
-        _warn_if_position_grid_differs(state_dict["pos_embed"], model, target, source)
 
 
-def _warn_if_position_grid_differs(trained, model, target, source):
+def _warn_if_position_grid_differs(state_dict, own, model, target, source):
     """Warn that a ViT runs at its default size on position embeddings resampled from
     a checkpoint trained at another size, which changes the features."""
-    positions, own_positions = trained.shape[-2], model.state_dict()["pos_embed"].shape[-2]
+    trained = state_dict.get("pos_embed")
+    if not isinstance(trained, torch.Tensor) or "pos_embed" not in own:
+        return
+    positions, own_positions = trained.shape[-2], own["pos_embed"].shape[-2]
     if positions == own_positions:
         return
     input_size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", ())[1:])
@@ -464,7 +461,10 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     # embedding to image_size) to a state dict given through the pretrained config.
     skeleton = _create_timm_model(name, image_size, pretrained=False)
     state_dict = _drop_classifier(state_dict, skeleton)
-    _check_tensor_sizes(state_dict, skeleton, image_size, f"backbone {name!r}", source)
+    own, target = skeleton.state_dict(), f"backbone {name!r}"
+    _refuse_resampled_kernels(state_dict, own, target, source)
+    if image_size is None:
+        _warn_if_position_grid_differs(state_dict, own, skeleton, target, source)
     try:
         with _refusing_missing_weights(type(skeleton), _head_prefix(skeleton)):
             model = _create_timm_model(
@@ -477,7 +477,9 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     # checkpoint: torch's strict load raises RuntimeError, timm's filters, looking
     # for keys of their own layout, KeyError or AttributeError.
     except (RuntimeError, KeyError, AttributeError, IndexError) as exc:
-        raise _mismatch_error(exc, f"backbone {name!r}", source) from exc
+        # torch's message says it all; a bare key from a filter says nothing by itself
+        reason = exc if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
+        raise _mismatch_error(reason, target, source) from exc
     # timm keeps the overlay in the model's config: a second copy of every weight,
     # in memory, in each device copy and in every pickle.
     model.pretrained_cfg.pop("state_dict", None)
