@@ -174,9 +174,48 @@ def test_patch_kernels_of_another_size_are_refused_not_resampled(tmp_path):
         ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
 
 
-def test_swin_checkpoint_in_its_original_layout_still_loads(tmp_path):
+def test_checkpoint_with_other_class_and_register_tokens_is_named_in_the_error(tmp_path):
+    # timm's filter fails on it reshaping the position embedding, naming neither
+    torch.manual_seed(0)
+    path = tmp_path / "vit.pth"
+    torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), path)
+    with pytest.raises(ValueError, match=r"do not fit backbone 'test_vit2': the checkpoint has 1 "
+                                         r"class token\(s\) \(cls_token\), the model 0; the checkpoint "
+                                         r"has 0 register token\(s\) \(reg_token\), the model 1 "
+                                         r"\(timm's ViTs with registers have 'reg' in their name"):
+        ImageEmbedder("test_vit2", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_dinov2_checkpoint_in_meta_layout_loads_without_a_size_warning(tmp_path):
+    # Meta's DINOv2 with registers embeds the class token's position, timm's does not:
+    # one position more, the same grid; timm's filter converts it.
+    torch.manual_seed(0)
+    name = "vit_small_patch14_reg4_dinov2"
+    dinov2 = timm.create_model(name, num_classes=0).eval()
+    timm_layout = dinov2.state_dict()
+    meta_layout = {key: value for key, value in timm_layout.items()
+                   if key not in ("cls_token", "reg_token", "pos_embed")}
+    class_position = torch.randn(1, 1, 384)
+    meta_layout.update(
+        pos_embed=torch.cat([class_position, timm_layout["pos_embed"]], 1),
+        cls_token=timm_layout["cls_token"] - class_position,
+        register_tokens=timm_layout["reg_token"],
+        mask_token=torch.zeros(1, 384),
+    )
+    path = tmp_path / "dinov2_vits14_reg4.pth"
+    torch.save(meta_layout, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        embedder = ImageEmbedder(name, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    _assert_weights_equal(embedder.model_, dinov2)
+
+
+@pytest.mark.parametrize("with_classifier", [False, True])
+def test_swin_checkpoint_in_its_original_layout_still_loads(tmp_path, with_classifier):
     # Microsoft's layout keeps stage i's downsampling under layers.i - 1, timm's under
-    # layers.i: before timm's filter renames them, one name holds another tensor.
+    # layers.i: before timm's filter renames them, one name holds another tensor. Its
+    # published checkpoints keep their classifier as "head.", which the filter renames
+    # to timm's "head.fc." after the package has dropped the classifier.
     torch.manual_seed(0)
     name = "swin_tiny_patch4_window7_224"
     swin = timm.create_model(name, num_classes=0).eval()
@@ -186,6 +225,8 @@ def test_swin_checkpoint_in_its_original_layout_still_loads(tmp_path):
             stage = int(key.split(".")[1])
             key = key.replace(f"layers.{stage}.", f"layers.{stage - 1}.", 1)
         original[key] = value
+    if with_classifier:
+        original.update({"head.weight": torch.randn(1000, 768), "head.bias": torch.randn(1000)})
     path = tmp_path / "swin.pth"
     torch.save({"model": original}, path)
     embedder = ImageEmbedder(name, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))

@@ -359,26 +359,33 @@ _LOAD_STATE_DICT_SWAP = fork_safe_lock()
 
 
 @contextlib.contextmanager
-def _refusing_missing_weights(module_class, head_prefix=None):
-    """Make a non-strict ``module_class.load_state_dict``, called by this thread,
-    refuse a state dict that lacks some of the module's weights, for the block.
+def _checking_timm_load(skeleton):
+    """For the block, make the ``load_state_dict`` of ``skeleton``'s class, called by
+    this thread, drop the classifier from what timm's filter gives it, and refuse, when
+    called non-strictly, a state dict that lacks some of the module's weights.
 
-    timm loads a few architectures (DLA, MobileNetV5) non-strictly, so that extra
-    tensors in their published checkpoints are skipped; but then a checkpoint that
-    lacks layers leaves them random, silently. Extra tensors are still skipped, and
-    so are missing weights under ``head_prefix``: timm loads ConvNeXt's fcmae
-    checkpoints, which have no head, non-strictly on purpose, its head norm keeping
-    its initial values. Only the class being built changes, only while it is built,
-    and only for the thread that builds it.
+    Filters rename a classifier into timm's layout (Swin's original ``head.`` becomes
+    ``head.fc.``), after ``_drop_classifier`` has run. timm loads a few architectures
+    (DLA, MobileNetV5) non-strictly, so that extra tensors in their published
+    checkpoints are skipped; but then a checkpoint that lacks layers leaves them
+    random, silently. Extra tensors are still skipped, and so are missing weights
+    under the classifier's module: timm loads ConvNeXt's fcmae checkpoints, which have
+    no head, non-strictly on purpose, its head norm keeping its initial values. Only
+    the class being built changes, only while it is built, and only for the thread
+    that builds it.
     """
+    module_class, head_prefix = type(skeleton), _head_prefix(skeleton)
     with _LOAD_STATE_DICT_SWAP:
         own = module_class.__dict__.get("load_state_dict")
         inherited = module_class.load_state_dict
         builder = threading.get_ident()
 
         def load_state_dict(self, state_dict, strict=True, *args, **kwargs):
+            if threading.get_ident() != builder:
+                return inherited(self, state_dict, strict, *args, **kwargs)
+            state_dict = _drop_classifier(state_dict, skeleton)
             result = inherited(self, state_dict, strict, *args, **kwargs)
-            if strict or threading.get_ident() != builder:
+            if strict:
                 return result
             missing = [key for key in result.missing_keys
                        if head_prefix is None or not key.startswith(head_prefix)]
@@ -426,6 +433,33 @@ def _refuse_resampled_kernels(state_dict, own, target, source):
         raise _mismatch_error("; ".join(resampled) + ".", target, source)
 
 
+_VIT_EXTRA_TOKENS = {"cls_token": "class", "reg_token": "register", "dist_token": "distillation"}
+
+
+def _other_extra_tokens(state_dict, own):
+    """What differs between the class, register and distillation tokens of a ViT
+    checkpoint in timm's layout and the model's (``own``, its state dict), or "".
+
+    Called only once loading has failed: timm's filter then fails with a reshape error
+    that names none of them. Before that, a checkpoint may name them otherwise (Meta's
+    DINOv2 layout has ``register_tokens``), which the filter converts.
+    """
+    if "pos_embed" not in state_dict or "pos_embed" not in own:
+        return ""
+    counts = {
+        name: [tensors[name].shape[-2] if isinstance(tensors.get(name), torch.Tensor) else 0
+               for tensors in (state_dict, own)]
+        for name in _VIT_EXTRA_TOKENS
+    }
+    differences = "; ".join(
+        f"the checkpoint has {trained} {_VIT_EXTRA_TOKENS[name]} token(s) ({name}), the model {built}"
+        for name, (trained, built) in counts.items() if trained != built)
+    if differences and counts["reg_token"][0] != counts["reg_token"][1]:
+        differences += (" (timm's ViTs with registers have 'reg' in their name, as "
+                        "'vit_small_patch14_reg4_dinov2.lvd142m')")
+    return differences
+
+
 def _warn_if_position_grid_differs(state_dict, own, model, target, source):
     """Warn that a ViT runs at its default size on position embeddings resampled from
     a checkpoint trained at another size, which changes the features."""
@@ -433,17 +467,21 @@ def _warn_if_position_grid_differs(state_dict, own, model, target, source):
     if not isinstance(trained, torch.Tensor) or "pos_embed" not in own:
         return
     positions, own_positions = trained.shape[-2], own["pos_embed"].shape[-2]
-    if positions == own_positions:
+    # The class and register tokens hold positions of their own unless no_embed_class;
+    # a checkpoint may differ there (Meta's DINOv2 with registers embeds the class
+    # token's position, timm's does not), and then the grid is the same.
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
+    trained_prefixes = list(dict.fromkeys((prefix, 1, 0)))
+    if any(positions - trained_prefix == own_positions - prefix for trained_prefix in trained_prefixes):
         return
     input_size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", ())[1:])
     size = " x ".join(map(str, input_size)) or "default"
     advice = "If the weights were trained at another size, pass that image_size"
-    # The class and register tokens hold positions of their own unless no_embed_class.
-    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
-    side = math.isqrt(max(positions - prefix, 0))
+    side = next((math.isqrt(positions - trained_prefix) for trained_prefix in trained_prefixes
+                 if positions > trained_prefix
+                 and math.isqrt(positions - trained_prefix) ** 2 == positions - trained_prefix), 0)
     patch_size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    if (side > 0 and side * side == positions - prefix and isinstance(patch_size, tuple)
-            and len(set(patch_size)) == 1):
+    if side > 0 and isinstance(patch_size, tuple) and len(set(patch_size)) == 1:
         trained_side = side * patch_size[0]
         advice = (f"If the weights were trained at {trained_side} x {trained_side}, pass "
                   f"image_size={trained_side} to run them at that size")
@@ -463,10 +501,8 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     state_dict = _drop_classifier(state_dict, skeleton)
     own, target = skeleton.state_dict(), f"backbone {name!r}"
     _refuse_resampled_kernels(state_dict, own, target, source)
-    if image_size is None:
-        _warn_if_position_grid_differs(state_dict, own, skeleton, target, source)
     try:
-        with _refusing_missing_weights(type(skeleton), _head_prefix(skeleton)):
+        with _checking_timm_load(skeleton):
             model = _create_timm_model(
                 name,
                 image_size,
@@ -477,9 +513,12 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     # checkpoint: torch's strict load raises RuntimeError, timm's filters, looking
     # for keys of their own layout, KeyError or AttributeError.
     except (RuntimeError, KeyError, AttributeError, IndexError) as exc:
-        # torch's message says it all; a bare key from a filter says nothing by itself
-        reason = exc if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
+        # torch's message says it all, but not a reshape in a filter or a bare key
+        reason = (_other_extra_tokens(state_dict, own)
+                  or (exc if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"))
         raise _mismatch_error(reason, target, source) from exc
+    if image_size is None:
+        _warn_if_position_grid_differs(state_dict, own, skeleton, target, source)
     # timm keeps the overlay in the model's config: a second copy of every weight,
     # in memory, in each device copy and in every pickle.
     model.pretrained_cfg.pop("state_dict", None)
