@@ -69,7 +69,9 @@ class PretrainedFeatureClusterer(
         A clusterer name (see :func:`~skdeepclust.clustering.available_clusterer_names`)
         or an unfitted scikit-learn style clusterer, which is cloned.
     n_clusters : int or None, default=None
-        Number of clusters; ``None`` keeps the clusterer's own (8 for k-means).
+        Number of clusters; ``None`` keeps the clusterer's own (8 for k-means). As
+        in :class:`~skdeepclust.FeatureClusterer`, a clusterer instance's count
+        must be its class default or this one.
     mean, std : tuple of 3 floats, default=None
         Normalisation, overriding the model's own.
     interpolation : {"bilinear", "bicubic", "nearest"}, default=None

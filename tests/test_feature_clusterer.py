@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.cluster import (
     DBSCAN,
     HDBSCAN,
@@ -91,6 +91,22 @@ def test_a_count_set_twice_must_agree(blobs):
     search = GridSearchCV(FeatureClusterer(KMeans(), random_state=0),
                           {"clusterer__n_clusters": [2, 3, 4]}, cv=3).fit(X, y)
     assert search.best_params_ == {"clusterer__n_clusters": 3}
+
+
+@pytest.mark.parametrize("estimator", [
+    FeatureClusterer(KMeans(), n_clusters=3, random_state=0),
+    PretrainedFeatureClusterer("test_vit", pretrained=False, clusterer=KMeans(), n_clusters=3),
+])
+def test_a_search_over_the_clusterers_count_refuses_n_clusters_set_too(blobs, estimator):
+    # The candidate 8, KMeans' default, would give way to n_clusters=3 at fit, score
+    # as 3 clusters, and could be reported best.
+    X, y = blobs
+    with pytest.raises(ValueError, match=r"clusterer__n_clusters=8 and n_clusters=3 disagree; .* "
+                                         r"set n_clusters=None to search over clusterer__n_clusters"):
+        GridSearchCV(estimator, {"clusterer__n_clusters": [8, 3]}, cv=3).fit(X, y)
+    assert estimator.set_params(clusterer__n_clusters=3).clusterer.n_clusters == 3
+    with pytest.raises(ValueError, match=r"clusterer__n_clusters=5 and n_clusters=4 disagree"):
+        clone(estimator).set_params(n_clusters=4, clusterer__n_clusters=5)
 
 
 def test_gmm_gets_its_component_count_and_gives_probabilities(blobs):

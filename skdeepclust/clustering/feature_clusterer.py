@@ -98,7 +98,14 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
 class NamedClustererParamsMixin:
     """``set_params`` that explains why ``clusterer__<parameter>`` fails for a
     clusterer given by name ("kmeans"), where scikit-learn's own would say only
-    "'str' object has no attribute 'set_params'"."""
+    "'str' object has no attribute 'set_params'", and that refuses a clusterer's
+    count set against ``n_clusters``.
+
+    Once fitted, an instance's count at its class default gives way to
+    ``n_clusters`` (``FeatureClusterer(KMeans(), n_clusters=3)``), so a search over
+    ``clusterer__n_clusters`` would fit its candidate 8 with 3 clusters and could
+    report it best; set here, the count is known to be the caller's.
+    """
 
     def set_params(self, **params):
         """Set the parameters of this estimator, as in scikit-learn.
@@ -124,6 +131,14 @@ class NamedClustererParamsMixin:
                 f"{clusterer!r} is a name. Pass an instance, for example "
                 "clusterer=KMeans(), to set or search its parameters."
             )
+        n_clusters = params.get("n_clusters", getattr(self, "n_clusters", None))
+        for key in (f"clusterer__{name}" for name in _COUNT_PARAMETERS):
+            if n_clusters is not None and key in params and params[key] != n_clusters:
+                raise ValueError(
+                    f"{key}={params[key]!r} and n_clusters={n_clusters!r} disagree; set the "
+                    f"number of clusters in one place: search over n_clusters, or set "
+                    f"n_clusters=None to search over {key}."
+                )
         return super().set_params(**params)
 
 
@@ -313,7 +328,9 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         Number of clusters. ``None`` keeps the clusterer's own setting (8 for
         ``"kmeans"``, as in scikit-learn). For a clusterer that finds the number
         itself (DBSCAN, HDBSCAN) it must stay ``None``. A clusterer instance whose
-        own count is not its class default must have this same count.
+        own count is not its class default must have this same count, and
+        ``set_params(clusterer__n_clusters=...)`` (a search over it) needs this
+        ``None`` or equal.
     device : str or torch.device, default="auto"
         Passed to clusterers that run on torch (to an instance whose own device
         is ``"auto"``); ignored by the others.
