@@ -48,6 +48,9 @@ _QUOTED_OR_PARAMETER = re.compile(
 )
 # Library advice to use a class, as the command's option that picks it.
 _ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer torch_kmeans")}
+# Python values that the command spells as words, once their parameter is respelled.
+_VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
+                           "--pretrained=False": "--pretrained none"}
 
 
 class UserError(Exception):
@@ -70,6 +73,8 @@ def _in_option_words(message, options):
     for advice, (option, in_option_words) in _ADVICE_IN_OPTION_WORDS.items():
         if option in options:
             message = message.replace(advice, in_option_words)
+    for value, in_option_words in _VALUES_IN_OPTION_WORDS.items():
+        message = re.sub(re.escape(value) + r"\b", in_option_words, message)
     return message
 
 
@@ -335,7 +340,7 @@ def _pretrained_argument(value):
         return True
     if value == "none":
         return False
-    if not os.path.isfile(value):
+    if not os.path.exists(value):  # a folder gets the library's advice on what it holds
         raise UserError(f"--pretrained {value}: no such file (give a checkpoint path, 'hub' or 'none')")
     return value
 
@@ -540,7 +545,8 @@ def build_parser():
                          help="number of clusters; required, except by hdbscan and cuml_hdbscan, "
                               "which find it")
     cluster.add_argument("--backbone", default="vit_small_patch16_224.dino",
-                         help="timm model name, or efficientnet_lite0.offline (default: %(default)s)")
+                         help="timm model name, hf-hub:REPOSITORY, local-dir:FOLDER (a "
+                         "downloaded copy of one), or efficientnet_lite0.offline (default: %(default)s)")
     cluster.add_argument("--pretrained", default="hub", metavar="PATH|hub|none",
                          help="weights: a local checkpoint, 'hub' for timm's from the Hugging Face "
                          "hub, 'none' for random (default: %(default)s)")
@@ -611,12 +617,14 @@ def main(argv=None):
             warnings.showwarning = _library_warning_printer(vars(args))
             return args.run(args)
     except PretrainedWeightsUnavailable as exc:
-        print(
-            f"skdeepclust: error: cannot download the weights of {exc.backbone} (is this machine "
-            "offline?); pass --pretrained /path/to/weights.safetensors, --pretrained none for "
-            "random weights, or --backbone efficientnet_lite0.offline",
-            file=sys.stderr,
-        )
+        if exc.backbone.startswith("hf-hub:"):  # its architecture is on the hub too
+            advice = ("pass --backbone local-dir:FOLDER with a downloaded copy of the "
+                      "repository, or the model's name in timm's registry")
+        else:
+            advice = ("pass --pretrained /path/to/weights.safetensors, --pretrained none for "
+                      "random weights, or --backbone efficientnet_lite0.offline")
+        print(f"skdeepclust: error: cannot download {exc.backbone} (is this machine offline?); "
+              f"{advice}", file=sys.stderr)
         return EXIT_USAGE
     except (UserError, ValueError, TypeError, OSError, ImportError) as exc:
         if os.environ.get("SKDEEPCLUST_DEBUG"):

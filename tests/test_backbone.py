@@ -1,4 +1,5 @@
 import argparse
+import pickle
 import time
 import warnings
 
@@ -386,6 +387,74 @@ def test_hub_weights_offline_give_a_clear_error_at_once(images, tmp_path, monkey
         ImageEmbedder("test_vit", pretrained=True).fit(images)
     assert "pretrained='/path/to/weights.safetensors'" in str(info.value)
     assert constants.HF_HUB_OFFLINE == offline_flag
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_hub_repository_names_offline_give_a_clear_error_at_once(images, tmp_path, monkeypatch,
+                                                                  pretrained):
+    # timm reads an hf-hub: name's architecture from the hub, with or without weights.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(time, "sleep", lambda seconds: pytest.fail(f"backed off {seconds} s"))
+    with pytest.raises(OSError, match=r"'hf-hub:timm/vit_small_patch14_dinov2\.lvd142m' .* offline.*"
+                                      r"name the model in timm's registry, 'vit_small_patch14_dinov2"
+                                      r"\.lvd142m', .* backbone='local-dir:/path/to/it'") as info:
+        ImageEmbedder("hf-hub:timm/vit_small_patch14_dinov2.lvd142m", pretrained=pretrained).fit(images)
+    assert "pretrained=False for random weights" not in str(info.value)
+    again = pickle.loads(pickle.dumps(info.value))  # as a parallel search's worker sends it back
+    assert str(again) == str(info.value) and again.backbone == info.value.backbone
+
+
+def test_a_local_copy_of_a_hub_repository_loads_with_its_config(images, tmp_path):
+    torch.manual_seed(0)
+    saved = timm.create_model("test_vit", num_classes=0,
+                              pretrained_cfg_overlay=dict(mean=(0.1, 0.2, 0.3))).eval()
+    timm.models.save_for_hf(saved, tmp_path / "repository")
+    name = f"local-dir:{tmp_path / 'repository'}"
+    embedder = ImageEmbedder(name, pretrained=True, image_size=32).fit(images)
+    _assert_weights_equal(embedder.model_, {**saved.state_dict(), "pos_embed": embedder.model_.pos_embed})
+    assert embedder.preprocessing_.mean == (0.1, 0.2, 0.3)
+    same_weights = ImageEmbedder(saved, image_size=32, mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.5))
+    np.testing.assert_allclose(embedder.transform(images),
+                               same_weights.fit_transform(images), atol=1e-6)
+    restored = pickle.loads(pickle.dumps(embedder))
+    np.testing.assert_array_equal(restored.transform(images), embedder.transform(images))
+    checkpoint = tmp_path / "w.pth"
+    torch.save(saved.state_dict(), checkpoint)
+    from_checkpoint = ImageEmbedder(name, pretrained=checkpoint, image_size=32).fit(images)
+    np.testing.assert_array_equal(from_checkpoint.transform(images), embedder.transform(images))
+    random = ImageEmbedder(name, pretrained=False, image_size=32, random_state=0).fit(images)
+    assert type(random.model_) is type(saved)
+
+
+def test_local_copies_that_cannot_load_are_named(images, tmp_path):
+    with pytest.raises(ValueError, match=r"'.*absent' is not a folder holding a timm model's config\.json"):
+        ImageEmbedder(f"local-dir:{tmp_path / 'absent'}", pretrained=True).fit(images)
+    timm.models.save_for_hf(timm.create_model("test_vit", num_classes=0), tmp_path / "config-only")
+    for weights in (tmp_path / "config-only").glob("*.bin"):
+        weights.unlink()
+    with pytest.raises(ValueError, match=r"could not be loaded from the folder .*No suitable checkpoints"):
+        ImageEmbedder(f"local-dir:{tmp_path / 'config-only'}", pretrained=True).fit(images)
+    with pytest.raises(ValueError, match=r"'timm/vit_small_patch14_dinov2' .* Use 'hf-hub:timm/"):
+        ImageEmbedder("timm/vit_small_patch14_dinov2", pretrained=False).fit(images)
+
+
+def test_a_folder_given_as_pretrained_names_what_to_pass(images, tmp_path):
+    timm.models.save_for_hf(timm.create_model("test_vit", num_classes=0), tmp_path / "repository",
+                            safe_serialization=True)
+    with pytest.raises(ValueError, match=r"is a folder, not a checkpoint file\. Pass the checkpoint "
+                                         r"in it, e\.g\. pretrained='.*model\.safetensors'; .* "
+                                         r"backbone='local-dir:.*repository' with pretrained=True"):
+        ImageEmbedder("test_vit", pretrained=tmp_path / "repository").fit(images)
+
+
+def test_dinov3_copied_from_the_hub_pools_its_class_token(images, tmp_path):
+    # timm averages a DINOv3's patch tokens by default; DINOv3 evaluates its class token.
+    timm.models.save_for_hf(timm.create_model("vit_small_patch16_dinov3", num_classes=0, img_size=32),
+                            tmp_path / "dinov3")
+    embedder = ImageEmbedder(f"local-dir:{tmp_path / 'dinov3'}", pretrained=True, image_size=32)
+    assert embedder.fit(images).model_.global_pool == "token"
 
 
 def test_weights_behind_a_plain_url_offline_give_a_clear_error_at_once(images, tmp_path, monkeypatch):

@@ -246,6 +246,14 @@ def _flat_folder(tmp_path):
     return tmp_path
 
 
+def _saved_for_hub(tmp_path):
+    """A folder as timm saves a model for the Hugging Face Hub: config.json and weights."""
+    import timm
+
+    timm.models.save_for_hf(timm.create_model("test_vit", num_classes=0), tmp_path / "repository")
+    return tmp_path / "repository"
+
+
 def _occupied_out(tmp_path):
     (tmp_path / "out" / "montage.png").mkdir(parents=True)
     return tmp_path / "out"
@@ -269,6 +277,15 @@ def _occupied_out(tmp_path):
          "--pretrained /path/to"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--pretrained", str(tmp / "w.pth"), "--n-clusters", "1"],
          "no such file"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--pretrained", str(_saved_for_hub(tmp)),
+                      "--n-clusters", "1", "--backbone", "test_vit"],
+         "is a folder, not a checkpoint file. Pass the checkpoint in it, e.g. --pretrained="),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--pretrained", str(_saved_for_hub(tmp)),
+                      "--n-clusters", "1", "--backbone", "test_vit"], "as --backbone='local-dir:"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "1", "--backbone",
+                      "hf-hub:timm/vit_small_patch14_dinov2.lvd142m"],
+         "cannot download hf-hub:timm/vit_small_patch14_dinov2.lvd142m (is this machine offline?); "
+         "pass --backbone local-dir:FOLDER"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--eval", "--n-clusters", "1", *TINY_ARGS],
          "--eval needs class folders"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", *TINY_ARGS], "fewer than --n-clusters=3"),

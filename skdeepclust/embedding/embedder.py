@@ -379,7 +379,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     ----------
     backbone : str or torch.nn.Module, default="vit_small_patch16_224.dino"
         A timm model name, with an optional pretrained tag, or a module that maps a
-        (batch, 3, H, W) tensor to (batch, features). A module is copied, never
+        (batch, 3, H, W) tensor to (batch, features). timm's source prefixes work:
+        ``"hf-hub:REPOSITORY"`` (a model on the Hugging Face Hub) and
+        ``"local-dir:FOLDER"`` (a downloaded copy of one: its ``config.json``, which
+        gives the architecture and preprocessing, and weights). A module is copied, never
         changed; unless it is a timm model, give ``image_size``, ``mean`` and ``std``.
         A ``Pipeline(memory=...)`` reuses the embeddings of a named backbone only:
         joblib's hash of a module changes with each copy (torch pickles tensors by
