@@ -47,7 +47,8 @@ _QUOTED_OR_PARAMETER = re.compile(
     % ("|".join(_PARAMETERS_WITH_UNDERSCORES), "|".join(_PARAMETERS_THAT_ARE_WORDS))
 )
 # Library advice to use a class, as the command's option that picks it.
-_ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer torch_kmeans")}
+_ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer torch_kmeans"),
+                           "use 'kmeans'": ("clusterer", "use --clusterer kmeans")}
 # Python values that the command spells as words, once their parameter is respelled.
 _VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
                            "--pretrained=False": "--pretrained none"}

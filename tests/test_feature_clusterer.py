@@ -13,6 +13,7 @@ from sklearn.cluster import (
     SpectralClustering,
 )
 from sklearn.datasets import make_blobs
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV
@@ -107,6 +108,20 @@ def test_a_search_over_the_clusterers_count_refuses_n_clusters_set_too(blobs, es
     assert estimator.set_params(clusterer__n_clusters=3).clusterer.n_clusters == 3
     with pytest.raises(ValueError, match=r"clusterer__n_clusters=5 and n_clusters=4 disagree"):
         clone(estimator).set_params(n_clusters=4, clusterer__n_clusters=5)
+
+
+def test_clusters_left_empty_are_reported():
+    # MiniBatchKMeans leaves some of 20 clusters empty on 30 rows, and says nothing.
+    X, _ = make_blobs(30, n_features=4, centers=3, random_state=4)
+    with pytest.warns(ConvergenceWarning, match=r"MiniBatchKMeans kept \d+ of n_clusters=20 "
+                                                 r"clusters: no sample fell in the other") as record:
+        est = FeatureClusterer("minibatch_kmeans", n_clusters=20, random_state=0).fit(X)
+    kept = est.cluster_ids_.size
+    assert kept < 20 and f"kept {kept} of n_clusters=20" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FeatureClusterer("minibatch_kmeans", n_clusters=3, random_state=0).fit(X)
+        FeatureClusterer("agglomerative", n_clusters=20).fit(X)
 
 
 def test_gmm_gets_its_component_count_and_gives_probabilities(blobs):

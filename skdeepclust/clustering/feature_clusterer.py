@@ -5,10 +5,12 @@ from __future__ import annotations
 import inspect
 import numbers
 import os
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, clone
-from sklearn.cluster import SpectralClustering
+from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils import check_random_state
@@ -25,6 +27,7 @@ from sklearn.utils.validation import (
 from .._device import checked_random_state, host_array, parsed_device
 from .._grouping import rows_of_each
 from .._validation import check_no_missing_labels, check_verbose, labels_from_list, unique_labels
+from .._warnings import stacklevel_of_user_code
 from ..metrics import cluster_accuracy
 from ._registry import build_named_clusterer, fit_to_sample_count
 from ._training import HeadClusterer
@@ -221,6 +224,24 @@ def _requested_cluster_count(estimator):
         if isinstance(params.get(name), numbers.Integral):
             return int(params[name])
     return None
+
+
+def _warn_of_empty_clusters(clusterer, n_found):
+    """Warn when ``clusterer`` left some of the clusters asked for empty, as
+    MiniBatchKMeans and GaussianMixture may on few samples; this package's heads,
+    TorchKMeans and scikit-learn's KMeans warn of it themselves."""
+    requested = _requested_cluster_count(clusterer)
+    if (requested is None or n_found >= requested
+            or isinstance(clusterer, (HeadClusterer, TorchKMeans, KMeans))):
+        return
+    warnings.warn(
+        f"{type(clusterer).__name__} kept {n_found} of n_clusters={requested} clusters: no "
+        f"sample fell in the other {requested - n_found}, and labels_ keep its numbering, "
+        "with gaps. If you need exactly n_clusters groups, ask for fewer clusters or use "
+        "'kmeans'.",
+        ConvergenceWarning,
+        stacklevel=stacklevel_of_user_code(),
+    )
 
 
 def _clusterer_has(method):
@@ -464,6 +485,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         self.clusterer_ = clusterer
         self.labels_ = np.asarray(labels).astype(np.int64, copy=False)
         self.cluster_ids_ = np.unique(self.labels_[self.labels_ >= 0])
+        _warn_of_empty_clusters(clusterer, self.cluster_ids_.size)
         self.cluster_centers_ = _cluster_means(
             X, self.labels_, self.cluster_ids_, fit_params.get("sample_weight")
         )
