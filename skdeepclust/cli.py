@@ -417,7 +417,13 @@ def _check_class_folders(folder, files):
 def cluster_command(args):
     if not args.path:  # an unset shell variable, which Path would read as the current folder
         raise UserError("PATH is empty; give the folder of images ('.' for the current folder)")
+    from .embedding.images import ARCHIVE_SUFFIXES
+
     folder = Path(args.path)
+    if folder.is_file() and folder.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise UserError(f"{folder} is an archive, not a folder; unpack it and give the folder "
+                        "(skdeepclust.datasets.extract_image_archive unpacks it once and "
+                        "returns the folder)")
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
     _check_cluster_count_option(args.clusterer, args.n_clusters)
@@ -526,9 +532,12 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 def build_parser():
     from .clustering import available_clusterer_names
 
+    from . import __version__
+
     parser = _OneLineErrorParser(
         prog="skdeepclust", description="Cluster images with a frozen pretrained backbone."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     cluster = commands.add_parser(

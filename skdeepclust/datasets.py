@@ -21,7 +21,13 @@ from sklearn.utils import Bunch, check_random_state
 from ._device import usable_cores
 from ._grouping import rows_of_each
 from ._progress import progress_bar
-from .embedding.images import _decode_file, find_image_files, is_hidden_name, unreadable_file_reason
+from .embedding.images import (
+    ARCHIVE_SUFFIXES,
+    _decode_file,
+    find_image_files,
+    is_hidden_name,
+    unreadable_file_reason,
+)
 
 # Files each thread of the readability check gets at least.
 FILES_PER_CHECK_THREAD = 256
@@ -285,7 +291,7 @@ def extract_image_archive(archive, cache_dir=None):
         cache_dir or os.environ.get("SKDEEPCLUST_CACHE") or Path.home() / ".cache" / "skdeepclust"
     ).expanduser()
     name = archive.name
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+    for suffix in ARCHIVE_SUFFIXES:
         if name.lower().endswith(suffix):  # PHOTOS.ZIP too, as some Windows tools write it
             name = name[: -len(suffix)]
             break

@@ -14,6 +14,14 @@ from skdeepclust import ImageEmbedder
 from skdeepclust.embedding.backbone import clean_state_dict, read_checkpoint
 
 
+# timm reads "local-dir:" names, and exports save_for_hf, from 1.0.16 on.
+needs_timm_local_dir = pytest.mark.skipif(
+    not hasattr(timm.models, "save_for_hf")
+    or tuple(int(part) for part in timm.__version__.split(".")[:3] if part.isdigit()) < (1, 0, 16),
+    reason=f"timm {timm.__version__} reads no 'local-dir:' names",
+)
+
+
 def _reference_vit(num_classes=0, seed=123):
     torch.manual_seed(seed)
     return timm.create_model("test_vit", pretrained=False, num_classes=num_classes).eval()
@@ -406,6 +414,7 @@ def test_hub_repository_names_offline_give_a_clear_error_at_once(images, tmp_pat
     assert str(again) == str(info.value) and again.backbone == info.value.backbone
 
 
+@needs_timm_local_dir
 def test_a_local_copy_of_a_hub_repository_loads_with_its_config(images, tmp_path):
     torch.manual_seed(0)
     saved = timm.create_model("test_vit", num_classes=0,
@@ -428,6 +437,7 @@ def test_a_local_copy_of_a_hub_repository_loads_with_its_config(images, tmp_path
     assert type(random.model_) is type(saved)
 
 
+@needs_timm_local_dir
 def test_local_copies_that_cannot_load_are_named(images, tmp_path):
     with pytest.raises(ValueError, match=r"'.*absent' is not a folder holding a timm model's config\.json"):
         ImageEmbedder(f"local-dir:{tmp_path / 'absent'}", pretrained=True).fit(images)
@@ -436,19 +446,23 @@ def test_local_copies_that_cannot_load_are_named(images, tmp_path):
         weights.unlink()
     with pytest.raises(ValueError, match=r"could not be loaded from the folder .*No suitable checkpoints"):
         ImageEmbedder(f"local-dir:{tmp_path / 'config-only'}", pretrained=True).fit(images)
-    with pytest.raises(ValueError, match=r"'timm/vit_small_patch14_dinov2' .* Use 'hf-hub:timm/"):
+    with pytest.raises(ValueError, match=r"'timm/vit_small_patch14_dinov2': .* Hugging Face Hub "
+                                         r"is named 'hf-hub:OWNER/REPOSITORY', .* 'local-dir:FOLDER'"):
         ImageEmbedder("timm/vit_small_patch14_dinov2", pretrained=False).fit(images)
 
 
 def test_a_folder_given_as_pretrained_names_what_to_pass(images, tmp_path):
-    timm.models.save_for_hf(timm.create_model("test_vit", num_classes=0), tmp_path / "repository",
-                            safe_serialization=True)
+    (tmp_path / "repository").mkdir()
+    (tmp_path / "repository" / "config.json").write_text('{"architecture": "test_vit"}')
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(),
+              tmp_path / "repository" / "model.safetensors")
     with pytest.raises(ValueError, match=r"is a folder, not a checkpoint file\. Pass the checkpoint "
                                          r"in it, e\.g\. pretrained='.*model\.safetensors'; .* "
                                          r"backbone='local-dir:.*repository' with pretrained=True"):
         ImageEmbedder("test_vit", pretrained=tmp_path / "repository").fit(images)
 
 
+@needs_timm_local_dir
 def test_dinov3_copied_from_the_hub_pools_its_class_token(images, tmp_path):
     # timm averages a DINOv3's patch tokens by default; DINOv3 evaluates its class token.
     timm.models.save_for_hf(timm.create_model("vit_small_patch16_dinov3", num_classes=0, img_size=32),

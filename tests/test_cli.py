@@ -246,11 +246,20 @@ def _flat_folder(tmp_path):
     return tmp_path
 
 
+def _empty_file(path):
+    path.write_bytes(b"")
+    return path
+
+
 def _saved_for_hub(tmp_path):
     """A folder as timm saves a model for the Hugging Face Hub: config.json and weights."""
     import timm
+    from safetensors.torch import save_file
 
-    timm.models.save_for_hf(timm.create_model("test_vit", num_classes=0), tmp_path / "repository")
+    (tmp_path / "repository").mkdir()
+    (tmp_path / "repository" / "config.json").write_text('{"architecture": "test_vit"}')
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(),
+              tmp_path / "repository" / "model.safetensors")
     return tmp_path / "repository"
 
 
@@ -263,6 +272,9 @@ def _occupied_out(tmp_path):
     "make_argv, message",
     [
         (lambda tmp: ["cluster", str(tmp / "missing")], "is not a folder"),
+        (lambda tmp: ["cluster", str(_empty_file(tmp / "photos.zip")), "--n-clusters", "1"],
+         "photos.zip is an archive, not a folder; unpack it and give the folder "
+         "(skdeepclust.datasets.extract_image_archive unpacks it once"),
         (lambda tmp: ["cluster", str(tmp), "--n-clusters", "1"], "No image files"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), *TINY_ARGS], "--clusterer kmeans needs --n-clusters"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "hdbscan", "--n-clusters", "2", *TINY_ARGS],
@@ -334,6 +346,15 @@ def test_weights_that_do_not_fit_keep_the_mismatch_and_the_hint_on_one_line(caps
     assert "size mismatch for blocks.0.attn.qkv.weight" in err
     assert "size mismatch for blocks.0.mlp.fc1.weight" in err
     assert "Check that the backbone architecture matches the checkpoint" in err
+
+
+def test_version(capsys):
+    from skdeepclust import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"skdeepclust {__version__}\n"
 
 
 def test_python_dash_m_entry_point(tmp_path):

@@ -199,6 +199,18 @@ def test_bad_input_is_named(bad, error, match):
         as_images(bad)
 
 
+@pytest.mark.parametrize("name, match", [
+    ("photos.zip", r"X is an archive, '.*photos\.zip'; unpack it and pass the folder: "
+                   r"skdeepclust\.datasets\.extract_image_archive\(path\)"),
+    ("PHOTOS.TAR.GZ", "X is an archive"),
+    ("photo.jpg", r"X is the path of one file, .*; pass a list of paths, e\.g\. \[path\]"),
+])
+def test_a_single_file_is_named_and_an_archive_is_told_how_to_unpack(tmp_path, name, match):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(TypeError, match=match):
+        as_images(str(tmp_path / name))
+
+
 def test_one_grayscale_image_with_a_channel_axis_is_not_taken_as_a_stack(images):
     gray = images[0, :, :, :1]  # (32, 32, 1): one image, or 32 images one pixel wide?
     with pytest.raises(ValueError, match=r"one \(height, width, 1\) grayscale image or 32 .* X\[None\] for the former"):

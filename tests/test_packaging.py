@@ -32,6 +32,21 @@ def test_minimum_versions_file_pins_every_lower_bound_of_pyproject():
     assert pins == bounds
 
 
+def test_submodules_are_reachable_as_attributes_of_the_package():
+    import subprocess
+    import sys
+
+    code = ("import skdeepclust\nprint(skdeepclust.datasets.load_image_folder.__module__, "
+            "skdeepclust.metrics.__name__, skdeepclust.clustering.TorchKMeans.__name__)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["skdeepclust.datasets", "skdeepclust.metrics", "TorchKMeans"]
+    import skdeepclust
+
+    with pytest.raises(AttributeError, match="module 'skdeepclust' has no attribute 'nothing'"):
+        skdeepclust.nothing
+
+
 @pytest.mark.parametrize("code", [
     "import skdeepclust",
     "from skdeepclust.cli import main\ntry:\n    main(['cluster', '--help'])\nexcept SystemExit:\n    pass",

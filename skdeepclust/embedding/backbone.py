@@ -48,6 +48,11 @@ _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
 _ENCODER_PREFIXES = ("backbone.", "base_encoder.")
 
 
+# timm's source prefixes, with its older spelling of the hub's
+_MODEL_SOURCES = {"hf-hub": "hf-hub", "hf_hub": "hf-hub", "local-dir": "local-dir"}
+_TIMM_WITH_LOCAL_DIR = (1, 0, 16)
+
+
 class PretrainedWeightsUnavailable(OSError):
     """timm's own weights for a backbone could not be fetched (offline, or no such tag).
 
@@ -262,6 +267,9 @@ def _check_timm_name(name):
     known = timm.list_models() + list(PACKAGED_BACKBONES)
     suggestions = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
     hint = f" Did you mean one of {suggestions}?" if suggestions else ""
+    if "/" in name or "\\" in name or ":" in name:
+        hint += (" A model on the Hugging Face Hub is named 'hf-hub:OWNER/REPOSITORY', a "
+                 "downloaded copy of one 'local-dir:FOLDER'.")
     raise ValueError(
         f"Unknown backbone {name!r}: timm has no such model.{hint} "
         "timm.list_models('*pattern*') lists the names."
@@ -291,13 +299,22 @@ def _check_timm_tag(name):
 
 def _model_source(name):
     """timm's source prefix of ``name``: ``"hf-hub"`` (a repository on the Hugging
-    Face Hub), ``"local-dir"`` (a folder), or None for a name in timm's registry."""
-    import timm.models
+    Face Hub), ``"local-dir"`` (a folder), or None for a name in timm's registry.
 
-    try:
-        return timm.models.parse_model_name(name)[0]
-    except (ValueError, AssertionError) as exc:  # older timm asserts
-        raise ValueError(f"Unknown backbone {name!r}: {exc}") from exc
+    Parsed here: timm's own parser differs between the versions this package takes.
+    """
+    prefix, colon, _ = name.partition(":")
+    source = _MODEL_SOURCES.get(prefix.lower()) if colon else None
+    if source == "local-dir":
+        import timm
+
+        version = tuple(int(part) for part in timm.__version__.split(".")[:3] if part.isdigit())
+        if version < _TIMM_WITH_LOCAL_DIR:
+            raise ValueError(
+                f"backbone={name!r} needs timm {'.'.join(map(str, _TIMM_WITH_LOCAL_DIR))} or "
+                f"later, which reads 'local-dir:' names; this is timm {timm.__version__}."
+            )
+    return source
 
 
 def _architecture_name(name):

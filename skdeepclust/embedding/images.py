@@ -48,6 +48,8 @@ IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".tga",
 ) + ((".avif",) if _pillow_decodes_avif() else ())
+# What skdeepclust.datasets.extract_image_archive unpacks.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # Gray, RGB, RGB and alpha. Gray and alpha (2) is taken only where no other axis
 # has one of these: an NCHW batch of images two pixels wide must stay NCHW.
 _CHANNEL_COUNTS = (1, 3, 4)
@@ -961,6 +963,12 @@ def as_images(X):
         if os.path.isdir(X):
             return ImageList(find_image_files(X))
         if os.path.isfile(X):
+            if X.lower().endswith(ARCHIVE_SUFFIXES):
+                raise TypeError(
+                    f"X is an archive, {X!r}; unpack it and pass the folder: "
+                    "skdeepclust.datasets.extract_image_archive(path) unpacks it once and "
+                    "returns that folder."
+                )
             raise TypeError(
                 f"X is the path of one file, {os.fspath(X)!r}; pass a list of paths, "
                 "e.g. [path], or the folder that holds the images."
