@@ -530,9 +530,8 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from .clustering import available_clusterer_names
-
     from . import __version__
+    from .clustering import available_clusterer_names
 
     parser = _OneLineErrorParser(
         prog="skdeepclust", description="Cluster images with a frozen pretrained backbone."

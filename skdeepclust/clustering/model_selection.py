@@ -48,9 +48,9 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     -------
     best_n_clusters : int
         The candidate with the largest silhouette (the smallest such on ties):
-        the ``n_clusters`` to pass. A head can leave clusters empty, so that it
-        gives fewer clusters than asked; a warning then says how many each
-        candidate gave.
+        the ``n_clusters`` to pass. A head, or MiniBatchKMeans on few rows, can
+        leave clusters empty, so that it gives fewer clusters than asked; a
+        warning then says how many each candidate gave.
     scores : dict of int to float
         Silhouette of the clustering each candidate gave.
 
@@ -82,7 +82,8 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     scores, found = {}, {}
     for k in sorted(set(int(k) for k in candidates)):
         with warnings.catch_warnings():
-            # One warning below, over all candidates, replaces one per pruning head.
+            # One warning below, over all candidates, replaces one per fit that left
+            # clusters empty.
             warnings.filterwarnings("ignore", message=r".* kept \d+ of n_clusters=",
                                     category=ConvergenceWarning)
             # An instance's own count is set to each candidate in turn, on a clone.
@@ -93,7 +94,7 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
         scores[k] = label_free_score(features, model.labels_, random_state=random_state)
         found[k] = model.cluster_ids_.size
     best = max(scores, key=lambda k: (scores[k], -k))
-    # A head may leave clusters empty: then the k to pass and the number of
+    # A clusterer may leave clusters empty: then the k to pass and the number of
     # clusters it gives differ, and the user must know which one was scored.
     differing = {k: n for k, n in found.items() if n != k}
     if differing:
