@@ -90,8 +90,12 @@ def _relative_weights(sample_weight, y_true):
     sample_weight = _check_sample_weight(
         host_array(sample_weight, "sample_weight"), y_true, ensure_non_negative=True
     )
+    heaviest = sample_weight.max()
+    if not heaviest > 0:  # scikit-learn refuses it itself only from 1.7 on
+        raise ValueError("sample_weight is zero for every sample; give some samples a "
+                         "positive weight.")
     # Only the weights' ratios count; sums of weights near 1e308 would overflow.
-    return sample_weight / sample_weight.max()  # > 0: all zeros are refused
+    return sample_weight / heaviest
 
 
 def check_true_labels(y_true, sample_weight=None):

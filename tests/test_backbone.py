@@ -132,6 +132,11 @@ def test_image_size_off_the_patch_grid_is_refused(image_size, match):
             np.zeros((1, 40, 40, 3), np.uint8))
 
 
+needs_test_vit_relpos = pytest.mark.skipif(not timm.is_model("test_vit_relpos"),
+                                           reason=f"timm {timm.__version__} has no test_vit_relpos")
+
+
+@needs_test_vit_relpos
 def test_an_image_size_too_small_for_the_relative_position_tables_is_a_clear_error():
     # timm sizes them as it builds the model, and raised its own RuntimeError there.
     with pytest.raises(ValueError, match=r"^The backbone test_vit_relpos cannot be built for image_size=.*"
@@ -304,8 +309,11 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path):
         ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
 
 
-@pytest.mark.parametrize("source, target", [("test_resnet", "test_convnext"),
-                                            ("test_coatnet", "test_maxvit")])
+@pytest.mark.parametrize("source, target", [
+    ("test_resnet", "test_convnext"),
+    pytest.param("test_coatnet", "test_maxvit", marks=pytest.mark.skipif(
+        not timm.is_model("test_coatnet"), reason=f"timm {timm.__version__} has no test_coatnet")),
+])
 def test_checkpoint_that_trips_timms_filter_is_rejected(tmp_path, source, target):
     # ConvNeXt's and MaxViT's filters look up keys of their own layout: KeyError,
     # AttributeError from inside timm.
@@ -397,6 +405,8 @@ def test_hub_weights_offline_give_a_clear_error_at_once(images, tmp_path, monkey
     assert constants.HF_HUB_OFFLINE == offline_flag
 
 
+@pytest.mark.skipif(not timm.models._hub.has_hf_hub(), reason=f"timm {timm.__version__} cannot "
+                    "use this huggingface_hub")
 @pytest.mark.parametrize("pretrained", [True, False])
 def test_hub_repository_names_offline_give_a_clear_error_at_once(images, tmp_path, monkeypatch,
                                                                   pretrained):
@@ -489,6 +499,7 @@ def test_behind_a_proxy_the_hub_is_not_declared_unreachable(monkeypatch):
     assert _host_is_reachable("huggingface.co")  # only the proxy can tell
 
 
+@needs_test_vit_relpos
 def test_an_image_size_too_small_is_not_blamed_on_the_hub(images):
     with pytest.raises(ValueError, match="cannot be built for image_size=") as info:
         ImageEmbedder("test_vit_relpos", pretrained=True, image_size=8).fit(images)

@@ -625,10 +625,9 @@ def _load_sourced_timm_backbone(name, source, pretrained, image_size):
             advice=f"The machine may be offline. An 'hf-hub:' name's architecture and "
             f"preprocessing too are read from the hub; without it, {registry_hint}give a "
             "downloaded copy of the repository as backbone='local-dir:/path/to/it'.") from exc
-    except RuntimeError as exc:  # timm's, for a folder it cannot load
-        if source != "local-dir":
-            raise
-        raise ValueError(f"backbone={name!r} could not be loaded from the folder {location!r} "
+    except RuntimeError as exc:  # timm's, for a folder it cannot load or a hub client it cannot use
+        where = f"the folder {location!r}" if source == "local-dir" else "the Hugging Face Hub"
+        raise ValueError(f"backbone={name!r} could not be loaded from {where} "
                          f"({type(exc).__name__}: {str(exc)[:300]}).") from exc
 
 

@@ -976,6 +976,9 @@ def as_images(X):
         raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
     if isinstance(X, torch.Tensor):
         return ArrayImages(check_tensor_has_data(X, "The image tensor").detach())
+    if type(X).__module__.startswith("PIL."):  # older Pillow gives it __array__ too
+        raise TypeError(f"Cannot read images from a {type(X).__name__}. X is one PIL image; "
+                        "pass a list of images, e.g. [image].")
     if hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
         X = np.asarray(X)
     if isinstance(X, np.ndarray) and X.dtype.kind in "OUS":  # paths or objects, one per image
@@ -990,9 +993,7 @@ def as_images(X):
         return ArrayImages(unmasked(X, "The image array"))
     if isinstance(X, Sequence):
         return ImageList(list(X))
-    hint = (" X is one PIL image; pass a list of images, e.g. [image]."
-            if type(X).__module__.startswith("PIL.") else "")
     raise TypeError(
-        f"Cannot read images from a {type(X).__name__}.{hint} Pass a 4-D array (NHWC or NCHW), "
+        f"Cannot read images from a {type(X).__name__}. Pass a 4-D array (NHWC or NCHW), "
         "a list of PIL images, arrays or file paths, or a folder path."
     )
