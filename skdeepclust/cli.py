@@ -620,13 +620,14 @@ def main(argv=None):
     """Entry point of the ``skdeepclust`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     from .embedding import PretrainedWeightsUnavailable  # after --help, which needs no torch
+    from .embedding.backbone import _model_source
 
     try:
         with warnings.catch_warnings(), _escaping_output():
             warnings.showwarning = _library_warning_printer(vars(args))
             return args.run(args)
     except PretrainedWeightsUnavailable as exc:
-        if exc.backbone.startswith("hf-hub:"):  # its architecture is on the hub too
+        if _model_source(exc.backbone) == "hf-hub":  # its architecture is on the hub too
             advice = ("pass --backbone local-dir:FOLDER with a downloaded copy of the "
                       "repository, or the model's name in timm's registry")
         else:

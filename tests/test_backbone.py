@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from skdeepclust import ImageEmbedder
@@ -222,6 +222,11 @@ def test_dinov2_checkpoint_in_meta_layout_loads_without_a_size_warning(tmp_path)
         warnings.simplefilter("error")
         embedder = ImageEmbedder(name, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
     _assert_weights_equal(embedder.model_, dinov2)
+    # Its register tokens are counted under Meta's name: what fails is named as torch names it.
+    torch.save({key: value for key, value in meta_layout.items() if not key.startswith("blocks.11.")}, path)
+    with pytest.raises(ValueError, match=r"Missing key\(s\) in state_dict: \"blocks\.11\.") as info:
+        ImageEmbedder(name, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    assert "register token" not in str(info.value)
 
 
 @pytest.mark.parametrize("with_classifier", [False, True])
@@ -456,6 +461,16 @@ def test_local_copies_that_cannot_load_are_named(images, tmp_path):
         weights.unlink()
     with pytest.raises(ValueError, match=r"could not be loaded from the folder .*No suitable checkpoints"):
         ImageEmbedder(f"local-dir:{tmp_path / 'config-only'}", pretrained=True).fit(images)
+    # timm loads a folder's weights non-strictly where its classifier is dropped: blocks
+    # the file lacks would stay random.
+    timm.models.save_for_hf(timm.create_model("test_vit", num_classes=10), tmp_path / "lacking",
+                            safe_serialization=True)
+    weights = tmp_path / "lacking" / "model.safetensors"
+    save_file({name: value for name, value in load_file(weights).items()
+               if not name.startswith("blocks.1.")}, weights)
+    with pytest.raises(ValueError, match=r"could not be loaded from the folder .*Missing \d+ key\(s\) "
+                                         r"in state_dict .*\"blocks\.1\.norm1\.weight\""):
+        ImageEmbedder(f"local-dir:{tmp_path / 'lacking'}", pretrained=True).fit(images)
     with pytest.raises(ValueError, match=r"'timm/vit_small_patch14_dinov2': .* Hugging Face Hub "
                                          r"is named 'hf-hub:OWNER/REPOSITORY', .* 'local-dir:FOLDER'"):
         ImageEmbedder("timm/vit_small_patch14_dinov2", pretrained=False).fit(images)

@@ -307,6 +307,12 @@ def _occupied_out(tmp_path):
             "pass --backbone local-dir:FOLDER",
             marks=pytest.mark.skipif(not _timm_uses_the_hub_client(),
                                      reason="this timm cannot use this huggingface_hub")),
+        pytest.param(
+            lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "1", "--backbone",
+                         "HF_HUB:timm/vit_small_patch14_dinov2.lvd142m"],
+            "(is this machine offline?); pass --backbone local-dir:FOLDER",
+            marks=pytest.mark.skipif(not _timm_uses_the_hub_client(),
+                                     reason="this timm cannot use this huggingface_hub")),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--eval", "--n-clusters", "1", *TINY_ARGS],
          "--eval needs class folders"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", *TINY_ARGS], "fewer than --n-clusters=3"),

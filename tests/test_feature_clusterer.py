@@ -8,6 +8,7 @@ from sklearn.cluster import (
     DBSCAN,
     HDBSCAN,
     AgglomerativeClustering,
+    Birch,
     FeatureAgglomeration,
     KMeans,
     SpectralClustering,
@@ -110,6 +111,14 @@ def test_a_search_over_the_clusterers_count_refuses_n_clusters_set_too(blobs, es
         clone(estimator).set_params(n_clusters=4, clusterer__n_clusters=5)
 
 
+def test_a_parameter_that_only_looks_like_a_count_may_be_searched(blobs):
+    # SpectralClustering's count is n_clusters; its n_components counts eigenvectors.
+    X, y = blobs
+    estimator = FeatureClusterer(SpectralClustering(random_state=0), n_clusters=3)
+    search = GridSearchCV(estimator, {"clusterer__n_components": [2, 5]}, cv=3).fit(X, y)
+    assert search.best_estimator_.clusterer_.n_clusters == 3
+
+
 def test_clusters_left_empty_are_reported():
     # MiniBatchKMeans leaves some of 20 clusters empty on 30 rows, and says nothing.
     X, _ = make_blobs(30, n_features=4, centers=3, random_state=4)
@@ -122,6 +131,11 @@ def test_clusters_left_empty_are_reported():
         warnings.simplefilter("error")
         FeatureClusterer("minibatch_kmeans", n_clusters=3, random_state=0).fit(X)
         FeatureClusterer("agglomerative", n_clusters=20).fit(X)
+    # Birch says it itself, and numbers the clusters it found without gaps.
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        FeatureClusterer(Birch(threshold=5.0), n_clusters=20).fit(X)
+    assert [str(w.message).startswith("Number of subclusters found") for w in record] == [True]
 
 
 def test_gmm_gets_its_component_count_and_gives_probabilities(blobs):

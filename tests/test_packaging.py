@@ -45,6 +45,7 @@ def test_submodules_are_reachable_as_attributes_of_the_package():
 
     with pytest.raises(AttributeError, match="module 'skdeepclust' has no attribute 'nothing'"):
         skdeepclust.nothing
+    assert {"clustering", "datasets", "embedding", "metrics", "visualization"} <= set(dir(skdeepclust))
 
 
 @pytest.mark.parametrize("code", [

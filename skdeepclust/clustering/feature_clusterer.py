@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, clone
-from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.cluster import Birch, KMeans, SpectralClustering
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
 from sklearn.utils.metaestimators import available_if
@@ -135,13 +135,17 @@ class NamedClustererParamsMixin:
                 "clusterer=KMeans(), to set or search its parameters."
             )
         n_clusters = params.get("n_clusters", getattr(self, "n_clusters", None))
-        for key in (f"clusterer__{name}" for name in _COUNT_PARAMETERS):
-            if n_clusters is not None and key in params and params[key] != n_clusters:
-                raise ValueError(
-                    f"{key}={params[key]!r} and n_clusters={n_clusters!r} disagree; set the "
-                    f"number of clusters in one place: search over n_clusters, or set "
-                    f"n_clusters=None to search over {key}."
-                )
+        # The count is the first of these the clusterer has: SpectralClustering's
+        # n_components is the number of eigenvectors.
+        own_params = clusterer.get_params(deep=False) if hasattr(clusterer, "get_params") else {}
+        count = next((name for name in _COUNT_PARAMETERS if name in own_params), None)
+        key = f"clusterer__{count}"
+        if n_clusters is not None and key in params and params[key] != n_clusters:
+            raise ValueError(
+                f"{key}={params[key]!r} and n_clusters={n_clusters!r} disagree; set the "
+                f"number of clusters in one place: search over n_clusters, or set "
+                f"n_clusters=None to search over {key}."
+            )
         return super().set_params(**params)
 
 
@@ -226,19 +230,20 @@ def _requested_cluster_count(estimator):
     return None
 
 
-def _warn_of_empty_clusters(clusterer, n_found):
+def _warn_of_empty_clusters(clusterer, cluster_ids):
     """Warn when ``clusterer`` left some of the clusters asked for empty, as
     MiniBatchKMeans and GaussianMixture may on few samples; this package's heads,
-    TorchKMeans and scikit-learn's KMeans warn of it themselves."""
+    TorchKMeans and scikit-learn's KMeans and Birch warn of it themselves."""
     requested = _requested_cluster_count(clusterer)
-    if (requested is None or n_found >= requested
-            or isinstance(clusterer, (HeadClusterer, TorchKMeans, KMeans))):
+    if (requested is None or cluster_ids.size >= requested
+            or isinstance(clusterer, (HeadClusterer, TorchKMeans, KMeans, Birch))):
         return
+    gaps = ("" if np.array_equal(cluster_ids, np.arange(cluster_ids.size))
+            else ", and labels_ keep its numbering, with gaps")
     warnings.warn(
-        f"{type(clusterer).__name__} kept {n_found} of n_clusters={requested} clusters: no "
-        f"sample fell in the other {requested - n_found}, and labels_ keep its numbering, "
-        "with gaps. If you need exactly n_clusters groups, ask for fewer clusters or use "
-        "'kmeans'.",
+        f"{type(clusterer).__name__} kept {cluster_ids.size} of n_clusters={requested} "
+        f"clusters: no sample fell in the other {requested - cluster_ids.size}{gaps}. If you "
+        "need exactly n_clusters groups, ask for fewer clusters or use 'kmeans'.",
         ConvergenceWarning,
         stacklevel=stacklevel_of_user_code(),
     )
@@ -485,7 +490,7 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         self.clusterer_ = clusterer
         self.labels_ = np.asarray(labels).astype(np.int64, copy=False)
         self.cluster_ids_ = np.unique(self.labels_[self.labels_ >= 0])
-        _warn_of_empty_clusters(clusterer, self.cluster_ids_.size)
+        _warn_of_empty_clusters(clusterer, self.cluster_ids_)
         self.cluster_centers_ = _cluster_means(
             X, self.labels_, self.cluster_ids_, fit_params.get("sample_weight")
         )

@@ -500,6 +500,8 @@ def _refuse_resampled_kernels(state_dict, own, target, source):
 
 
 _VIT_EXTRA_TOKENS = {"cls_token": "class", "reg_token": "register", "dist_token": "distillation"}
+# Their names in other layouts, which timm's filter renames: Meta's DINOv2 registers.
+_VIT_EXTRA_TOKEN_ALIASES = {"reg_token": "register_tokens"}
 
 
 def _other_extra_tokens(state_dict, own):
@@ -507,16 +509,16 @@ def _other_extra_tokens(state_dict, own):
     checkpoint in timm's layout and the model's (``own``, its state dict), or "".
 
     Called only once loading has failed: timm's filter then fails with a reshape error
-    that names none of them. Before that, a checkpoint may name them otherwise (Meta's
-    DINOv2 layout has ``register_tokens``), which the filter converts.
+    that names none of them.
     """
     if "pos_embed" not in state_dict or "pos_embed" not in own:
         return ""
-    counts = {
-        name: [tensors[name].shape[-2] if isinstance(tensors.get(name), torch.Tensor) else 0
-               for tensors in (state_dict, own)]
-        for name in _VIT_EXTRA_TOKENS
-    }
+
+    def count(tensors, name):
+        tensor = tensors.get(name, tensors.get(_VIT_EXTRA_TOKEN_ALIASES.get(name)))
+        return tensor.shape[-2] if isinstance(tensor, torch.Tensor) else 0
+
+    counts = {name: [count(state_dict, name), count(own, name)] for name in _VIT_EXTRA_TOKENS}
     differences = "; ".join(
         f"the checkpoint has {trained} {_VIT_EXTRA_TOKENS[name]} token(s) ({name}), the model {built}"
         for name, (trained, built) in counts.items() if trained != built)
@@ -610,7 +612,12 @@ def _load_sourced_timm_backbone(name, source, pretrained, image_size):
         with hub_context:
             if weights is not None:
                 return _create_timm_model_with_weights(name, image_size, weights, str(pretrained))
-            return _create_timm_model(name, image_size, pretrained=pretrained)
+            if pretrained is False:
+                return _create_timm_model(name, image_size, pretrained=False)
+            # The source's classifier differs from the feature extractor's none, so timm
+            # loads its weights non-strictly: weights they lack would stay random.
+            with _checking_timm_load(_create_timm_model(name, image_size, pretrained=False)):
+                return _create_timm_model(name, image_size, pretrained=True)
     except OSError as exc:  # huggingface_hub's errors for files it cannot get
         if source != "hf-hub":
             raise
