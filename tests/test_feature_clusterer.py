@@ -111,6 +111,12 @@ def test_a_search_over_the_clusterers_count_refuses_n_clusters_set_too(blobs, es
         clone(estimator).set_params(n_clusters=4, clusterer__n_clusters=5)
 
 
+def test_set_params_with_a_class_as_clusterer_leaves_the_error_to_fit(blobs):
+    estimator = FeatureClusterer(KMeans, n_clusters=3).set_params(random_state=1)
+    with pytest.raises(TypeError, match="not the class KMeans; pass KMeans"):
+        estimator.fit(blobs[0])
+
+
 def test_a_parameter_that_only_looks_like_a_count_may_be_searched(blobs):
     # SpectralClustering's count is n_clusters; its n_components counts eigenvectors.
     X, y = blobs

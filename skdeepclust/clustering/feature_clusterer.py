@@ -137,7 +137,8 @@ class NamedClustererParamsMixin:
         n_clusters = params.get("n_clusters", getattr(self, "n_clusters", None))
         # The count is the first of these the clusterer has: SpectralClustering's
         # n_components is the number of eigenvectors.
-        own_params = clusterer.get_params(deep=False) if hasattr(clusterer, "get_params") else {}
+        own_params = (clusterer.get_params(deep=False)
+                      if hasattr(clusterer, "get_params") and not isinstance(clusterer, type) else {})
         count = next((name for name in _COUNT_PARAMETERS if name in own_params), None)
         key = f"clusterer__{count}"
         if n_clusters is not None and key in params and params[key] != n_clusters:

@@ -976,7 +976,9 @@ def as_images(X):
         raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
     if isinstance(X, torch.Tensor):
         return ArrayImages(check_tensor_has_data(X, "The image tensor").detach())
-    if type(X).__module__.startswith("PIL."):  # older Pillow gives it __array__ too
+    from PIL import Image
+
+    if isinstance(X, Image.Image):  # older Pillow gives it __array__ too
         raise TypeError(f"Cannot read images from a {type(X).__name__}. X is one PIL image; "
                         "pass a list of images, e.g. [image].")
     if hasattr(X, "__array__") and not isinstance(X, np.ndarray):  # e.g. a pandas Series of paths
