@@ -664,3 +664,24 @@ def test_packaged_backbone_without_its_package_says_what_to_install(images, monk
 def test_packaged_backbone_name_with_random_weights(images):
     embedder = ImageEmbedder("efficientnet_lite0.offline", pretrained=False, image_size=32, random_state=0)
     assert embedder.fit_transform(images).shape == (16, 1280)
+
+
+def test_the_skeleton_that_checks_a_checkpoint_allocates_no_weights(monkeypatch):
+    # It is built for names and shapes only; a real build of ViT-B/16 costs 0.8 s and
+    # 350 MB beside the model that is loaded next.
+    from skdeepclust.embedding import backbone as backbone_module
+
+    skeleton = backbone_module._timm_skeleton("test_vit", None)
+    assert {parameter.device.type for parameter in skeleton.parameters()} == {"meta"}
+
+    # A constructor that needs real values fails on the meta device: built for real.
+    real_create = backbone_module._create_timm_model
+
+    def create_needing_values(name, image_size, **kwargs):
+        if torch.empty(0).device.type == "meta":
+            raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+        return real_create(name, image_size, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "_create_timm_model", create_needing_values)
+    skeleton = backbone_module._timm_skeleton("test_vit", None)
+    assert {parameter.device.type for parameter in skeleton.parameters()} == {"cpu"}
