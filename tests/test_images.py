@@ -453,6 +453,32 @@ def test_bytes_paths_and_a_single_pil_image(image_folder):
         as_images(Image.open(path))
 
 
+def test_what_other_libraries_hand_over_for_images_is_refused_with_the_way_to_pass_it(image_folder):
+    path = find_image_files(image_folder)[0]
+    with open(path, "rb") as file:
+        data = file.read()
+        with pytest.raises(TypeError, match=r"BufferedReader.*PIL.Image.open\(file\)"):
+            as_images([file])
+    with pytest.raises(TypeError, match=r"BytesIO.*PIL.Image.open\(file\)"):
+        as_images([io.BytesIO(data)])
+    with pytest.raises(TypeError, match=r"tuple.*\(image, label\) pairs.*\[image for image, label in pairs\]"):
+        as_images([(Image.open(path), 3)])
+    with pytest.raises(TypeError, match=r"dict.*Hugging Face.*dataset\['image'\]"):
+        as_images([{"bytes": data, "path": None}])
+
+    class MapStyleDataset:  # what torch.utils.data.Dataset subclasses look like
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return Image.open(path), 0
+
+    with pytest.raises(TypeError, match=r"MapStyleDataset.*\[image for image, label in dataset\]"):
+        as_images(MapStyleDataset())
+    with pytest.raises(ValueError, match="not found: 'https://example.com/a.jpg'.*URLs are not downloaded"):
+        as_images(["https://example.com/a.jpg"])
+
+
 def test_every_spelling_of_a_folder_path_reads_the_folder(image_folder):
     class BytesPath:
         def __fspath__(self):

@@ -478,7 +478,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     - a list of PIL images, of HWC/CHW/HW arrays or tensors, or of file paths
       (sizes may differ);
     - the path of a folder, searched recursively for image files (folder links
-      are followed; hidden files and macOS's ``__MACOSX`` folders are skipped).
+      are followed; hidden files and macOS's ``__MACOSX`` folders are skipped),
+      taken in the order of :func:`~skdeepclust.embedding.find_image_files`.
 
     Grayscale is repeated to RGB and an alpha channel is dropped. A shape that reads
     both ways, such as (n, 3, 16, 4) (RGB 16 x 4, or RGBA 3 x 16), is read one way,

@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import copy
 import importlib.util
+import io
 import math
 import multiprocessing
 import os
@@ -716,11 +717,9 @@ class ImageList:
                 if 0 in item.size:
                     raise ValueError(f"Image {position} is a PIL image of size {item.size}, with no pixels.")
             else:
-                hint = (" Decode a path with os.fsdecode(path); open encoded image bytes with "
-                        "PIL.Image.open(io.BytesIO(data))." if isinstance(item, bytes) else "")
                 raise TypeError(
                     f"Image {position} is a {type(item).__name__}; a list of images may hold "
-                    f"file paths, PIL images, numpy arrays or torch tensors.{hint}"
+                    f"file paths, PIL images, numpy arrays or torch tensors.{_hint_for_item(item)}"
                 )
         if sixteen_bit_peaks:  # one dark image among bright ones may well be 16-bit
             _warn_if_fewer_than_sixteen_bits(
@@ -732,7 +731,9 @@ class ImageList:
         if missing:
             shown = ", ".join(repr(name) for name in missing[:3])
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise ValueError(f"Image files not found: {shown}{more}.")
+            urls = " URLs are not downloaded: download the files and pass their paths." if any(
+                name.lower().startswith(("http://", "https://", "s3://", "gs://")) for name in missing) else ""
+            raise ValueError(f"Image files not found: {shown}{more}.{urls}")
         self.skip_unreadable = skip_unreadable
         self.unreadable = {}
 
@@ -946,6 +947,22 @@ class _BatchDecoder(torch.utils.data.Dataset):
             return exc
 
 
+def _hint_for_item(item):
+    """Advice for an item of a list of images that is none, from what it looks like."""
+    if isinstance(item, bytes):
+        return (" Decode a path with os.fsdecode(path); open encoded image bytes with "
+                "PIL.Image.open(io.BytesIO(data)).")
+    if isinstance(item, io.IOBase) or hasattr(item, "read"):  # files, BytesIO, spooled files
+        return " Open an image file object with PIL.Image.open(file)."
+    if isinstance(item, tuple) and len(item) == 2:
+        return (" (image, label) pairs, as a PyTorch dataset gives them, are not taken: "
+                "pass [image for image, label in pairs], and the labels as y where wanted.")
+    if isinstance(item, dict) and ({"bytes", "path"} & set(item) or "image" in item):
+        return (" A Hugging Face dataset's rows are not taken: pass its image column, "
+                "dataset['image'], decoded as PIL images (the default).")
+    return ""
+
+
 def as_images(X):
     """Wrap any accepted image input; raises a clear error for anything else."""
     if isinstance(X, (ArrayImages, ImageList)):
@@ -995,7 +1012,11 @@ def as_images(X):
         return ArrayImages(unmasked(X, "The image array"))
     if isinstance(X, Sequence):
         return ImageList(list(X))
+    dataset_hint = (
+        " A dataset is not read item by item: pass its images as a list ([image for "
+        "image, label in dataset] for a PyTorch one, dataset['image'] for a Hugging Face "
+        "one)." if hasattr(X, "__getitem__") and hasattr(X, "__len__") else "")
     raise TypeError(
         f"Cannot read images from a {type(X).__name__}. Pass a 4-D array (NHWC or NCHW), "
-        "a list of PIL images, arrays or file paths, or a folder path."
+        f"a list of PIL images, arrays or file paths, or a folder path.{dataset_hint}"
     )
