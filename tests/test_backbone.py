@@ -80,7 +80,15 @@ def test_ddp_state_dict_wrapper_in_bin_file(tmp_path, prefix):
         **{f"module.base_encoder.head.{i}.weight": torch.ones(4, 4) for i in (0, 1, 3)},
         **{f"module.momentum_encoder.{k}": -v for k, v in weights.items()},
         "module.predictor.0.weight": torch.ones(4, 4)}},
-], ids=["ijepa", "mocov3"])
+    lambda weights: {"state_dict": {  # MoCo v2: the momentum copy beside, an MLP for classifier
+        **{f"module.encoder_q.{k}": v for k, v in weights.items() if not k.startswith("head.")},
+        **{f"module.encoder_q.head.{i}.{p}": torch.ones(4) for i in (0, 2) for p in ("weight", "bias")},
+        **{f"module.encoder_k.{k}": -v for k, v in weights.items()},
+        "module.queue": torch.ones(4, 8), "module.queue_ptr": torch.zeros(1)}},
+    lambda weights: {  # SwAV, DeepCluster-v2, SeLa-v2: heads beside an unprefixed encoder
+        **{f"module.{k}": v for k, v in weights.items()},
+        "module.projection_head.0.weight": torch.ones(4, 4), "module.prototypes.weight": torch.ones(9, 4)},
+], ids=["ijepa", "mocov3", "mocov2", "swav"])
 def test_other_self_supervised_checkpoint_formats(tmp_path, wrapped):
     weights = _reference_vit(seed=4).state_dict()
     path = tmp_path / "checkpoint.pth.tar"  # as both ship theirs

@@ -44,8 +44,12 @@ _WRAPPER_KEYS = ("teacher", "target_encoder", "state_dict_ema", "model_ema", "st
                  "model", "student", "encoder", "module")
 _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
 # Self-supervised checkpoints keep the encoder under a prefix beside a projection head
-# or a momentum copy: "backbone." (DINO, SimCLR code), "base_encoder." (MoCo v3).
-_ENCODER_PREFIXES = ("backbone.", "base_encoder.")
+# or a momentum copy: "backbone." (DINO, SimCLR code), "base_encoder." (MoCo v3),
+# "encoder_q." (MoCo v1 and v2, DenseCL).
+_ENCODER_PREFIXES = ("backbone.", "base_encoder.", "encoder_q.")
+# Training heads saved beside an encoder that holds no prefix: SwAV's, DeepCluster-v2's
+# and SeLa-v2's projection and prototypes.
+_TRAINING_HEADS = ("projection_head.", "prototypes.")
 
 
 # timm's source prefixes, with its older spelling of the hub's
@@ -231,12 +235,13 @@ def _drop_classifier(state_dict, model):
     """Remove classifier weights: the feature extractor is built without a classifier.
 
     Everything under the classifier's name goes, unless the model has it: MoCo v3 keeps
-    a projection MLP there (``head.0.weight``, ...), not just ``head.weight``.
+    a projection MLP there (``head.0.weight``, ...), not just ``head.weight``. So do
+    the training heads of ``_TRAINING_HEADS``.
     """
     classifiers = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     if isinstance(classifiers, str):
         classifiers = (classifiers,)
-    prefixes = tuple(f"{name}." for name in classifiers)
+    prefixes = tuple(f"{name}." for name in classifiers) + _TRAINING_HEADS
     own = model.state_dict().keys()
     return {name: value for name, value in state_dict.items()
             if not (name.startswith(prefixes) and name not in own)}
