@@ -16,6 +16,7 @@ from sklearn.cluster import (
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -25,6 +26,7 @@ from skdeepclust import FeatureClusterer, PretrainedFeatureClusterer
 from skdeepclust.clustering import kmeans as kmeans_module
 from skdeepclust.clustering import feature_clusterer as feature_clusterer_module
 from skdeepclust.clustering import TorchKMeans, available_clusterer_names, label_free_score
+from skdeepclust.metrics import cluster_accuracy
 
 
 # The checks that fit with sample_weight, which AgglomerativeClustering and
@@ -482,3 +484,44 @@ def test_verbose_is_checked(blobs):
     X, _ = blobs
     with pytest.raises(ValueError, match="verbose"):
         FeatureClusterer(n_clusters=3, verbose=-1).fit(X)
+
+
+def test_label_free_score_is_the_cosine_silhouette_of_the_rows_not_marked_noise():
+    # Two directions at lengths from 0.1 to 10: the cosine silhouette sees two tight
+    # groups (about 1), the Euclidean one overlapping clouds (about 0.55).
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 50)
+    X = np.eye(2)[labels] * rng.uniform(0.1, 10, (100, 1)) + 0.05 * rng.standard_normal((100, 2))
+    assert label_free_score(X, labels) == pytest.approx(silhouette_score(X, labels, metric="cosine"))
+    assert label_free_score(X, labels) > 0.9
+    with_noise = labels.copy()
+    with_noise[::5] = -1
+    kept = with_noise >= 0
+    assert label_free_score(X, with_noise) == pytest.approx(
+        silhouette_score(X[kept], with_noise[kept], metric="cosine"))
+
+
+def test_score_with_labels_weighs_the_accuracy_by_sample_weight():
+    X, y = make_blobs(300, centers=3, cluster_std=3.0, random_state=0)
+    model = FeatureClusterer(n_clusters=3, random_state=0).fit(X)
+    labels = model.predict(X)
+    weights = np.where(labels == 0, 10.0, 1.0)
+    # Overlapping blobs: some rows are misclustered, so the weights matter.
+    assert cluster_accuracy(y, labels, sample_weight=weights) != pytest.approx(cluster_accuracy(y, labels))
+    assert model.score(X, y, sample_weight=weights) == cluster_accuracy(y, labels, sample_weight=weights)
+
+
+def test_nearest_centre_predictions_give_the_clusterers_own_labels():
+    class OneBasedClusterer(ClusterMixin, BaseEstimator):  # labels 1 .. k, as scipy's fcluster gives
+        def __init__(self, n_clusters=2):
+            self.n_clusters = n_clusters
+
+        def fit(self, X, y=None):
+            self.labels_ = AgglomerativeClustering(self.n_clusters).fit_predict(X) + 1
+            return self
+
+    X, _ = make_blobs(90, centers=3, cluster_std=0.5, random_state=0)
+    model = FeatureClusterer(OneBasedClusterer(), n_clusters=3).fit(X)
+    assert model.cluster_ids_.tolist() == [1, 2, 3]
+    # Ward's tree and the nearest centre differ on a row or so; row positions would agree on a third
+    assert np.mean(model.predict(X) == model.labels_) > 0.95

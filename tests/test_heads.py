@@ -905,3 +905,117 @@ def test_a_training_that_raises_closes_its_progress_bar(name, capsys):
     assert raised.value is not None  # keeps the failed training's frames, and its bar, alive
     assert not [bar for bar in tqdm._instances if not bar.disable]
     assert capsys.readouterr().err.endswith("\n")  # a closed bar ends its line
+
+
+def test_torch_kmeans_keeps_the_restart_of_lowest_inertia(capsys):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 12)) + 4 * rng.standard_normal((8, 12))[rng.integers(0, 8, 600)]
+    model = TorchKMeans(8, n_init=10, init="random", random_state=0, device="cpu", verbose=1).fit(X)
+    restarts = [float(value) for value in re.findall(r"inertia ([0-9.e+]+)", capsys.readouterr().err)]
+    assert len(restarts) == 10 and max(restarts) > 1.01 * min(restarts)  # they do differ
+    assert model.inertia_ == pytest.approx(min(restarts), rel=1e-5)
+    assert model.inertia_ == pytest.approx(KMeans(8, n_init=10, random_state=0).fit(X).inertia_, rel=0.01)
+
+
+def test_torch_kmeans_plusplus_is_greedy_as_scikit_learns():
+    # Plain k-means++ (one candidate per centre) gave a 70% worse median restart here.
+    X, _ = make_blobs(3000, centers=30, n_features=8, cluster_std=1.0, random_state=1)
+    best = KMeans(30, n_init=10, random_state=0).fit(X).inertia_
+    restarts = [TorchKMeans(30, n_init=1, random_state=seed, device="cpu").fit(X).inertia_
+                for seed in range(10)]
+    assert np.median(restarts) < 1.2 * best
+
+
+def test_torch_kmeans_plusplus_never_seeds_on_rows_of_zero_weight():
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(-10, 10, (8, 2))
+    X = np.concatenate([rng.normal(centre, 0.5, (40, 2)) for centre in centres]
+                       + [rng.uniform(-100, 100, (300, 2))])  # far-flung rows of weight 0
+    weights = np.r_[np.ones(320), np.zeros(300)]
+    reference = TorchKMeans(8, n_init=1, init=centres, device="cpu").fit(X[:320]).inertia_
+    for seed in range(5):
+        # One Lloyd step after seeding: only seeds near the weighted groups get close.
+        model = TorchKMeans(8, n_init=1, max_iter=1, random_state=seed, device="cpu")
+        assert model.fit(X, sample_weight=weights).inertia_ < 3 * reference, seed
+
+
+def test_torch_kmeans_restarts_an_empty_cluster_on_a_row_that_carries_weight():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(centre, 0.3, (50, 2)) for centre in ([0, 0], [5, 0], [0, 5])]
+                       + [rng.normal([40, 40], 0.1, (5, 2)), rng.normal([-40, -40], 0.1, (5, 2))])
+    weights = np.r_[np.ones(150), np.zeros(10)]
+    init = np.array([[0.0, 0.0], [5.0, 0.0], [100.0, -100.0]])  # the third starts empty
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "only 2 distinct clusters"
+        model = TorchKMeans(3, init=init, device="cpu").fit(X, sample_weight=weights)
+    # The farthest rows have weight 0; scikit-learn restarts there, inertia 645.
+    np.testing.assert_allclose(np.sort(model.cluster_centers_[:, 1]), [0, 0, 5], atol=0.2)
+    assert model.inertia_ < 50
+
+
+def test_torch_kmeans_tolerance_is_relative_to_the_variance():
+    # One far row: an absolute tolerance stopped Lloyd after 2 steps.
+    X = np.random.default_rng(0).standard_normal((4000, 16))
+    X[0] = 300.0
+    model = TorchKMeans(10, n_init=3, random_state=0, device="cpu").fit(X)
+    assert model.n_iter_ > 5
+    assert model.inertia_ == pytest.approx(KMeans(10, n_init=3, random_state=0).fit(X).inertia_, rel=0.01)
+
+
+def test_scan_keeps_the_head_of_lowest_loss():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((10, 16))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    y = np.repeat(np.arange(10), 60)
+    X = (centres[y] + 0.35 * rng.standard_normal((y.size, 16))).astype(np.float32)
+    model = SCANClusterer(n_clusters=10, n_epochs=5, random_state=0, device="cpu").fit(X)
+    assert np.ptp(model.head_losses_) > 0
+    assert model.best_head_ == int(np.argmin(model.head_losses_))
+
+
+@pytest.mark.parametrize("hidden_size", [None, 7])
+def test_single_head_is_the_head_asked_for(hidden_size):
+    heads = _training.MultiHead(4, 5, 3, hidden_size, generator=torch.Generator().manual_seed(0))
+    rows = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for head in range(4):
+            torch.testing.assert_close(_training.single_head(heads, head)(rows)[0], heads(rows)[head])
+
+
+def test_scan_self_labels_only_confident_rows_weighted_by_inverse_class_counts(monkeypatch):
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], [150, 30])
+    X = (np.eye(8)[y] + 0.3 * rng.standard_normal((y.size, 8))).astype(np.float32)
+    calls, cross_entropy = [], torch.nn.functional.cross_entropy
+
+    def recording_cross_entropy(logits, targets, weight=None, **kwargs):
+        confidence = torch.softmax(logits.detach(), -1).max(-1).values
+        counts = torch.bincount(targets, minlength=logits.shape[1]).float()
+        calls.append((float(confidence.min()), weight.detach().clone(), counts))
+        return cross_entropy(logits, targets, weight=weight, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", recording_cross_entropy)
+    SCANClusterer(n_clusters=2, n_epochs=30, self_label_epochs=3, confidence_threshold=0.6,
+                  random_state=0, device="cpu").fit(X)
+    assert calls
+    for lowest_confidence, weight, counts in calls:
+        assert lowest_confidence > 0.6
+        present = counts > 0
+        torch.testing.assert_close(weight[present] * counts[present],
+                                   counts.sum().expand(int(present.sum())))
+
+
+def test_temi_teacher_moves_slowly_at_a_high_momentum():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    X = (np.eye(8)[y] + 0.1 * rng.standard_normal((120, 8))).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 2 epochs prune clusters
+        fits = [TEMIClusterer(n_clusters=3, n_heads=1, head="mlp", hidden_size=16, n_epochs=2,
+                              teacher_momentum=0.999, learning_rate=learning_rate, random_state=0,
+                              device="cpu").fit(X)
+                for learning_rate in (1e-3, 1e-1)]
+    # Two epochs of 0.1% steps leave the teacher (whose weights are kept) near its
+    # initial ones, however far the student went. The hidden layer is never pruned.
+    slow, fast = (fit.head_weights_[0][0] for fit in fits)
+    np.testing.assert_allclose(slow, fast, atol=0.05 * np.abs(slow).max())
