@@ -151,12 +151,27 @@ def _without_output_folders(folder, files, out):
     return files
 
 
+def _register_installed_pillow_plugins():
+    """Let Pillow read HEIC/HEIF and JPEG XL files where their plugins are installed:
+    in Python the user registers them, which a user of the command cannot."""
+    import importlib
+
+    for module, register in (("pillow_heif", "register_heif_opener"), ("pillow_jxl", None)):
+        try:
+            plugin = importlib.import_module(module)  # pillow_jxl registers itself
+        except ImportError:
+            continue
+        if register is not None:
+            getattr(plugin, register)()
+
+
 def _image_files(folder, out):
     """The image files under ``folder``, less those in ``out`` and in the output folders
     of earlier runs, so that a run writing its results inside ``folder`` does not
     cluster them in the next run."""
     from .embedding.images import find_image_files
 
+    _register_installed_pillow_plugins()
     return _without_output_folders(folder, find_image_files(folder), out)
 
 

@@ -1,3 +1,4 @@
+import copy
 import csv
 
 import numpy as np
@@ -565,3 +566,28 @@ def test_option_words_leave_paths_and_other_commands_options_alone():
     path = "No image files found under '/data/TorchKMeans' or /x/TorchKMeans.png"
     assert _in_option_words(path, cluster_options) == path
     assert _in_option_words(advice, {"n_clusters": 3}) == advice  # a command without --clusterer
+
+
+def test_an_installed_heif_plugin_is_registered_for_phone_photos(capsys, image_folder, tmp_path, monkeypatch):
+    # In Python the user registers pillow-heif's opener; on the command line nobody can.
+    import sys
+    import types
+
+    from PIL import PngImagePlugin
+
+    registered = []
+
+    def register_heif_opener():  # a PNG opener stands in for HEIF's
+        registered.append(True)
+        Image.register_open("STAND-IN HEIF", PngImagePlugin.PngImageFile, PngImagePlugin._accept)
+        Image.register_extensions("STAND-IN HEIF", [".heic"])
+
+    for registry in ("OPEN", "EXTENSION", "ID"):
+        monkeypatch.setattr(Image, registry, copy.copy(getattr(Image, registry)))
+    monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=register_heif_opener))
+    Image.new("RGB", (8, 8), "blue").save(image_folder / "dark" / "phone.heic", format="PNG")
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out",
+                          str(tmp_path / "o"), *TINY_ARGS)
+    assert status == 0 and registered, err
+    with open(tmp_path / "o" / "clusters.csv", newline="") as handle:
+        assert str(image_folder / "dark" / "phone.heic") in [row["file"] for row in csv.DictReader(handle)]

@@ -1,5 +1,7 @@
+import copy
 import io
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -8,7 +10,7 @@ import torch
 from PIL import Image
 
 from skdeepclust.datasets import load_image_folder
-from skdeepclust.embedding.images import as_images, find_image_files
+from skdeepclust.embedding.images import _BatchDecoder, as_images, find_image_files, readable_image_extensions
 
 
 def _first_batch(X, batch_size=64):
@@ -583,3 +585,39 @@ def test_internal_helpers_once_listed_in_the_package_still_import_with_a_warning
         assert skdeepclust.embedding.as_images is as_images
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         skdeepclust.embedding.nope
+
+
+def test_photo_files_pillow_cannot_read_here_are_named_in_a_warning(tmp_path):
+    if ".heic" in readable_image_extensions():
+        pytest.skip("a HEIF opener is registered with Pillow here")
+    Image.new("RGB", (4, 4)).save(tmp_path / "kept.png")
+    (tmp_path / "phone").mkdir()
+    for name in ["IMG_0001.HEIC", "IMG_0002.heic", "raw.cr2", "notes.txt"]:
+        (tmp_path / "phone" / name).write_bytes(b"not decoded here")
+    with pytest.warns(UserWarning, match=r"Skipped 3 photo file\(s\) in formats Pillow cannot read here "
+                                         r"\(.cr2: 1, .heic: 2\).*IMG_0001.HEIC.*pillow_heif.register_heif_opener"
+                                         r"\(\).*convert .cr2 files to JPEG or PNG"):
+        assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
+
+
+def test_formats_a_pillow_plugin_registers_are_images_in_workers_started_afresh_too(tmp_path, monkeypatch):
+    # pillow-heif's register_heif_opener() registers HEIF with the Pillow of this
+    # process; a decode worker that spawn or forkserver (Python 3.14's default on
+    # Linux) starts imports a Pillow without it. A PNG opener stands in for it.
+    from PIL import PngImagePlugin
+
+    for registry in ("OPEN", "EXTENSION", "ID"):
+        monkeypatch.setattr(Image, registry, copy.copy(getattr(Image, registry)))
+    Image.register_open("STAND-IN HEIF", PngImagePlugin.PngImageFile, PngImagePlugin._accept)
+    Image.register_extensions("STAND-IN HEIF", [".heic", ".hif"])
+    Image.new("RGB", (4, 4), "red").save(tmp_path / "photo.heic", format="PNG")
+    files = find_image_files(tmp_path)
+    assert files == [str(tmp_path / "photo.heic")]
+    pickled = pickle.dumps(_BatchDecoder(as_images(files), 1, None))  # as the DataLoader sends it
+
+    del Image.OPEN["STAND-IN HEIF"], Image.EXTENSION[".heic"], Image.EXTENSION[".hif"]
+    in_worker = pickle.loads(pickled)
+    assert Image.OPEN["STAND-IN HEIF"] == (PngImagePlugin.PngImageFile, PngImagePlugin._accept)
+    assert Image.registered_extensions()[".hif"] == "STAND-IN HEIF"
+    decoded = in_worker[0]
+    assert not isinstance(decoded, Exception), decoded

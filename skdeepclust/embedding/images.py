@@ -49,6 +49,15 @@ IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".tga",
 ) + ((".avif",) if _pillow_decodes_avif() else ())
+# Photo formats Pillow opens only through a plugin: HEIF, in which phones save
+# photos (pillow-heif), and JPEG XL (pillow-jxl-plugin). Their files are images once
+# the plugin's opener is registered; before, they are named in a warning.
+PLUGIN_IMAGE_EXTENSIONS = (".heic", ".heif", ".hif", ".jxl")
+# Photo formats Pillow does not read at all: camera raw files, and AVIF where it was
+# built without libavif. They are named in a warning too.
+UNREADABLE_PHOTO_EXTENSIONS = (
+    ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2",
+) + (() if ".avif" in IMAGE_EXTENSIONS else (".avif",))
 # What skdeepclust.datasets.extract_image_archive unpacks.
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # Gray, RGB, RGB and alpha. Gray and alpha (2) is taken only where no other axis
@@ -70,12 +79,74 @@ def is_hidden_name(name):
     return name.startswith(".") or name == "__MACOSX"
 
 
+def readable_image_extensions():
+    """``IMAGE_EXTENSIONS``, and those of ``PLUGIN_IMAGE_EXTENSIONS`` whose plugin
+    has registered its opener with Pillow by now (pillow-heif's
+    ``register_heif_opener()``, for instance)."""
+    from PIL import Image
+
+    registered = Image.registered_extensions()
+    return IMAGE_EXTENSIONS + tuple(
+        extension for extension in PLUGIN_IMAGE_EXTENSIONS if registered.get(extension) in Image.OPEN)
+
+
+def _registered_plugin_openers():
+    """(format, (factory, accept), extensions) of each plugin opener registered with
+    Pillow for ``PLUGIN_IMAGE_EXTENSIONS``, that a worker process can register again."""
+    import pickle
+
+    from PIL import Image
+
+    registered = Image.registered_extensions()
+    openers = []
+    for image_format in dict.fromkeys(registered.get(extension) for extension in PLUGIN_IMAGE_EXTENSIONS):
+        if image_format not in Image.OPEN:
+            continue
+        extensions = [extension for extension, name in registered.items() if name == image_format]
+        opener = (image_format, Image.OPEN[image_format], extensions)
+        try:  # a worker receives it pickled, by reference to the plugin's module
+            pickle.dumps(opener)
+        except Exception:  # e.g. a lambda; such a plugin stays with forked workers
+            continue
+        openers.append(opener)
+    return openers
+
+
+def _shown(paths):
+    return ", ".join(repr(path) for path in paths[:3]) + (
+        f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def _warn_of_unreadable_photos(photos):
+    """Warn of the photo files that the search skips since Pillow cannot read them here."""
+    if not photos:
+        return
+    counts = collections.Counter(os.path.splitext(path)[1].lower() for path in photos)
+    advice = []
+    if counts.keys() & {".heic", ".heif", ".hif"}:
+        advice.append("HEIC/HEIF files are read once pillow-heif is installed (pip install "
+                      "pillow-heif; in Python, call pillow_heif.register_heif_opener() first, "
+                      "which the skdeepclust command does)")
+    if ".jxl" in counts:
+        advice.append("JPEG XL files once pillow-jxl-plugin is installed (in Python, import "
+                      "pillow_jxl first)")
+    if counts.keys() & set(UNREADABLE_PHOTO_EXTENSIONS):
+        advice.append("convert " + ", ".join(sorted(counts.keys() & set(UNREADABLE_PHOTO_EXTENSIONS)))
+                      + " files to JPEG or PNG, which this Pillow reads")
+    advice = "; ".join(advice)
+    warnings.warn(
+        f"Skipped {len(photos)} photo file(s) in formats Pillow cannot read here ("
+        + ", ".join(f"{extension}: {count}" for extension, count in sorted(counts.items()))
+        + f"): {_shown(photos)}. {advice[:1].upper()}{advice[1:]}.",
+        UserWarning,
+        stacklevel=stacklevel_of_user_code(),
+    )
+
+
 def _warn_of_skipped_entries(unlisted, unreachable):
     """Warn of the folders that could not be listed and the image names that lead to
     no readable file, which the search skips, so that no image goes missing unseen."""
-    def shown(paths):
-        return ", ".join(repr(path) for path in paths[:3]) + (
-            f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    shown = _shown
 
     if unlisted:
         warnings.warn(
@@ -135,7 +206,11 @@ def find_image_files(folder) -> list:
     folder = Path(os.fsdecode(os.fspath(folder)))  # a bytes path too, as the estimators take it
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
-    files, seen, unlisted, unreachable = [], set(), [], []
+    files, seen, unlisted, unreachable, unreadable_photos = [], set(), [], [], []
+    extensions = readable_image_extensions()
+    other_photo_extensions = tuple(
+        extension for extension in PLUGIN_IMAGE_EXTENSIONS + UNREADABLE_PHOTO_EXTENSIONS
+        if extension not in extensions)
     # Depth first, as os.walk goes, but on os.scandir's entries, which tell a file
     # from a folder without a stat of each file: a million files took 10.4 s with
     # os.walk and os.path.isfile, 3.7 s so.
@@ -161,7 +236,9 @@ def find_image_files(folder) -> list:
                 continue
             if _entry_is(entry.is_dir):  # links to folders followed
                 subfolders.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            elif (extension := os.path.splitext(entry.name)[1].lower()) in other_photo_extensions:
+                unreadable_photos.append(entry.path)
+            elif extension in extensions:
                 if not enterable:
                     unreachable.append(entry.path)
                 elif _entry_is(entry.is_file):
@@ -172,10 +249,11 @@ def find_image_files(folder) -> list:
         # whatever order the file system lists them in (the last pushed is walked first).
         pending.extend(sorted(subfolders, reverse=True))
     _warn_of_skipped_entries(unlisted, unreachable)
+    _warn_of_unreadable_photos(sorted(unreadable_photos))
     if not files:
         raise ValueError(
             f"No image files found under {str(folder)!r} (looked for "
-            f"{', '.join(IMAGE_EXTENSIONS)}; files and folders whose names start with '.' "
+            f"{', '.join(extensions)}; files and folders whose names start with '.' "
             "are skipped)."
         )
     below = len(os.path.join(os.fspath(folder), ""))  # the paths all start with folder
@@ -934,6 +1012,18 @@ class _BatchDecoder(torch.utils.data.Dataset):
         self.images = images
         self.batch_size = batch_size
         self.min_size = min_size
+        self.plugin_openers = _registered_plugin_openers()
+
+    def __setstate__(self, state):
+        # A worker started by spawn or forkserver (Python 3.14's default on Linux)
+        # imports Pillow afresh, without the openers that plugins registered here.
+        self.__dict__.update(state)
+        from PIL import Image
+
+        for image_format, (factory, accept), extensions in self.plugin_openers:
+            if image_format not in Image.OPEN:
+                Image.register_open(image_format, factory, accept)
+                Image.register_extensions(image_format, extensions)
 
     def __len__(self):
         return math.ceil(len(self.images) / self.batch_size)
