@@ -694,3 +694,33 @@ def test_the_skeleton_that_checks_a_checkpoint_allocates_no_weights(monkeypatch)
     monkeypatch.setattr(backbone_module, "_create_timm_model", create_needing_values)
     skeleton = backbone_module._timm_skeleton("test_vit", None)
     assert {parameter.device.type for parameter in skeleton.parameters()} == {"cpu"}
+
+
+def test_a_module_backbone_with_a_classifier_loads_its_classifier_from_a_checkpoint(tmp_path):
+    # then fails with missing keys.
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    trained = timm.create_model("test_vit", pretrained=False, num_classes=10).eval()
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, path)
+    torch.manual_seed(1)
+    fresh = timm.create_model("test_vit", pretrained=False, num_classes=10)
+    model = ImageEmbedder(fresh, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8)).model_
+    torch.testing.assert_close(model.head.weight, trained.head.weight)
+    assert ImageEmbedder(fresh, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8)).embedding_dim_ == 10
+
+
+def test_a_timm_training_checkpoint_loads_its_ema_weights(tmp_path):
+    import timm
+
+    torch.manual_seed(1)
+    live = timm.create_model("test_vit", num_classes=0).state_dict()
+    torch.manual_seed(2)
+    ema = timm.create_model("test_vit", num_classes=0).state_dict()
+    path = tmp_path / "last.pth.tar"
+    torch.save({"epoch": 9, "state_dict": live, "state_dict_ema": ema}, path)
+    model = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8)).model_
+    for name, tensor in ema.items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)

@@ -591,3 +591,37 @@ def test_an_installed_heif_plugin_is_registered_for_phone_photos(capsys, image_f
     assert status == 0 and registered, err
     with open(tmp_path / "o" / "clusters.csv", newline="") as handle:
         assert str(image_folder / "dark" / "phone.heic") in [row["file"] for row in csv.DictReader(handle)]
+
+
+def test_cli_confidence_is_the_similarity_to_the_images_own_cluster_centre(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    status = main(["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+                   "--backbone", "test_vit", "--pretrained", "none", "--image-size", "32", "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    with open(out / "clusters.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    features = np.load(out / "embeddings.npy")
+    labels = np.array([int(row["cluster"]) for row in rows])
+    for row, feature, label in zip(rows, features, labels):
+        centre = features[labels == label].mean(axis=0)
+        expected = np.clip(feature @ centre / np.linalg.norm(centre), 0.0, 1.0)
+        assert float(row["confidence"]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_confidence_finds_the_centre_of_clusters_numbered_with_gaps():
+    # MiniBatchKMeans and GaussianMixture may leave labels with gaps.
+    from sklearn.base import BaseEstimator, ClusterMixin
+
+    from skdeepclust.cli import _confidence
+    from skdeepclust.clustering import FeatureClusterer
+
+    class FixedLabels(ClusterMixin, BaseEstimator):
+        def fit(self, X, y=None):
+            self.labels_ = np.array([0, 0, 2, 2, 5, 5])
+            return self
+
+    X = np.array([[1, 0, 0], [0.96, 0.28, 0], [0, 1, 0], [0, 0.96, 0.28], [0, 0, 1], [0.28, 0, 0.96]],
+                 np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    stage = FeatureClusterer(FixedLabels()).fit(X)
+    assert np.all(_confidence(stage, X) > 0.95)

@@ -17,6 +17,7 @@ from skdeepclust import ImageEmbedder
 from skdeepclust._device import GLOBAL_TORCH_STATE_LOCK
 from skdeepclust.embedding import backbone as backbone_module
 from skdeepclust.embedding import embedder as embedder_module
+from skdeepclust.embedding import images as images_module
 from skdeepclust.embedding.images import as_images
 
 
@@ -489,3 +490,66 @@ def test_preprocessing_and_verbose_are_checked_in_our_words(images, params, matc
         ImageEmbedder(**TINY, **params).fit(images)
     ImageEmbedder(**TINY, verbose=np.bool_(False)).fit(images)  # as scikit-learn's estimators take it
     ImageEmbedder(**TINY, mean=[torch.tensor(0.5)] * 3, std=np.full(3, 0.25)).fit(images)
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_vit"])  # bilinear, bicubic
+def test_downscaling_matches_timms_evaluation_transform(backbone):
+    # The existing timm comparison only enlarges (120 x 200 to 168 x 280), where
+    # antialiasing does nothing, and uses test_resnet, whose own mode is bilinear.
+    import timm.data
+
+    photo = np.random.default_rng(0).integers(0, 256, (480, 800, 3), dtype=np.uint8)
+    embedder = ImageEmbedder(backbone, pretrained=False, crop_pct="model").fit(photo[None])
+    expected = timm.data.create_transform(
+        **timm.data.resolve_model_data_config(embedder.model_), is_training=False)(Image.fromarray(photo))
+    inputs = embedder_module.prepare_batch(torch.from_numpy(photo).permute(2, 0, 1)[None],
+                                           embedder.preprocessing_, torch.device("cpu"))
+    assert inputs.shape == (1, *expected.shape)
+    assert (inputs[0] - expected).abs().mean().item() < 0.01  # 0.002 as is; 0.03-0.36 when wrong
+
+
+def test_mean_and_std_are_applied_to_red_green_and_blue_in_that_order():
+    # which reads the same in either order.
+    mean, std = (0.1, 0.5, 0.9), (0.1, 0.2, 0.3)
+    red = np.zeros((1, 32, 32, 3), np.uint8)
+    red[..., 0] = 255
+    embedder = ImageEmbedder(**TINY, mean=mean, std=std).fit(red)
+    assert embedder.preprocessing_.mean == mean and embedder.preprocessing_.std == std
+    inputs = embedder_module.prepare_batch(torch.from_numpy(red).permute(0, 3, 1, 2),
+                                           embedder.preprocessing_, torch.device("cpu"))
+    expected = (np.array([1.0, 0.0, 0.0]) - mean) / np.array(std)
+    np.testing.assert_allclose(inputs[0, :, 5, 5].numpy(), expected, atol=1e-5)
+
+
+def test_the_interpolation_parameter_overrides_the_models_own():
+    X = np.random.default_rng(0).integers(0, 256, (2, 100, 100, 3), dtype=np.uint8)
+    own = ImageEmbedder(**TINY).fit(X)
+    assert own.preprocessing_.interpolation == "bicubic"  # test_vit's own
+    for interpolation in ("bilinear", "nearest"):
+        embedder = ImageEmbedder(**TINY, interpolation=interpolation).fit(X)
+        assert embedder.preprocessing_.interpolation == interpolation
+        assert not np.allclose(embedder.transform(X), own.transform(X), atol=1e-4)
+
+
+def test_bicubic_resizing_keeps_pixels_in_the_unit_range():
+    step = torch.zeros(1, 3, 8, 8)
+    step[..., 4:] = 1.0  # a sharp edge, where bicubic overshoots
+    for size in ((32, 32), (4, 4)):  # enlarged and reduced
+        out = embedder_module._resize_and_center_crop(step, size, "bicubic")
+        assert out.min().item() >= 0.0 and out.max().item() <= 1.0
+
+
+def test_large_jpegs_decode_to_cover_the_resize_size_not_only_the_crop(tmp_path, monkeypatch):
+    # was decoded at 1/8 scale (64 px) and enlarged to 128 px.
+    rows, cols = np.mgrid[0:512, 0:512]
+    photo = (127.5 * (1 + np.sin(rows / 3.0) * np.cos(cols / 5.0)))[..., None].repeat(3, -1).astype(np.uint8)
+    path = str(tmp_path / "big.jpg")
+    Image.fromarray(photo).save(path, quality=95)
+    asked, decode = [], images_module._decode_file
+    monkeypatch.setattr(images_module, "_decode_file",
+                        lambda file, min_size=None: asked.append(min_size) or decode(file, min_size))
+    embedder = ImageEmbedder(**{**TINY, "crop_pct": 0.25}, num_workers=0).fit(photo[None])
+    from_file = embedder.transform([path])
+    assert asked == [embedder.preprocessing_.resize_size] == [(128, 128)]
+    whole = embedder.transform(np.asarray(Image.open(path).convert("RGB"))[None])
+    assert float((from_file * whole).sum()) > 0.995  # 0.9998 as is, 0.963 when decoded at 64 px

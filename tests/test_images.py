@@ -621,3 +621,24 @@ def test_formats_a_pillow_plugin_registers_are_images_in_workers_started_afresh_
     assert Image.registered_extensions()[".hif"] == "STAND-IN HEIF"
     decoded = in_worker[0]
     assert not isinstance(decoded, Exception), decoded
+
+
+def _rgba(alpha=100):
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    return np.concatenate([rgb, np.full((16, 16, 1), alpha, np.uint8)], axis=-1)
+
+
+def test_alpha_of_rgba_arrays_in_a_list_is_dropped():
+    # test_alpha_channel_is_dropped covers 4-D arrays only, with a constant alpha.
+    rgba = _rgba()
+    batch = next(as_images([rgba, rgba]).batches(4))
+    assert torch.equal(batch[0], torch.from_numpy(rgba[..., :3]).permute(2, 0, 1))
+
+
+def test_alpha_of_pil_rgba_images_and_png_files_is_dropped(tmp_path):
+    rgba = _rgba()
+    path = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    expected = torch.from_numpy(rgba[..., :3]).permute(2, 0, 1)
+    for X in ([Image.fromarray(rgba, "RGBA")], [str(path)]):
+        assert torch.equal(next(as_images(X).batches(4))[0], expected)

@@ -249,3 +249,16 @@ def test_set_output_names_the_embedding_columns_and_never_reaches_the_clusterer(
             assert est.score(X, y) == 1.0
         np.testing.assert_array_equal(fitted_under_pandas.predict(X), est.labels_)
         assert fitted_under_pandas.score(X, y) == 1.0
+
+
+def test_score_weighs_the_accuracy_where_the_weights_change_it():
+    # is perfect, so its weighted and unweighted accuracies are both 1.0.
+    X, y = two_tone_images()
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(X)
+    noisy = y.copy()
+    noisy[:3] = 1  # three dark images labelled bright
+    weights = np.ones(len(y))
+    weights[:3] = 5.0
+    expected = cluster_accuracy(noisy, est.labels_, sample_weight=weights)
+    assert expected != cluster_accuracy(noisy, est.labels_)
+    assert est.score(X, noisy, sample_weight=weights) == pytest.approx(expected)

@@ -108,3 +108,16 @@ def test_a_montage_larger_than_pil_opens_is_refused_before_decoding(tmp_path, mo
 def test_bad_arguments(labels, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cluster_montage(_colour_images(), labels, **kwargs)
+
+
+def test_each_montage_row_shows_the_members_of_its_cluster():
+    # sizes, and pixels only for a single cluster.
+    from skdeepclust.visualization import cluster_montage
+
+    images = np.stack([np.full((20, 30, 3), 10 * i, np.uint8) for i in range(12)])  # image i is 10 * i
+    labels = np.repeat([0, 1, 2], 4)
+    for scores in (None, np.linspace(0, 1, 12)):
+        montage = np.asarray(cluster_montage(images, labels, n_per_cluster=4, thumbnail_size=16, scores=scores))
+        for row, cluster in enumerate([0, 1, 2]):
+            shown = {int(montage[4 + row * 20 + 8, 110 + column * 20 + 8, 0]) // 10 for column in range(4)}
+            assert shown == set(np.flatnonzero(labels == cluster).tolist())
