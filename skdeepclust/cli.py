@@ -159,10 +159,13 @@ def _register_installed_pillow_plugins():
     for module, register in (("pillow_heif", "register_heif_opener"), ("pillow_jxl", None)):
         try:
             plugin = importlib.import_module(module)  # pillow_jxl registers itself
+            if register is not None:
+                getattr(plugin, register)()
         except ImportError:
             continue
-        if register is not None:
-            getattr(plugin, register)()
+        except Exception as exc:  # installed but broken (a missing shared library): run without it
+            _warn(f"the installed {module} could not be loaded ({type(exc).__name__}: {exc}); "
+                  "its formats are skipped")
 
 
 def _image_files(folder, out):

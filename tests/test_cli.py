@@ -625,3 +625,18 @@ def test_confidence_finds_the_centre_of_clusters_numbered_with_gaps():
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     stage = FeatureClusterer(FixedLabels()).fit(X)
     assert np.all(_confidence(stage, X) > 0.95)
+
+
+def test_a_broken_heif_plugin_is_named_and_the_run_goes_on(capsys, image_folder, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    def register_heif_opener():
+        raise OSError("libheif.so.1: cannot open shared object file")
+
+    monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=register_heif_opener))
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out",
+                          str(tmp_path / "o"), *TINY_ARGS)
+    assert status == 0
+    assert err == ("skdeepclust: warning: the installed pillow_heif could not be loaded (OSError: "
+                   "libheif.so.1: cannot open shared object file); its formats are skipped\n")
