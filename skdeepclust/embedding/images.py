@@ -146,12 +146,10 @@ def _warn_of_unreadable_photos(photos):
 def _warn_of_skipped_entries(unlisted, unreachable):
     """Warn of the folders that could not be listed and the image names that lead to
     no readable file, which the search skips, so that no image goes missing unseen."""
-    shown = _shown
-
     if unlisted:
         warnings.warn(
             f"Skipped {len(unlisted)} folder(s) that could not be listed "
-            f"({unlisted[0].strerror or unlisted[0]}): {shown([error.filename for error in unlisted])}. "
+            f"({unlisted[0].strerror or unlisted[0]}): {_shown([error.filename for error in unlisted])}. "
             "Make them readable to include their images.",
             UserWarning,
             stacklevel=stacklevel_of_user_code(),
@@ -159,7 +157,7 @@ def _warn_of_skipped_entries(unlisted, unreachable):
     if unreachable:
         warnings.warn(
             f"Skipped {len(unreachable)} image name(s) that lead to no file that can be read "
-            f"(a link to a missing file or to itself, or a file without permission): {shown(unreachable)}.",
+            f"(a link to a missing file or to itself, or a file without permission): {_shown(unreachable)}.",
             UserWarning,
             stacklevel=stacklevel_of_user_code(),
         )
@@ -807,11 +805,9 @@ class ImageList:
             first = ambiguous[0]
             _warn_of_ambiguous_layout(f"Image {first}", self._items[first].shape, others=len(ambiguous) - 1)
         if missing:
-            shown = ", ".join(repr(name) for name in missing[:3])
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             urls = " URLs are not downloaded: download the files and pass their paths." if any(
                 name.lower().startswith(("http://", "https://", "s3://", "gs://")) for name in missing) else ""
-            raise ValueError(f"Image files not found: {shown}{more}.{urls}")
+            raise ValueError(f"Image files not found: {_shown(missing)}.{urls}")
         self.skip_unreadable = skip_unreadable
         self.unreadable = {}
 
