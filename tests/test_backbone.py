@@ -724,3 +724,39 @@ def test_a_timm_training_checkpoint_loads_its_ema_weights(tmp_path):
     model = ImageEmbedder("test_vit", pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8)).model_
     for name, tensor in ema.items():
         torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)
+
+
+_GREY = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def test_weights_of_another_size_run_at_the_given_image_size_without_a_warning(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from skdeepclust import ImageEmbedder
+
+    path = tmp_path / "vit32.safetensors"
+    save_file(timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32).state_dict(), str(path))
+    images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # image_size given: the resampling is what was asked for
+        ImageEmbedder(backbone="test_vit", pretrained=path, image_size=64, **_GREY).fit(images)
+
+
+def test_source_prefixes_are_read_in_any_case():
+    from skdeepclust.embedding.backbone import _model_source
+
+    assert _model_source("HF-HUB:timm/test_vit.r160_in1k") == "hf-hub"
+    assert _model_source("Hf_Hub:timm/test_vit.r160_in1k") == "hf-hub"
+
+
+def test_a_vit_that_pads_to_whole_patches_takes_an_image_size_off_the_grid():
+    import timm
+
+    from skdeepclust import ImageEmbedder
+
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32,
+                            dynamic_img_size=True, dynamic_img_pad=True)
+    images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    features = ImageEmbedder(backbone=vit, pretrained=False, image_size=40, **_GREY).fit_transform(images)
+    assert features.shape == (2, 64)

@@ -1,5 +1,6 @@
 import copy
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -640,3 +641,99 @@ def test_a_broken_heif_plugin_is_named_and_the_run_goes_on(capsys, image_folder,
     assert status == 0
     assert err == ("skdeepclust: warning: the installed pillow_heif could not be loaded (OSError: "
                    "libheif.so.1: cannot open shared object file); its formats are skipped\n")
+
+
+def _folder_of(root, images):
+    root.mkdir()
+    for position, image in enumerate(images):
+        Image.fromarray(image).save(root / f"{position:02d}.png")
+    return root
+
+
+def test_cli_eval_prints_each_metric_under_its_own_name(capsys, tmp_path):
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from conftest import two_tone_images
+    from skdeepclust.metrics import cluster_accuracy
+
+    X, y = two_tone_images(n_per_group=8)
+    for position, (image, label) in enumerate(zip(X, y)):
+        folder = tmp_path / "data" / ("dark" if label == 0 else "bright")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{position:02d}.png")
+    # Three clusters of two classes: accuracy, NMI and ARI all differ.
+    status, stdout, err = _run(capsys, "cluster", str(tmp_path / "data"), "--n-clusters", "3",
+                               "--out", str(tmp_path / "out"), "--eval", *TINY_ARGS)
+    assert status == 0, err
+    with open(tmp_path / "out" / "clusters.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = [int(row["cluster"]) for row in rows]
+    truth = [0 if "dark" in Path(row["file"]).parts else 1 for row in rows]
+    expected = (f"accuracy {cluster_accuracy(truth, labels):.3f}  "
+                f"NMI {normalized_mutual_info_score(truth, labels):.3f}  "
+                f"ARI {adjusted_rand_score(truth, labels):.3f}")
+    assert len({expected.split()[i] for i in (1, 3, 5)}) == 3, expected  # the test needs them to differ
+    assert expected in stdout
+
+
+def test_cli_summary_counts_clusters_without_the_noise(capsys, tmp_path):
+    from conftest import two_tone_images
+
+    rng = np.random.default_rng(1)
+    plain = [np.tile(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), (32, 32, 1)) for _ in range(3)]
+    folder = _folder_of(tmp_path / "data", list(two_tone_images(n_per_group=10)[0]) + plain)
+    status, stdout, err = _run(capsys, "cluster", str(folder), "--clusterer", "hdbscan",
+                               "--out", str(tmp_path / "out"), *TINY_ARGS)
+    assert status == 0, err
+    with open(tmp_path / "out" / "clusters.csv") as handle:
+        labels = [int(row["cluster"]) for row in csv.DictReader(handle)]
+    n_noise, n_clusters = labels.count(-1), len(set(labels) - {-1})
+    assert n_noise > 0  # the test needs noise
+    assert f"23 images in {n_clusters} clusters, {n_noise} left out as noise (cluster -1)" in stdout
+
+
+def test_cli_options_reach_the_embedder(capsys, tmp_path, monkeypatch):
+    from conftest import two_tone_images
+    from skdeepclust import ImageEmbedder
+
+    seen = []
+    fit = ImageEmbedder.fit
+    monkeypatch.setattr(ImageEmbedder, "fit", lambda self, X, y=None: seen.append(
+        (self.batch_size, self.num_workers, self.random_state)) or fit(self, X))
+    folder = _folder_of(tmp_path / "data", two_tone_images(n_per_group=4)[0])
+    status, _, err = _run(capsys, "cluster", str(folder), "--n-clusters", "2", "--out", str(tmp_path / "out"),
+                          "--batch-size", "3", "--num-workers", "0", "--random-state", "7", *TINY_ARGS)
+    assert status == 0, err
+    assert seen == [(3, 0, 7)]
+
+
+def test_cli_random_state_reaches_the_clusterer(capsys, tmp_path, monkeypatch):
+    from conftest import two_tone_images
+    from skdeepclust import FeatureClusterer
+
+    seen = []
+    fit = FeatureClusterer.fit
+    monkeypatch.setattr(FeatureClusterer, "fit", lambda self, X, y=None, sample_weight=None: seen.append(
+        self.random_state) or fit(self, X, y, sample_weight))
+    folder = _folder_of(tmp_path / "data", two_tone_images(n_per_group=4)[0])
+    status, _, err = _run(capsys, "cluster", str(folder), "--n-clusters", "2", "--out", str(tmp_path / "out"),
+                          "--random-state", "7", *TINY_ARGS)
+    assert status == 0, err
+    assert seen and set(seen) == {7}
+
+
+def test_cli_confidence_of_a_soft_clusterer_is_its_largest_probability(capsys, tmp_path):
+    from conftest import two_tone_images
+    from skdeepclust import FeatureClusterer
+
+    folder = _folder_of(tmp_path / "data", two_tone_images(n_per_group=8)[0])
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(folder), "--n-clusters", "3", "--clusterer", "scan",
+                          "--embeddings", "--out", str(out), *TINY_ARGS)
+    assert status == 0, err
+    with open(out / "clusters.csv") as handle:
+        confidence = [float(row["confidence"]) for row in csv.DictReader(handle)]
+    features = np.load(out / "embeddings.npy")
+    expected = FeatureClusterer("scan", n_clusters=3, random_state=0).fit(features).predict_proba(features)
+    assert max(expected.max(axis=1)) < 0.999  # the test needs probabilities short of 1
+    np.testing.assert_allclose(confidence, expected.max(axis=1), atol=1e-4)

@@ -1,6 +1,7 @@
 """Clustering heads (SCAN, TEMI, debiased), torch k-means, k-NN mining and the choice
 of n_clusters, on small synthetic data whose right answer is known."""
 
+import math
 import pickle
 import re
 import warnings
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import AgglomerativeClustering, KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
@@ -1019,3 +1021,155 @@ def test_temi_teacher_moves_slowly_at_a_high_momentum():
     # initial ones, however far the student went. The hidden layer is never pruned.
     slow, fast = (fit.head_weights_[0][0] for fit in fits)
     np.testing.assert_allclose(slow, fast, atol=0.05 * np.abs(slow).max())
+
+
+class _AtMostTwoClusters(ClusterMixin, BaseEstimator):
+    """Gives the same two clusters whatever it is asked for, as a head that prunes may."""
+
+    def __init__(self, n_clusters=8):
+        self.n_clusters = n_clusters
+
+    def fit(self, X, y=None):
+        self.labels_ = (X[:, 0] > 0).astype(int)
+        return self
+
+
+def test_select_n_clusters_takes_the_smallest_of_tied_candidates():
+    from skdeepclust.clustering import select_n_clusters
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal([3, 0], 0.3, (20, 2)), rng.normal([-3, 0], 0.3, (20, 2))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "gave a different number of clusters"
+        best, scores = select_n_clusters(X, [4, 2, 3], clusterer=_AtMostTwoClusters())
+    assert len(set(scores.values())) == 1
+    assert best == 2
+
+
+def test_select_n_clusters_is_repeatable_under_a_seed():
+    from skdeepclust.clustering import select_n_clusters
+
+    # Unstructured rows, so that k-means' own result depends on its seed, and more
+    # than 5,000 of them, so that the silhouette is estimated on a seeded sample.
+    X = np.random.default_rng(0).normal(size=(5200, 8)).astype(np.float32)
+    first = select_n_clusters(X, [2, 3], random_state=0)
+    second = select_n_clusters(X, [2, 3], random_state=0)
+    assert first == second
+
+
+def _three_groups(n=10, spread=0.3, features=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.repeat(np.eye(features)[:3], n, axis=0) + spread * rng.standard_normal((3 * n, features))
+
+
+def test_n_neighbors_beyond_the_samples_is_capped_and_never_holds_the_sample():
+    from skdeepclust.clustering import SCANClusterer
+
+    X = _three_groups(n=6)  # 18 samples
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        capped = SCANClusterer(n_clusters=3, n_neighbors=17, n_epochs=5, random_state=0).fit(X)
+        more = SCANClusterer(n_clusters=3, n_neighbors=50, n_epochs=5, random_state=0).fit(X)
+    np.testing.assert_array_equal(capped.head_losses_, more.head_losses_)
+    np.testing.assert_array_equal(capped.labels_, more.labels_)
+
+
+@pytest.mark.parametrize("name", ["SCANClusterer", "TEMIClusterer"])
+def test_different_seeds_give_different_heads(name):
+    from skdeepclust import clustering
+
+    X = _three_groups()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first, second = (getattr(clustering, name)(n_clusters=3, n_epochs=3, random_state=seed).fit(X)
+                         for seed in (0, 1))
+    assert not np.array_equal(first.head_losses_, second.head_losses_)
+
+
+def test_predict_proba_normalises_rows_as_predict_does():
+    from skdeepclust.clustering import SCANClusterer
+
+    rng = np.random.default_rng(0)
+    X = _three_groups(spread=0.5) * rng.uniform(0.1, 20, (30, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SCANClusterer(n_clusters=3, n_epochs=20, random_state=0).fit(X)
+    np.testing.assert_allclose(model.predict_proba(X), model.predict_proba(10 * X), atol=1e-6)
+    np.testing.assert_array_equal(model.predict_proba(X).argmax(axis=1), model.predict(X))
+
+
+def test_a_head_that_prunes_a_single_cluster_warns():
+    from skdeepclust.clustering import TEMIClusterer
+
+    rng = np.random.default_rng(0)
+    X = np.repeat(np.eye(8)[:3], 20, axis=0) + 0.05 * rng.standard_normal((60, 8))
+    with pytest.warns(ConvergenceWarning, match="kept 3 of n_clusters=4"):
+        model = TEMIClusterer(n_clusters=4, n_epochs=20, random_state=0).fit(X)
+    assert model.n_clusters_ == 3
+
+
+def _reference_merge(labels, neighbors, n_clusters):
+    """merge_on_neighbor_graph recomputed from scratch at every step."""
+    owner = np.arange(labels.max() + 1)
+    while np.unique(owner).size > n_clusters:
+        groups, merged = np.unique(owner), owner[labels]
+        best, pair = -1.0, None
+        for i, a in enumerate(groups):
+            for b in groups[i + 1:]:
+                into_a, into_b = merged == a, merged == b
+                crossing = ((into_a[:, None] & into_b[neighbors]).sum()
+                            + (into_b[:, None] & into_a[neighbors]).sum())
+                affinity = crossing / (into_a.sum() + into_b.sum())
+                if affinity > best:
+                    best, pair = affinity, (a, b)
+        owner[owner == pair[1]] = pair[0]
+    return np.searchsorted(np.unique(owner), owner)
+
+
+def test_merge_on_neighbor_graph_matches_a_recomputing_reference():
+    from skdeepclust.clustering.debiased import merge_on_neighbor_graph
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        labels = np.concatenate([np.arange(6), rng.integers(0, 6, 24)])
+        neighbors = rng.integers(0, 30, (30, 3))
+        for n_clusters in (2, 3):
+            np.testing.assert_array_equal(merge_on_neighbor_graph(labels, neighbors, n_clusters),
+                                          _reference_merge(labels, neighbors, n_clusters))
+
+
+def _fitted_debiased(n_epochs=30):
+    from skdeepclust.clustering import DebiasedClusterer
+
+    rng = np.random.default_rng(0)
+    X = np.repeat(np.eye(8)[:3], [80, 30, 10], axis=0) + 0.1 * rng.standard_normal((120, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DebiasedClusterer(n_clusters=3, n_epochs=n_epochs, batch_size=32, random_state=0).fit(X), X
+
+
+def test_debiased_pools_the_cardinality_it_was_trained_at():
+    model, _ = _fitted_debiased()
+    # 120 rows in batches of 32: 3 batches of 40 rows (tensor_split into near-equal parts).
+    assert model.pooled_statistics_[-1] == pytest.approx(math.log(40), rel=1e-6)
+
+
+def test_merged_probabilities_sum_to_one_when_a_merged_cluster_was_dropped():
+    from skdeepclust.clustering._training import normalize_rows
+    from skdeepclust.clustering.debiased import merged_probabilities
+
+    model, X = _fitted_debiased(n_epochs=10)
+    dropped = model.fine_to_cluster_[:, :-1]  # as fit's `occupied` leaves an unpicked merged cluster out
+    proba = merged_probabilities(model.head_weights_, model.pooled_statistics_, dropped, normalize_rows(X))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_auto_device_is_cuda_where_cuda_is_available(monkeypatch):
+    import torch
+
+    from skdeepclust._device import parsed_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parsed_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert parsed_device("auto") == torch.device("cpu")

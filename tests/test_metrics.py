@@ -143,3 +143,21 @@ def test_scorers_work_in_grid_search():
         assert search.cv_results_[f"mean_test_{name}"][1] > 0.95
     kmeans = KMeans(n_clusters=4, n_init=3, random_state=0).fit(X)
     assert CLUSTERING_SCORERS["accuracy"](kmeans, X, y) == 1.0
+
+
+def test_clustering_scorers_score_with_the_metric_they_are_named_after():
+    from sklearn.datasets import make_blobs
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from skdeepclust import FeatureClusterer
+    from skdeepclust.metrics import CLUSTERING_SCORERS, cluster_accuracy
+
+    # An imperfect clustering, on which the three metrics differ.
+    X, y = make_blobs(n_samples=90, centers=3, cluster_std=3.0, random_state=0)
+    model = FeatureClusterer("kmeans", n_clusters=4, random_state=0).fit(X)
+    labels = model.predict(X)
+    expected = {"accuracy": cluster_accuracy(y, labels),
+                "nmi": normalized_mutual_info_score(y, labels),
+                "ari": adjusted_rand_score(y, labels)}
+    assert len(set(expected.values())) == 3
+    assert {name: scorer(model, X, y) for name, scorer in CLUSTERING_SCORERS.items()} == pytest.approx(expected)
