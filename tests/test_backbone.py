@@ -697,10 +697,7 @@ def test_the_skeleton_that_checks_a_checkpoint_allocates_no_weights(monkeypatch)
 
 
 def test_a_module_backbone_with_a_classifier_loads_its_classifier_from_a_checkpoint(tmp_path):
-    # then fails with missing keys.
-    import timm
-    from safetensors.torch import save_file
-
+    # The model's own classifier is loaded, not dropped as a feature extractor's is.
     torch.manual_seed(0)
     trained = timm.create_model("test_vit", pretrained=False, num_classes=10).eval()
     path = tmp_path / "w.safetensors"
@@ -713,8 +710,6 @@ def test_a_module_backbone_with_a_classifier_loads_its_classifier_from_a_checkpo
 
 
 def test_a_timm_training_checkpoint_loads_its_ema_weights(tmp_path):
-    import timm
-
     torch.manual_seed(1)
     live = timm.create_model("test_vit", num_classes=0).state_dict()
     torch.manual_seed(2)
@@ -730,11 +725,6 @@ _GREY = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def test_weights_of_another_size_run_at_the_given_image_size_without_a_warning(tmp_path):
-    import timm
-    from safetensors.torch import save_file
-
-    from skdeepclust import ImageEmbedder
-
     path = tmp_path / "vit32.safetensors"
     save_file(timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32).state_dict(), str(path))
     images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
@@ -751,10 +741,6 @@ def test_source_prefixes_are_read_in_any_case():
 
 
 def test_a_vit_that_pads_to_whole_patches_takes_an_image_size_off_the_grid():
-    import timm
-
-    from skdeepclust import ImageEmbedder
-
     vit = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32,
                             dynamic_img_size=True, dynamic_img_pad=True)
     images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)

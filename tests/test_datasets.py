@@ -150,16 +150,12 @@ def _zip(path, names):
 
 
 def _png_bytes():
-    import io
-
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def test_archive_that_changes_or_shares_a_name_is_unpacked_again(tmp_path):
-    import os
-
     cache = tmp_path / "cache"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -345,8 +341,6 @@ def test_archive_errors(tmp_path):
 
 
 def _two_class_folder(root, per_class=6):
-    from PIL import Image
-
     for name in ("cat", "dog"):
         (root / name).mkdir(parents=True)
         for position in range(per_class):
@@ -355,8 +349,6 @@ def _two_class_folder(root, per_class=6):
 
 
 def test_max_per_class_draws_with_the_given_random_state(tmp_path):
-    from skdeepclust.datasets import load_image_folder
-
     root = _two_class_folder(tmp_path)
     samples = {tuple(load_image_folder(root, max_per_class=3, random_state=seed).filenames)
                for seed in range(5)}
@@ -364,8 +356,6 @@ def test_max_per_class_draws_with_the_given_random_state(tmp_path):
 
 
 def test_max_per_class_keeps_the_folder_order(tmp_path):
-    from skdeepclust.datasets import load_image_folder
-
     root = _two_class_folder(tmp_path)
     every = load_image_folder(root).filenames
     for seed in range(5):

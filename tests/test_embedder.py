@@ -430,7 +430,6 @@ def test_fit_transform_keeps_the_index_of_a_series_of_paths(images, tmp_path):
 @pytest.mark.parametrize("crop_pct, close_to_timm", [("model", True), (1.0, False)])
 def test_crop_pct_model_reproduces_timms_evaluation_transform(crop_pct, close_to_timm):
     import timm.data
-    from PIL import Image
 
     rows, cols = np.mgrid[0:120, 0:200]
     waves = 127.5 * (1 + np.sin(rows / 6.0) * np.cos(cols / 9.0))  # smooth, but not linear
@@ -457,7 +456,6 @@ def test_progress_bars_that_are_off_leave_no_trace_in_the_process(tmp_path):
     # Even a disabled tqdm bar fixes multiprocessing's start method and starts a
     # monitor thread; a fresh interpreter shows whether any call made one.
     import subprocess
-    import sys
 
     for name in ["a.png", "b.png", "c.png"]:
         Image.new("RGB", (16, 16)).save(tmp_path / name)
@@ -509,7 +507,7 @@ def test_downscaling_matches_timms_evaluation_transform(backbone):
 
 
 def test_mean_and_std_are_applied_to_red_green_and_blue_in_that_order():
-    # which reads the same in either order.
+    # Every test model normalises with (0.5, 0.5, 0.5), which reads the same in either order.
     mean, std = (0.1, 0.5, 0.9), (0.1, 0.2, 0.3)
     red = np.zeros((1, 32, 32, 3), np.uint8)
     red[..., 0] = 255
@@ -540,7 +538,8 @@ def test_bicubic_resizing_keeps_pixels_in_the_unit_range():
 
 
 def test_large_jpegs_decode_to_cover_the_resize_size_not_only_the_crop(tmp_path, monkeypatch):
-    # was decoded at 1/8 scale (64 px) and enlarged to 128 px.
+    # With crop_pct < 1, decoding to cover only the crop took a 512 px JPEG to 1/8
+    # scale (64 px), enlarged to 128 px.
     rows, cols = np.mgrid[0:512, 0:512]
     photo = (127.5 * (1 + np.sin(rows / 3.0) * np.cos(cols / 5.0)))[..., None].repeat(3, -1).astype(np.uint8)
     path = str(tmp_path / "big.jpg")

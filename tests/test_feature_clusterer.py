@@ -528,10 +528,6 @@ def test_nearest_centre_predictions_give_the_clusterers_own_labels():
 
 
 def test_an_instances_own_random_state_is_kept():
-    from sklearn.datasets import make_blobs
-
-    from skdeepclust import FeatureClusterer
-
     X, _ = make_blobs(n_samples=200, centers=6, cluster_std=2.0, random_state=1)
     model = FeatureClusterer(KMeans(n_clusters=4, n_init=1, random_state=5), random_state=0).fit(X)
     assert model.clusterer_.random_state == 5
@@ -549,18 +545,12 @@ class _LeavesLastClusterEmpty(ClusterMixin, BaseEstimator):
 
 
 def test_a_single_empty_cluster_is_warned_of():
-    from skdeepclust import FeatureClusterer
-
     X = np.random.default_rng(0).normal(size=(12, 4))
     with pytest.warns(ConvergenceWarning, match="kept 2 of n_clusters=3"):
         FeatureClusterer(_LeavesLastClusterEmpty(), n_clusters=3).fit(X)
 
 
 def test_predict_uses_the_clusterers_own_predict():
-    from sklearn.mixture import GaussianMixture
-
-    from skdeepclust import FeatureClusterer
-
     rng = np.random.default_rng(0)
     # A tight and a broad component: the nearest mean is not the likeliest component.
     X = np.vstack([rng.normal(0, 0.3, (100, 2)), rng.normal([4, 0], 3.0, (100, 2))])
@@ -571,9 +561,6 @@ def test_predict_uses_the_clusterers_own_predict():
 
 
 def test_label_free_score_of_many_rows_is_seeded_by_random_state():
-    from skdeepclust import FeatureClusterer
-    from skdeepclust.clustering import label_free_score
-
     X = np.random.default_rng(0).normal(size=(5200, 8)).astype(np.float32)  # > 5,000: subsampled
     model = FeatureClusterer("kmeans", n_clusters=3, random_state=0).fit(X)
     scores = {model.score(X) for _ in range(3)}

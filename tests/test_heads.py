@@ -200,8 +200,6 @@ def test_temi_keeps_the_head_that_keeps_the_groups_apart():
 
 @pytest.mark.parametrize("name", ["temi", "debiased"])
 def test_the_kept_head_has_the_most_neighbour_information(name, blobs, monkeypatch):
-    from skdeepclust.clustering import _training
-
     judged = {}
 
     def recording(head_logits, features, neighbors, hidden_size):
@@ -262,8 +260,6 @@ def test_neighbor_information_is_the_mutual_information_of_the_pairs(n_clusters)
 
 
 def test_labelling_blocks_shrink_with_the_hidden_layer(monkeypatch):
-    from skdeepclust.clustering import _training
-
     rows_per_call = []
 
     def head_logits(rows):
@@ -1035,8 +1031,6 @@ class _AtMostTwoClusters(ClusterMixin, BaseEstimator):
 
 
 def test_select_n_clusters_takes_the_smallest_of_tied_candidates():
-    from skdeepclust.clustering import select_n_clusters
-
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal([3, 0], 0.3, (20, 2)), rng.normal([-3, 0], 0.3, (20, 2))])
     with warnings.catch_warnings():
@@ -1047,8 +1041,6 @@ def test_select_n_clusters_takes_the_smallest_of_tied_candidates():
 
 
 def test_select_n_clusters_is_repeatable_under_a_seed():
-    from skdeepclust.clustering import select_n_clusters
-
     # Unstructured rows, so that k-means' own result depends on its seed, and more
     # than 5,000 of them, so that the silhouette is estimated on a seeded sample.
     X = np.random.default_rng(0).normal(size=(5200, 8)).astype(np.float32)
@@ -1063,8 +1055,6 @@ def _three_groups(n=10, spread=0.3, features=6, seed=0):
 
 
 def test_n_neighbors_beyond_the_samples_is_capped_and_never_holds_the_sample():
-    from skdeepclust.clustering import SCANClusterer
-
     X = _three_groups(n=6)  # 18 samples
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -1087,8 +1077,6 @@ def test_different_seeds_give_different_heads(name):
 
 
 def test_predict_proba_normalises_rows_as_predict_does():
-    from skdeepclust.clustering import SCANClusterer
-
     rng = np.random.default_rng(0)
     X = _three_groups(spread=0.5) * rng.uniform(0.1, 20, (30, 1))
     with warnings.catch_warnings():
@@ -1099,8 +1087,6 @@ def test_predict_proba_normalises_rows_as_predict_does():
 
 
 def test_a_head_that_prunes_a_single_cluster_warns():
-    from skdeepclust.clustering import TEMIClusterer
-
     rng = np.random.default_rng(0)
     X = np.repeat(np.eye(8)[:3], 20, axis=0) + 0.05 * rng.standard_normal((60, 8))
     with pytest.warns(ConvergenceWarning, match="kept 3 of n_clusters=4"):
@@ -1139,8 +1125,6 @@ def test_merge_on_neighbor_graph_matches_a_recomputing_reference():
 
 
 def _fitted_debiased(n_epochs=30):
-    from skdeepclust.clustering import DebiasedClusterer
-
     rng = np.random.default_rng(0)
     X = np.repeat(np.eye(8)[:3], [80, 30, 10], axis=0) + 0.1 * rng.standard_normal((120, 8))
     with warnings.catch_warnings():
@@ -1165,8 +1149,6 @@ def test_merged_probabilities_sum_to_one_when_a_merged_cluster_was_dropped():
 
 
 def test_auto_device_is_cuda_where_cuda_is_available(monkeypatch):
-    import torch
-
     from skdeepclust._device import parsed_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

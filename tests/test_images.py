@@ -528,8 +528,6 @@ def test_links_to_one_folder_keep_the_first_by_name(tmp_path):
 
 
 def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, monkeypatch):
-    import os
-
     for folder in ("open", "locked"):
         (tmp_path / folder).mkdir()
         Image.new("RGB", (4, 4)).save(tmp_path / folder / "1.png")
@@ -554,8 +552,6 @@ def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, 
 
 
 def test_files_in_a_folder_that_cannot_be_entered_are_named_not_found(tmp_path, monkeypatch):
-    import os
-
     for folder in ("open", "sealed"):
         (tmp_path / folder).mkdir()
         Image.new("RGB", (4, 4)).save(tmp_path / folder / "1.png")

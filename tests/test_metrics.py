@@ -146,11 +146,7 @@ def test_scorers_work_in_grid_search():
 
 
 def test_clustering_scorers_score_with_the_metric_they_are_named_after():
-    from sklearn.datasets import make_blobs
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    from skdeepclust import FeatureClusterer
-    from skdeepclust.metrics import CLUSTERING_SCORERS, cluster_accuracy
 
     # An imperfect clustering, on which the three metrics differ.
     X, y = make_blobs(n_samples=90, centers=3, cluster_std=3.0, random_state=0)

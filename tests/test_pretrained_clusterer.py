@@ -252,7 +252,7 @@ def test_set_output_names_the_embedding_columns_and_never_reaches_the_clusterer(
 
 
 def test_score_weighs_the_accuracy_where_the_weights_change_it():
-    # is perfect, so its weighted and unweighted accuracies are both 1.0.
+    # An imperfect clustering: a perfect one scores 1.0 whatever the weights.
     X, y = two_tone_images()
     est = PretrainedFeatureClusterer(**TINY, n_clusters=2).fit(X)
     noisy = y.copy()

@@ -111,8 +111,7 @@ def test_bad_arguments(labels, kwargs, match):
 
 
 def test_each_montage_row_shows_the_members_of_its_cluster():
-    # sizes, and pixels only for a single cluster.
-    from skdeepclust.visualization import cluster_montage
+    # Each image is one grey level, so a thumbnail's pixels name the image it shows.
 
     images = np.stack([np.full((20, 30, 3), 10 * i, np.uint8) for i in range(12)])  # image i is 10 * i
     labels = np.repeat([0, 1, 2], 4)
