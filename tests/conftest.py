@@ -1,3 +1,4 @@
+import copy
 import os
 import socket
 from pathlib import Path
@@ -70,6 +71,25 @@ def image_folder(tmp_path):
         picture = Image.fromarray(image).resize((size, size + 3))
         picture.save(folder / f"{position}.{'png' if label == 0 else 'jpg'}")
     return tmp_path
+
+
+STAND_IN_HEIF = "STAND-IN HEIF"
+
+
+@pytest.fixture
+def register_stand_in_heif(monkeypatch):
+    """A function that registers, for this test only, a PNG opener as Pillow's HEIF
+    plugin (pillow-heif, which the tests do not install) for ``.heic`` and ``.hif``."""
+    from PIL import PngImagePlugin
+
+    for registry in ("OPEN", "EXTENSION", "ID"):
+        monkeypatch.setattr(Image, registry, copy.copy(getattr(Image, registry)))
+
+    def register():
+        Image.register_open(STAND_IN_HEIF, PngImagePlugin.PngImageFile, PngImagePlugin._accept)
+        Image.register_extensions(STAND_IN_HEIF, [".heic", ".hif"])
+
+    return register
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,3 @@
-import copy
 import csv
 from pathlib import Path
 
@@ -569,22 +568,18 @@ def test_option_words_leave_paths_and_other_commands_options_alone():
     assert _in_option_words(advice, {"n_clusters": 3}) == advice  # a command without --clusterer
 
 
-def test_an_installed_heif_plugin_is_registered_for_phone_photos(capsys, image_folder, tmp_path, monkeypatch):
+def test_an_installed_heif_plugin_is_registered_for_phone_photos(capsys, image_folder, tmp_path, monkeypatch,
+                                                                   register_stand_in_heif):
     # In Python the user registers pillow-heif's opener; on the command line nobody can.
     import sys
     import types
 
-    from PIL import PngImagePlugin
-
     registered = []
 
-    def register_heif_opener():  # a PNG opener stands in for HEIF's
+    def register_heif_opener():
         registered.append(True)
-        Image.register_open("STAND-IN HEIF", PngImagePlugin.PngImageFile, PngImagePlugin._accept)
-        Image.register_extensions("STAND-IN HEIF", [".heic"])
+        register_stand_in_heif()
 
-    for registry in ("OPEN", "EXTENSION", "ID"):
-        monkeypatch.setattr(Image, registry, copy.copy(getattr(Image, registry)))
     monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=register_heif_opener))
     Image.new("RGB", (8, 8), "blue").save(image_folder / "dark" / "phone.heic", format="PNG")
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out",

@@ -340,24 +340,14 @@ def test_archive_errors(tmp_path):
         extract_image_archive(other)
 
 
-def _two_class_folder(root, per_class=6):
-    for name in ("cat", "dog"):
-        (root / name).mkdir(parents=True)
-        for position in range(per_class):
-            Image.new("RGB", (8, 8), (40 * position, 0, 0)).save(root / name / f"{position}.png")
-    return root
-
-
-def test_max_per_class_draws_with_the_given_random_state(tmp_path):
-    root = _two_class_folder(tmp_path)
-    samples = {tuple(load_image_folder(root, max_per_class=3, random_state=seed).filenames)
+def test_max_per_class_draws_with_the_given_random_state(image_folder):
+    samples = {tuple(load_image_folder(image_folder, max_per_class=2, random_state=seed).filenames)
                for seed in range(5)}
     assert len(samples) > 1
 
 
-def test_max_per_class_keeps_the_folder_order(tmp_path):
-    root = _two_class_folder(tmp_path)
-    every = load_image_folder(root).filenames
+def test_max_per_class_keeps_the_folder_order(image_folder):
+    every = load_image_folder(image_folder).filenames
     for seed in range(5):
-        sample = load_image_folder(root, max_per_class=3, random_state=seed).filenames
+        sample = load_image_folder(image_folder, max_per_class=2, random_state=seed).filenames
         assert sample == [path for path in every if path in sample]

@@ -1,4 +1,3 @@
-import copy
 import io
 import os
 import pickle
@@ -7,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import STAND_IN_HEIF
 from PIL import Image
 
 from skdeepclust.datasets import load_image_folder
@@ -596,25 +596,23 @@ def test_photo_files_pillow_cannot_read_here_are_named_in_a_warning(tmp_path):
         assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
 
 
-def test_formats_a_pillow_plugin_registers_are_images_in_workers_started_afresh_too(tmp_path, monkeypatch):
+def test_formats_a_pillow_plugin_registers_are_images_in_workers_started_afresh_too(tmp_path,
+                                                                                  register_stand_in_heif):
     # pillow-heif's register_heif_opener() registers HEIF with the Pillow of this
     # process; a decode worker that spawn or forkserver (Python 3.14's default on
     # Linux) starts imports a Pillow without it. A PNG opener stands in for it.
     from PIL import PngImagePlugin
 
-    for registry in ("OPEN", "EXTENSION", "ID"):
-        monkeypatch.setattr(Image, registry, copy.copy(getattr(Image, registry)))
-    Image.register_open("STAND-IN HEIF", PngImagePlugin.PngImageFile, PngImagePlugin._accept)
-    Image.register_extensions("STAND-IN HEIF", [".heic", ".hif"])
+    register_stand_in_heif()
     Image.new("RGB", (4, 4), "red").save(tmp_path / "photo.heic", format="PNG")
     files = find_image_files(tmp_path)
     assert files == [str(tmp_path / "photo.heic")]
     pickled = pickle.dumps(_BatchDecoder(as_images(files), 1, None))  # as the DataLoader sends it
 
-    del Image.OPEN["STAND-IN HEIF"], Image.EXTENSION[".heic"], Image.EXTENSION[".hif"]
+    del Image.OPEN[STAND_IN_HEIF], Image.EXTENSION[".heic"], Image.EXTENSION[".hif"]
     in_worker = pickle.loads(pickled)
-    assert Image.OPEN["STAND-IN HEIF"] == (PngImagePlugin.PngImageFile, PngImagePlugin._accept)
-    assert Image.registered_extensions()[".hif"] == "STAND-IN HEIF"
+    assert Image.OPEN[STAND_IN_HEIF] == (PngImagePlugin.PngImageFile, PngImagePlugin._accept)
+    assert Image.registered_extensions()[".hif"] == STAND_IN_HEIF
     decoded = in_worker[0]
     assert not isinstance(decoded, Exception), decoded
 

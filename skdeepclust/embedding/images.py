@@ -21,7 +21,6 @@ import collections
 import concurrent.futures
 import copy
 import importlib.util
-import io
 import math
 import multiprocessing
 import os
@@ -130,9 +129,9 @@ def _warn_of_unreadable_photos(photos):
     if ".jxl" in counts:
         advice.append("JPEG XL files once pillow-jxl-plugin is installed (in Python, import "
                       "pillow_jxl first)")
-    if counts.keys() & set(UNREADABLE_PHOTO_EXTENSIONS):
-        advice.append("convert " + ", ".join(sorted(counts.keys() & set(UNREADABLE_PHOTO_EXTENSIONS)))
-                      + " files to JPEG or PNG, which this Pillow reads")
+    unreadable = sorted(counts.keys() & set(UNREADABLE_PHOTO_EXTENSIONS))
+    if unreadable:
+        advice.append(f"convert {', '.join(unreadable)} files to JPEG or PNG, which this Pillow reads")
     advice = "; ".join(advice)
     warnings.warn(
         f"Skipped {len(photos)} photo file(s) in formats Pillow cannot read here ("
@@ -1038,7 +1037,7 @@ def _hint_for_item(item):
     if isinstance(item, bytes):
         return (" Decode a path with os.fsdecode(path); open encoded image bytes with "
                 "PIL.Image.open(io.BytesIO(data)).")
-    if isinstance(item, io.IOBase) or hasattr(item, "read"):  # files, BytesIO, spooled files
+    if hasattr(item, "read"):  # files, BytesIO, spooled files
         return " Open an image file object with PIL.Image.open(file)."
     if isinstance(item, tuple) and len(item) == 2:
         return (" (image, label) pairs, as a PyTorch dataset gives them, are not taken: "
