@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import os
 import re
 import sys
@@ -30,6 +31,9 @@ RESULTS_FILE = "clusters.csv"
 RESULTS_HEADER = ["file", "cluster", "confidence"]
 MONTAGE_FILE = "montage.png"
 EMBEDDINGS_FILE = "embeddings.npy"
+# Beside embeddings.npy: the settings that made it and the file of each row, by path,
+# size and modification time, so that a rerun reuses the rows of unchanged files.
+EMBEDDINGS_RECORD = "embeddings.json"
 # Up to this many images, the clusterer is first fitted on stand-in features, so that
 # what it cannot do with so few (hdbscan's min_samples, a mixture of one image)
 # fails before the embedding.
@@ -178,12 +182,15 @@ def _image_files(folder, out):
     return _without_output_folders(folder, find_image_files(folder), out)
 
 
-def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_state, quiet):
+def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_state, quiet,
+                       earlier_features=None):
     """Both stages, decoding and embedding each file once.
 
+    ``earlier_features`` holds, for each file, the features an earlier run gave it
+    with the same settings, or None; only the files with None are embedded.
     A file that does not decode is left out, with a warning. Returns the features
-    and the fitted FeatureClusterer of the files that decoded, and a boolean mask
-    of those files.
+    and the fitted FeatureClusterer of the files that decoded, a boolean mask of
+    those files, and how many of them kept an earlier run's features.
     """
     from .clustering import FeatureClusterer
     from .embedding import ImageEmbedder
@@ -199,21 +206,105 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     # Mistakes in the clustering settings surface now, not after the embedding.
     clusterer = stage._validate_params()
     _check_image_count(stage, clusterer, len(files))
-    embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
-    # Unreadable files are found as they are embedded: a separate pass to check every
-    # file first would decode each one twice.
-    images = ImageList(files, skip_unreadable=True)
-    features = embedder.fit_transform(images)
-    for position, reason in sorted(images.unreadable.items()):
-        _warn(f"skipping unreadable image file {files[position]}: {reason}")
-    if len(images.unreadable) == len(files):
-        raise UserError(f"none of the {len(files)} image files could be read")
+    earlier = earlier_features or [None] * len(files)
+    to_embed = [position for position, row in enumerate(earlier) if row is None]
     readable = np.ones(len(files), dtype=bool)
-    readable[list(images.unreadable)] = False
-    if images.unreadable:
+    new_features = None
+    if to_embed:
+        embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
+        # Unreadable files are found as they are embedded: a separate pass to check every
+        # file first would decode each one twice.
+        images = ImageList([files[position] for position in to_embed], skip_unreadable=True)
+        new_features = embedder.fit_transform(images)
+        for position, reason in sorted(images.unreadable.items()):
+            _warn(f"skipping unreadable image file {files[to_embed[position]]}: {reason}")
+            readable[to_embed[position]] = False
+    if not readable.any():
+        raise UserError(f"none of the {len(files)} image files could be read")
+    n_reused = len(files) - len(to_embed)
+    if n_reused:
+        width = len(next(row for row in earlier if row is not None))
+        features = np.empty((len(files), width), dtype=np.float32)
+        for position, row in enumerate(earlier):
+            if row is not None:
+                features[position] = row
+        if to_embed:
+            features[to_embed] = new_features
+    else:
+        features = new_features
+    if not readable.all():
         features = features[readable]
         _check_image_count(stage, clusterer, len(features))
-    return features, stage.fit(features), readable
+    return features, stage.fit(features), readable, n_reused
+
+
+def _file_stamp(path):
+    """``path`` as the record of embeddings names it: absolute path, size and
+    modification time, so that a file changed since has another stamp."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.abspath(path), status.st_size, status.st_mtime_ns)
+
+
+def _embedding_settings(embedder_params, random_state):
+    """What the embeddings' values depend on, as the record of embeddings keeps it.
+
+    Weights given as a file or folder are named by their stamps, so that new weights
+    under the same name are not taken for the old. The device, batch size and
+    decoding workers are left out: they change the features by rounding at most
+    (bfloat16 on a GPU), and embeddings made on a GPU are worth reusing on a CPU.
+    """
+    from . import __version__
+
+    def stamped(path):
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            return [_file_stamp(entry.path) for entry in sorted(os.scandir(path), key=lambda e: e.name)
+                    if entry.is_file()]
+        return _file_stamp(path)
+
+    backbone, pretrained = embedder_params["backbone"], embedder_params["pretrained"]
+    source, _, rest = backbone.partition(":")
+    settings = {
+        "skdeepclust": __version__,
+        "backbone": [backbone, stamped(rest)] if source == "local-dir" and rest else backbone,
+        "pretrained": pretrained if isinstance(pretrained, bool) else stamped(pretrained),
+        "image_size": embedder_params["image_size"],
+        "crop_pct": embedder_params["crop_pct"],
+        # Random weights are drawn from the seed.
+        "random_state": random_state if pretrained is False else None,
+    }
+    return json.loads(json.dumps(settings))  # as read back: tuples become lists
+
+
+def _earlier_embeddings(out, settings):
+    """The features that an earlier run wrote to ``out`` with ``settings``, by file stamp.
+
+    Returns the rows (a dict, empty where there are none to reuse) and, where that
+    run had other settings, their names, for the command's summary.
+    """
+    record_path, array_path = out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE
+    if not (record_path.is_file() and array_path.is_file()):
+        return {}, []
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        stamps = [tuple(stamp) if stamp else None for stamp in record["files"]]
+        earlier_settings = record["settings"]
+        features = np.load(array_path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _warn(f"cannot reuse {array_path}: its record {record_path} is unreadable ({exc}); "
+              "every image is embedded anew")
+        return {}, []
+    if features.ndim != 2 or features.dtype != np.float32 or len(features) != len(stamps):
+        _warn(f"cannot reuse {array_path}: its {features.shape} {features.dtype} array does not "
+              f"hold the {len(stamps)} float32 rows that {record_path} lists; every image is embedded anew")
+        return {}, []
+    if earlier_settings != settings:
+        changed = [name for name in settings if earlier_settings.get(name) != settings[name]]
+        return {}, changed or ["settings"]
+    return {stamp: row for stamp, row in zip(stamps, features) if stamp is not None}, []
 
 
 def _check_image_count(stage, clusterer, n_images):
@@ -285,14 +376,15 @@ def _output_folder(path, save_embeddings):
         raise UserError(f"--out {path}: cannot make this folder ({exc.strerror or exc})") from None
     try:
         earlier_run = _holds_results_table(out)
-        for name in (RESULTS_FILE, MONTAGE_FILE) + ((EMBEDDINGS_FILE,) if save_embeddings else ()):
+        embeddings = (EMBEDDINGS_FILE, EMBEDDINGS_RECORD) if save_embeddings else ()
+        for name in (RESULTS_FILE, MONTAGE_FILE) + embeddings:
             target = out / name
             if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
                 raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
                                 "read-only; move it, or choose another --out")
             # A run writes its clusters.csv first, so a file of these names beside no
             # clusters.csv of ours is the user's own, which must not be overwritten.
-            if name != EMBEDDINGS_FILE and target.exists() and not earlier_run:
+            if name in (RESULTS_FILE, MONTAGE_FILE) and target.exists() and not earlier_run:
                 raise UserError(f"--out {path}: it holds a {name} that no skdeepclust run wrote, "
                                 "which would be overwritten; move it, or choose another --out")
         try:
@@ -316,8 +408,12 @@ def _listed(items):
     return items[-1] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def _write_results(out, files, stage, features, save_embeddings):
-    """Write the results into ``out``; returns the paths of the files written."""
+def _write_results(out, files, stage, features, embedding_record):
+    """Write the results into ``out``; returns the paths of the files written.
+
+    ``embedding_record`` (settings and file stamps, as ``_earlier_embeddings`` reads
+    them) asks for the embeddings too; None removes an earlier run's.
+    """
     from .visualization import _MontageTooLarge, cluster_montage
 
     confidence = _confidence(stage, features)
@@ -332,8 +428,14 @@ def _write_results(out, files, stage, features, save_embeddings):
         for file, cluster, score in zip(files, stage.labels_, confidence):
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
-    if save_embeddings:
+    # Without its record, embeddings are never reused: a run stopped between the two
+    # writes must not leave an old record beside new rows.
+    if embedding_record is not None or earlier_run:
+        (out / EMBEDDINGS_RECORD).unlink(missing_ok=True)
+    if embedding_record is not None:
         np.save(out / EMBEDDINGS_FILE, features)
+        with open(out / EMBEDDINGS_RECORD, "w", encoding="utf-8") as handle:
+            json.dump(embedding_record, handle)  # ASCII: names that are not UTF-8 are escaped
         written.append(out / EMBEDDINGS_FILE)
     elif earlier_run and (out / EMBEDDINGS_FILE).is_file():
         (out / EMBEDDINGS_FILE).unlink()
@@ -466,17 +568,36 @@ def _cluster_folder(args, folder, out):
         num_workers=args.num_workers,
         compile=args.compile,
     )
-    features, stage, readable = _embed_and_cluster(
-        files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet
+    earlier_features, changed_settings, record = None, [], None
+    if args.embeddings:
+        settings = _embedding_settings(embedder_params, args.random_state)
+        earlier_rows, changed_settings = _earlier_embeddings(out, settings)
+        # Stamped before the embedding: a file changed while it runs is embedded again next time.
+        stamps = [_file_stamp(path) for path in files]
+        earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
+        record = {"settings": settings, "files": stamps}
+    features, stage, readable, n_reused = _embed_and_cluster(
+        files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
+        earlier_features,
     )
     skipped = [path for path, keep in zip(files, readable) if not keep]
     files = [path for path, keep in zip(files, readable) if keep]
-    written = _write_results(out, files, stage, features, args.embeddings)
+    if record is not None:
+        record["files"] = [stamp for stamp, keep in zip(record["files"], readable) if keep]
+    written = _write_results(out, files, stage, features, record)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
+    reuse = ""
+    if n_reused:
+        reuse = f"; {n_reused} embeddings reused from {out / EMBEDDINGS_FILE}"
+    elif changed_settings:
+        changed = [f"--{name.replace('_', '-')}" if name != "skdeepclust" else "skdeepclust version"
+                   for name in changed_settings]
+        reuse = (f"; the earlier {out / EMBEDDINGS_FILE} was not reused, as it was made with "
+                 f"another {_listed(changed)}")
     print(
         f"{len(files)} images in {len(stage.cluster_ids_)} clusters{noise} "
-        f"({time.perf_counter() - start:.1f} s); wrote {_listed(written)}"
+        f"({time.perf_counter() - start:.1f} s{reuse}); wrote {_listed(written)}"
     )
     if args.eval:
         print(_metrics_line(class_folder_labels(folder, files)[0], stage.labels_))
@@ -526,11 +647,11 @@ def _demo(args, shared, out):
     groups = "groups, as many as it finds," if n_clusters is None else "10 groups"
     print(f"Clustering {len(files)} CIFAR-10 test photos into {groups} with a {described}.")
     start = time.perf_counter()
-    features, stage, readable = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters, 0,
-                                                   args.quiet)
+    features, stage, readable, _ = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters, 0,
+                                                      args.quiet)
     files, y = [path for path, keep in zip(files, readable) if keep], y[readable]
     seconds = time.perf_counter() - start
-    written = _write_results(out, files, stage, features, False)
+    written = _write_results(out, files, stage, features, None)
     print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")
     shown = [f"{path} (one row of photos per cluster)" if path.name == MONTAGE_FILE else str(path)
              for path in reversed(written)]
@@ -595,7 +716,9 @@ def build_parser():
     cluster.add_argument("--random-state", type=_seed_argument, default=0,
                          help="seed of the clusterer and of random weights (default: %(default)s)")
     cluster.add_argument("--out", default="skdeepclust-out", help="output folder (default: %(default)s)")
-    cluster.add_argument("--embeddings", action="store_true", help="also write OUT/embeddings.npy")
+    cluster.add_argument("--embeddings", action="store_true",
+                         help="also write OUT/embeddings.npy, and reuse the rows of unchanged files "
+                         "that an earlier run with the same backbone, weights, image size and crop wrote there")
     cluster.add_argument("--eval", action="store_true",
                          help="PATH/<class>/ folders are the true classes: print accuracy, NMI, ARI")
     cluster.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,4 +1,6 @@
 import csv
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -522,9 +524,11 @@ def test_embeddings_that_no_run_wrote_are_kept(capsys, image_folder, tmp_path):
     out = tmp_path / "project"
     out.mkdir()
     np.save(out / "embeddings.npy", np.ones(3))  # the user's own
+    (out / "embeddings.json").write_text("{}")
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
     assert status == 0 and err == ""
     np.testing.assert_array_equal(np.load(out / "embeddings.npy"), np.ones(3))
+    assert (out / "embeddings.json").read_text() == "{}"
 
 
 def test_a_failed_run_removes_the_output_folders_it_made_and_no_other(capsys, tmp_path):
@@ -732,3 +736,154 @@ def test_cli_confidence_of_a_soft_clusterer_is_its_largest_probability(capsys, t
     expected = FeatureClusterer("scan", n_clusters=3, random_state=0).fit(features).predict_proba(features)
     assert max(expected.max(axis=1)) < 0.999  # the test needs probabilities short of 1
     np.testing.assert_allclose(confidence, expected.max(axis=1), atol=1e-4)
+
+
+def _embedded_counts(monkeypatch):
+    """Patch ImageEmbedder.fit_transform to note how many images each call embeds."""
+    from skdeepclust import ImageEmbedder
+
+    counts = []
+    fit_transform = ImageEmbedder.fit_transform
+
+    def counting(self, X, y=None):
+        counts.append(len(X))
+        return fit_transform(self, X, y)
+
+    monkeypatch.setattr(ImageEmbedder, "fit_transform", counting)
+    return counts
+
+
+def test_a_rerun_with_embeddings_embeds_only_new_and_changed_files(capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    assert (out / "embeddings.json").is_file()
+    changed = image_folder / "dark" / "0.png"
+    Image.new("RGB", (30, 30), (200, 10, 10)).save(changed)
+    os.utime(changed, ns=(1, 1))  # another modification time on any file system
+    Image.new("RGB", (30, 30), (10, 200, 10)).save(image_folder / "bright" / "new.jpg")
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [2]
+    assert f"; 7 embeddings reused from {out / 'embeddings.npy'}); wrote" in stdout
+    # The rows are those a run from scratch gives, in the order of clusters.csv.
+    fresh = tmp_path / "fresh"
+    assert _run(capsys, *argv[:5], str(fresh), *argv[6:])[0] == 0
+    np.testing.assert_allclose(np.load(out / "embeddings.npy"), np.load(fresh / "embeddings.npy"), atol=1e-5)
+    with open(out / "clusters.csv") as rerun, open(fresh / "clusters.csv") as from_scratch:
+        rerun_rows, fresh_rows = list(csv.DictReader(rerun)), list(csv.DictReader(from_scratch))
+    assert [(row["file"], row["cluster"]) for row in rerun_rows] == [
+        (row["file"], row["cluster"]) for row in fresh_rows]
+
+
+def test_a_rerun_that_reuses_every_row_loads_no_backbone(capsys, image_folder, tmp_path, monkeypatch):
+    from skdeepclust import ImageEmbedder
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    table, features = (out / "clusters.csv").read_text(), np.load(out / "embeddings.npy")
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded again")
+
+    monkeypatch.setattr(ImageEmbedder, "fit_transform", no_embedding)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0 and err == ""
+    assert "8 embeddings reused" in stdout
+    assert (out / "clusters.csv").read_text() == table
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), features)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--image-size", "48"),
+    ("--crop-pct", "0.5"),
+    ("--random-state", "1"),  # random weights come from the seed
+    ("--backbone", "test_vit2"),
+])
+def test_a_rerun_with_other_embedding_settings_embeds_every_file(capsys, image_folder, tmp_path, monkeypatch,
+                                                                 option, value):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv, option, value)
+    assert status == 0, err
+    assert counts == [8]
+    assert (f"the earlier {out / 'embeddings.npy'} was not reused, as it was made with another {option})"
+            in stdout)
+
+
+def test_the_device_and_batch_size_do_not_stop_the_reuse(capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    counts = _embedded_counts(monkeypatch)
+    assert _run(capsys, *argv, "--batch-size", "3", "--num-workers", "0", "--device", "cpu")[0] == 0
+    assert counts == []
+
+
+def test_new_weights_under_the_same_name_are_not_taken_for_the_old(tmp_path):
+    from skdeepclust.cli import _embedding_settings
+
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"old")
+    params = dict(backbone="test_vit", pretrained=str(weights), image_size=None, crop_pct=1.0)
+    before = _embedding_settings(params, 0)
+    weights.write_bytes(b"newer")
+    assert _embedding_settings(params, 0) != before
+    # A downloaded repository read through local-dir: too.
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    (repository / "model.safetensors").write_bytes(b"old")
+    params = dict(params, backbone=f"local-dir:{repository}", pretrained=True)
+    before = _embedding_settings(params, 0)
+    (repository / "model.safetensors").write_bytes(b"newer")
+    assert _embedding_settings(params, 0) != before
+    # Random weights are drawn from the seed; loaded ones are not.
+    assert _embedding_settings(params, 1) == _embedding_settings(params, 0)
+    random_weights = dict(params, backbone="test_vit", pretrained=False)
+    assert _embedding_settings(random_weights, 1) != _embedding_settings(random_weights, 0)
+
+
+@pytest.mark.parametrize("spoil, reason", [
+    (lambda out: (out / "embeddings.json").write_text("{not json"), "its record"),
+    (lambda out: np.save(out / "embeddings.npy", np.ones((3, 64), dtype=np.float32)), "does not hold the 8"),
+    (lambda out: np.save(out / "embeddings.npy", np.ones((8, 64))), "float32"),
+])
+def test_spoilt_embeddings_are_embedded_anew_with_a_warning(capsys, image_folder, tmp_path, monkeypatch,
+                                                           spoil, reason):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    spoil(out)
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0
+    assert counts == [8]
+    assert err.startswith(f"skdeepclust: warning: cannot reuse {out / 'embeddings.npy'}: ") and reason in err
+    assert err.endswith("every image is embedded anew\n")
+    assert np.load(out / "embeddings.npy").shape == (8, 64)
+    assert "reused" not in stdout
+
+
+def test_unreadable_files_are_tried_again_and_not_recorded(capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    (image_folder / "dark" / "broken.png").write_bytes(b"not a png")
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    recorded = [Path(stamp[0]).name for stamp in json.loads((out / "embeddings.json").read_text())["files"]]
+    assert len(recorded) == 8 and "broken.png" not in recorded
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0 and counts == [1]
+    assert "broken.png" in err and "8 embeddings reused" in stdout
+
+
+def test_a_rerun_without_embeddings_removes_their_record_too(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv, "--embeddings")[0] == 0
+    assert _run(capsys, *argv)[0] == 0
+    assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
