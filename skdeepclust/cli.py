@@ -190,7 +190,9 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     with the same settings, or None; only the files with None are embedded.
     A file that does not decode is left out, with a warning. Returns the features
     and the fitted FeatureClusterer of the files that decoded, a boolean mask of
-    those files, and how many of them kept an earlier run's features.
+    those files, and how many of them kept an earlier run's features. A
+    KeyboardInterrupt leaves with ``embedded``: the positions of the files embedded
+    so far (or reused) and their features, for the command to keep.
     """
     from .clustering import FeatureClusterer
     from .embedding import ImageEmbedder
@@ -215,7 +217,16 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
         # Unreadable files are found as they are embedded: a separate pass to check every
         # file first would decode each one twice.
         images = ImageList([files[position] for position in to_embed], skip_unreadable=True)
-        new_features = embedder.fit_transform(images)
+        try:
+            new_features = embedder.fit_transform(images)
+        except KeyboardInterrupt as interrupt:
+            completed = getattr(interrupt, "completed_features", np.empty((0, 0), np.float32))
+            done = [position for position in range(len(completed)) if position not in images.unreadable]
+            reused = [position for position, row in enumerate(earlier) if row is not None]
+            rows = [earlier[position] for position in reused] + list(completed[done])
+            interrupt.embedded = (reused + [to_embed[position] for position in done],
+                                  np.array(rows, dtype=np.float32))
+            raise
         for position, reason in sorted(images.unreadable.items()):
             _warn(f"skipping unreadable image file {files[to_embed[position]]}: {reason}")
             readable[to_embed[position]] = False
@@ -235,7 +246,12 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     if not readable.all():
         features = features[readable]
         _check_image_count(stage, clusterer, len(features))
-    return features, stage.fit(features), readable, n_reused
+    try:
+        stage.fit(features)
+    except KeyboardInterrupt as interrupt:
+        interrupt.embedded = (np.flatnonzero(readable).tolist(), features)
+        raise
+    return features, stage, readable, n_reused
 
 
 def _file_stamp(path):
@@ -402,6 +418,16 @@ def _output_folder(path, save_embeddings):
         raise
 
 
+def _write_embeddings(out, features, record):
+    """Write ``features`` and their ``record`` (settings and file stamps) into ``out``."""
+    # The old record goes first: a run stopped between the two writes must not leave
+    # it beside new rows, which it would then misname.
+    (out / EMBEDDINGS_RECORD).unlink(missing_ok=True)
+    np.save(out / EMBEDDINGS_FILE, features)
+    with open(out / EMBEDDINGS_RECORD, "w", encoding="utf-8") as handle:
+        json.dump(record, handle)  # ASCII: names that are not UTF-8 are escaped
+
+
 def _listed(items):
     """``items`` as one English list: "a", "a and b", "a, b and c"."""
     items = [str(item) for item in items]
@@ -428,19 +454,15 @@ def _write_results(out, files, stage, features, embedding_record):
         for file, cluster, score in zip(files, stage.labels_, confidence):
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
-    # Without its record, embeddings are never reused: a run stopped between the two
-    # writes must not leave an old record beside new rows.
-    if embedding_record is not None or earlier_run:
-        (out / EMBEDDINGS_RECORD).unlink(missing_ok=True)
     if embedding_record is not None:
-        np.save(out / EMBEDDINGS_FILE, features)
-        with open(out / EMBEDDINGS_RECORD, "w", encoding="utf-8") as handle:
-            json.dump(embedding_record, handle)  # ASCII: names that are not UTF-8 are escaped
+        _write_embeddings(out, features, embedding_record)
         written.append(out / EMBEDDINGS_FILE)
-    elif earlier_run and (out / EMBEDDINGS_FILE).is_file():
-        (out / EMBEDDINGS_FILE).unlink()
-        _warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
-              f"the new {RESULTS_FILE} (--embeddings writes them anew)")
+    elif earlier_run:
+        (out / EMBEDDINGS_RECORD).unlink(missing_ok=True)
+        if (out / EMBEDDINGS_FILE).is_file():
+            (out / EMBEDDINGS_FILE).unlink()
+            _warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
+                  f"the new {RESULTS_FILE} (--embeddings writes them anew)")
     try:
         cluster_montage(files, stage.labels_, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
@@ -576,10 +598,19 @@ def _cluster_folder(args, folder, out):
         stamps = [_file_stamp(path) for path in files]
         earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
         record = {"settings": settings, "files": stamps}
-    features, stage, readable, n_reused = _embed_and_cluster(
-        files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
-        earlier_features,
-    )
+    try:
+        features, stage, readable, n_reused = _embed_and_cluster(
+            files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
+            earlier_features,
+        )
+    except KeyboardInterrupt as interrupt:
+        positions, embedded = getattr(interrupt, "embedded", ([], None))
+        if record is not None and positions:
+            record["files"] = [stamps[position] for position in positions]
+            _write_embeddings(out, embedded, record)
+            print(f"skdeepclust: kept the embeddings of {len(positions)} of the {len(files)} images in "
+                  f"{out / EMBEDDINGS_FILE}; the same command goes on from there", file=sys.stderr)
+        raise
     skipped = [path for path, keep in zip(files, readable) if not keep]
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:
@@ -718,7 +749,8 @@ def build_parser():
     cluster.add_argument("--out", default="skdeepclust-out", help="output folder (default: %(default)s)")
     cluster.add_argument("--embeddings", action="store_true",
                          help="also write OUT/embeddings.npy, and reuse the rows of unchanged files "
-                         "that an earlier run with the same backbone, weights, image size and crop wrote there")
+                         "that an earlier run with the same backbone, weights, image size and crop wrote "
+                         "there (also a run stopped by Ctrl-C, which keeps what it embedded)")
     cluster.add_argument("--eval", action="store_true",
                          help="PATH/<class>/ folders are the true classes: print accuracy, NMI, ARI")
     cluster.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -887,3 +887,71 @@ def test_a_rerun_without_embeddings_removes_their_record_too(capsys, image_folde
     assert _run(capsys, *argv, "--embeddings")[0] == 0
     assert _run(capsys, *argv)[0] == 0
     assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
+
+
+def test_ctrl_c_while_embedding_keeps_what_was_embedded_for_the_next_run(capsys, image_folder, tmp_path,
+                                                                         monkeypatch):
+    from skdeepclust import ImageEmbedder
+
+    (image_folder / "bright" / "0broken.jpg").write_bytes(b"not a jpeg")  # the first file
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+            "--batch-size", "2", *TINY_ARGS]
+    forward, calls = ImageEmbedder._forward, []
+
+    def interrupted_at_the_third_batch(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(self, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ImageEmbedder, "_forward", interrupted_at_the_third_batch)
+        status, stdout, err = _run(capsys, *argv)
+    assert status == 130 and stdout == ""
+    assert (f"skdeepclust: kept the embeddings of 3 of the 9 images in {out / 'embeddings.npy'}; "
+            "the same command goes on from there\nskdeepclust: interrupted\n") in err
+    assert not (out / "clusters.csv").exists()
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [6]  # the broken file is tried again
+    assert "3 embeddings reused" in stdout and "0broken.jpg" in err
+    fresh = tmp_path / "fresh"
+    assert _run(capsys, *argv[:5], str(fresh), *argv[6:])[0] == 0
+    np.testing.assert_allclose(np.load(out / "embeddings.npy"), np.load(fresh / "embeddings.npy"), atol=1e-5)
+
+
+def test_ctrl_c_while_clustering_keeps_every_embedding(capsys, image_folder, tmp_path, monkeypatch):
+    from skdeepclust import FeatureClusterer
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+
+    fit = FeatureClusterer.fit
+
+    def interrupted_on_the_images(self, X, y=None, sample_weight=None):
+        if X.shape[1] == 64:  # not the trial fit on 16 stand-in features before the embedding
+            raise KeyboardInterrupt
+        return fit(self, X, y, sample_weight=sample_weight)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FeatureClusterer, "fit", interrupted_on_the_images)
+        status, _, err = _run(capsys, *argv)
+    assert status == 130 and "kept the embeddings of 8 of the 8 images" in err
+    counts = _embedded_counts(monkeypatch)
+    assert _run(capsys, *argv)[0] == 0
+    assert counts == []
+
+
+def test_ctrl_c_without_embeddings_writes_nothing(capsys, image_folder, tmp_path, monkeypatch):
+    from skdeepclust import ImageEmbedder
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImageEmbedder, "_forward", interrupted)
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 130 and err == "skdeepclust: interrupted\n"
+    assert not out.exists()  # made by this run, and left empty

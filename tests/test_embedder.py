@@ -552,3 +552,29 @@ def test_large_jpegs_decode_to_cover_the_resize_size_not_only_the_crop(tmp_path,
     assert asked == [embedder.preprocessing_.resize_size] == [(128, 128)]
     whole = embedder.transform(np.asarray(Image.open(path).convert("RGB"))[None])
     assert float((from_file * whole).sum()) > 0.995  # 0.9998 as is, 0.963 when decoded at 64 px
+
+
+def test_ctrl_c_hands_over_the_features_of_the_images_embedded_so_far(images, monkeypatch):
+    # The command keeps them, and its next run goes on from there.
+    embedder = ImageEmbedder(**TINY, batch_size=4).fit(images)
+    expected = embedder.transform(images)
+    forward, calls = ImageEmbedder._forward, []
+
+    def interrupted_at_the_third_batch(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(self, *args)
+
+    monkeypatch.setattr(ImageEmbedder, "_forward", interrupted_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        embedder.transform(images)
+    np.testing.assert_allclose(interrupt.value.completed_features, expected[:8], atol=1e-5)
+
+
+def test_feature_sink_counts_only_rows_written():
+    sink = embedder_module._FeatureSink(5, 2)
+    sink.add(torch.ones(2, 2))
+    np.testing.assert_array_equal(sink.completed(), np.ones((2, 2)))
+    with pytest.raises(RuntimeError, match="computed for 2 of 5 images"):
+        sink.result()

@@ -331,7 +331,11 @@ _Runtime = collections.namedtuple("_Runtime", "model batch_size dtype memory_for
 
 
 class _FeatureSink:
-    """Writes feature batches into a host array, letting copies from a GPU run asynchronously."""
+    """Writes feature batches into a host array, letting copies from a GPU run asynchronously.
+
+    The count of rows filled only ever covers rows written (or whose copy is
+    queued), so that after a KeyboardInterrupt at any point ``completed`` is right.
+    """
 
     def __init__(self, n_images, embedding_dim):
         self.features = np.empty((n_images, embedding_dim), dtype=np.float32)
@@ -339,32 +343,52 @@ class _FeatureSink:
         self._in_flight = collections.deque()
 
     def add(self, output):
-        start, self._filled = self._filled, self._filled + output.shape[0]
+        start, end = self._filled, self._filled + output.shape[0]
         if output.device.type != "cuda":
-            self.features[start:self._filled] = output.cpu().numpy()  # a no-op on the CPU
+            self.features[start:end] = output.cpu().numpy()  # a no-op on the CPU
+            self._filled = end
             return
         host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
         host.copy_(output, non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
         self._in_flight.append((start, host, copied))
+        self._filled = end
         while len(self._in_flight) > FEATURE_COPIES_IN_FLIGHT:
             self._collect_oldest()
 
     def _collect_oldest(self):
-        start, host, copied = self._in_flight.popleft()
+        start, host, copied = self._in_flight[0]  # taken off once written, not before
         copied.synchronize()
         self.features[start:start + host.shape[0]] = host.numpy()
+        self._in_flight.popleft()
 
-    def result(self):
+    def completed(self):
+        """The rows of the images embedded so far, in order."""
         while self._in_flight:
             self._collect_oldest()
+        return self.features[:self._filled]
+
+    def result(self):
+        self.completed()
         if self._filled != self.features.shape[0]:  # rows never written would hold garbage
             raise RuntimeError(
                 f"Internal error: features were computed for {self._filled} of "
                 f"{self.features.shape[0]} images."
             )
         return self.features
+
+
+@contextlib.contextmanager
+def _keeping_completed_features(sink):
+    """On Ctrl-C, hand the features of the images embedded so far to the caller
+    as the KeyboardInterrupt's ``completed_features``: the command keeps them, and
+    its next run goes on from there."""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        interrupt.completed_features = sink.completed()
+        raise
 
 
 class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -780,7 +804,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         # Closing the batches at once shuts their decoding workers down: after an
         # error, a traceback kept alive (as a notebook keeps the last one) would
         # keep them and their shared memory around.
-        with torch.inference_mode(), progress, contextlib.closing(batches):
+        with (torch.inference_mode(), progress, contextlib.closing(batches),
+              _keeping_completed_features(sink)):
             for batch in batches:
                 inputs = prepare_batch(batch, self.preprocessing_, device, copy_stream)
                 inputs = inputs.to(runtime.dtype).contiguous(memory_format=runtime.memory_format)
