@@ -31,9 +31,13 @@ RESULTS_FILE = "clusters.csv"
 RESULTS_HEADER = ["file", "cluster", "confidence"]
 MONTAGE_FILE = "montage.png"
 EMBEDDINGS_FILE = "embeddings.npy"
-# Beside embeddings.npy: the settings that made it and the file of each row, by path,
-# size and modification time, so that a rerun reuses the rows of unchanged files.
+# Beside embeddings.npy: the settings that made it and the file of each row (see
+# _file_stamp), so that a rerun reuses the rows of unchanged files.
 EMBEDDINGS_RECORD = "embeddings.json"
+# What a run stopped before its results (Ctrl-C, or an error after the embedding) keeps
+# for the next: named apart, since the rows of embeddings.npy match clusters.csv.
+PARTIAL_FILE = "embeddings.partial.npy"
+PARTIAL_RECORD = "embeddings.partial.json"
 # Up to this many images, the clusterer is first fitted on stand-in features, so that
 # what it cannot do with so few (hdbscan's min_samples, a mixture of one image)
 # fails before the embedding.
@@ -190,9 +194,10 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     with the same settings, or None; only the files with None are embedded.
     A file that does not decode is left out, with a warning. Returns the features
     and the fitted FeatureClusterer of the files that decoded, a boolean mask of
-    those files, and how many of them kept an earlier run's features. A
-    KeyboardInterrupt leaves with ``embedded``: the positions of the files embedded
-    so far (or reused) and their features, for the command to keep.
+    those files, and how many of them kept an earlier run's features. An
+    exception (Ctrl-C included) raised once new features exist leaves with
+    ``embedded``: the positions of the files embedded so far (or reused) and
+    their features, for the command to keep.
     """
     from .clustering import FeatureClusterer
     from .embedding import ImageEmbedder
@@ -211,7 +216,7 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     earlier = earlier_features or [None] * len(files)
     to_embed = [position for position, row in enumerate(earlier) if row is None]
     readable = np.ones(len(files), dtype=bool)
-    new_features = None
+    new_features = features = None
     if to_embed:
         embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
         # Unreadable files are found as they are embedded: a separate pass to check every
@@ -219,17 +224,34 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
         images = ImageList([files[position] for position in to_embed], skip_unreadable=True)
         try:
             new_features = embedder.fit_transform(images)
-        except KeyboardInterrupt as interrupt:
-            completed = getattr(interrupt, "completed_features", np.empty((0, 0), np.float32))
+        except BaseException as exc:
+            completed = getattr(exc, "completed_features", np.empty((0, 0), np.float32))
             done = [position for position in range(len(completed)) if position not in images.unreadable]
-            reused = [position for position, row in enumerate(earlier) if row is not None]
-            rows = [earlier[position] for position in reused] + list(completed[done])
-            interrupt.embedded = (reused + [to_embed[position] for position in done],
-                                  np.array(rows, dtype=np.float32))
+            if done:  # else the earlier rows are kept where they are
+                reused = [position for position, row in enumerate(earlier) if row is not None]
+                rows = [earlier[position] for position in reused] + list(completed[done])
+                exc.embedded = (reused + [to_embed[position] for position in done],
+                                np.array(rows, dtype=np.float32))
             raise
         for position, reason in sorted(images.unreadable.items()):
             _warn(f"skipping unreadable image file {files[to_embed[position]]}: {reason}")
             readable[to_embed[position]] = False
+    try:
+        features, n_reused = _assembled(files, readable, earlier, to_embed, new_features)
+        if not readable.all():
+            features = features[readable]
+            _check_image_count(stage, clusterer, len(features))
+        stage.fit(features)
+    except BaseException as exc:
+        if not hasattr(exc, "embedded") and features is not None and to_embed:
+            exc.embedded = (np.flatnonzero(readable).tolist(), features)
+        raise
+    return features, stage, readable, n_reused
+
+
+def _assembled(files, readable, earlier, to_embed, new_features):
+    """The features of every file, the earlier ones and the new in file order, and
+    how many were earlier ones."""
     if not readable.any():
         raise UserError(f"none of the {len(files)} image files could be read")
     n_reused = len(files) - len(to_embed)
@@ -243,25 +265,19 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
             features[to_embed] = new_features
     else:
         features = new_features
-    if not readable.all():
-        features = features[readable]
-        _check_image_count(stage, clusterer, len(features))
-    try:
-        stage.fit(features)
-    except KeyboardInterrupt as interrupt:
-        interrupt.embedded = (np.flatnonzero(readable).tolist(), features)
-        raise
-    return features, stage, readable, n_reused
+    return features, n_reused
 
 
 def _file_stamp(path):
-    """``path`` as the record of embeddings names it: absolute path, size and
-    modification time, so that a file changed since has another stamp."""
+    """``path`` as the record of embeddings names it, so that a file changed since
+    has another stamp: absolute path, size, modification time, inode and ctime."""
     try:
         status = os.stat(path)
     except OSError:
         return None
-    return (os.path.abspath(path), status.st_size, status.st_mtime_ns)
+    # The inode and ctime change when the file is replaced or renamed, or its mtime
+    # set back (os.utime, cp -p, tar): size and mtime alone are often shared.
+    return (os.path.abspath(path), status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
 
 
 def _embedding_settings(embedder_params, random_state):
@@ -272,6 +288,8 @@ def _embedding_settings(embedder_params, random_state):
     decoding workers are left out: they change the features by rounding at most
     (bfloat16 on a GPU), and embeddings made on a GPU are worth reusing on a CPU.
     """
+    import timm
+
     from . import __version__
 
     def stamped(path):
@@ -285,6 +303,8 @@ def _embedding_settings(embedder_params, random_state):
     source, _, rest = backbone.partition(":")
     settings = {
         "skdeepclust": __version__,
+        # A name without a tag may stand for other weights in another timm.
+        "timm": timm.__version__,
         "backbone": [backbone, stamped(rest)] if source == "local-dir" and rest else backbone,
         "pretrained": pretrained if isinstance(pretrained, bool) else stamped(pretrained),
         "image_size": embedder_params["image_size"],
@@ -296,18 +316,36 @@ def _embedding_settings(embedder_params, random_state):
 
 
 def _earlier_embeddings(out, settings):
-    """The features that an earlier run wrote to ``out`` with ``settings``, by file stamp.
+    """The features that earlier runs wrote to ``out`` with ``settings``, by file stamp.
 
     Returns the rows (a dict, empty where there are none to reuse) and, where that
     run had other settings, their names, for the command's summary.
     """
-    record_path, array_path = out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE
+    rows, changed = _recorded_rows(out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE, settings)
+    partial_rows, partial_changed = _recorded_rows(out / PARTIAL_RECORD, out / PARTIAL_FILE, settings)
+    return {**rows, **partial_rows}, changed or partial_changed
+
+
+def _array_stamp(path):
+    """Size and modification time of a saved array, which its record keeps: an array
+    edited since (reduced, rescaled) is not taken for the rows the record lists."""
+    status = os.stat(path)
+    return [status.st_size, status.st_mtime_ns]
+
+
+def _recorded_rows(record_path, array_path, settings):
+    """The rows of one array and its record, as ``_earlier_embeddings`` returns them."""
     if not (record_path.is_file() and array_path.is_file()):
         return {}, []
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         stamps = [tuple(stamp) if stamp else None for stamp in record["files"]]
-        earlier_settings = record["settings"]
+        earlier_settings = dict(record["settings"])
+        if any(stamp is not None and not all(isinstance(part, (str, int)) for part in stamp)
+               for stamp in stamps):
+            raise ValueError("a file stamp is not a path and numbers")
+        if record.get("array") != _array_stamp(array_path):
+            raise ValueError(f"{array_path.name} was changed after the record was written")
         features = np.load(array_path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _warn(f"cannot reuse {array_path}: its record {record_path} is unreadable ({exc}); "
@@ -319,6 +357,8 @@ def _earlier_embeddings(out, settings):
         return {}, []
     if earlier_settings != settings:
         changed = [name for name in settings if earlier_settings.get(name) != settings[name]]
+        if "pretrained" in changed:  # the seed is recorded for random weights only
+            changed = [name for name in changed if name != "random_state"]
         return {}, changed or ["settings"]
     return {stamp: row for stamp, row in zip(stamps, features) if stamp is not None}, []
 
@@ -392,16 +432,22 @@ def _output_folder(path, save_embeddings):
         raise UserError(f"--out {path}: cannot make this folder ({exc.strerror or exc})") from None
     try:
         earlier_run = _holds_results_table(out)
-        embeddings = (EMBEDDINGS_FILE, EMBEDDINGS_RECORD) if save_embeddings else ()
+        embeddings = (EMBEDDINGS_FILE, EMBEDDINGS_RECORD, PARTIAL_FILE, PARTIAL_RECORD) if save_embeddings else ()
         for name in (RESULTS_FILE, MONTAGE_FILE) + embeddings:
             target = out / name
             if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
                 raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
                                 "read-only; move it, or choose another --out")
             # A run writes its clusters.csv first, so a file of these names beside no
-            # clusters.csv of ours is the user's own, which must not be overwritten.
-            if name in (RESULTS_FILE, MONTAGE_FILE) and target.exists() and not earlier_run:
-                raise UserError(f"--out {path}: it holds a {name} that no skdeepclust run wrote, "
+            # clusters.csv of ours is the user's own, which must not be overwritten;
+            # a run stopped early leaves only records, which say whose they are.
+            if name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
+                theirs = not _is_our_record(target)
+            else:
+                theirs = name in (RESULTS_FILE, MONTAGE_FILE)
+            if theirs and target.exists() and not earlier_run:
+                article = "an" if name[0] in "aeiou" else "a"
+                raise UserError(f"--out {path}: it holds {article} {name} that no skdeepclust run wrote, "
                                 "which would be overwritten; move it, or choose another --out")
         try:
             with tempfile.TemporaryFile(dir=out):
@@ -418,14 +464,38 @@ def _output_folder(path, save_embeddings):
         raise
 
 
-def _write_embeddings(out, features, record):
-    """Write ``features`` and their ``record`` (settings and file stamps) into ``out``."""
+def _is_our_record(path):
+    """Whether ``path`` is missing or a record of embeddings that a run wrote."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return not Path(path).exists()
+    return isinstance(record, dict) and {"settings", "files"} <= record.keys()
+
+
+def _write_embeddings(out, features, record, partial=False):
+    """Write ``features`` and their ``record`` (settings and file stamps) into ``out``:
+    as embeddings.npy, or those of a run stopped before its results (``partial``)."""
+    array_path, record_path = (out / PARTIAL_FILE, out / PARTIAL_RECORD) if partial else (
+        out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
     # The old record goes first: a run stopped between the two writes must not leave
     # it beside new rows, which it would then misname.
-    (out / EMBEDDINGS_RECORD).unlink(missing_ok=True)
-    np.save(out / EMBEDDINGS_FILE, features)
-    with open(out / EMBEDDINGS_RECORD, "w", encoding="utf-8") as handle:
-        json.dump(record, handle)  # ASCII: names that are not UTF-8 are escaped
+    record_path.unlink(missing_ok=True)
+    np.save(array_path, features)
+    with open(record_path, "w", encoding="utf-8") as handle:
+        # ASCII: file names that are not UTF-8 are escaped.
+        json.dump(dict(record, array=_array_stamp(array_path)), handle)
+
+
+def _remove_partial_embeddings(out, kept_elsewhere):
+    """Remove what a run stopped early kept in ``out``, now that a run has finished;
+    unless ``kept_elsewhere`` (in embeddings.npy), say so."""
+    if (out / PARTIAL_FILE).is_file() and (out / PARTIAL_RECORD).is_file() and _is_our_record(out / PARTIAL_RECORD):
+        (out / PARTIAL_RECORD).unlink()
+        (out / PARTIAL_FILE).unlink()
+        if not kept_elsewhere:
+            _warn(f"removed {out / PARTIAL_FILE}, the embeddings of a run stopped early "
+                  "(--embeddings keeps and reuses them)")
 
 
 def _listed(items):
@@ -454,6 +524,7 @@ def _write_results(out, files, stage, features, embedding_record):
         for file, cluster, score in zip(files, stage.labels_, confidence):
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
+    _remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
     if embedding_record is not None:
         _write_embeddings(out, features, embedding_record)
         written.append(out / EMBEDDINGS_FILE)
@@ -603,13 +674,15 @@ def _cluster_folder(args, folder, out):
             files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
             earlier_features,
         )
-    except KeyboardInterrupt as interrupt:
-        positions, embedded = getattr(interrupt, "embedded", ([], None))
+    except BaseException as exc:
+        positions, embedded = getattr(exc, "embedded", ([], None))
         if record is not None and positions:
             record["files"] = [stamps[position] for position in positions]
-            _write_embeddings(out, embedded, record)
+            _write_embeddings(out, embedded, record, partial=True)
+            again = ("the same command" if isinstance(exc, KeyboardInterrupt)
+                     else "a run with --embeddings into this --out")
             print(f"skdeepclust: kept the embeddings of {len(positions)} of the {len(files)} images in "
-                  f"{out / EMBEDDINGS_FILE}; the same command goes on from there", file=sys.stderr)
+                  f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
         raise
     skipped = [path for path, keep in zip(files, readable) if not keep]
     files = [path for path, keep in zip(files, readable) if keep]
@@ -620,12 +693,12 @@ def _cluster_folder(args, folder, out):
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
     reuse = ""
     if n_reused:
-        reuse = f"; {n_reused} embeddings reused from {out / EMBEDDINGS_FILE}"
+        reuse = f"; {n_reused} embeddings of an earlier run reused"
     elif changed_settings:
-        changed = [f"--{name.replace('_', '-')}" if name != "skdeepclust" else "skdeepclust version"
+        changed = [f"{name} version" if name in ("skdeepclust", "timm") else f"--{name.replace('_', '-')}"
                    for name in changed_settings]
-        reuse = (f"; the earlier {out / EMBEDDINGS_FILE} was not reused, as it was made with "
-                 f"another {_listed(changed)}")
+        reuse = (f"; the embeddings of an earlier run in {out} were not reused, as they were made "
+                 f"with another {_listed(changed)}")
     print(
         f"{len(files)} images in {len(stage.cluster_ids_)} clusters{noise} "
         f"({time.perf_counter() - start:.1f} s{reuse}); wrote {_listed(written)}"

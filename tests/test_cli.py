@@ -766,7 +766,7 @@ def test_a_rerun_with_embeddings_embeds_only_new_and_changed_files(capsys, image
     status, stdout, err = _run(capsys, *argv)
     assert status == 0, err
     assert counts == [2]
-    assert f"; 7 embeddings reused from {out / 'embeddings.npy'}); wrote" in stdout
+    assert "; 7 embeddings of an earlier run reused); wrote" in stdout
     # The rows are those a run from scratch gives, in the order of clusters.csv.
     fresh = tmp_path / "fresh"
     assert _run(capsys, *argv[:5], str(fresh), *argv[6:])[0] == 0
@@ -791,7 +791,7 @@ def test_a_rerun_that_reuses_every_row_loads_no_backbone(capsys, image_folder, t
     monkeypatch.setattr(ImageEmbedder, "fit_transform", no_embedding)
     status, stdout, err = _run(capsys, *argv)
     assert status == 0 and err == ""
-    assert "8 embeddings reused" in stdout
+    assert "8 embeddings of an earlier run reused" in stdout
     assert (out / "clusters.csv").read_text() == table
     np.testing.assert_array_equal(np.load(out / "embeddings.npy"), features)
 
@@ -811,8 +811,8 @@ def test_a_rerun_with_other_embedding_settings_embeds_every_file(capsys, image_f
     status, stdout, err = _run(capsys, *argv, option, value)
     assert status == 0, err
     assert counts == [8]
-    assert (f"the earlier {out / 'embeddings.npy'} was not reused, as it was made with another {option})"
-            in stdout)
+    assert (f"the embeddings of an earlier run in {out} were not reused, as they were made with "
+            f"another {option})") in stdout
 
 
 def test_the_device_and_batch_size_do_not_stop_the_reuse(capsys, image_folder, tmp_path, monkeypatch):
@@ -849,8 +849,8 @@ def test_new_weights_under_the_same_name_are_not_taken_for_the_old(tmp_path):
 
 @pytest.mark.parametrize("spoil, reason", [
     (lambda out: (out / "embeddings.json").write_text("{not json"), "its record"),
-    (lambda out: np.save(out / "embeddings.npy", np.ones((3, 64), dtype=np.float32)), "does not hold the 8"),
-    (lambda out: np.save(out / "embeddings.npy", np.ones((8, 64))), "float32"),
+    (lambda out: np.save(out / "embeddings.npy", np.ones((3, 64), dtype=np.float32)), "was changed after"),
+    (lambda out: np.save(out / "embeddings.npy", np.ones((8, 64))), "was changed after"),
 ])
 def test_spoilt_embeddings_are_embedded_anew_with_a_warning(capsys, image_folder, tmp_path, monkeypatch,
                                                            spoil, reason):
@@ -878,7 +878,7 @@ def test_unreadable_files_are_tried_again_and_not_recorded(capsys, image_folder,
     counts = _embedded_counts(monkeypatch)
     status, stdout, err = _run(capsys, *argv)
     assert status == 0 and counts == [1]
-    assert "broken.png" in err and "8 embeddings reused" in stdout
+    assert "broken.png" in err and "8 embeddings of an earlier run reused" in stdout
 
 
 def test_a_rerun_without_embeddings_removes_their_record_too(capsys, image_folder, tmp_path):
@@ -909,14 +909,14 @@ def test_ctrl_c_while_embedding_keeps_what_was_embedded_for_the_next_run(capsys,
         patched.setattr(ImageEmbedder, "_forward", interrupted_at_the_third_batch)
         status, stdout, err = _run(capsys, *argv)
     assert status == 130 and stdout == ""
-    assert (f"skdeepclust: kept the embeddings of 3 of the 9 images in {out / 'embeddings.npy'}; "
+    assert (f"skdeepclust: kept the embeddings of 3 of the 9 images in {out / 'embeddings.partial.npy'}; "
             "the same command goes on from there\nskdeepclust: interrupted\n") in err
     assert not (out / "clusters.csv").exists()
     counts = _embedded_counts(monkeypatch)
     status, stdout, err = _run(capsys, *argv)
     assert status == 0, err
     assert counts == [6]  # the broken file is tried again
-    assert "3 embeddings reused" in stdout and "0broken.jpg" in err
+    assert "3 embeddings of an earlier run reused" in stdout and "0broken.jpg" in err
     fresh = tmp_path / "fresh"
     assert _run(capsys, *argv[:5], str(fresh), *argv[6:])[0] == 0
     np.testing.assert_allclose(np.load(out / "embeddings.npy"), np.load(fresh / "embeddings.npy"), atol=1e-5)
@@ -955,3 +955,112 @@ def test_ctrl_c_without_embeddings_writes_nothing(capsys, image_folder, tmp_path
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
     assert status == 130 and err == "skdeepclust: interrupted\n"
     assert not out.exists()  # made by this run, and left empty
+
+
+def test_swapped_files_of_the_same_size_and_mtime_are_embedded_again(capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    first, second = image_folder / "dark" / "a.bmp", image_folder / "dark" / "b.bmp"
+    Image.new("RGB", (30, 30), (200, 10, 10)).save(first)
+    Image.new("RGB", (30, 30), (10, 10, 200)).save(second)  # BMP: the same size
+    for path in (first, second):
+        os.utime(path, ns=(1, 1))  # as tar leaves them
+    assert _run(capsys, *argv)[0] == 0
+    swap = first.with_name("swap")
+    first.rename(swap), second.rename(first), swap.rename(second)
+    counts = _embedded_counts(monkeypatch)
+    assert _run(capsys, *argv)[0] == 0
+    assert counts == [2]
+
+
+def test_ctrl_c_leaves_embeddings_npy_matching_clusters_csv(capsys, image_folder, tmp_path, monkeypatch):
+    from skdeepclust import ImageEmbedder
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+            "--batch-size", "1", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    table, features = (out / "clusters.csv").read_text(), np.load(out / "embeddings.npy")
+    for name in ("new0.jpg", "new1.jpg"):
+        Image.new("RGB", (30, 30), (10, 200, 10)).save(image_folder / "bright" / name)
+    forward, calls = ImageEmbedder._forward, []
+
+    def interrupted_at_the_second(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(self, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ImageEmbedder, "_forward", interrupted_at_the_second)
+        assert _run(capsys, *argv)[0] == 130
+    assert (out / "clusters.csv").read_text() == table
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), features)
+
+
+def test_an_error_after_the_embedding_keeps_the_embeddings_for_the_next_run(capsys, image_folder, tmp_path,
+                                                                          monkeypatch):
+    for name in ("broken0.png", "broken1.png"):
+        (image_folder / "dark" / name).write_bytes(b"not a png")
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", *TINY_ARGS]
+    status, _, err = _run(capsys, *argv, "--n-clusters", "9")  # 10 files, but 8 images
+    assert status == 2
+    assert (f"skdeepclust: kept the embeddings of 8 of the 10 images in {out / 'embeddings.partial.npy'}; "
+            "a run with --embeddings into this --out goes on from there\n") in err
+    assert "--n-clusters=9" in err.splitlines()[-1]
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv, "--n-clusters", "2")
+    assert status == 0, err
+    assert counts == [2]  # the unreadable files, tried again
+    assert "8 embeddings of an earlier run reused" in stdout
+    assert sorted(path.name for path in out.iterdir()) == [
+        "clusters.csv", "embeddings.json", "embeddings.npy", "montage.png"]
+
+
+def test_a_finished_run_without_embeddings_removes_those_of_a_run_stopped_early(capsys, image_folder, tmp_path,
+                                                                               monkeypatch):
+    from skdeepclust import FeatureClusterer
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    fit = FeatureClusterer.fit
+
+    def interrupted_on_the_images(self, X, y=None, sample_weight=None):
+        if X.shape[1] == 64:  # not the trial fit on 16 stand-in features before the embedding
+            raise KeyboardInterrupt
+        return fit(self, X, y, sample_weight=sample_weight)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FeatureClusterer, "fit", interrupted_on_the_images)
+        assert _run(capsys, *argv, "--embeddings")[0] == 130
+    assert (out / "embeddings.partial.npy").is_file()
+    status, _, err = _run(capsys, *argv)
+    assert status == 0
+    assert err == (f"skdeepclust: warning: removed {out / 'embeddings.partial.npy'}, the embeddings of a run "
+                   "stopped early (--embeddings keeps and reuses them)\n")
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
+
+
+def test_an_embeddings_json_that_no_run_wrote_is_not_overwritten(capsys, image_folder, tmp_path):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "embeddings.json").write_text('{"the": "user\'s own"}')
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                          "--embeddings", *TINY_ARGS)
+    assert status == 2
+    assert err == (f"skdeepclust: error: --out {out}: it holds an embeddings.json that no skdeepclust run wrote, "
+                   "which would be overwritten; move it, or choose another --out\n")
+    assert (out / "embeddings.json").read_text() == '{"the": "user\'s own"}'
+
+
+def test_an_array_edited_after_its_record_is_not_reused(capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    np.save(out / "embeddings.npy", 10 * np.load(out / "embeddings.npy"))  # the same shape and dtype
+    counts = _embedded_counts(monkeypatch)
+    status, _, err = _run(capsys, *argv)
+    assert status == 0 and counts == [8]
+    assert "embeddings.npy was changed after the record was written" in err
+    np.testing.assert_allclose(np.linalg.norm(np.load(out / "embeddings.npy"), axis=1), 1.0, atol=1e-5)

@@ -381,13 +381,16 @@ class _FeatureSink:
 
 @contextlib.contextmanager
 def _keeping_completed_features(sink):
-    """On Ctrl-C, hand the features of the images embedded so far to the caller
-    as the KeyboardInterrupt's ``completed_features``: the command keeps them, and
-    its next run goes on from there."""
+    """On Ctrl-C or an error, hand the features of the images embedded so far to
+    the caller as the exception's ``completed_features``: the command keeps them,
+    and its next run goes on from there."""
     try:
         yield
-    except KeyboardInterrupt as interrupt:
-        interrupt.completed_features = sink.completed()
+    except BaseException as exc:
+        try:
+            exc.completed_features = sink.completed()
+        except Exception:  # after a device error the copies may fail too: the error matters
+            pass
         raise
 
 
