@@ -42,14 +42,22 @@ N_CLASSES = 10
 LARGEST_CLASS = 1000
 
 
-def cifar10_test_features(archive, model_path, cache_dir, device):
-    """(features, labels) of the CIFAR-10 test split, computed once and cached."""
-    cache_file = cache_dir / f"cifar10_test_{Path(model_path).stem}.npz"
+def cifar10_test_features(archive, model_path, cache_dir, device, backbone="simclr"):
+    """(features, labels) of the CIFAR-10 test split, computed once and cached.
+
+    ``backbone`` is "simclr", the SimCLR ResNet-18 at ``model_path`` (96 px), or
+    "efficientnet", the packaged ImageNet EfficientNet-Lite0 at 128 px.
+    """
+    if backbone == "simclr":
+        name, params = Path(model_path).stem, dict(SIMCLR_RESNET18_CIFAR10, pretrained=model_path)
+    else:
+        name, params = "efficientnet_lite0_128", dict(backbone="efficientnet_lite0.offline", image_size=128)
+    cache_file = cache_dir / f"cifar10_test_{name}.npz"
     if cache_file.exists():
         cached = np.load(cache_file)
         return cached["features"], cached["labels"], "cache " + str(cache_file)
     paths, labels = load_image_folder(extract_image_archive(archive, cache_dir) / "test", return_X_y=True)
-    embedder = ImageEmbedder(**SIMCLR_RESNET18_CIFAR10, pretrained=model_path, device=str(device), batch_size=250)
+    embedder = ImageEmbedder(**params, device=str(device), batch_size=250)
     features = embedder.fit_transform(paths)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache_file, features=features, labels=labels)
