@@ -7,6 +7,7 @@ Every user mistake ends in one line on stderr and exit status 2, never a traceba
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import csv
 import json
@@ -42,6 +43,8 @@ PARTIAL_RECORD = "embeddings.partial.json"
 # what it cannot do with so few (hdbscan's min_samples, a mixture of one image)
 # fails before the embedding.
 TRIAL_FIT_MAX_SAMPLES = 20
+# An embedding that took this long is worth keeping for a rerun: the summary says how.
+EMBEDDING_SECONDS_WORTH_KEEPING = 60.0
 # Library parameters that may be options of a command. In library messages they are
 # respelled where they stand alone, or as name=, or as 'name'; quoted text and parts of
 # paths (a/random_state/b.pt) are left as they are. The one-word names are respelled
@@ -60,6 +63,9 @@ _ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer tor
 # Python values that the command spells as words, once their parameter is respelled.
 _VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
                            "--pretrained=False": "--pretrained none"}
+
+
+_Clustered = collections.namedtuple("_Clustered", "features stage readable n_reused embedding_seconds")
 
 
 class UserError(Exception):
@@ -192,9 +198,10 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
 
     ``earlier_features`` holds, for each file, the features an earlier run gave it
     with the same settings, or None; only the files with None are embedded.
-    A file that does not decode is left out, with a warning. Returns the features
-    and the fitted FeatureClusterer of the files that decoded, a boolean mask of
-    those files, and how many of them kept an earlier run's features. An
+    A file that does not decode is left out, with a warning. Returns a
+    ``_Clustered``: the features and the fitted FeatureClusterer of the files
+    that decoded, a boolean mask of those files, how many of them kept an earlier
+    run's features, and the seconds the embedding took. An
     exception (Ctrl-C included) raised once new features exist leaves with
     ``embedded``: the positions of the files embedded so far (or reused) and
     their features, for the command to keep.
@@ -217,6 +224,7 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     to_embed = [position for position, row in enumerate(earlier) if row is None]
     readable = np.ones(len(files), dtype=bool)
     new_features = features = None
+    start = time.perf_counter()
     if to_embed:
         embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
         # Unreadable files are found as they are embedded: a separate pass to check every
@@ -236,6 +244,7 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
         for position, reason in sorted(images.unreadable.items()):
             _warn(f"skipping unreadable image file {files[to_embed[position]]}: {reason}")
             readable[to_embed[position]] = False
+    embedding_seconds = time.perf_counter() - start
     try:
         features, n_reused = _assembled(files, readable, earlier, to_embed, new_features)
         if not readable.all():
@@ -246,7 +255,7 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
         if not hasattr(exc, "embedded") and features is not None and to_embed:
             exc.embedded = (np.flatnonzero(readable).tolist(), features)
         raise
-    return features, stage, readable, n_reused
+    return _Clustered(features, stage, readable, n_reused, embedding_seconds)
 
 
 def _assembled(files, readable, earlier, to_embed, new_features):
@@ -670,7 +679,7 @@ def _cluster_folder(args, folder, out):
         earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
         record = {"settings": settings, "files": stamps}
     try:
-        features, stage, readable, n_reused = _embed_and_cluster(
+        features, stage, readable, n_reused, embedding_seconds = _embed_and_cluster(
             files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
             earlier_features,
         )
@@ -705,6 +714,9 @@ def _cluster_folder(args, folder, out):
     )
     if args.eval:
         print(_metrics_line(class_folder_labels(folder, files)[0], stage.labels_))
+    if not args.embeddings and embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING:
+        print(f"(the embedding took {embedding_seconds:.0f} s: with --embeddings a rerun into {out} "
+              "embeds only new and changed files, so that another --n-clusters or --clusterer takes seconds)")
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):")
         for path in skipped:
@@ -751,8 +763,8 @@ def _demo(args, shared, out):
     groups = "groups, as many as it finds," if n_clusters is None else "10 groups"
     print(f"Clustering {len(files)} CIFAR-10 test photos into {groups} with a {described}.")
     start = time.perf_counter()
-    features, stage, readable, _ = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters, 0,
-                                                      args.quiet)
+    features, stage, readable, _, _ = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters,
+                                                         0, args.quiet)
     files, y = [path for path, keep in zip(files, readable) if keep], y[readable]
     seconds = time.perf_counter() - start
     written = _write_results(out, files, stage, features, None)

@@ -1064,3 +1064,21 @@ def test_an_array_edited_after_its_record_is_not_reused(capsys, image_folder, tm
     assert status == 0 and counts == [8]
     assert "embeddings.npy was changed after the record was written" in err
     np.testing.assert_allclose(np.linalg.norm(np.load(out / "embeddings.npy"), axis=1), 1.0, atol=1e-5)
+
+
+def test_a_long_embedding_without_embeddings_points_to_the_option(capsys, image_folder, tmp_path, monkeypatch):
+    import skdeepclust.cli
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    status, stdout, _ = _run(capsys, *argv)
+    assert status == 0 and "--embeddings" not in stdout  # a quick one does not
+    monkeypatch.setattr(skdeepclust.cli, "EMBEDDING_SECONDS_WORTH_KEEPING", 0.0)
+    status, stdout, _ = _run(capsys, *argv)
+    assert status == 0
+    assert stdout.splitlines()[-1].startswith("(the embedding took ")
+    assert stdout.splitlines()[-1].endswith(
+        f" s: with --embeddings a rerun into {out} embeds only new and changed files, so that another "
+        "--n-clusters or --clusterer takes seconds)")
+    status, stdout, _ = _run(capsys, *argv, "--embeddings")
+    assert status == 0 and "(the embedding took" not in stdout
