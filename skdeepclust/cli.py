@@ -496,6 +496,19 @@ def _write_embeddings(out, features, record, partial=False):
         json.dump(dict(record, array=_array_stamp(array_path)), handle)
 
 
+def _keep_partial_embeddings(out, features, record, n_files, interrupted):
+    """Keep the embeddings of a run stopped early, and say so; a failure to write
+    them is a warning, which leaves the error that stopped the run to be seen."""
+    try:
+        _write_embeddings(out, features, record, partial=True)
+    except OSError as exc:
+        _warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
+        return
+    again = "the same command" if interrupted else "a run with --embeddings into this --out"
+    print(f"skdeepclust: kept the embeddings of {len(features)} of the {n_files} images in "
+          f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
+
+
 def _remove_partial_embeddings(out, kept_elsewhere):
     """Remove what a run stopped early kept in ``out``, now that a run has finished;
     unless ``kept_elsewhere`` (in embeddings.npy), say so."""
@@ -533,11 +546,12 @@ def _write_results(out, files, stage, features, embedding_record):
         for file, cluster, score in zip(files, stage.labels_, confidence):
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
-    _remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
     if embedding_record is not None:
         _write_embeddings(out, features, embedding_record)
         written.append(out / EMBEDDINGS_FILE)
-    elif earlier_run:
+    # Once their rows are in embeddings.npy, or a run went without them.
+    _remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
+    if embedding_record is None and earlier_run:
         (out / EMBEDDINGS_RECORD).unlink(missing_ok=True)
         if (out / EMBEDDINGS_FILE).is_file():
             (out / EMBEDDINGS_FILE).unlink()
@@ -686,12 +700,8 @@ def _cluster_folder(args, folder, out):
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
         if record is not None and positions:
-            record["files"] = [stamps[position] for position in positions]
-            _write_embeddings(out, embedded, record, partial=True)
-            again = ("the same command" if isinstance(exc, KeyboardInterrupt)
-                     else "a run with --embeddings into this --out")
-            print(f"skdeepclust: kept the embeddings of {len(positions)} of the {len(files)} images in "
-                  f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
+            _keep_partial_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]),
+                                     len(files), isinstance(exc, KeyboardInterrupt))
         raise
     skipped = [path for path, keep in zip(files, readable) if not keep]
     files = [path for path, keep in zip(files, readable) if keep]
@@ -835,7 +845,7 @@ def build_parser():
     cluster.add_argument("--embeddings", action="store_true",
                          help="also write OUT/embeddings.npy, and reuse the rows of unchanged files "
                          "that an earlier run with the same backbone, weights, image size and crop wrote "
-                         "there (also a run stopped by Ctrl-C, which keeps what it embedded)")
+                         "there (also a run stopped by Ctrl-C or an error, which keeps what it embedded)")
     cluster.add_argument("--eval", action="store_true",
                          help="PATH/<class>/ folders are the true classes: print accuracy, NMI, ARI")
     cluster.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1082,3 +1082,24 @@ def test_a_long_embedding_without_embeddings_points_to_the_option(capsys, image_
         "--n-clusters or --clusterer takes seconds)")
     status, stdout, _ = _run(capsys, *argv, "--embeddings")
     assert status == 0 and "(the embedding took" not in stdout
+
+
+def test_embeddings_that_cannot_be_kept_leave_the_error_that_stopped_the_run(capsys, image_folder, tmp_path,
+                                                                           monkeypatch):
+    import errno
+
+    import skdeepclust.cli
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(skdeepclust.cli, "_write_embeddings", disk_full)
+    (image_folder / "dark" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "9", "--out", str(out),
+                          "--embeddings", *TINY_ARGS)
+    assert status == 2
+    lines = err.splitlines()
+    assert lines[-2] == (f"skdeepclust: warning: could not keep the embeddings made so far in "
+                         f"{out / 'embeddings.partial.npy'} (No space left on device)")
+    assert lines[-1].startswith("skdeepclust: error: ") and "--n-clusters=9" in lines[-1]
