@@ -1,4 +1,5 @@
-"""The ``skdeepclust`` command: cluster a folder of images, or run the offline demo.
+"""The ``skdeepclust`` command: cluster a folder of images, put new images into the
+clusters of an earlier run, or run the offline demo.
 
 Every user mistake ends in one line on stderr and exit status 2, never a traceback
 (set ``SKDEEPCLUST_DEBUG=1`` to see the traceback).
@@ -39,6 +40,9 @@ EMBEDDINGS_RECORD = "embeddings.json"
 # for the next: named apart, since the rows of embeddings.npy match clusters.csv.
 PARTIAL_FILE = "embeddings.partial.npy"
 PARTIAL_RECORD = "embeddings.partial.json"
+# With --save-model: what ``assign`` needs to put new images into this run's clusters.
+MODEL_FILE = "model.joblib"
+MODEL_FORMAT = "skdeepclust cluster model"
 # Up to this many images, the clusterer is first fitted on stand-in features, so that
 # what it cannot do with so few (hdbscan's min_samples, a mixture of one image)
 # fails before the embedding.
@@ -399,16 +403,17 @@ def _trial_fit(stage, n_images):
             ) from exc
 
 
-def _confidence(stage, features):
-    """Cluster probability when the clusterer gives one, else cosine similarity to the centre."""
+def _confidence(stage, features, labels):
+    """Cluster probability when the clusterer gives one, else cosine similarity of
+    each image to the centre of its cluster in ``labels``."""
     if hasattr(stage, "predict_proba"):
         return stage.predict_proba(features).max(axis=1)
     if stage.cluster_ids_.size == 0:
         return np.zeros(len(features))
     centres = stage.cluster_centers_ / np.linalg.norm(stage.cluster_centers_, axis=1, keepdims=True)
-    rows = np.searchsorted(stage.cluster_ids_, stage.labels_)
+    rows = np.searchsorted(stage.cluster_ids_, labels)
     similarity = np.einsum("ij,ij->i", features, centres[np.clip(rows, 0, len(centres) - 1)])
-    return np.where(stage.labels_ >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
+    return np.where(labels >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
 
 
 def _metrics_line(y, labels):
@@ -424,7 +429,7 @@ def _metrics_line(y, labels):
 
 
 @contextlib.contextmanager
-def _output_folder(path, save_embeddings):
+def _output_folder(path, save_embeddings, save_model=False):
     """``path`` as a folder, made and checked now so that a bad one fails before the
     work, not after; if the run fails, the folders it made go again while empty."""
     if not path:
@@ -442,7 +447,7 @@ def _output_folder(path, save_embeddings):
     try:
         earlier_run = _holds_results_table(out)
         embeddings = (EMBEDDINGS_FILE, EMBEDDINGS_RECORD, PARTIAL_FILE, PARTIAL_RECORD) if save_embeddings else ()
-        for name in (RESULTS_FILE, MONTAGE_FILE) + embeddings:
+        for name in (RESULTS_FILE, MONTAGE_FILE) + embeddings + ((MODEL_FILE,) if save_model else ()):
             target = out / name
             if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
                 raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
@@ -453,7 +458,7 @@ def _output_folder(path, save_embeddings):
             if name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
                 theirs = not _is_our_record(target)
             else:
-                theirs = name in (RESULTS_FILE, MONTAGE_FILE)
+                theirs = name in (RESULTS_FILE, MONTAGE_FILE, MODEL_FILE)
             if theirs and target.exists() and not earlier_run:
                 article = "an" if name[0] in "aeiou" else "a"
                 raise UserError(f"--out {path}: it holds {article} {name} that no skdeepclust run wrote, "
@@ -526,15 +531,18 @@ def _listed(items):
     return items[-1] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def _write_results(out, files, stage, features, embedding_record):
+def _write_results(out, files, stage, features, embedding_record, model=None, labels=None):
     """Write the results into ``out``; returns the paths of the files written.
 
     ``embedding_record`` (settings and file stamps, as ``_earlier_embeddings`` reads
-    them) asks for the embeddings too; None removes an earlier run's.
+    them) asks for the embeddings too, and ``model`` (see ``_saved_model``) for the
+    model; None removes an earlier run's. ``labels`` are the images' clusters,
+    by default ``stage.labels_``.
     """
     from .visualization import _MontageTooLarge, cluster_montage
 
-    confidence = _confidence(stage, features)
+    labels = stage.labels_ if labels is None else labels
+    confidence = _confidence(stage, features, labels)
     earlier_run = _holds_results_table(out)
     # surrogateescape writes back the bytes of file names that are not valid UTF-8.
     with open(out / RESULTS_FILE, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
@@ -543,7 +551,7 @@ def _write_results(out, files, stage, features, embedding_record):
         # 3.11), so a carriage return in a file name would end the row for a reader.
         quoting_writer = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(RESULTS_HEADER)
-        for file, cluster, score in zip(files, stage.labels_, confidence):
+        for file, cluster, score in zip(files, labels, confidence):
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
     if embedding_record is not None:
@@ -557,8 +565,17 @@ def _write_results(out, files, stage, features, embedding_record):
             (out / EMBEDDINGS_FILE).unlink()
             _warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
                   f"the new {RESULTS_FILE} (--embeddings writes them anew)")
+    if model is not None:
+        import joblib
+
+        joblib.dump(model, out / MODEL_FILE)
+        written.append(out / MODEL_FILE)
+    elif earlier_run and (out / MODEL_FILE).is_file():
+        (out / MODEL_FILE).unlink()
+        _warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
+              f"{RESULTS_FILE} (--save-model writes it anew)")
     try:
-        cluster_montage(files, stage.labels_, scores=confidence).save(out / MONTAGE_FILE)
+        cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
     except _MontageTooLarge:
         # Only so many clusters make a picture too large to open; the results stand.
@@ -566,7 +583,7 @@ def _write_results(out, files, stage, features, embedding_record):
         if earlier_run and (out / MONTAGE_FILE).is_file():
             (out / MONTAGE_FILE).unlink()  # it shows the clusters of an earlier run
             removed = f", and the earlier run's {MONTAGE_FILE} removed"
-        _warn(f"{MONTAGE_FILE} not written: a row for each of the {len(np.unique(stage.labels_)):,} "
+        _warn(f"{MONTAGE_FILE} not written: a row for each of the {len(np.unique(labels)):,} "
               f"clusters would make it larger than PIL opens (PIL.Image.MAX_IMAGE_PIXELS){removed}; "
               f"{RESULTS_FILE} holds every image's cluster")
     return written
@@ -650,21 +667,106 @@ def _check_class_folders(folder, files):
                         f"PATH itself: {readable[0]}{more}")
 
 
-def cluster_command(args):
-    if not args.path:  # an unset shell variable, which Path would read as the current folder
+def _input_folder(path):
+    """PATH as a folder of images, else the command's error."""
+    if not path:  # an unset shell variable, which Path would read as the current folder
         raise UserError("PATH is empty; give the folder of images ('.' for the current folder)")
     from .embedding.images import ARCHIVE_SUFFIXES
 
-    folder = Path(args.path)
+    folder = Path(path)
     if folder.is_file() and folder.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise UserError(f"{folder} is an archive, not a folder; unpack it and give the folder "
                         "(skdeepclust.datasets.extract_image_archive unpacks it once and "
                         "returns the folder)")
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
+    return folder
+
+
+def cluster_command(args):
+    folder = _input_folder(args.path)
     _check_cluster_count_option(args.clusterer, args.n_clusters)
-    with _output_folder(args.out, args.embeddings) as out:
+    with _output_folder(args.out, args.embeddings, args.save_model) as out:
         return _cluster_folder(args, folder, out)
+
+
+def _saved_model(embedder_params, random_state, stage):
+    """What ``assign`` needs: the embedding settings and the fitted clustering stage.
+
+    The weights are named, not copied: a checkpoint file by its absolute path.
+    """
+    from . import __version__
+
+    kept = {name: embedder_params[name] for name in ("backbone", "pretrained", "image_size", "crop_pct")}
+    if not isinstance(kept["pretrained"], bool):
+        kept["pretrained"] = os.path.abspath(kept["pretrained"])
+    return {"format": MODEL_FORMAT, "skdeepclust": __version__, "embedder": kept,
+            "random_state": random_state, "stage": stage}
+
+
+def _load_model(path):
+    """The model that ``cluster --save-model`` wrote to ``path`` (the file, or its folder)."""
+    import joblib
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise UserError(f"--model {path}: no such file; give the {MODEL_FILE} that "
+                        "'skdeepclust cluster --save-model' wrote, or its --out folder")
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # unpickling raises almost anything on a file that is not a model
+        raise UserError(f"--model {path}: not a model that 'skdeepclust cluster --save-model' wrote "
+                        f"({type(exc).__name__}: {exc})") from None
+    if not (isinstance(model, dict) and model.get("format") == MODEL_FORMAT):
+        raise UserError(f"--model {path}: not a model that 'skdeepclust cluster --save-model' wrote")
+    weights = model["embedder"]["pretrained"]
+    if not isinstance(weights, bool) and not os.path.exists(weights):
+        raise UserError(f"--model {path}: its weights {weights} are gone; the model names the checkpoint "
+                        "it was made with rather than holding it, so put the file back there")
+    return path, model
+
+
+def assign_command(args):
+    folder = _input_folder(args.path)
+    model_path, model = _load_model(args.model)
+    if Path(args.out).resolve() == model_path.parent.resolve():
+        raise UserError(f"--out {args.out} holds the model's own run, whose {RESULTS_FILE} would be "
+                        "overwritten; choose another --out")
+    with _output_folder(args.out, save_embeddings=False) as out:
+        return _assign_folder(args, folder, out, model)
+
+
+def _assign_folder(args, folder, out, model):
+    from .embedding import ImageEmbedder
+    from .embedding.images import ImageList
+
+    files = _image_files(folder, out)
+    start = time.perf_counter()
+    stage = model["stage"]
+    embedder = ImageEmbedder(**model["embedder"], device=args.device, batch_size=args.batch_size,
+                             num_workers=args.num_workers, random_state=model["random_state"],
+                             verbose=0 if args.quiet else 1)
+    images = ImageList(files, skip_unreadable=True)
+    features = embedder.fit_transform(images)
+    for position, reason in sorted(images.unreadable.items()):
+        _warn(f"skipping unreadable image file {files[position]}: {reason}")
+    if len(images.unreadable) == len(files):
+        raise UserError(f"none of the {len(files)} image files could be read")
+    readable = np.ones(len(files), dtype=bool)
+    readable[list(images.unreadable)] = False
+    skipped = [path for path, keep in zip(files, readable) if not keep]
+    files, features = [path for path, keep in zip(files, readable) if keep], features[readable]
+    labels = stage.predict(features)
+    written = _write_results(out, files, stage, features, None, labels=labels)
+    print(f"{len(files)} images assigned to the {len(stage.cluster_ids_)} clusters of {args.model} "
+          f"({time.perf_counter() - start:.1f} s); wrote {_listed(written)}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):")
+        for path in skipped:
+            print(f"  {path}")
+    return 0
 
 
 def _cluster_folder(args, folder, out):
@@ -707,7 +809,8 @@ def _cluster_folder(args, folder, out):
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:
         record["files"] = [stamp for stamp, keep in zip(record["files"], readable) if keep]
-    written = _write_results(out, files, stage, features, record)
+    model = _saved_model(embedder_params, args.random_state, stage) if args.save_model else None
+    written = _write_results(out, files, stage, features, record, model)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
     reuse = ""
@@ -846,10 +949,33 @@ def build_parser():
                          help="also write OUT/embeddings.npy, and reuse the rows of unchanged files "
                          "that an earlier run with the same backbone, weights, image size and crop wrote "
                          "there (also a run stopped by Ctrl-C or an error, which keeps what it embedded)")
+    cluster.add_argument("--save-model", action="store_true",
+                         help=f"also write OUT/{MODEL_FILE}, with which 'skdeepclust assign' puts new "
+                         "images into these clusters")
     cluster.add_argument("--eval", action="store_true",
                          help="PATH/<class>/ folders are the true classes: print accuracy, NMI, ARI")
     cluster.add_argument("--quiet", action="store_true", help="no progress bars")
     cluster.set_defaults(run=cluster_command)
+
+    assign = commands.add_parser(
+        "assign", help="put new images into the clusters of an earlier run",
+        description=f"Embed the images under PATH as the run that wrote MODEL did (its backbone, "
+        f"weights, image size and crop) and put each into one of its clusters, as its clusterer "
+        f"predicts (hdbscan, agglomerative and spectral: the nearest cluster centre); write "
+        f"OUT/{RESULTS_FILE} and OUT/{MONTAGE_FILE}. MODEL is a pickle: "
+        "load only models you made.",
+    )
+    assign.add_argument("path", metavar="PATH", help="folder of images")
+    assign.add_argument("--model", required=True,
+                        help=f"the {MODEL_FILE} that 'skdeepclust cluster --save-model' wrote, or its --out folder")
+    assign.add_argument("--out", default="skdeepclust-assigned", help="output folder (default: %(default)s)")
+    assign.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    assign.add_argument("--batch-size", type=_batch_size_argument, default="auto",
+                        help="images per forward pass, or 'auto' (default: %(default)s)")
+    assign.add_argument("--num-workers", type=_count_argument, default=None,
+                        help="processes decoding images (default: as for cluster)")
+    assign.add_argument("--quiet", action="store_true", help="no progress bars")
+    assign.set_defaults(run=assign_command)
 
     demo = commands.add_parser(
         "demo", help="cluster real photos offline and show the result",

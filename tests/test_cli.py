@@ -624,7 +624,7 @@ def test_confidence_finds_the_centre_of_clusters_numbered_with_gaps():
                  np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     stage = FeatureClusterer(FixedLabels()).fit(X)
-    assert np.all(_confidence(stage, X) > 0.95)
+    assert np.all(_confidence(stage, X, stage.labels_) > 0.95)
 
 
 def test_a_broken_heif_plugin_is_named_and_the_run_goes_on(capsys, image_folder, tmp_path, monkeypatch):
@@ -1103,3 +1103,113 @@ def test_embeddings_that_cannot_be_kept_leave_the_error_that_stopped_the_run(cap
     assert lines[-2] == (f"skdeepclust: warning: could not keep the embeddings made so far in "
                          f"{out / 'embeddings.partial.npy'} (No space left on device)")
     assert lines[-1].startswith("skdeepclust: error: ") and "--n-clusters=9" in lines[-1]
+
+
+def _cluster_and_save_model(capsys, folder, out, *options):
+    status, stdout, err = _run(capsys, "cluster", str(folder), "--out", str(out), "--save-model", *TINY_ARGS,
+                               *options)
+    assert status == 0, err
+    return stdout
+
+
+@pytest.mark.parametrize("options", [("--n-clusters", "2"), ("--clusterer", "hdbscan"),
+                                     ("--n-clusters", "2", "--clusterer", "scan")])
+def test_assign_puts_images_into_the_clusters_of_a_saved_run(capsys, tmp_path, options):
+    from conftest import two_tone_images
+
+    folder = _folder_of(tmp_path / "data", two_tone_images(n_per_group=8)[0])
+    stdout = _cluster_and_save_model(capsys, folder, tmp_path / "run", *options)
+    assert f"{tmp_path / 'run' / 'model.joblib'}" in stdout
+    status, stdout, err = _run(capsys, "assign", str(folder), "--model", str(tmp_path / "run"),
+                               "--out", str(tmp_path / "assigned"), "--quiet")
+    assert status == 0, err
+    assert stdout.startswith("16 images assigned to the ")
+    with open(tmp_path / "run" / "clusters.csv") as run, open(tmp_path / "assigned" / "clusters.csv") as assigned:
+        run_rows, assigned_rows = list(csv.DictReader(run)), list(csv.DictReader(assigned))
+    # The run's own images go back to their clusters (noise, for hdbscan, to the nearest one).
+    assert [row["file"] for row in assigned_rows] == [row["file"] for row in run_rows]
+    for run_row, assigned_row in zip(run_rows, assigned_rows):
+        if run_row["cluster"] != "-1":
+            assert assigned_row["cluster"] == run_row["cluster"]
+            assert float(assigned_row["confidence"]) == pytest.approx(float(run_row["confidence"]), abs=2e-4)
+        assert int(assigned_row["cluster"]) >= 0
+    assert (tmp_path / "assigned" / "montage.png").is_file()
+
+
+def test_assign_gives_new_images_the_clusters_the_saved_clusterer_predicts(capsys, image_folder, tmp_path):
+    import joblib
+
+    from skdeepclust import ImageEmbedder
+
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    new = tmp_path / "new"
+    new.mkdir()
+    for index, colour in enumerate([(250, 250, 250), (5, 5, 5), (120, 200, 30)]):
+        Image.new("RGB", (40, 30), colour).save(new / f"{index}.png")
+    status, _, err = _run(capsys, "assign", str(new), "--model", str(tmp_path / "run" / "model.joblib"),
+                          "--out", str(tmp_path / "assigned"), "--quiet")
+    assert status == 0, err
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    features = ImageEmbedder(**model["embedder"], random_state=0).fit_transform(sorted(map(str, new.iterdir())))
+    with open(tmp_path / "assigned" / "clusters.csv") as handle:
+        assert [int(row["cluster"]) for row in csv.DictReader(handle)] == list(model["stage"].predict(features))
+
+
+@pytest.mark.parametrize("model, message", [
+    ("nowhere", "no such file; give the model.joblib that 'skdeepclust cluster --save-model' wrote, or its "
+                "--out folder"),
+    ("", "no such file"),  # a folder without one
+    ("junk.joblib", "not a model that 'skdeepclust cluster --save-model' wrote"),
+])
+def test_assign_refuses_what_is_not_a_saved_model(capsys, image_folder, tmp_path, model, message):
+    (tmp_path / "junk.joblib").write_bytes(b"junk")
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / model), "--out",
+                          str(tmp_path / "assigned"))
+    assert status == 2 and err.startswith("skdeepclust: error: --model ") and message in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "assigned").exists()
+
+
+def test_assign_names_weights_that_are_gone(capsys, image_folder, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "weights.safetensors"
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(weights))
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2",
+                            "--pretrained", str(weights))
+    weights.unlink()
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                          "--out", str(tmp_path / "assigned"))
+    assert status == 2
+    assert err == (f"skdeepclust: error: --model {tmp_path / 'run' / 'model.joblib'}: its weights {weights} "
+                   "are gone; the model names the checkpoint it was made with rather than holding it, so put "
+                   "the file back there\n")
+
+
+def test_assign_does_not_write_over_the_models_own_run(capsys, image_folder, tmp_path):
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    table = (tmp_path / "run" / "clusters.csv").read_text()
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                          "--out", str(tmp_path / "run"))
+    assert status == 2 and "holds the model's own run" in err
+    assert (tmp_path / "run" / "clusters.csv").read_text() == table
+
+
+def test_a_rerun_without_save_model_removes_the_earlier_model(capsys, image_folder, tmp_path):
+    out = tmp_path / "run"
+    _cluster_and_save_model(capsys, image_folder, out, "--n-clusters", "2")
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "3", "--out", str(out), *TINY_ARGS)
+    assert status == 0
+    assert not (out / "model.joblib").exists()  # its clusters are not those of the new table
+    assert err == (f"skdeepclust: warning: removed {out / 'model.joblib'} of an earlier run: its clusters are "
+                   "not those of the new clusters.csv (--save-model writes it anew)\n")
+
+
+def test_save_model_does_not_write_over_a_users_own_model(capsys, image_folder, tmp_path):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "model.joblib").write_bytes(b"the user's own")
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                          "--save-model", *TINY_ARGS)
+    assert status == 2 and "it holds a model.joblib that no skdeepclust run wrote" in err
+    assert (out / "model.joblib").read_bytes() == b"the user's own"
