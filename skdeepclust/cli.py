@@ -700,6 +700,9 @@ def _saved_model(embedder_params, random_state, stage):
     kept = {name: embedder_params[name] for name in ("backbone", "pretrained", "image_size", "crop_pct")}
     if not isinstance(kept["pretrained"], bool):
         kept["pretrained"] = os.path.abspath(kept["pretrained"])
+    source, _, folder = kept["backbone"].partition(":")
+    if source == "local-dir" and folder:  # assign may run in another folder
+        kept["backbone"] = f"local-dir:{os.path.abspath(folder)}"
     return {"format": MODEL_FORMAT, "skdeepclust": __version__, "embedder": kept,
             "random_state": random_state, "stage": stage}
 

@@ -1213,3 +1213,33 @@ def test_save_model_does_not_write_over_a_users_own_model(capsys, image_folder, 
                           "--save-model", *TINY_ARGS)
     assert status == 2 and "it holds a model.joblib that no skdeepclust run wrote" in err
     assert (out / "model.joblib").read_bytes() == b"the user's own"
+
+
+def test_assign_finds_weights_given_by_relative_paths_from_another_folder(capsys, image_folder,
+                                                                          tmp_path_factory, monkeypatch):
+    import timm
+    import torch
+
+    if not hasattr(timm.models, "save_for_hf"):
+        pytest.skip(f"timm {timm.__version__} reads no 'local-dir:' names")
+    tmp_path = tmp_path_factory.mktemp("elsewhere")  # not inside image_folder
+    work = tmp_path / "work"
+    work.mkdir()
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", num_classes=0).eval()
+    timm.models.save_for_hf(model, work / "repository")
+    torch.save(model.state_dict(), work / "weights.pth")
+    monkeypatch.chdir(work)
+    for backbone, pretrained in [("local-dir:repository", "hub"), ("test_vit", "weights.pth")]:
+        status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", "run",
+                              "--save-model", "--backbone", backbone, "--pretrained", pretrained,
+                              "--image-size", "32", "--quiet")
+        assert status == 0, err
+        monkeypatch.chdir(tmp_path)
+        status, _, err = _run(capsys, "assign", str(image_folder), "--model", "work/run", "--out", "assigned",
+                              "--quiet")
+        assert status == 0, err
+        with open(work / "run" / "clusters.csv") as run, open("assigned/clusters.csv") as assigned:
+            assert [row["cluster"] for row in csv.DictReader(assigned)] == [
+                row["cluster"] for row in csv.DictReader(run)]
+        monkeypatch.chdir(work)
