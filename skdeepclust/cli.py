@@ -43,6 +43,7 @@ PARTIAL_RECORD = "embeddings.partial.json"
 # With --save-model: what ``assign`` needs to put new images into this run's clusters.
 MODEL_FILE = "model.joblib"
 MODEL_FORMAT = "skdeepclust cluster model"
+MODEL_FORMAT_VERSION = 1
 # Up to this many images, the clusterer is first fitted on stand-in features, so that
 # what it cannot do with so few (hdbscan's min_samples, a mixture of one image)
 # fails before the embedding.
@@ -413,6 +414,14 @@ def _confidence(stage, features, labels):
     centres = stage.cluster_centers_ / np.linalg.norm(stage.cluster_centers_, axis=1, keepdims=True)
     rows = np.searchsorted(stage.cluster_ids_, labels)
     similarity = np.einsum("ij,ij->i", features, centres[np.clip(rows, 0, len(centres) - 1)])
+    # predict may give a cluster that no training image fell in (k-means with empty clusters)
+    unknown = (labels >= 0) & ~np.isin(labels, stage.cluster_ids_)
+    own = getattr(stage.clusterer_, "cluster_centers_", None)
+    if unknown.any():
+        similarity[unknown] = 0.0
+        if own is not None and labels[unknown].max() < len(own):
+            theirs = own[labels[unknown]] / np.linalg.norm(own[labels[unknown]], axis=1, keepdims=True)
+            similarity[unknown] = np.einsum("ij,ij->i", features[unknown], theirs)
     return np.where(labels >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
 
 
@@ -457,8 +466,13 @@ def _output_folder(path, save_embeddings, save_model=False):
             # a run stopped early leaves only records, which say whose they are.
             if name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
                 theirs = not _is_our_record(target)
+            elif name == MODEL_FILE:
+                theirs = not _is_our_model(target)
+                if theirs and target.exists():
+                    raise UserError(f"--out {path}: it holds a {name} that no skdeepclust run wrote, "
+                                    "which would be overwritten; move it, or choose another --out")
             else:
-                theirs = name in (RESULTS_FILE, MONTAGE_FILE, MODEL_FILE)
+                theirs = name in (RESULTS_FILE, MONTAGE_FILE)
             if theirs and target.exists() and not earlier_run:
                 article = "an" if name[0] in "aeiou" else "a"
                 raise UserError(f"--out {path}: it holds {article} {name} that no skdeepclust run wrote, "
@@ -476,6 +490,15 @@ def _output_folder(path, save_embeddings, save_model=False):
                 break
             folder.rmdir()
         raise
+
+
+def _is_our_model(path):
+    """Whether ``path`` is missing or a model.joblib that ``cluster --save-model`` wrote
+    (its format tag is in the uncompressed pickle; nothing is unpickled)."""
+    try:
+        return MODEL_FORMAT.encode() in Path(path).read_bytes()
+    except OSError:
+        return not Path(path).exists()
 
 
 def _is_our_record(path):
@@ -570,7 +593,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
 
         joblib.dump(model, out / MODEL_FILE)
         written.append(out / MODEL_FILE)
-    elif earlier_run and (out / MODEL_FILE).is_file():
+    elif earlier_run and (out / MODEL_FILE).is_file() and _is_our_model(out / MODEL_FILE):
         (out / MODEL_FILE).unlink()
         _warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
               f"{RESULTS_FILE} (--save-model writes it anew)")
@@ -693,8 +716,11 @@ def cluster_command(args):
 def _saved_model(embedder_params, random_state, stage):
     """What ``assign`` needs: the embedding settings and the fitted clustering stage.
 
-    The weights are named, not copied: a checkpoint file by its absolute path.
+    The weights are named, not copied: a checkpoint file by its absolute path, and
+    by a digest of what it holds, so that other weights put there are found out.
     """
+    import timm
+
     from . import __version__
 
     kept = {name: embedder_params[name] for name in ("backbone", "pretrained", "image_size", "crop_pct")}
@@ -703,14 +729,42 @@ def _saved_model(embedder_params, random_state, stage):
     source, _, folder = kept["backbone"].partition(":")
     if source == "local-dir" and folder:  # assign may run in another folder
         kept["backbone"] = f"local-dir:{os.path.abspath(folder)}"
-    return {"format": MODEL_FORMAT, "skdeepclust": __version__, "embedder": kept,
+    return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "skdeepclust": __version__,
+            "timm": timm.__version__, "embedder": kept, "weights_digest": _weights_digest(kept),
             "random_state": random_state, "stage": stage}
+
+
+def _content_digest(path):
+    """sha256 of a file, or of the names and contents of the files in a folder."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    paths = [path] if os.path.isfile(path) else sorted(
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    for file in paths:
+        digest.update(os.path.relpath(file, path).encode("utf-8", "surrogateescape") + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_digest(embedder):
+    """What the weights files named by ``embedder`` hold, so that other weights put
+    under the same name are not taken for the model's own."""
+    source, _, folder = embedder["backbone"].partition(":")
+    pretrained = embedder["pretrained"]
+    return {"pretrained": None if isinstance(pretrained, bool) else _content_digest(pretrained),
+            "backbone": _content_digest(folder) if source == "local-dir" and folder else None}
 
 
 def _load_model(path):
     """The model that ``cluster --save-model`` wrote to ``path`` (the file, or its folder)."""
     import joblib
 
+    if not path:
+        raise UserError(f"--model is empty; give the {MODEL_FILE} that 'skdeepclust cluster --save-model' "
+                        "wrote, or its --out folder")
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
@@ -724,19 +778,52 @@ def _load_model(path):
                         f"({type(exc).__name__}: {exc})") from None
     if not (isinstance(model, dict) and model.get("format") == MODEL_FORMAT):
         raise UserError(f"--model {path}: not a model that 'skdeepclust cluster --save-model' wrote")
-    weights = model["embedder"]["pretrained"]
-    if not isinstance(weights, bool) and not os.path.exists(weights):
-        raise UserError(f"--model {path}: its weights {weights} are gone; the model names the checkpoint "
-                        "it was made with rather than holding it, so put the file back there")
+    from . import __version__
+    from .clustering import FeatureClusterer
+
+    written_by = model.get("skdeepclust", "an unknown version")
+    embedder = model.get("embedder")
+    if (model.get("format_version") != MODEL_FORMAT_VERSION or not isinstance(embedder, dict)
+            or set(embedder) != {"backbone", "pretrained", "image_size", "crop_pct"}
+            or not isinstance(model.get("stage"), FeatureClusterer)
+            or not hasattr(model["stage"], "cluster_ids_") or "random_state" not in model):
+        raise UserError(f"--model {path}: written by skdeepclust {written_by}, in a form that skdeepclust "
+                        f"{__version__} does not read; run cluster --save-model again with this version")
+    if model["stage"].cluster_ids_.size == 0:
+        raise UserError(f"--model {path}: its run found no clusters (all its images were noise), so "
+                        "there are none to assign images to")
+    source, _, folder = str(embedder["backbone"]).partition(":")
+    named = [weights for weights in (embedder["pretrained"], folder if source == "local-dir" else None)
+             if weights and not isinstance(weights, bool)]
+    for weights in named:
+        if not os.path.exists(weights):
+            raise UserError(f"--model {path}: its weights {weights} are gone; the model names the "
+                            "weights it was made with rather than holding them, so put them back there")
+    if _weights_digest(embedder) != model.get("weights_digest"):
+        raise UserError(f"--model {path}: {_listed(named)} hold other weights than those the model was made "
+                        "with; put the model's own back there")
+    import timm
+
+    for name, now in (("skdeepclust", __version__), ("timm", timm.__version__)):
+        if model.get(name) != now:
+            _warn(f"--model {path} was made with {name} {model.get(name)}, this is {now}: the images "
+                  "may be embedded a little otherwise than that run's")
     return path, model
 
 
 def assign_command(args):
     folder = _input_folder(args.path)
     model_path, model = _load_model(args.model)
-    if Path(args.out).resolve() == model_path.parent.resolve():
+    if not args.out:
+        raise UserError("--out is empty; give a folder ('.' for the current folder)")
+    out = Path(args.out)
+    kept = [name for name in (MODEL_FILE, EMBEDDINGS_FILE) if (out / name).exists()]
+    if out.resolve() == model_path.resolve().parent:
         raise UserError(f"--out {args.out} holds the model's own run, whose {RESULTS_FILE} would be "
                         "overwritten; choose another --out")
+    if kept and _holds_results_table(out):
+        raise UserError(f"--out {args.out} holds the output of a cluster run (its {RESULTS_FILE} and "
+                        f"{_listed(kept)}), which assign would overwrite or remove; choose another --out")
     with _output_folder(args.out, save_embeddings=False) as out:
         return _assign_folder(args, folder, out, model)
 

@@ -1169,8 +1169,9 @@ def test_assign_refuses_what_is_not_a_saved_model(capsys, image_folder, tmp_path
     assert len(err.splitlines()) == 1 and not (tmp_path / "assigned").exists()
 
 
-def test_assign_names_weights_that_are_gone(capsys, image_folder, tmp_path):
+def test_assign_names_weights_that_are_gone_or_replaced(capsys, image_folder, tmp_path):
     import timm
+    import torch
     from safetensors.torch import save_file
 
     weights = tmp_path / "weights.safetensors"
@@ -1182,8 +1183,16 @@ def test_assign_names_weights_that_are_gone(capsys, image_folder, tmp_path):
                           "--out", str(tmp_path / "assigned"))
     assert status == 2
     assert err == (f"skdeepclust: error: --model {tmp_path / 'run' / 'model.joblib'}: its weights {weights} "
-                   "are gone; the model names the checkpoint it was made with rather than holding it, so put "
-                   "the file back there\n")
+                   "are gone; the model names the weights it was made with rather than holding them, so put "
+                   "them back there\n")
+    # Other weights put under that name would embed the images otherwise.
+    torch.manual_seed(1)
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(weights))
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                          "--out", str(tmp_path / "assigned"))
+    assert status == 2
+    assert err == (f"skdeepclust: error: --model {tmp_path / 'run' / 'model.joblib'}: {weights} hold other "
+                   "weights than those the model was made with; put the model's own back there\n")
 
 
 def test_assign_does_not_write_over_the_models_own_run(capsys, image_folder, tmp_path):
@@ -1243,3 +1252,91 @@ def test_assign_finds_weights_given_by_relative_paths_from_another_folder(capsys
             assert [row["cluster"] for row in csv.DictReader(assigned)] == [
                 row["cluster"] for row in csv.DictReader(run)]
         monkeypatch.chdir(work)
+
+
+def test_assign_does_not_write_over_another_cluster_run(capsys, image_folder, tmp_path):
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "other", "--n-clusters", "3")
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    for out, model in [("other", "run"), ("run", "link")]:  # another run's folder; its own, by a link
+        before = sorted(path.name for path in (tmp_path / out).iterdir())
+        status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / model),
+                              "--out", str(tmp_path / out))
+        assert status == 2 and len(err.splitlines()) == 1, err
+        assert sorted(path.name for path in (tmp_path / out).iterdir()) == before
+
+
+def test_a_users_own_model_joblib_beside_a_run_is_neither_removed_nor_overwritten(capsys, image_folder, tmp_path):
+    import joblib
+
+    out = tmp_path / "run"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    joblib.dump({"my": "pipeline, trained for hours"}, out / "model.joblib")
+    assert _run(capsys, *argv)[0] == 0
+    status, _, err = _run(capsys, *argv, "--save-model")
+    assert status == 2 and "it holds a model.joblib that no skdeepclust run wrote" in err
+    assert joblib.load(out / "model.joblib") == {"my": "pipeline, trained for hours"}
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda model: model.pop("stage"), "in a form that skdeepclust "),
+    (lambda model: model["embedder"].update(interpolation="bicubic"), "does not read"),
+    (lambda model: model.update(format_version=2), "does not read"),
+    (lambda model: model["stage"].__dict__.pop("cluster_ids_"), "does not read"),
+])
+def test_assign_refuses_a_model_in_another_form_in_one_line(capsys, image_folder, tmp_path, spoil, message):
+    import joblib
+
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    spoil(model)
+    joblib.dump(model, tmp_path / "run" / "model.joblib")
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                          "--out", str(tmp_path / "assigned"))
+    assert status == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_assign_warns_of_a_model_made_by_other_versions(capsys, image_folder, tmp_path):
+    import joblib
+    import timm
+
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    model["timm"] = "0.9.0"
+    joblib.dump(model, tmp_path / "run" / "model.joblib")
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                          "--out", str(tmp_path / "assigned"), "--quiet")
+    assert status == 0
+    assert (f"skdeepclust: warning: --model {tmp_path / 'run' / 'model.joblib'} was made with timm 0.9.0, this "
+            f"is {timm.__version__}: the images may be embedded a little otherwise than that run's") in err.splitlines()
+
+
+def test_assign_refuses_a_model_whose_run_found_no_clusters(capsys, image_folder, tmp_path):
+    import joblib
+
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    model["stage"].cluster_ids_ = np.array([], dtype=int)  # as an hdbscan run that found only noise
+    joblib.dump(model, tmp_path / "run" / "model.joblib")
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                          "--out", str(tmp_path / "assigned"))
+    assert status == 2 and "its run found no clusters" in err
+
+
+def test_confidence_of_a_cluster_that_no_training_image_fell_in_is_taken_against_its_own_centre():
+    from skdeepclust import FeatureClusterer
+    from skdeepclust.cli import _confidence
+
+    # Duplicates leave k-means with an empty cluster, whose centre it still predicts with
+    # (here moved apart by hand: ties between duplicated centres go to the lower number).
+    X = np.repeat(np.eye(3, 8, dtype=np.float32), 4, axis=0)
+    with pytest.warns(Warning):
+        stage = FeatureClusterer(n_clusters=4, random_state=0).fit(X)
+    assert stage.cluster_ids_.tolist() == [0, 1, 2]
+    stage.clusterer_.cluster_centers_[3] = 2.0 * np.eye(8, dtype=np.float32)[5]
+    new = np.eye(8, dtype=np.float32)[5:6] + 0.3 * np.eye(8, dtype=np.float32)[6:7]
+    new /= np.linalg.norm(new)
+    label = stage.predict(new)
+    assert label.tolist() == [3]
+    assert _confidence(stage, new, label)[0] == pytest.approx(float(new[0, 5]), abs=1e-6)
