@@ -496,7 +496,8 @@ def _is_our_model(path):
     """Whether ``path`` is missing or a model.joblib that ``cluster --save-model`` wrote
     (its format tag is in the uncompressed pickle; nothing is unpickled)."""
     try:
-        return MODEL_FORMAT.encode() in Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            return MODEL_FORMAT.encode() in handle.read(4096)  # the model's first key
     except OSError:
         return not Path(path).exists()
 
