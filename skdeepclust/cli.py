@@ -11,7 +11,6 @@ import argparse
 import collections
 import contextlib
 import csv
-import json
 import os
 import re
 import sys
@@ -22,6 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ._cli_messages import UserError, listed, warn
+from ._run_files import (
+    EMBEDDINGS_FILE,
+    EMBEDDINGS_RECORD,
+    MODEL_FILE,
+    PARTIAL_FILE,
+    PARTIAL_RECORD,
+    earlier_embeddings,
+    embedding_settings,
+    file_stamp,
+    is_our_model,
+    is_our_record,
+    keep_partial_embeddings,
+    load_model,
+    remove_partial_embeddings,
+    saved_model,
+    write_embeddings,
+)
 from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
 
@@ -32,18 +49,6 @@ CIFAR10_ARCHIVE = Path("data") / "cifar10" / "cifar10-jpg.tar.gz"
 RESULTS_FILE = "clusters.csv"
 RESULTS_HEADER = ["file", "cluster", "confidence"]
 MONTAGE_FILE = "montage.png"
-EMBEDDINGS_FILE = "embeddings.npy"
-# Beside embeddings.npy: the settings that made it and the file of each row (see
-# _file_stamp), so that a rerun reuses the rows of unchanged files.
-EMBEDDINGS_RECORD = "embeddings.json"
-# What a run stopped before its results (Ctrl-C, or an error after the embedding) keeps
-# for the next: named apart, since the rows of embeddings.npy match clusters.csv.
-PARTIAL_FILE = "embeddings.partial.npy"
-PARTIAL_RECORD = "embeddings.partial.json"
-# With --save-model: what ``assign`` needs to put new images into this run's clusters.
-MODEL_FILE = "model.joblib"
-MODEL_FORMAT = "skdeepclust cluster model"
-MODEL_FORMAT_VERSION = 1
 # Up to this many images, the clusterer is first fitted on stand-in features, so that
 # what it cannot do with so few (hdbscan's min_samples, a mixture of one image)
 # fails before the embedding.
@@ -73,10 +78,6 @@ _VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
 _Clustered = collections.namedtuple("_Clustered", "features stage readable n_reused embedding_seconds")
 
 
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line."""
-
-
 def _in_option_words(message, options):
     """A library message with the parameter names among ``options`` (the command's
     own, e.g. ``vars(args)``), and its advice to use a class, spelled as the
@@ -98,15 +99,11 @@ def _in_option_words(message, options):
     return message
 
 
-def _warn(message):
-    print(f"skdeepclust: warning: {message}", file=sys.stderr)
-
-
 def _library_warning_printer(options):
     """A ``warnings.showwarning`` that prints a library warning as one line of the
     command's own, in its option words, without the source line."""
     def show(message, category, filename, lineno, file=None, line=None):
-        _warn(_in_option_words(" ".join(str(message).split()), options))
+        warn(_in_option_words(" ".join(str(message).split()), options))
 
     return show
 
@@ -144,7 +141,7 @@ def _without_output_folders(folder, files, out):
         own_montage = os.path.join(str(folder), MONTAGE_FILE)
         if own_montage in files:
             files = [path for path in files if path != own_montage]
-            _warn(f"skipping {own_montage}: it is the montage of an earlier skdeepclust run "
+            warn(f"skipping {own_montage}: it is the montage of an earlier skdeepclust run "
                   f"(beside its {RESULTS_FILE}); rename it to cluster it")
             if not files:
                 raise UserError(f"{folder} holds no images but the montage of an earlier skdeepclust run")
@@ -158,7 +155,7 @@ def _without_output_folders(folder, files, out):
             continue  # inside a folder skipped already
         if _holds_earlier_results(directory):
             skipped_folders.append(directory)
-            _warn(
+            warn(
                 f"skipping {directory}: it holds the output of an earlier skdeepclust run "
                 f"({RESULTS_FILE} and {MONTAGE_FILE}); move your images out of it to cluster them"
             )
@@ -183,7 +180,7 @@ def _register_installed_pillow_plugins():
         except ImportError:
             continue
         except Exception as exc:  # installed but broken (a missing shared library): run without it
-            _warn(f"the installed {module} could not be loaded ({type(exc).__name__}: {exc}); "
+            warn(f"the installed {module} could not be loaded ({type(exc).__name__}: {exc}); "
                   "its formats are skipped")
 
 
@@ -247,7 +244,7 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
                                 np.array(rows, dtype=np.float32))
             raise
         for position, reason in sorted(images.unreadable.items()):
-            _warn(f"skipping unreadable image file {files[to_embed[position]]}: {reason}")
+            warn(f"skipping unreadable image file {files[to_embed[position]]}: {reason}")
             readable[to_embed[position]] = False
     embedding_seconds = time.perf_counter() - start
     try:
@@ -280,101 +277,6 @@ def _assembled(files, readable, earlier, to_embed, new_features):
     else:
         features = new_features
     return features, n_reused
-
-
-def _file_stamp(path):
-    """``path`` as the record of embeddings names it, so that a file changed since
-    has another stamp: absolute path, size, modification time, inode and ctime."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    # The inode and ctime change when the file is replaced or renamed, or its mtime
-    # set back (os.utime, cp -p, tar): size and mtime alone are often shared.
-    return (os.path.abspath(path), status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
-
-
-def _embedding_settings(embedder_params, random_state):
-    """What the embeddings' values depend on, as the record of embeddings keeps it.
-
-    Weights given as a file or folder are named by their stamps, so that new weights
-    under the same name are not taken for the old. The device, batch size and
-    decoding workers are left out: they change the features by rounding at most
-    (bfloat16 on a GPU), and embeddings made on a GPU are worth reusing on a CPU.
-    """
-    import timm
-
-    from . import __version__
-
-    def stamped(path):
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            return [_file_stamp(entry.path) for entry in sorted(os.scandir(path), key=lambda e: e.name)
-                    if entry.is_file()]
-        return _file_stamp(path)
-
-    backbone, pretrained = embedder_params["backbone"], embedder_params["pretrained"]
-    source, _, rest = backbone.partition(":")
-    settings = {
-        "skdeepclust": __version__,
-        # A name without a tag may stand for other weights in another timm.
-        "timm": timm.__version__,
-        "backbone": [backbone, stamped(rest)] if source == "local-dir" and rest else backbone,
-        "pretrained": pretrained if isinstance(pretrained, bool) else stamped(pretrained),
-        "image_size": embedder_params["image_size"],
-        "crop_pct": embedder_params["crop_pct"],
-        # Random weights are drawn from the seed.
-        "random_state": random_state if pretrained is False else None,
-    }
-    return json.loads(json.dumps(settings))  # as read back: tuples become lists
-
-
-def _earlier_embeddings(out, settings):
-    """The features that earlier runs wrote to ``out`` with ``settings``, by file stamp.
-
-    Returns the rows (a dict, empty where there are none to reuse) and, where that
-    run had other settings, their names, for the command's summary.
-    """
-    rows, changed = _recorded_rows(out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE, settings)
-    partial_rows, partial_changed = _recorded_rows(out / PARTIAL_RECORD, out / PARTIAL_FILE, settings)
-    return {**rows, **partial_rows}, changed or partial_changed
-
-
-def _array_stamp(path):
-    """Size and modification time of a saved array, which its record keeps: an array
-    edited since (reduced, rescaled) is not taken for the rows the record lists."""
-    status = os.stat(path)
-    return [status.st_size, status.st_mtime_ns]
-
-
-def _recorded_rows(record_path, array_path, settings):
-    """The rows of one array and its record, as ``_earlier_embeddings`` returns them."""
-    if not (record_path.is_file() and array_path.is_file()):
-        return {}, []
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        stamps = [tuple(stamp) if stamp else None for stamp in record["files"]]
-        earlier_settings = dict(record["settings"])
-        if any(stamp is not None and not all(isinstance(part, (str, int)) for part in stamp)
-               for stamp in stamps):
-            raise ValueError("a file stamp is not a path and numbers")
-        if record.get("array") != _array_stamp(array_path):
-            raise ValueError(f"{array_path.name} was changed after the record was written")
-        features = np.load(array_path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        _warn(f"cannot reuse {array_path}: its record {record_path} is unreadable ({exc}); "
-              "every image is embedded anew")
-        return {}, []
-    if features.ndim != 2 or features.dtype != np.float32 or len(features) != len(stamps):
-        _warn(f"cannot reuse {array_path}: its {features.shape} {features.dtype} array does not "
-              f"hold the {len(stamps)} float32 rows that {record_path} lists; every image is embedded anew")
-        return {}, []
-    if earlier_settings != settings:
-        changed = [name for name in settings if earlier_settings.get(name) != settings[name]]
-        if "pretrained" in changed:  # the seed is recorded for random weights only
-            changed = [name for name in changed if name != "random_state"]
-        return {}, changed or ["settings"]
-    return {stamp: row for stamp, row in zip(stamps, features) if stamp is not None}, []
 
 
 def _check_image_count(stage, clusterer, n_images):
@@ -465,9 +367,9 @@ def _output_folder(path, save_embeddings, save_model=False):
             # clusters.csv of ours is the user's own, which must not be overwritten;
             # a run stopped early leaves only records, which say whose they are.
             if name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
-                theirs = not _is_our_record(target)
+                theirs = not is_our_record(target)
             elif name == MODEL_FILE:
-                theirs = not _is_our_model(target)
+                theirs = not is_our_model(target)
                 if theirs and target.exists():
                     raise UserError(f"--out {path}: it holds a {name} that no skdeepclust run wrote, "
                                     "which would be overwritten; move it, or choose another --out")
@@ -492,74 +394,11 @@ def _output_folder(path, save_embeddings, save_model=False):
         raise
 
 
-def _is_our_model(path):
-    """Whether ``path`` is missing or a model.joblib that ``cluster --save-model`` wrote
-    (its format tag is in the uncompressed pickle; nothing is unpickled)."""
-    try:
-        with open(path, "rb") as handle:
-            return MODEL_FORMAT.encode() in handle.read(4096)  # the model's first key
-    except OSError:
-        return not Path(path).exists()
-
-
-def _is_our_record(path):
-    """Whether ``path`` is missing or a record of embeddings that a run wrote."""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return not Path(path).exists()
-    return isinstance(record, dict) and {"settings", "files"} <= record.keys()
-
-
-def _write_embeddings(out, features, record, partial=False):
-    """Write ``features`` and their ``record`` (settings and file stamps) into ``out``:
-    as embeddings.npy, or those of a run stopped before its results (``partial``)."""
-    array_path, record_path = (out / PARTIAL_FILE, out / PARTIAL_RECORD) if partial else (
-        out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
-    # The old record goes first: a run stopped between the two writes must not leave
-    # it beside new rows, which it would then misname.
-    record_path.unlink(missing_ok=True)
-    np.save(array_path, features)
-    with open(record_path, "w", encoding="utf-8") as handle:
-        # ASCII: file names that are not UTF-8 are escaped.
-        json.dump(dict(record, array=_array_stamp(array_path)), handle)
-
-
-def _keep_partial_embeddings(out, features, record, n_files, interrupted):
-    """Keep the embeddings of a run stopped early, and say so; a failure to write
-    them is a warning, which leaves the error that stopped the run to be seen."""
-    try:
-        _write_embeddings(out, features, record, partial=True)
-    except OSError as exc:
-        _warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
-        return
-    again = "the same command" if interrupted else "a run with --embeddings into this --out"
-    print(f"skdeepclust: kept the embeddings of {len(features)} of the {n_files} images in "
-          f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
-
-
-def _remove_partial_embeddings(out, kept_elsewhere):
-    """Remove what a run stopped early kept in ``out``, now that a run has finished;
-    unless ``kept_elsewhere`` (in embeddings.npy), say so."""
-    if (out / PARTIAL_FILE).is_file() and (out / PARTIAL_RECORD).is_file() and _is_our_record(out / PARTIAL_RECORD):
-        (out / PARTIAL_RECORD).unlink()
-        (out / PARTIAL_FILE).unlink()
-        if not kept_elsewhere:
-            _warn(f"removed {out / PARTIAL_FILE}, the embeddings of a run stopped early "
-                  "(--embeddings keeps and reuses them)")
-
-
-def _listed(items):
-    """``items`` as one English list: "a", "a and b", "a, b and c"."""
-    items = [str(item) for item in items]
-    return items[-1] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
-
-
 def _write_results(out, files, stage, features, embedding_record, model=None, labels=None):
     """Write the results into ``out``; returns the paths of the files written.
 
-    ``embedding_record`` (settings and file stamps, as ``_earlier_embeddings`` reads
-    them) asks for the embeddings too, and ``model`` (see ``_saved_model``) for the
+    ``embedding_record`` (settings and file stamps, as ``earlier_embeddings`` reads
+    them) asks for the embeddings too, and ``model`` (see ``saved_model``) for the
     model; None removes an earlier run's. ``labels`` are the images' clusters,
     by default ``stage.labels_``.
     """
@@ -579,24 +418,24 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
     if embedding_record is not None:
-        _write_embeddings(out, features, embedding_record)
+        write_embeddings(out, features, embedding_record)
         written.append(out / EMBEDDINGS_FILE)
     # Once their rows are in embeddings.npy, or a run went without them.
-    _remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
+    remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
     if embedding_record is None and earlier_run:
         (out / EMBEDDINGS_RECORD).unlink(missing_ok=True)
         if (out / EMBEDDINGS_FILE).is_file():
             (out / EMBEDDINGS_FILE).unlink()
-            _warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
+            warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
                   f"the new {RESULTS_FILE} (--embeddings writes them anew)")
     if model is not None:
         import joblib
 
         joblib.dump(model, out / MODEL_FILE)
         written.append(out / MODEL_FILE)
-    elif earlier_run and (out / MODEL_FILE).is_file() and _is_our_model(out / MODEL_FILE):
+    elif earlier_run and (out / MODEL_FILE).is_file() and is_our_model(out / MODEL_FILE):
         (out / MODEL_FILE).unlink()
-        _warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
+        warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
               f"{RESULTS_FILE} (--save-model writes it anew)")
     try:
         cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
@@ -607,7 +446,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
         if earlier_run and (out / MONTAGE_FILE).is_file():
             (out / MONTAGE_FILE).unlink()  # it shows the clusters of an earlier run
             removed = f", and the earlier run's {MONTAGE_FILE} removed"
-        _warn(f"{MONTAGE_FILE} not written: a row for each of the {len(np.unique(labels)):,} "
+        warn(f"{MONTAGE_FILE} not written: a row for each of the {len(np.unique(labels)):,} "
               f"clusters would make it larger than PIL opens (PIL.Image.MAX_IMAGE_PIXELS){removed}; "
               f"{RESULTS_FILE} holds every image's cluster")
     return written
@@ -714,107 +553,9 @@ def cluster_command(args):
         return _cluster_folder(args, folder, out)
 
 
-def _saved_model(embedder_params, random_state, stage):
-    """What ``assign`` needs: the embedding settings and the fitted clustering stage.
-
-    The weights are named, not copied: a checkpoint file by its absolute path, and
-    by a digest of what it holds, so that other weights put there are found out.
-    """
-    import timm
-
-    from . import __version__
-
-    kept = {name: embedder_params[name] for name in ("backbone", "pretrained", "image_size", "crop_pct")}
-    if not isinstance(kept["pretrained"], bool):
-        kept["pretrained"] = os.path.abspath(kept["pretrained"])
-    source, _, folder = kept["backbone"].partition(":")
-    if source == "local-dir" and folder:  # assign may run in another folder
-        kept["backbone"] = f"local-dir:{os.path.abspath(folder)}"
-    return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "skdeepclust": __version__,
-            "timm": timm.__version__, "embedder": kept, "weights_digest": _weights_digest(kept),
-            "random_state": random_state, "stage": stage}
-
-
-def _content_digest(path):
-    """sha256 of a file, or of the names and contents of the files in a folder."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    paths = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
-    for file in paths:
-        digest.update(os.path.relpath(file, path).encode("utf-8", "surrogateescape") + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def _weights_digest(embedder):
-    """What the weights files named by ``embedder`` hold, so that other weights put
-    under the same name are not taken for the model's own."""
-    source, _, folder = embedder["backbone"].partition(":")
-    pretrained = embedder["pretrained"]
-    return {"pretrained": None if isinstance(pretrained, bool) else _content_digest(pretrained),
-            "backbone": _content_digest(folder) if source == "local-dir" and folder else None}
-
-
-def _load_model(path):
-    """The model that ``cluster --save-model`` wrote to ``path`` (the file, or its folder)."""
-    import joblib
-
-    if not path:
-        raise UserError(f"--model is empty; give the {MODEL_FILE} that 'skdeepclust cluster --save-model' "
-                        "wrote, or its --out folder")
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise UserError(f"--model {path}: no such file; give the {MODEL_FILE} that "
-                        "'skdeepclust cluster --save-model' wrote, or its --out folder")
-    try:
-        model = joblib.load(path)
-    except Exception as exc:  # unpickling raises almost anything on a file that is not a model
-        raise UserError(f"--model {path}: not a model that 'skdeepclust cluster --save-model' wrote "
-                        f"({type(exc).__name__}: {exc})") from None
-    if not (isinstance(model, dict) and model.get("format") == MODEL_FORMAT):
-        raise UserError(f"--model {path}: not a model that 'skdeepclust cluster --save-model' wrote")
-    from . import __version__
-    from .clustering import FeatureClusterer
-
-    written_by = model.get("skdeepclust", "an unknown version")
-    embedder = model.get("embedder")
-    if (model.get("format_version") != MODEL_FORMAT_VERSION or not isinstance(embedder, dict)
-            or set(embedder) != {"backbone", "pretrained", "image_size", "crop_pct"}
-            or not isinstance(model.get("stage"), FeatureClusterer)
-            or not hasattr(model["stage"], "cluster_ids_") or "random_state" not in model):
-        raise UserError(f"--model {path}: written by skdeepclust {written_by}, in a form that skdeepclust "
-                        f"{__version__} does not read; run cluster --save-model again with this version")
-    if model["stage"].cluster_ids_.size == 0:
-        raise UserError(f"--model {path}: its run found no clusters (all its images were noise), so "
-                        "there are none to assign images to")
-    source, _, folder = str(embedder["backbone"]).partition(":")
-    named = [weights for weights in (embedder["pretrained"], folder if source == "local-dir" else None)
-             if weights and not isinstance(weights, bool)]
-    for weights in named:
-        if not os.path.exists(weights):
-            raise UserError(f"--model {path}: its weights {weights} are gone; the model names the "
-                            "weights it was made with rather than holding them, so put them back there")
-    if _weights_digest(embedder) != model.get("weights_digest"):
-        raise UserError(f"--model {path}: {_listed(named)} hold other weights than those the model was made "
-                        "with; put the model's own back there")
-    import timm
-
-    for name, now in (("skdeepclust", __version__), ("timm", timm.__version__)):
-        if model.get(name) != now:
-            _warn(f"--model {path} was made with {name} {model.get(name)}, this is {now}: the images "
-                  "may be embedded a little otherwise than that run's")
-    return path, model
-
-
 def assign_command(args):
     folder = _input_folder(args.path)
-    model_path, model = _load_model(args.model)
+    model_path, model = load_model(args.model)
     if not args.out:
         raise UserError("--out is empty; give a folder ('.' for the current folder)")
     out = Path(args.out)
@@ -824,7 +565,7 @@ def assign_command(args):
                         "overwritten; choose another --out")
     if kept and _holds_results_table(out):
         raise UserError(f"--out {args.out} holds the output of a cluster run (its {RESULTS_FILE} and "
-                        f"{_listed(kept)}), which assign would overwrite or remove; choose another --out")
+                        f"{listed(kept)}), which assign would overwrite or remove; choose another --out")
     with _output_folder(args.out, save_embeddings=False) as out:
         return _assign_folder(args, folder, out, model)
 
@@ -842,7 +583,7 @@ def _assign_folder(args, folder, out, model):
     images = ImageList(files, skip_unreadable=True)
     features = embedder.fit_transform(images)
     for position, reason in sorted(images.unreadable.items()):
-        _warn(f"skipping unreadable image file {files[position]}: {reason}")
+        warn(f"skipping unreadable image file {files[position]}: {reason}")
     if len(images.unreadable) == len(files):
         raise UserError(f"none of the {len(files)} image files could be read")
     readable = np.ones(len(files), dtype=bool)
@@ -852,7 +593,7 @@ def _assign_folder(args, folder, out, model):
     labels = stage.predict(features)
     written = _write_results(out, files, stage, features, None, labels=labels)
     print(f"{len(files)} images assigned to the {len(stage.cluster_ids_)} clusters of {args.model} "
-          f"({time.perf_counter() - start:.1f} s); wrote {_listed(written)}")
+          f"({time.perf_counter() - start:.1f} s); wrote {listed(written)}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):")
         for path in skipped:
@@ -879,10 +620,10 @@ def _cluster_folder(args, folder, out):
     )
     earlier_features, changed_settings, record = None, [], None
     if args.embeddings:
-        settings = _embedding_settings(embedder_params, args.random_state)
-        earlier_rows, changed_settings = _earlier_embeddings(out, settings)
+        settings = embedding_settings(embedder_params, args.random_state)
+        earlier_rows, changed_settings = earlier_embeddings(out, settings)
         # Stamped before the embedding: a file changed while it runs is embedded again next time.
-        stamps = [_file_stamp(path) for path in files]
+        stamps = [file_stamp(path) for path in files]
         earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
         record = {"settings": settings, "files": stamps}
     try:
@@ -893,14 +634,14 @@ def _cluster_folder(args, folder, out):
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
         if record is not None and positions:
-            _keep_partial_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]),
+            keep_partial_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]),
                                      len(files), isinstance(exc, KeyboardInterrupt))
         raise
     skipped = [path for path, keep in zip(files, readable) if not keep]
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:
         record["files"] = [stamp for stamp, keep in zip(record["files"], readable) if keep]
-    model = _saved_model(embedder_params, args.random_state, stage) if args.save_model else None
+    model = saved_model(embedder_params, args.random_state, stage) if args.save_model else None
     written = _write_results(out, files, stage, features, record, model)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
@@ -911,10 +652,10 @@ def _cluster_folder(args, folder, out):
         changed = [f"{name} version" if name in ("skdeepclust", "timm") else f"--{name.replace('_', '-')}"
                    for name in changed_settings]
         reuse = (f"; the embeddings of an earlier run in {out} were not reused, as they were made "
-                 f"with another {_listed(changed)}")
+                 f"with another {listed(changed)}")
     print(
         f"{len(files)} images in {len(stage.cluster_ids_)} clusters{noise} "
-        f"({time.perf_counter() - start:.1f} s{reuse}); wrote {_listed(written)}"
+        f"({time.perf_counter() - start:.1f} s{reuse}); wrote {listed(written)}"
     )
     if args.eval:
         print(_metrics_line(class_folder_labels(folder, files)[0], stage.labels_))
@@ -975,7 +716,7 @@ def _demo(args, shared, out):
     print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")
     shown = [f"{path} (one row of photos per cluster)" if path.name == MONTAGE_FILE else str(path)
              for path in reversed(written)]
-    print(f"wrote {_listed(shown)}")
+    print(f"wrote {listed(shown)}")
     return 0
 
 

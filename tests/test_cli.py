@@ -825,26 +825,26 @@ def test_the_device_and_batch_size_do_not_stop_the_reuse(capsys, image_folder, t
 
 
 def test_new_weights_under_the_same_name_are_not_taken_for_the_old(tmp_path):
-    from skdeepclust.cli import _embedding_settings
+    from skdeepclust._run_files import embedding_settings
 
     weights = tmp_path / "weights.safetensors"
     weights.write_bytes(b"old")
     params = dict(backbone="test_vit", pretrained=str(weights), image_size=None, crop_pct=1.0)
-    before = _embedding_settings(params, 0)
+    before = embedding_settings(params, 0)
     weights.write_bytes(b"newer")
-    assert _embedding_settings(params, 0) != before
+    assert embedding_settings(params, 0) != before
     # A downloaded repository read through local-dir: too.
     repository = tmp_path / "repository"
     repository.mkdir()
     (repository / "model.safetensors").write_bytes(b"old")
     params = dict(params, backbone=f"local-dir:{repository}", pretrained=True)
-    before = _embedding_settings(params, 0)
+    before = embedding_settings(params, 0)
     (repository / "model.safetensors").write_bytes(b"newer")
-    assert _embedding_settings(params, 0) != before
+    assert embedding_settings(params, 0) != before
     # Random weights are drawn from the seed; loaded ones are not.
-    assert _embedding_settings(params, 1) == _embedding_settings(params, 0)
+    assert embedding_settings(params, 1) == embedding_settings(params, 0)
     random_weights = dict(params, backbone="test_vit", pretrained=False)
-    assert _embedding_settings(random_weights, 1) != _embedding_settings(random_weights, 0)
+    assert embedding_settings(random_weights, 1) != embedding_settings(random_weights, 0)
 
 
 @pytest.mark.parametrize("spoil, reason", [
@@ -1088,12 +1088,12 @@ def test_embeddings_that_cannot_be_kept_leave_the_error_that_stopped_the_run(cap
                                                                            monkeypatch):
     import errno
 
-    import skdeepclust.cli
+    import skdeepclust._run_files
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(skdeepclust.cli, "_write_embeddings", disk_full)
+    monkeypatch.setattr(skdeepclust._run_files, "write_embeddings", disk_full)
     (image_folder / "dark" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "9", "--out", str(out),

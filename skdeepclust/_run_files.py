@@ -1,0 +1,278 @@
+"""What the command keeps between runs in its --out folder: the embeddings with a
+record of the settings and files they were made from (reused by the next run), the
+embeddings of a run stopped early, and the saved model that ``assign`` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ._cli_messages import UserError, listed, warn
+
+# With --embeddings: the features, a row for each row of clusters.csv.
+EMBEDDINGS_FILE = "embeddings.npy"
+# Beside embeddings.npy: the settings that made it and the file of each row (see
+# file_stamp), so that a rerun reuses the rows of unchanged files.
+EMBEDDINGS_RECORD = "embeddings.json"
+# What a run stopped before its results (Ctrl-C, or an error after the embedding) keeps
+# for the next: named apart, since the rows of embeddings.npy match clusters.csv.
+PARTIAL_FILE = "embeddings.partial.npy"
+PARTIAL_RECORD = "embeddings.partial.json"
+# With --save-model: what ``assign`` needs to put new images into this run's clusters.
+MODEL_FILE = "model.joblib"
+MODEL_FORMAT = "skdeepclust cluster model"
+MODEL_FORMAT_VERSION = 1
+
+
+def file_stamp(path):
+    """``path`` as the record of embeddings names it, so that a file changed since
+    has another stamp: absolute path, size, modification time, inode and ctime."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    # The inode and ctime change when the file is replaced or renamed, or its mtime
+    # set back (os.utime, cp -p, tar): size and mtime alone are often shared.
+    return (os.path.abspath(path), status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns)
+
+
+def embedding_settings(embedder_params, random_state):
+    """What the embeddings' values depend on, as the record of embeddings keeps it.
+
+    Weights given as a file or folder are named by their stamps, so that new weights
+    under the same name are not taken for the old. The device, batch size and
+    decoding workers are left out: they change the features by rounding at most
+    (bfloat16 on a GPU), and embeddings made on a GPU are worth reusing on a CPU.
+    """
+    import timm
+
+    from . import __version__
+
+    def stamped(path):
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            return [file_stamp(entry.path) for entry in sorted(os.scandir(path), key=lambda e: e.name)
+                    if entry.is_file()]
+        return file_stamp(path)
+
+    backbone, pretrained = embedder_params["backbone"], embedder_params["pretrained"]
+    source, _, rest = backbone.partition(":")
+    settings = {
+        "skdeepclust": __version__,
+        # A name without a tag may stand for other weights in another timm.
+        "timm": timm.__version__,
+        "backbone": [backbone, stamped(rest)] if source == "local-dir" and rest else backbone,
+        "pretrained": pretrained if isinstance(pretrained, bool) else stamped(pretrained),
+        "image_size": embedder_params["image_size"],
+        "crop_pct": embedder_params["crop_pct"],
+        # Random weights are drawn from the seed.
+        "random_state": random_state if pretrained is False else None,
+    }
+    return json.loads(json.dumps(settings))  # as read back: tuples become lists
+
+
+def earlier_embeddings(out, settings):
+    """The features that earlier runs wrote to ``out`` with ``settings``, by file stamp.
+
+    Returns the rows (a dict, empty where there are none to reuse) and, where that
+    run had other settings, their names, for the command's summary.
+    """
+    rows, changed = _recorded_rows(out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE, settings)
+    partial_rows, partial_changed = _recorded_rows(out / PARTIAL_RECORD, out / PARTIAL_FILE, settings)
+    return {**rows, **partial_rows}, changed or partial_changed
+
+
+def _array_stamp(path):
+    """Size and modification time of a saved array, which its record keeps: an array
+    edited since (reduced, rescaled) is not taken for the rows the record lists."""
+    status = os.stat(path)
+    return [status.st_size, status.st_mtime_ns]
+
+
+def _recorded_rows(record_path, array_path, settings):
+    """The rows of one array and its record, as ``earlier_embeddings`` returns them."""
+    if not (record_path.is_file() and array_path.is_file()):
+        return {}, []
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        stamps = [tuple(stamp) if stamp else None for stamp in record["files"]]
+        earlier_settings = dict(record["settings"])
+        if any(stamp is not None and not all(isinstance(part, (str, int)) for part in stamp)
+               for stamp in stamps):
+            raise ValueError("a file stamp is not a path and numbers")
+        if record.get("array") != _array_stamp(array_path):
+            raise ValueError(f"{array_path.name} was changed after the record was written")
+        features = np.load(array_path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warn(f"cannot reuse {array_path}: its record {record_path} is unreadable ({exc}); "
+              "every image is embedded anew")
+        return {}, []
+    if features.ndim != 2 or features.dtype != np.float32 or len(features) != len(stamps):
+        warn(f"cannot reuse {array_path}: its {features.shape} {features.dtype} array does not "
+              f"hold the {len(stamps)} float32 rows that {record_path} lists; every image is embedded anew")
+        return {}, []
+    if earlier_settings != settings:
+        changed = [name for name in settings if earlier_settings.get(name) != settings[name]]
+        if "pretrained" in changed:  # the seed is recorded for random weights only
+            changed = [name for name in changed if name != "random_state"]
+        return {}, changed or ["settings"]
+    return {stamp: row for stamp, row in zip(stamps, features) if stamp is not None}, []
+
+
+def is_our_model(path):
+    """Whether ``path`` is missing or a model.joblib that ``cluster --save-model`` wrote
+    (its format tag is in the uncompressed pickle; nothing is unpickled)."""
+    try:
+        with open(path, "rb") as handle:
+            return MODEL_FORMAT.encode() in handle.read(4096)  # the model's first key
+    except OSError:
+        return not Path(path).exists()
+
+
+def is_our_record(path):
+    """Whether ``path`` is missing or a record of embeddings that a run wrote."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return not Path(path).exists()
+    return isinstance(record, dict) and {"settings", "files"} <= record.keys()
+
+
+def write_embeddings(out, features, record, partial=False):
+    """Write ``features`` and their ``record`` (settings and file stamps) into ``out``:
+    as embeddings.npy, or those of a run stopped before its results (``partial``)."""
+    array_path, record_path = (out / PARTIAL_FILE, out / PARTIAL_RECORD) if partial else (
+        out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
+    # The old record goes first: a run stopped between the two writes must not leave
+    # it beside new rows, which it would then misname.
+    record_path.unlink(missing_ok=True)
+    np.save(array_path, features)
+    with open(record_path, "w", encoding="utf-8") as handle:
+        # ASCII: file names that are not UTF-8 are escaped.
+        json.dump(dict(record, array=_array_stamp(array_path)), handle)
+
+
+def keep_partial_embeddings(out, features, record, n_files, interrupted):
+    """Keep the embeddings of a run stopped early, and say so; a failure to write
+    them is a warning, which leaves the error that stopped the run to be seen."""
+    try:
+        write_embeddings(out, features, record, partial=True)
+    except OSError as exc:
+        warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
+        return
+    again = "the same command" if interrupted else "a run with --embeddings into this --out"
+    print(f"skdeepclust: kept the embeddings of {len(features)} of the {n_files} images in "
+          f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
+
+
+def remove_partial_embeddings(out, kept_elsewhere):
+    """Remove what a run stopped early kept in ``out``, now that a run has finished;
+    unless ``kept_elsewhere`` (in embeddings.npy), say so."""
+    if (out / PARTIAL_FILE).is_file() and (out / PARTIAL_RECORD).is_file() and is_our_record(out / PARTIAL_RECORD):
+        (out / PARTIAL_RECORD).unlink()
+        (out / PARTIAL_FILE).unlink()
+        if not kept_elsewhere:
+            warn(f"removed {out / PARTIAL_FILE}, the embeddings of a run stopped early "
+                  "(--embeddings keeps and reuses them)")
+
+
+def saved_model(embedder_params, random_state, stage):
+    """What ``assign`` needs: the embedding settings and the fitted clustering stage.
+
+    The weights are named, not copied: a checkpoint file by its absolute path, and
+    by a digest of what it holds, so that other weights put there are found out.
+    """
+    import timm
+
+    from . import __version__
+
+    kept = {name: embedder_params[name] for name in ("backbone", "pretrained", "image_size", "crop_pct")}
+    if not isinstance(kept["pretrained"], bool):
+        kept["pretrained"] = os.path.abspath(kept["pretrained"])
+    source, _, folder = kept["backbone"].partition(":")
+    if source == "local-dir" and folder:  # assign may run in another folder
+        kept["backbone"] = f"local-dir:{os.path.abspath(folder)}"
+    return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "skdeepclust": __version__,
+            "timm": timm.__version__, "embedder": kept, "weights_digest": _weights_digest(kept),
+            "random_state": random_state, "stage": stage}
+
+
+def _content_digest(path):
+    """sha256 of a file, or of the names and contents of the files in a folder."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    paths = [path] if os.path.isfile(path) else sorted(
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    for file in paths:
+        digest.update(os.path.relpath(file, path).encode("utf-8", "surrogateescape") + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_digest(embedder):
+    """What the weights files named by ``embedder`` hold, so that other weights put
+    under the same name are not taken for the model's own."""
+    source, _, folder = embedder["backbone"].partition(":")
+    pretrained = embedder["pretrained"]
+    return {"pretrained": None if isinstance(pretrained, bool) else _content_digest(pretrained),
+            "backbone": _content_digest(folder) if source == "local-dir" and folder else None}
+
+
+def load_model(path):
+    """The model that ``cluster --save-model`` wrote to ``path`` (the file, or its folder)."""
+    import joblib
+
+    if not path:
+        raise UserError(f"--model is empty; give the {MODEL_FILE} that 'skdeepclust cluster --save-model' "
+                        "wrote, or its --out folder")
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise UserError(f"--model {path}: no such file; give the {MODEL_FILE} that "
+                        "'skdeepclust cluster --save-model' wrote, or its --out folder")
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # unpickling raises almost anything on a file that is not a model
+        raise UserError(f"--model {path}: not a model that 'skdeepclust cluster --save-model' wrote "
+                        f"({type(exc).__name__}: {exc})") from None
+    if not (isinstance(model, dict) and model.get("format") == MODEL_FORMAT):
+        raise UserError(f"--model {path}: not a model that 'skdeepclust cluster --save-model' wrote")
+    from . import __version__
+    from .clustering import FeatureClusterer
+
+    written_by = model.get("skdeepclust", "an unknown version")
+    embedder = model.get("embedder")
+    if (model.get("format_version") != MODEL_FORMAT_VERSION or not isinstance(embedder, dict)
+            or set(embedder) != {"backbone", "pretrained", "image_size", "crop_pct"}
+            or not isinstance(model.get("stage"), FeatureClusterer)
+            or not hasattr(model["stage"], "cluster_ids_") or "random_state" not in model):
+        raise UserError(f"--model {path}: written by skdeepclust {written_by}, in a form that skdeepclust "
+                        f"{__version__} does not read; run cluster --save-model again with this version")
+    if model["stage"].cluster_ids_.size == 0:
+        raise UserError(f"--model {path}: its run found no clusters (all its images were noise), so "
+                        "there are none to assign images to")
+    source, _, folder = str(embedder["backbone"]).partition(":")
+    named = [weights for weights in (embedder["pretrained"], folder if source == "local-dir" else None)
+             if weights and not isinstance(weights, bool)]
+    for weights in named:
+        if not os.path.exists(weights):
+            raise UserError(f"--model {path}: its weights {weights} are gone; the model names the "
+                            "weights it was made with rather than holding them, so put them back there")
+    if _weights_digest(embedder) != model.get("weights_digest"):
+        raise UserError(f"--model {path}: {listed(named)} hold other weights than those the model was made "
+                        "with; put the model's own back there")
+    import timm
+
+    for name, now in (("skdeepclust", __version__), ("timm", timm.__version__)):
+        if model.get(name) != now:
+            warn(f"--model {path} was made with {name} {model.get(name)}, this is {now}: the images "
+                  "may be embedded a little otherwise than that run's")
+    return path, model
