@@ -180,7 +180,7 @@ def remove_partial_embeddings(out, kept_elsewhere):
                   "(--embeddings keeps and reuses them)")
 
 
-def saved_model(embedder_params, random_state, stage):
+def saved_model(embedder_params, random_state, stage, out):
     """What ``assign`` needs: the embedding settings and the fitted clustering stage.
 
     The weights are named, not copied: a checkpoint file by its absolute path, and
@@ -196,9 +196,13 @@ def saved_model(embedder_params, random_state, stage):
     source, _, folder = kept["backbone"].partition(":")
     if source == "local-dir" and folder:  # assign may run in another folder
         kept["backbone"] = f"local-dir:{os.path.abspath(folder)}"
+    # Also from the model's folder, where a project moved as a whole has them still.
+    relative = {"pretrained": None if isinstance(kept["pretrained"], bool) else kept["pretrained"],
+                "backbone": os.path.abspath(folder) if source == "local-dir" and folder else None}
+    relative = {name: _relative_path(where, out) for name, where in relative.items()}
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "skdeepclust": __version__,
             "timm": timm.__version__, "embedder": kept, "weights_digest": _weights_digest(kept),
-            "random_state": random_state, "stage": stage}
+            "weights_from_model": relative, "random_state": random_state, "stage": stage}
 
 
 def _content_digest(path):
@@ -223,6 +227,37 @@ def _weights_digest(embedder):
     pretrained = embedder["pretrained"]
     return {"pretrained": None if isinstance(pretrained, bool) else _content_digest(pretrained),
             "backbone": _content_digest(folder) if source == "local-dir" and folder else None}
+
+
+def _relative_path(path, start):
+    """``path`` from the folder ``start``, or None (no path, or another drive)."""
+    try:
+        return None if path is None else os.path.relpath(path, os.path.abspath(start))
+    except ValueError:
+        return None
+
+
+def _find_moved_weights(model, folder):
+    """Where the weights a model names are gone, but the same weights (by digest)
+    lie where they were from the model's ``folder``, or beside it, name those: a
+    project moved as a whole, or a model sent with its weights."""
+    embedder, digest = model["embedder"], model.get("weights_digest") or {}
+    from_model = model.get("weights_from_model") or {}
+    source, _, backbone_folder = str(embedder["backbone"]).partition(":")
+    named = {"pretrained": None if isinstance(embedder["pretrained"], bool) else embedder["pretrained"],
+             "backbone": backbone_folder if source == "local-dir" and backbone_folder else None}
+    for name, where in named.items():
+        if where is None or os.path.exists(where):
+            continue
+        candidates = [os.path.join(folder, os.path.basename(where.rstrip("/\\")))]
+        if from_model.get(name):
+            candidates.insert(0, os.path.normpath(os.path.join(folder, from_model[name])))
+        found = next((candidate for candidate in candidates if os.path.exists(candidate)
+                      and _content_digest(candidate) == digest.get(name)), None)
+        if found and name == "pretrained":
+            embedder["pretrained"] = found
+        elif found:
+            embedder["backbone"] = f"local-dir:{found}"
 
 
 def load_model(path):
@@ -259,13 +294,15 @@ def load_model(path):
     if model["stage"].cluster_ids_.size == 0:
         raise UserError(f"--model {path}: its run found no clusters (all its images were noise), so "
                         "there are none to assign images to")
+    _find_moved_weights(model, path.parent)
     source, _, folder = str(embedder["backbone"]).partition(":")
     named = [weights for weights in (embedder["pretrained"], folder if source == "local-dir" else None)
              if weights and not isinstance(weights, bool)]
     for weights in named:
         if not os.path.exists(weights):
             raise UserError(f"--model {path}: its weights {weights} are gone; the model names the "
-                            "weights it was made with rather than holding them, so put them back there")
+                            "weights it was made with rather than holding them, so put them back there "
+                            "(or beside the model)")
     if _weights_digest(embedder) != model.get("weights_digest"):
         raise UserError(f"--model {path}: {listed(named)} hold other weights than those the model was made "
                         "with; put the model's own back there")
@@ -274,5 +311,5 @@ def load_model(path):
     for name, now in (("skdeepclust", __version__), ("timm", timm.__version__)):
         if model.get(name) != now:
             warn(f"--model {path} was made with {name} {model.get(name)}, this is {now}: the images "
-                  "may be embedded a little otherwise than that run's")
+                 "may be embedded a little otherwise than that run's")
     return path, model

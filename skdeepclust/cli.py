@@ -641,7 +641,7 @@ def _cluster_folder(args, folder, out):
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:
         record["files"] = [stamp for stamp, keep in zip(record["files"], readable) if keep]
-    model = saved_model(embedder_params, args.random_state, stage) if args.save_model else None
+    model = saved_model(embedder_params, args.random_state, stage, out) if args.save_model else None
     written = _write_results(out, files, stage, features, record, model)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""

@@ -1340,3 +1340,41 @@ def test_confidence_of_a_cluster_that_no_training_image_fell_in_is_taken_against
     label = stage.predict(new)
     assert label.tolist() == [3]
     assert _confidence(stage, new, label)[0] == pytest.approx(float(new[0, 5]), abs=1e-6)
+
+
+def test_assign_finds_the_weights_of_a_project_moved_as_a_whole(capsys, image_folder, tmp_path_factory):
+    import shutil
+
+    import timm
+    import torch
+
+    project = tmp_path_factory.mktemp("project")  # not inside image_folder
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), project / "weights.pth")
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out",
+                          str(project / "results" / "run"), "--save-model", "--backbone", "test_vit",
+                          "--pretrained", str(project / "weights.pth"), "--image-size", "32", "--quiet")
+    assert status == 0, err
+    moved = project.parent / "moved"
+    shutil.move(project, moved)
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(moved / "results" / "run"),
+                          "--out", str(moved / "assigned"), "--quiet")
+    assert status == 0, err
+    with open(moved / "results" / "run" / "clusters.csv") as run, open(moved / "assigned" / "clusters.csv") as new:
+        assert [row["cluster"] for row in csv.DictReader(new)] == [row["cluster"] for row in csv.DictReader(run)]
+    # A model sent on with its weights beside it; other weights by that name are not taken.
+    sent = moved.parent / "sent"
+    sent.mkdir()
+    shutil.copy(moved / "results" / "run" / "model.joblib", sent)
+    torch.manual_seed(1)
+    torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), sent / "weights.pth")
+    shutil.rmtree(moved)
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(sent), "--out",
+                          str(sent / "assigned"), "--quiet")
+    assert status == 2 and "its weights" in err and "are gone" in err
+    shutil.move(moved.parent / "sent" / "weights.pth", moved.parent / "other.pth")
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), sent / "weights.pth")
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(sent), "--out",
+                          str(sent / "assigned"), "--quiet")
+    assert status == 0, err
