@@ -1184,7 +1184,7 @@ def test_assign_names_weights_that_are_gone_or_replaced(capsys, image_folder, tm
     assert status == 2
     assert err == (f"skdeepclust: error: --model {tmp_path / 'run' / 'model.joblib'}: its weights {weights} "
                    "are gone; the model names the weights it was made with rather than holding them, so put "
-                   "them back there\n")
+                   "them back there (or beside the model)\n")
     # Other weights put under that name would embed the images otherwise.
     torch.manual_seed(1)
     save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(weights))
