@@ -109,11 +109,11 @@ def _recorded_rows(record_path, array_path, settings):
         features = np.load(array_path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         warn(f"cannot reuse {array_path}: its record {record_path} is unreadable ({exc}); "
-              "every image is embedded anew")
+             "every image is embedded anew")
         return {}, []
     if features.ndim != 2 or features.dtype != np.float32 or len(features) != len(stamps):
         warn(f"cannot reuse {array_path}: its {features.shape} {features.dtype} array does not "
-              f"hold the {len(stamps)} float32 rows that {record_path} lists; every image is embedded anew")
+             f"hold the {len(stamps)} float32 rows that {record_path} lists; every image is embedded anew")
         return {}, []
     if earlier_settings != settings:
         changed = [name for name in settings if earlier_settings.get(name) != settings[name]]
@@ -177,14 +177,15 @@ def remove_partial_embeddings(out, kept_elsewhere):
         (out / PARTIAL_FILE).unlink()
         if not kept_elsewhere:
             warn(f"removed {out / PARTIAL_FILE}, the embeddings of a run stopped early "
-                  "(--embeddings keeps and reuses them)")
+                 "(--embeddings keeps and reuses them)")
 
 
 def saved_model(embedder_params, random_state, stage, out):
     """What ``assign`` needs: the embedding settings and the fitted clustering stage.
 
-    The weights are named, not copied: a checkpoint file by its absolute path, and
-    by a digest of what it holds, so that other weights put there are found out.
+    The weights are named, not copied: a checkpoint file (or ``local-dir:``
+    folder) by its absolute path and its path from ``out``, where the model lies,
+    and by a digest of what it holds, so that other weights put there are found out.
     """
     import timm
 

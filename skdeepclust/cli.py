@@ -142,7 +142,7 @@ def _without_output_folders(folder, files, out):
         if own_montage in files:
             files = [path for path in files if path != own_montage]
             warn(f"skipping {own_montage}: it is the montage of an earlier skdeepclust run "
-                  f"(beside its {RESULTS_FILE}); rename it to cluster it")
+                 f"(beside its {RESULTS_FILE}); rename it to cluster it")
             if not files:
                 raise UserError(f"{folder} holds no images but the montage of an earlier skdeepclust run")
     # Every output folder holds a montage, so the montages' folders are the only candidates.
@@ -181,7 +181,7 @@ def _register_installed_pillow_plugins():
             continue
         except Exception as exc:  # installed but broken (a missing shared library): run without it
             warn(f"the installed {module} could not be loaded ({type(exc).__name__}: {exc}); "
-                  "its formats are skipped")
+                 "its formats are skipped")
 
 
 def _image_files(folder, out):
@@ -427,7 +427,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
         if (out / EMBEDDINGS_FILE).is_file():
             (out / EMBEDDINGS_FILE).unlink()
             warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
-                  f"the new {RESULTS_FILE} (--embeddings writes them anew)")
+                 f"the new {RESULTS_FILE} (--embeddings writes them anew)")
     if model is not None:
         import joblib
 
@@ -436,7 +436,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     elif earlier_run and (out / MODEL_FILE).is_file() and is_our_model(out / MODEL_FILE):
         (out / MODEL_FILE).unlink()
         warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
-              f"{RESULTS_FILE} (--save-model writes it anew)")
+             f"{RESULTS_FILE} (--save-model writes it anew)")
     try:
         cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
@@ -447,8 +447,8 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (out / MONTAGE_FILE).unlink()  # it shows the clusters of an earlier run
             removed = f", and the earlier run's {MONTAGE_FILE} removed"
         warn(f"{MONTAGE_FILE} not written: a row for each of the {len(np.unique(labels)):,} "
-              f"clusters would make it larger than PIL opens (PIL.Image.MAX_IMAGE_PIXELS){removed}; "
-              f"{RESULTS_FILE} holds every image's cluster")
+             f"clusters would make it larger than PIL opens (PIL.Image.MAX_IMAGE_PIXELS){removed}; "
+             f"{RESULTS_FILE} holds every image's cluster")
     return written
 
 
