@@ -64,6 +64,16 @@ def cifar10_test_features(archive, model_path, cache_dir, device, backbone="simc
     return features, labels, "ImageEmbedder"
 
 
+def add_feature_arguments(parser):
+    """The options of the scripts that cluster these cached features: where the photos,
+    the SimCLR weights and the cache are, and the device."""
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "skdeepclust"
+                        / "benchmarks")
+    parser.add_argument("--device", default="auto")
+
+
 def long_tailed_subset(labels, ratio, seed):
     """Indices keeping round(1000 * ratio**(-c/9)) samples of class c, drawn with ``seed``."""
     rng = np.random.default_rng(seed)
@@ -92,11 +102,7 @@ def methods(device, seed, temi_params):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "skdeepclust"
-                        / "benchmarks")
-    parser.add_argument("--device", default="auto")
+    add_feature_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="training seeds of the clusterers (results are averaged)")
     parser.add_argument("--subsample-seed", type=int, default=0,

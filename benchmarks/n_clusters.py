@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
-from heads import DEFAULT_ARCHIVE, DEFAULT_MODEL, N_CLASSES, cifar10_test_features
+from heads import N_CLASSES, add_feature_arguments, cifar10_test_features
 
 from skdeepclust import FeatureClusterer
 from skdeepclust._device import resolve_device
@@ -29,11 +28,7 @@ from skdeepclust.metrics import cluster_accuracy
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "skdeepclust"
-                        / "benchmarks")
-    parser.add_argument("--device", default="auto")
+    add_feature_arguments(parser)
     parser.add_argument("--candidates", type=int, nargs="+", default=list(range(2, 21)))
     parser.add_argument("--no-hdbscan", action="store_true", help="skip HDBSCAN")
     args = parser.parse_args(argv)

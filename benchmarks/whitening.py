@@ -16,10 +16,9 @@ each whitening beat the plain features.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
-from heads import DEFAULT_ARCHIVE, DEFAULT_MODEL, N_CLASSES, cifar10_test_features
+from heads import N_CLASSES, add_feature_arguments, cifar10_test_features
 from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer
@@ -31,11 +30,7 @@ from skdeepclust.metrics import cluster_accuracy
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "skdeepclust"
-                        / "benchmarks")
-    parser.add_argument("--device", default="auto")
+    add_feature_arguments(parser)
     parser.add_argument("--backbones", nargs="+", choices=["simclr", "efficientnet"],
                         default=["simclr", "efficientnet"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 10000])
