@@ -73,6 +73,22 @@ def image_folder(tmp_path):
     return tmp_path
 
 
+def interrupt_embedding_at(patcher, call):
+    """Make ``ImageEmbedder._forward`` raise KeyboardInterrupt, as Ctrl-C would, at its
+    ``call``-th call; ``patcher`` is ``monkeypatch`` or one of its contexts."""
+    from skdeepclust import ImageEmbedder
+
+    forward, calls = ImageEmbedder._forward, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return forward(self, *args)
+
+    patcher.setattr(ImageEmbedder, "_forward", interrupted)
+
+
 STAND_IN_HEIF = "STAND-IN HEIF"
 
 

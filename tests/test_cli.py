@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CIFAR10_ARCHIVE, SHARED
+from conftest import CIFAR10_ARCHIVE, SHARED, interrupt_embedding_at
 from PIL import Image
 
 from skdeepclust.cli import main
@@ -891,22 +891,12 @@ def test_a_rerun_without_embeddings_removes_their_record_too(capsys, image_folde
 
 def test_ctrl_c_while_embedding_keeps_what_was_embedded_for_the_next_run(capsys, image_folder, tmp_path,
                                                                          monkeypatch):
-    from skdeepclust import ImageEmbedder
-
     (image_folder / "bright" / "0broken.jpg").write_bytes(b"not a jpeg")  # the first file
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
             "--batch-size", "2", *TINY_ARGS]
-    forward, calls = ImageEmbedder._forward, []
-
-    def interrupted_at_the_third_batch(self, *args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return forward(self, *args)
-
     with monkeypatch.context() as patched:
-        patched.setattr(ImageEmbedder, "_forward", interrupted_at_the_third_batch)
+        interrupt_embedding_at(patched, 3)
         status, stdout, err = _run(capsys, *argv)
     assert status == 130 and stdout == ""
     assert (f"skdeepclust: kept the embeddings of 3 of the 9 images in {out / 'embeddings.partial.npy'}; "
@@ -922,21 +912,27 @@ def test_ctrl_c_while_embedding_keeps_what_was_embedded_for_the_next_run(capsys,
     np.testing.assert_allclose(np.load(out / "embeddings.npy"), np.load(fresh / "embeddings.npy"), atol=1e-5)
 
 
-def test_ctrl_c_while_clustering_keeps_every_embedding(capsys, image_folder, tmp_path, monkeypatch):
+def _interrupt_clustering_of_the_images(patcher):
+    """Make FeatureClusterer.fit raise KeyboardInterrupt on the images' features (64 of
+    them), not in the trial fit on 16 stand-in features before the embedding."""
     from skdeepclust import FeatureClusterer
-
-    out = tmp_path / "out"
-    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
 
     fit = FeatureClusterer.fit
 
     def interrupted_on_the_images(self, X, y=None, sample_weight=None):
-        if X.shape[1] == 64:  # not the trial fit on 16 stand-in features before the embedding
+        if X.shape[1] == 64:
             raise KeyboardInterrupt
         return fit(self, X, y, sample_weight=sample_weight)
 
+    patcher.setattr(FeatureClusterer, "fit", interrupted_on_the_images)
+
+
+def test_ctrl_c_while_clustering_keeps_every_embedding(capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+
     with monkeypatch.context() as patched:
-        patched.setattr(FeatureClusterer, "fit", interrupted_on_the_images)
+        _interrupt_clustering_of_the_images(patched)
         status, _, err = _run(capsys, *argv)
     assert status == 130 and "kept the embeddings of 8 of the 8 images" in err
     counts = _embedded_counts(monkeypatch)
@@ -945,12 +941,7 @@ def test_ctrl_c_while_clustering_keeps_every_embedding(capsys, image_folder, tmp
 
 
 def test_ctrl_c_without_embeddings_writes_nothing(capsys, image_folder, tmp_path, monkeypatch):
-    from skdeepclust import ImageEmbedder
-
-    def interrupted(self, *args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ImageEmbedder, "_forward", interrupted)
+    interrupt_embedding_at(monkeypatch, 1)
     out = tmp_path / "out"
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
     assert status == 130 and err == "skdeepclust: interrupted\n"
@@ -974,8 +965,6 @@ def test_swapped_files_of_the_same_size_and_mtime_are_embedded_again(capsys, ima
 
 
 def test_ctrl_c_leaves_embeddings_npy_matching_clusters_csv(capsys, image_folder, tmp_path, monkeypatch):
-    from skdeepclust import ImageEmbedder
-
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
             "--batch-size", "1", *TINY_ARGS]
@@ -983,16 +972,8 @@ def test_ctrl_c_leaves_embeddings_npy_matching_clusters_csv(capsys, image_folder
     table, features = (out / "clusters.csv").read_text(), np.load(out / "embeddings.npy")
     for name in ("new0.jpg", "new1.jpg"):
         Image.new("RGB", (30, 30), (10, 200, 10)).save(image_folder / "bright" / name)
-    forward, calls = ImageEmbedder._forward, []
-
-    def interrupted_at_the_second(self, *args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return forward(self, *args)
-
     with monkeypatch.context() as patched:
-        patched.setattr(ImageEmbedder, "_forward", interrupted_at_the_second)
+        interrupt_embedding_at(patched, 2)
         assert _run(capsys, *argv)[0] == 130
     assert (out / "clusters.csv").read_text() == table
     np.testing.assert_array_equal(np.load(out / "embeddings.npy"), features)
@@ -1020,19 +1001,10 @@ def test_an_error_after_the_embedding_keeps_the_embeddings_for_the_next_run(caps
 
 def test_a_finished_run_without_embeddings_removes_those_of_a_run_stopped_early(capsys, image_folder, tmp_path,
                                                                                monkeypatch):
-    from skdeepclust import FeatureClusterer
-
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
-    fit = FeatureClusterer.fit
-
-    def interrupted_on_the_images(self, X, y=None, sample_weight=None):
-        if X.shape[1] == 64:  # not the trial fit on 16 stand-in features before the embedding
-            raise KeyboardInterrupt
-        return fit(self, X, y, sample_weight=sample_weight)
-
     with monkeypatch.context() as patched:
-        patched.setattr(FeatureClusterer, "fit", interrupted_on_the_images)
+        _interrupt_clustering_of_the_images(patched)
         assert _run(capsys, *argv, "--embeddings")[0] == 130
     assert (out / "embeddings.partial.npy").is_file()
     status, _, err = _run(capsys, *argv)

@@ -9,7 +9,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, interrupt_embedding_at
 from PIL import Image
 from sklearn.base import clone
 
@@ -558,15 +558,7 @@ def test_ctrl_c_hands_over_the_features_of_the_images_embedded_so_far(images, mo
     # The command keeps them, and its next run goes on from there.
     embedder = ImageEmbedder(**TINY, batch_size=4).fit(images)
     expected = embedder.transform(images)
-    forward, calls = ImageEmbedder._forward, []
-
-    def interrupted_at_the_third_batch(self, *args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return forward(self, *args)
-
-    monkeypatch.setattr(ImageEmbedder, "_forward", interrupted_at_the_third_batch)
+    interrupt_embedding_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt) as interrupt:
         embedder.transform(images)
     np.testing.assert_allclose(interrupt.value.completed_features, expected[:8], atol=1e-5)
