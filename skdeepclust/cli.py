@@ -363,19 +363,21 @@ def _output_folder(path, save_embeddings, save_model=False):
             if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
                 raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
                                 "read-only; move it, or choose another --out")
+            if not target.exists():
+                continue
             # A run writes its clusters.csv first, so a file of these names beside no
-            # clusters.csv of ours is the user's own, which must not be overwritten;
-            # a run stopped early leaves only records, which say whose they are.
-            if name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
-                theirs = not is_our_record(target)
-            elif name == MODEL_FILE:
+            # clusters.csv of ours is the user's own, which must not be overwritten; a
+            # run stopped early leaves only records, and a model anywhere holds a tag,
+            # which say whose they are.
+            if name == MODEL_FILE:
                 theirs = not is_our_model(target)
-                if theirs and target.exists():
-                    raise UserError(f"--out {path}: it holds a {name} that no skdeepclust run wrote, "
-                                    "which would be overwritten; move it, or choose another --out")
+            elif earlier_run:
+                theirs = False
+            elif name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
+                theirs = not is_our_record(target)
             else:
                 theirs = name in (RESULTS_FILE, MONTAGE_FILE)
-            if theirs and target.exists() and not earlier_run:
+            if theirs:
                 article = "an" if name[0] in "aeiou" else "a"
                 raise UserError(f"--out {path}: it holds {article} {name} that no skdeepclust run wrote, "
                                 "which would be overwritten; move it, or choose another --out")
