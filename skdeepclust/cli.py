@@ -210,7 +210,6 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     """
     from .clustering import FeatureClusterer
     from .embedding import ImageEmbedder
-    from .embedding.images import ImageList
 
     stage = FeatureClusterer(
         clusterer,
@@ -229,23 +228,17 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     start = time.perf_counter()
     if to_embed:
         embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
-        # Unreadable files are found as they are embedded: a separate pass to check every
-        # file first would decode each one twice.
-        images = ImageList([files[position] for position in to_embed], skip_unreadable=True)
         try:
-            new_features = embedder.fit_transform(images)
+            new_features, new_readable = _embed_readable(embedder, [files[position] for position in to_embed])
         except BaseException as exc:
-            completed = getattr(exc, "completed_features", np.empty((0, 0), np.float32))
-            done = [position for position in range(len(completed)) if position not in images.unreadable]
+            done, completed = getattr(exc, "readable_done", ([], None))
             if done:  # else the earlier rows are kept where they are
                 reused = [position for position, row in enumerate(earlier) if row is not None]
-                rows = [earlier[position] for position in reused] + list(completed[done])
+                rows = [earlier[position] for position in reused] + list(completed)
                 exc.embedded = (reused + [to_embed[position] for position in done],
                                 np.array(rows, dtype=np.float32))
             raise
-        for position, reason in sorted(images.unreadable.items()):
-            warn(f"skipping unreadable image file {files[to_embed[position]]}: {reason}")
-            readable[to_embed[position]] = False
+        readable[to_embed] = new_readable
     embedding_seconds = time.perf_counter() - start
     try:
         features, n_reused = _assembled(files, readable, earlier, to_embed, new_features)
@@ -258,6 +251,40 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
             exc.embedded = (np.flatnonzero(readable).tolist(), features)
         raise
     return _Clustered(features, stage, readable, n_reused, embedding_seconds)
+
+
+def _embed_readable(embedder, files):
+    """Fit ``embedder`` and embed ``files``, each unreadable one named in a warning.
+
+    Unreadable files are found as they are embedded: a separate pass to check every
+    file first would decode each one twice. Returns the features, a row for each
+    file (of black pixels for the unreadable), and a boolean mask of the readable.
+    An exception leaves with ``readable_done``: the positions of the readable files
+    embedded before it, and their features.
+    """
+    from .embedding.images import ImageList
+
+    images = ImageList(files, skip_unreadable=True)
+    try:
+        features = embedder.fit_transform(images)
+    except BaseException as exc:
+        completed = getattr(exc, "completed_features", np.empty((0, 0), np.float32))
+        done = [position for position in range(len(completed)) if position not in images.unreadable]
+        exc.readable_done = (done, completed[done])
+        raise
+    for position, reason in sorted(images.unreadable.items()):
+        warn(f"skipping unreadable image file {files[position]}: {reason}")
+    readable = np.ones(len(files), dtype=bool)
+    readable[list(images.unreadable)] = False
+    return features, readable
+
+
+def _print_skipped(skipped):
+    """List the unreadable files a run left out, after its results."""
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):")
+        for path in skipped:
+            print(f"  {path}")
 
 
 def _assembled(files, readable, earlier, to_embed, new_features):
@@ -574,7 +601,6 @@ def assign_command(args):
 
 def _assign_folder(args, folder, out, model):
     from .embedding import ImageEmbedder
-    from .embedding.images import ImageList
 
     files = _image_files(folder, out)
     start = time.perf_counter()
@@ -582,24 +608,16 @@ def _assign_folder(args, folder, out, model):
     embedder = ImageEmbedder(**model["embedder"], device=args.device, batch_size=args.batch_size,
                              num_workers=args.num_workers, random_state=model["random_state"],
                              verbose=0 if args.quiet else 1)
-    images = ImageList(files, skip_unreadable=True)
-    features = embedder.fit_transform(images)
-    for position, reason in sorted(images.unreadable.items()):
-        warn(f"skipping unreadable image file {files[position]}: {reason}")
-    if len(images.unreadable) == len(files):
+    features, readable = _embed_readable(embedder, files)
+    if not readable.any():
         raise UserError(f"none of the {len(files)} image files could be read")
-    readable = np.ones(len(files), dtype=bool)
-    readable[list(images.unreadable)] = False
     skipped = [path for path, keep in zip(files, readable) if not keep]
     files, features = [path for path, keep in zip(files, readable) if keep], features[readable]
     labels = stage.predict(features)
     written = _write_results(out, files, stage, features, None, labels=labels)
     print(f"{len(files)} images assigned to the {len(stage.cluster_ids_)} clusters of {args.model} "
           f"({time.perf_counter() - start:.1f} s); wrote {listed(written)}")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s):")
-        for path in skipped:
-            print(f"  {path}")
+    _print_skipped(skipped)
     return 0
 
 
@@ -664,10 +682,7 @@ def _cluster_folder(args, folder, out):
     if not args.embeddings and embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING:
         print(f"(the embedding took {embedding_seconds:.0f} s: with --embeddings a rerun into {out} "
               "embeds only new and changed files, so that another --n-clusters or --clusterer takes seconds)")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s):")
-        for path in skipped:
-            print(f"  {path}")
+    _print_skipped(skipped)
     return 0
 
 
