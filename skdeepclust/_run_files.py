@@ -261,8 +261,33 @@ def _find_moved_weights(model, folder):
             embedder["backbone"] = f"local-dir:{found}"
 
 
-def load_model(path):
-    """The model that ``cluster --save-model`` wrote to ``path`` (the file, or its folder)."""
+def _put_weights_at(model, weights):
+    """Point the model at its weights' new place ``weights`` (``assign --weights``): a
+    file for a ``pretrained`` checkpoint, a folder for a ``local-dir:`` backbone."""
+    embedder = model["embedder"]
+    source, _, _ = str(embedder["backbone"]).partition(":")
+    names_file = not isinstance(embedder["pretrained"], bool)
+    if not names_file and source != "local-dir":
+        made_with = "random weights" if embedder["pretrained"] is False else "timm's own weights from the hub"
+        raise UserError(f"--weights {weights}: the model was made with {made_with}, not with a weights "
+                        "file or local-dir: folder; leave --weights out")
+    if not os.path.exists(weights):
+        raise UserError(f"--weights {weights}: no such file or folder")
+    weights = os.path.abspath(weights)
+    if os.path.isdir(weights) and source == "local-dir":
+        embedder["backbone"] = f"local-dir:{weights}"
+    elif os.path.isfile(weights) and names_file:
+        embedder["pretrained"] = weights
+    else:
+        wanted = "the weights file it was made with" if names_file else "the local-dir: folder it was made with"
+        raise UserError(f"--weights {weights}: the model needs {wanted}, not a "
+                        f"{'folder' if os.path.isdir(weights) else 'file'}")
+    return weights
+
+
+def load_model(path, weights=None):
+    """The model that ``cluster --save-model`` wrote to ``path`` (the file, or its
+    folder), with its weights at ``weights`` when given (they were moved)."""
     import joblib
 
     if not path:
@@ -295,18 +320,23 @@ def load_model(path):
     if model["stage"].cluster_ids_.size == 0:
         raise UserError(f"--model {path}: its run found no clusters (all its images were noise), so "
                         "there are none to assign images to")
-    _find_moved_weights(model, path.parent)
+    if weights is not None:
+        weights = _put_weights_at(model, weights)
+    else:
+        _find_moved_weights(model, path.parent)
     source, _, folder = str(embedder["backbone"]).partition(":")
-    named = [weights for weights in (embedder["pretrained"], folder if source == "local-dir" else None)
-             if weights and not isinstance(weights, bool)]
-    for weights in named:
-        if not os.path.exists(weights):
-            raise UserError(f"--model {path}: its weights {weights} are gone; the model names the "
+    named = [where for where in (embedder["pretrained"], folder if source == "local-dir" else None)
+             if where and not isinstance(where, bool)]
+    for where in named:
+        if not os.path.exists(where):
+            raise UserError(f"--model {path}: its weights {where} are gone; the model names the "
                             "weights it was made with rather than holding them, so put them back there "
-                            "(or beside the model)")
+                            "(or beside the model), or give their new place with --weights")
     if _weights_digest(embedder) != model.get("weights_digest"):
+        if weights is not None:
+            raise UserError(f"--weights {weights}: other weights than those the model {path} was made with")
         raise UserError(f"--model {path}: {listed(named)} hold other weights than those the model was made "
-                        "with; put the model's own back there")
+                        "with; put the model's own back there, or give their new place with --weights")
     import timm
 
     for name, now in (("skdeepclust", __version__), ("timm", timm.__version__)):

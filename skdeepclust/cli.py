@@ -584,7 +584,7 @@ def cluster_command(args):
 
 def assign_command(args):
     folder = _input_folder(args.path)
-    model_path, model = load_model(args.model)
+    model_path, model = load_model(args.model, args.weights)
     if not args.out:
         raise UserError("--out is empty; give a folder ('.' for the current folder)")
     out = Path(args.out)
@@ -817,6 +817,9 @@ def build_parser():
     assign.add_argument("path", metavar="PATH", help="folder of images")
     assign.add_argument("--model", required=True,
                         help=f"the {MODEL_FILE} that 'skdeepclust cluster --save-model' wrote, or its --out folder")
+    assign.add_argument("--weights", default=None, metavar="PATH",
+                        help="where the weights file (or local-dir: folder) the model was made with lies "
+                        "now, if it was moved; checked to hold the same weights")
     assign.add_argument("--out", default="skdeepclust-assigned", help="output folder (default: %(default)s)")
     assign.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     assign.add_argument("--batch-size", type=_batch_size_argument, default="auto",

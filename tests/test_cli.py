@@ -1156,7 +1156,7 @@ def test_assign_names_weights_that_are_gone_or_replaced(capsys, image_folder, tm
     assert status == 2
     assert err == (f"skdeepclust: error: --model {tmp_path / 'run' / 'model.joblib'}: its weights {weights} "
                    "are gone; the model names the weights it was made with rather than holding them, so put "
-                   "them back there (or beside the model)\n")
+                   "them back there (or beside the model), or give their new place with --weights\n")
     # Other weights put under that name would embed the images otherwise.
     torch.manual_seed(1)
     save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(weights))
@@ -1164,7 +1164,52 @@ def test_assign_names_weights_that_are_gone_or_replaced(capsys, image_folder, tm
                           "--out", str(tmp_path / "assigned"))
     assert status == 2
     assert err == (f"skdeepclust: error: --model {tmp_path / 'run' / 'model.joblib'}: {weights} hold other "
-                   "weights than those the model was made with; put the model's own back there\n")
+                   "weights than those the model was made with; put the model's own back there, or give "
+                   "their new place with --weights\n")
+
+
+def test_assign_takes_moved_weights_from_the_weights_option(capsys, image_folder, tmp_path_factory):
+    import shutil
+
+    import timm
+    import torch
+
+    tmp_path = tmp_path_factory.mktemp("weights")  # not inside image_folder
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), tmp_path / "weights.pth")
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2",
+                            "--pretrained", str(tmp_path / "weights.pth"))
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "renamed.pth"
+    shutil.move(tmp_path / "weights.pth", moved)
+
+    def assign(*options):
+        return _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                    "--out", str(tmp_path / "assigned"), "--quiet", *options)
+
+    status, _, err = assign("--weights", str(moved))
+    assert status == 0, err
+    with open(tmp_path / "run" / "clusters.csv") as run, open(tmp_path / "assigned" / "clusters.csv") as new:
+        assert [row["cluster"] for row in csv.DictReader(new)] == [row["cluster"] for row in csv.DictReader(run)]
+    assert assign("--weights", str(tmp_path / "elsewhere"))[2] == (
+        f"skdeepclust: error: --weights {tmp_path / 'elsewhere'}: the model needs the weights file it was "
+        "made with, not a folder\n")
+    assert assign("--weights", str(tmp_path / "missing.pth"))[2] == (
+        f"skdeepclust: error: --weights {tmp_path / 'missing.pth'}: no such file or folder\n")
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model("test_vit", num_classes=0).state_dict(), other)
+    status, _, err = assign("--weights", str(other))
+    assert status == 2
+    assert err == (f"skdeepclust: error: --weights {other}: other weights than those the model "
+                   f"{tmp_path / 'run' / 'model.joblib'} was made with\n")
+    # Random weights are recreated from the seed the model keeps: there is no file to give.
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "random", "--n-clusters", "2")
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "random"),
+                          "--out", str(tmp_path / "assigned"), "--weights", str(moved))
+    assert status == 2
+    assert err == (f"skdeepclust: error: --weights {moved}: the model was made with random weights, not "
+                   "with a weights file or local-dir: folder; leave --weights out\n")
 
 
 def test_assign_does_not_write_over_the_models_own_run(capsys, image_folder, tmp_path):
@@ -1223,6 +1268,16 @@ def test_assign_finds_weights_given_by_relative_paths_from_another_folder(capsys
         with open(work / "run" / "clusters.csv") as run, open("assigned/clusters.csv") as assigned:
             assert [row["cluster"] for row in csv.DictReader(assigned)] == [
                 row["cluster"] for row in csv.DictReader(run)]
+        if backbone.startswith("local-dir:"):  # a moved folder is given as a folder
+            (work / "repository").rename(work / "moved")
+            assert _run(capsys, "assign", str(image_folder), "--model", "work/run", "--out", "assigned",
+                        "--quiet")[0] == 2
+            status, _, err = _run(capsys, "assign", str(image_folder), "--model", "work/run", "--out",
+                                  "assigned", "--weights", "work/moved", "--quiet")
+            assert status == 0, err
+            status, _, err = _run(capsys, "assign", str(image_folder), "--model", "work/run", "--out",
+                                  "assigned", "--weights", "work/weights.pth", "--quiet")
+            assert err.endswith("the model needs the local-dir: folder it was made with, not a file\n")
         monkeypatch.chdir(work)
 
 
