@@ -704,9 +704,24 @@ def test_a_module_backbone_with_a_classifier_loads_its_classifier_from_a_checkpo
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, path)
     torch.manual_seed(1)
     fresh = timm.create_model("test_vit", pretrained=False, num_classes=10)
-    model = ImageEmbedder(fresh, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8)).model_
-    torch.testing.assert_close(model.head.weight, trained.head.weight)
-    assert ImageEmbedder(fresh, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8)).embedding_dim_ == 10
+    with pytest.warns(UserWarning, match="still has its classifier, so the embeddings are its 10 class scores"):
+        embedder = ImageEmbedder(fresh, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    torch.testing.assert_close(embedder.model_.head.weight, trained.head.weight)
+    assert embedder.embedding_dim_ == 10
+
+
+def test_a_timm_module_with_its_classifier_is_warned_of_and_one_without_is_not(images):
+    # Its class scores are embedded as given; the warning names the way to its features.
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"reset_classifier\(0\)"):
+        ImageEmbedder(timm.create_model("test_resnet", num_classes=7), image_size=32).fit(images)
+    headless = timm.create_model("test_resnet", num_classes=7)
+    headless.reset_classifier(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features = ImageEmbedder(headless, image_size=32).fit_transform(images)
+    named = ImageEmbedder("test_resnet", pretrained=False, image_size=32, random_state=0).fit_transform(images)
+    assert features.shape == named.shape
 
 
 def test_a_timm_training_checkpoint_loads_its_ema_weights(tmp_path):

@@ -701,6 +701,23 @@ def _load_module_backbone(module, pretrained):
     return module
 
 
+def _warn_of_a_classifier(module):
+    """Warn when a timm model given as a module still has its classifier: it is run
+    as given, so its class scores would be clustered where a name gives the pooled
+    features."""
+    n_classes = getattr(module, "num_classes", 0)
+    if not (getattr(module, "pretrained_cfg", None) and isinstance(n_classes, int) and n_classes > 0):
+        return
+    warnings.warn(
+        f"The backbone, a timm {type(module).__name__}, still has its classifier, so the "
+        f"embeddings are its {n_classes} class scores rather than the pooled features that "
+        "a backbone named by string gives. For those, pass a copy without the classifier "
+        "(timm.create_model(..., num_classes=0), or a copy after model.reset_classifier(0)).",
+        UserWarning,
+        stacklevel=stacklevel_of_user_code(),
+    )
+
+
 def _timm_data_config(model):
     """timm's preprocessing for ``model``, or None for a module that is not timm's."""
     if not getattr(model, "pretrained_cfg", None):
@@ -805,6 +822,7 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
             model = _load_timm_backbone(backbone, pretrained, image_size)
         else:
             model = _load_module_backbone(backbone, pretrained)
+            _warn_of_a_classifier(model)
     model.eval().requires_grad_(False)
 
     config = _timm_data_config(model) or {}

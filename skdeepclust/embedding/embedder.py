@@ -411,6 +411,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         ``"local-dir:FOLDER"`` (a downloaded copy of one: its ``config.json``, which
         gives the architecture and preprocessing, and weights). A module is copied, never
         changed; unless it is a timm model, give ``image_size``, ``mean`` and ``std``.
+        It is run as given: a timm model that still has its classifier gives its
+        class scores (with a warning), not its pooled features.
         A ``Pipeline(memory=...)`` reuses the embeddings of a named backbone only:
         joblib's hash of a module changes with each copy (torch pickles tensors by
         their memory address), so the clones a search fits never find them.
