@@ -576,9 +576,16 @@ def test_every_jpeg_extension_and_tga_are_found(tmp_path):
 def test_internal_helpers_once_listed_in_the_package_still_import_with_a_warning():
     import skdeepclust.embedding
 
+    vars(skdeepclust.embedding).pop("as_images", None)  # kept there by an earlier import
     with pytest.warns(FutureWarning, match=r"skdeepclust.embedding.as_images is internal .* "
                                            r"import it from skdeepclust.embedding.images"):
         assert skdeepclust.embedding.as_images is as_images
+    vars(skdeepclust.embedding).pop("as_images")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from skdeepclust.embedding import as_images as imported  # asks for the name twice
+    assert imported is as_images
+    assert [type(warning.message) for warning in caught] == [FutureWarning]
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         skdeepclust.embedding.nope
 

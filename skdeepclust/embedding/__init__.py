@@ -28,7 +28,9 @@ def _moved(name):
         FutureWarning,
         stacklevel=3,  # past the package's __getattr__
     )
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # ``from ... import`` asks twice; one warning is enough
+    return value
 
 
 __getattr__, __dir__ = lazy_namespace(__name__, {
