@@ -124,6 +124,10 @@ class PretrainedFeatureClusterer(
     given and the cosine silhouette of the predicted clusters on the embeddings
     otherwise; larger is better in both cases, so ``GridSearchCV`` can tune
     ``n_clusters``, the clusterer or the backbone with or without labels.
+    Give the search shuffled folds, ``cv=KFold(5, shuffle=True, random_state=0)``,
+    when the rows are sorted by class (as :func:`~skdeepclust.datasets.load_image_folder`
+    returns them): scikit-learn's default folds are not shuffled, so each would
+    hold out whole classes.
 
     Every ``fit`` embeds all images again. To search only clustering parameters,
     embed once with :class:`~skdeepclust.ImageEmbedder` and search a

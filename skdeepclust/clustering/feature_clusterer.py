@@ -393,6 +393,10 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
     ``score(X, y)`` is the clustering accuracy when ``y`` is given and the cosine
     silhouette otherwise, so that ``GridSearchCV`` can compare settings with or
     without labels (see :meth:`score`).
+    Give the search shuffled folds, ``cv=KFold(5, shuffle=True, random_state=0)``,
+    when the rows are sorted by class (as :func:`~skdeepclust.datasets.load_image_folder`
+    returns them): scikit-learn's default folds are not shuffled, so each would
+    hold out whole classes.
 
     Examples
     --------
