@@ -131,7 +131,13 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     chosen, sizes = _pick_examples(labels, scores, n_per_cluster, rng)
     row_height = thumbnail_size + _GAP
     longest_row = max(len(members) for members in chosen.values())
-    width = _LABEL_WIDTH + longest_row * (thumbnail_size + _GAP)
+    font = ImageFont.load_default()
+    captions = {cluster: ("noise" if cluster == -1 else f"cluster {cluster}", f"{sizes[cluster]} images")
+                for cluster in chosen}
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widest = max(measure.textlength(text, font=font) for caption in captions.values() for text in caption)
+    label_width = max(_LABEL_WIDTH, int(np.ceil(widest)) + 12)  # long string labels widen the column
+    width = label_width + longest_row * (thumbnail_size + _GAP)
     height = len(chosen) * row_height + _GAP
     # Checked before decoding: a mistyped thumbnail_size would otherwise ask for
     # gigabytes only after every chosen image had been read.
@@ -145,13 +151,12 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
 
     montage = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(montage)
-    font = ImageFont.load_default()
     for row, (cluster, members) in enumerate(chosen.items()):
         top = _GAP + row * row_height
-        name = "noise" if cluster == -1 else f"cluster {cluster}"
+        name, size = captions[cluster]
         draw.text((4, top + 2), name, fill=(0, 0, 0), font=font)
-        draw.text((4, top + 16), f"{sizes[cluster]} images", fill=(90, 90, 90), font=font)
+        draw.text((4, top + 16), size, fill=(90, 90, 90), font=font)
         for column, position in enumerate(members):
-            left = _LABEL_WIDTH + column * (thumbnail_size + _GAP)
+            left = label_width + column * (thumbnail_size + _GAP)
             montage.paste(thumbnails[int(position)], (left, top))
     return montage

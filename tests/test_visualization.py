@@ -21,6 +21,21 @@ def test_width_fits_the_longest_row_not_n_per_cluster():
     assert montage.size == (110 + 3 * 20, 4 + 4 * 20)
 
 
+def test_long_string_labels_widen_the_label_column_instead_of_running_under_the_thumbnails():
+    from PIL import Image, ImageDraw, ImageFont
+
+    name = "n02085620-Chihuahua-and-its-friends"
+    labels = np.array([name] * 6 + ["cat"] * 6)
+    montage = np.asarray(cluster_montage(_colour_images(), labels, n_per_cluster=3, thumbnail_size=16))
+    alone = Image.new("RGB", (1000, 30), (255, 255, 255))  # the caption drawn where nothing covers it
+    ImageDraw.Draw(alone).text((4, 2), f"cluster {name}", fill=(0, 0, 0), font=ImageFont.load_default())
+    text_end = np.flatnonzero((np.asarray(alone)[:, :, 0] < 200).any(axis=0)).max()
+    first_tile = montage.shape[1] - 3 * 20
+    assert text_end > 110
+    assert text_end < first_tile - 4  # the whole name shows, clear of the first thumbnail
+    assert montage[4 + 20 + 8, first_tile + 8, 0] in 10 * np.arange(6)  # row 2 (sorted): a Chihuahua
+
+
 def test_scores_pick_the_most_confident_members():
     labels = np.zeros(12, dtype=int)
     scores = np.arange(12) / 12.0  # the last images are the most confident
