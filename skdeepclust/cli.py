@@ -43,6 +43,9 @@ from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
 
 EXIT_USAGE = 2
+# ImageEmbedder's precisions (a test keeps them the same), spelled here so that the
+# command's help needs no torch.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 SIMCLR_FILE = Path("models") / "resnet18-simclr-cifar10.safetensors"
 CIFAR10_ARCHIVE = Path("data") / "cifar10" / "cifar10-jpg.tar.gz"
 # What a run writes to --out; a folder holding both is recognised as an earlier run's output.
@@ -55,13 +58,16 @@ MONTAGE_FILE = "montage.png"
 TRIAL_FIT_MAX_SAMPLES = 20
 # An embedding that took this long is worth keeping for a rerun: the summary says how.
 EMBEDDING_SECONDS_WORTH_KEEPING = 60.0
+PRECISION_HELP = ("compute precision of the backbone: auto is bfloat16 on a GPU and float32 on the "
+                  "CPU, where bfloat16 can be faster on CPUs that compute in it natively (AVX-512 BF16, "
+                  "AMX); features are float32 either way (default: %(default)s)")
 # Library parameters that may be options of a command. In library messages they are
 # respelled where they stand alone, or as name=, or as 'name'; quoted text and parts of
 # paths (a/random_state/b.pt) are left as they are. The one-word names are respelled
 # only as name=: "device" is also a word.
 _PARAMETERS_WITH_UNDERSCORES = ("n_clusters", "image_size", "crop_pct", "batch_size", "num_workers",
                                 "random_state")
-_PARAMETERS_THAT_ARE_WORDS = ("backbone", "pretrained", "clusterer", "device")
+_PARAMETERS_THAT_ARE_WORDS = ("backbone", "pretrained", "clusterer", "device", "precision")
 _QUOTED_OR_PARAMETER = re.compile(
     r"""((?<!\w)'[^']*'(?!\w)|(?<!\w)"[^"]*"(?!\w))"""  # an apostrophe (model's) opens no quote
     r"|(?<![/\\])\b(?:(?:%s)\b|(?:%s)(?==))(?![/\\]|\.\w)"
@@ -72,7 +78,8 @@ _ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer tor
                            "use 'kmeans'": ("clusterer", "use --clusterer kmeans")}
 # Python values that the command spells as words, once their parameter is respelled.
 _VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
-                           "--pretrained=False": "--pretrained none"}
+                           "--pretrained=False": "--pretrained none",
+                           **{f"--precision='{name}'": f"--precision {name}" for name in PRECISIONS}}
 
 
 _Clustered = collections.namedtuple("_Clustered", "features stage readable n_reused embedding_seconds")
@@ -95,7 +102,7 @@ def _in_option_words(message, options):
         if option in options:
             message = message.replace(advice, in_option_words)
     for value, in_option_words in _VALUES_IN_OPTION_WORDS.items():
-        message = re.sub(re.escape(value) + r"\b", in_option_words, message)
+        message = re.sub(re.escape(value) + r"(?!\w)", in_option_words, message)
     return message
 
 
@@ -605,9 +612,9 @@ def _assign_folder(args, folder, out, model):
     files = _image_files(folder, out)
     start = time.perf_counter()
     stage = model["stage"]
-    embedder = ImageEmbedder(**model["embedder"], device=args.device, batch_size=args.batch_size,
-                             num_workers=args.num_workers, random_state=model["random_state"],
-                             verbose=0 if args.quiet else 1)
+    embedder = ImageEmbedder(**model["embedder"], device=args.device, precision=args.precision,
+                             batch_size=args.batch_size, num_workers=args.num_workers,
+                             random_state=model["random_state"], verbose=0 if args.quiet else 1)
     features, readable = _embed_readable(embedder, files)
     if not readable.any():
         raise UserError(f"none of the {len(files)} image files could be read")
@@ -634,6 +641,7 @@ def _cluster_folder(args, folder, out):
         image_size=args.image_size,
         crop_pct=args.crop_pct,
         device=args.device,
+        precision=args.precision,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         compile=args.compile,
@@ -784,6 +792,7 @@ def build_parser():
     cluster.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names(),
                          help="how the embeddings are grouped (default: %(default)s)")
     cluster.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    cluster.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     cluster.add_argument("--batch-size", type=_batch_size_argument, default="auto",
                          help="images per forward pass, or 'auto' (default: %(default)s)")
     cluster.add_argument("--num-workers", type=_count_argument, default=None,
@@ -822,6 +831,7 @@ def build_parser():
                         "now, if it was moved; checked to hold the same weights")
     assign.add_argument("--out", default="skdeepclust-assigned", help="output folder (default: %(default)s)")
     assign.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    assign.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     assign.add_argument("--batch-size", type=_batch_size_argument, default="auto",
                         help="images per forward pass, or 'auto' (default: %(default)s)")
     assign.add_argument("--num-workers", type=_count_argument, default=None,

