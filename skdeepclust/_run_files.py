@@ -25,7 +25,11 @@ PARTIAL_RECORD = "embeddings.partial.json"
 # With --save-model: what ``assign`` needs to put new images into this run's clusters.
 MODEL_FILE = "model.joblib"
 MODEL_FORMAT = "skdeepclust cluster model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
+# The embedding settings a model keeps; version 1 had no normalisation or
+# interpolation of its own (the model's, from timm).
+MODEL_EMBEDDER_KEYS = ("backbone", "pretrained", "image_size", "crop_pct", "mean", "std", "interpolation")
+_NEWER_EMBEDDER_KEYS = ("mean", "std", "interpolation")
 
 
 def file_stamp(path):
@@ -69,6 +73,7 @@ def embedding_settings(embedder_params, random_state):
         "pretrained": pretrained if isinstance(pretrained, bool) else stamped(pretrained),
         "image_size": embedder_params["image_size"],
         "crop_pct": embedder_params["crop_pct"],
+        **{name: embedder_params.get(name) for name in _NEWER_EMBEDDER_KEYS},
         # Random weights are drawn from the seed.
         "random_state": random_state if pretrained is False else None,
     }
@@ -100,7 +105,8 @@ def _recorded_rows(record_path, array_path, settings):
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         stamps = [tuple(stamp) if stamp else None for stamp in record["files"]]
-        earlier_settings = dict(record["settings"])
+        # Records written before these settings existed had the model's own.
+        earlier_settings = {**dict.fromkeys(_NEWER_EMBEDDER_KEYS), **record["settings"]}
         if any(stamp is not None and not all(isinstance(part, (str, int)) for part in stamp)
                for stamp in stamps):
             raise ValueError("a file stamp is not a path and numbers")
@@ -191,7 +197,7 @@ def saved_model(embedder_params, random_state, stage, out):
 
     from . import __version__
 
-    kept = {name: embedder_params[name] for name in ("backbone", "pretrained", "image_size", "crop_pct")}
+    kept = {name: embedder_params.get(name) for name in MODEL_EMBEDDER_KEYS}
     if not isinstance(kept["pretrained"], bool):
         kept["pretrained"] = os.path.abspath(kept["pretrained"])
     source, _, folder = kept["backbone"].partition(":")
@@ -311,8 +317,11 @@ def load_model(path, weights=None):
 
     written_by = model.get("skdeepclust", "an unknown version")
     embedder = model.get("embedder")
+    if model.get("format_version") == 1 and isinstance(embedder, dict):
+        embedder.update({name: None for name in _NEWER_EMBEDDER_KEYS if name not in embedder})
+        model["format_version"] = MODEL_FORMAT_VERSION
     if (model.get("format_version") != MODEL_FORMAT_VERSION or not isinstance(embedder, dict)
-            or set(embedder) != {"backbone", "pretrained", "image_size", "crop_pct"}
+            or set(embedder) != set(MODEL_EMBEDDER_KEYS)
             or not isinstance(model.get("stage"), FeatureClusterer)
             or not hasattr(model["stage"], "cluster_ids_") or "random_state" not in model):
         raise UserError(f"--model {path}: written by skdeepclust {written_by}, in a form that skdeepclust "

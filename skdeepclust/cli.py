@@ -43,9 +43,10 @@ from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
 
 EXIT_USAGE = 2
-# ImageEmbedder's precisions (a test keeps them the same), spelled here so that the
-# command's help needs no torch.
+# ImageEmbedder's precisions and interpolations (a test keeps them the same), spelled
+# here so that the command's help needs no torch.
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 SIMCLR_FILE = Path("models") / "resnet18-simclr-cifar10.safetensors"
 CIFAR10_ARCHIVE = Path("data") / "cifar10" / "cifar10-jpg.tar.gz"
 # What a run writes to --out; a folder holding both is recognised as an earlier run's output.
@@ -67,7 +68,8 @@ PRECISION_HELP = ("compute precision of the backbone: auto is bfloat16 on a GPU 
 # only as name=: "device" is also a word.
 _PARAMETERS_WITH_UNDERSCORES = ("n_clusters", "image_size", "crop_pct", "batch_size", "num_workers",
                                 "random_state")
-_PARAMETERS_THAT_ARE_WORDS = ("backbone", "pretrained", "clusterer", "device", "precision")
+_PARAMETERS_THAT_ARE_WORDS = ("backbone", "pretrained", "clusterer", "device", "precision", "mean", "std",
+                              "interpolation")
 _QUOTED_OR_PARAMETER = re.compile(
     r"""((?<!\w)'[^']*'(?!\w)|(?<!\w)"[^"]*"(?!\w))"""  # an apostrophe (model's) opens no quote
     r"|(?<![/\\])\b(?:(?:%s)\b|(?:%s)(?==))(?![/\\]|\.\w)"
@@ -528,6 +530,21 @@ def _batch_size_argument(value):
     return _whole_number(value, 1, accepted="a whole number of at least 1 or 'auto'")
 
 
+def _pixel_scale_argument(value, positive=False):
+    """One channel of --mean or --std: a number on the 0-1 scale of pixel values."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not ((0 < number if positive else 0 <= number) and number <= 1):
+        scale = f"in {'(0' if positive else '[0'}, 1]"
+        hint = "; for 0-255 units, divide by 255" if number > 1 else ""
+        raise argparse.ArgumentTypeError(
+            f"must be three numbers {scale}, one per channel (R G B) on the 0-1 scale of pixel values "
+            f"(ImageNet's: --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225), not {value!r}{hint}")
+    return number
+
+
 def _crop_pct_argument(value):
     from .embedding.embedder import MIN_CROP_PCT  # imports torch: not for --help
 
@@ -640,6 +657,9 @@ def _cluster_folder(args, folder, out):
         pretrained=_pretrained_argument(args.pretrained),
         image_size=args.image_size,
         crop_pct=args.crop_pct,
+        mean=args.mean,
+        std=args.std,
+        interpolation=args.interpolation,
         device=args.device,
         precision=args.precision,
         batch_size=args.batch_size,
@@ -789,6 +809,15 @@ def build_parser():
     cluster.add_argument("--crop-pct", type=_crop_pct_argument, default=1.0,
                          help="share of the resized image kept by the centre crop, or 'model' "
                          "for the model's own, as timm evaluates (default: %(default)s)")
+    cluster.add_argument("--mean", type=_pixel_scale_argument, nargs=3, default=None, metavar=("R", "G", "B"),
+                         help="normalisation mean the weights were trained with, on the 0-1 scale "
+                         "(default: the model's own, from timm)")
+    cluster.add_argument("--std", type=lambda value: _pixel_scale_argument(value, positive=True), nargs=3,
+                         default=None, metavar=("R", "G", "B"),
+                         help="normalisation std the weights were trained with (default: the model's own)")
+    cluster.add_argument("--interpolation", default=None, choices=INTERPOLATIONS,
+                         help="how images are resized to the input size (default: the model's own, from timm; "
+                         "give the one the weights were trained with)")
     cluster.add_argument("--clusterer", default="kmeans", choices=available_clusterer_names(),
                          help="how the embeddings are grouped (default: %(default)s)")
     cluster.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
@@ -805,7 +834,7 @@ def build_parser():
     cluster.add_argument("--out", default="skdeepclust-out", help="output folder (default: %(default)s)")
     cluster.add_argument("--embeddings", action="store_true",
                          help="also write OUT/embeddings.npy, and reuse the rows of unchanged files "
-                         "that an earlier run with the same backbone, weights, image size and crop wrote "
+                         "that an earlier run with the same backbone, weights and preprocessing wrote "
                          "there (also a run stopped by Ctrl-C or an error, which keeps what it embedded)")
     cluster.add_argument("--save-model", action="store_true",
                          help=f"also write OUT/{MODEL_FILE}, with which 'skdeepclust assign' puts new "
@@ -818,7 +847,7 @@ def build_parser():
     assign = commands.add_parser(
         "assign", help="put new images into the clusters of an earlier run",
         description=f"Embed the images under PATH as the run that wrote MODEL did (its backbone, "
-        f"weights, image size and crop) and put each into one of its clusters, as its clusterer "
+        f"weights and preprocessing) and put each into one of its clusters, as its clusterer "
         f"predicts (hdbscan, agglomerative and spectral: the nearest cluster centre); write "
         f"OUT/{RESULTS_FILE} and OUT/{MONTAGE_FILE}. MODEL is a pickle: "
         "load only models you made.",

@@ -1340,8 +1340,8 @@ def test_a_users_own_model_joblib_beside_a_run_is_neither_removed_nor_overwritte
 
 @pytest.mark.parametrize("spoil, message", [
     (lambda model: model.pop("stage"), "in a form that skdeepclust "),
-    (lambda model: model["embedder"].update(interpolation="bicubic"), "does not read"),
-    (lambda model: model.update(format_version=2), "does not read"),
+    (lambda model: model["embedder"].update(colour_space="lab"), "does not read"),
+    (lambda model: model.update(format_version=3), "does not read"),
     (lambda model: model["stage"].__dict__.pop("cluster_ids_"), "does not read"),
 ])
 def test_assign_refuses_a_model_in_another_form_in_one_line(capsys, image_folder, tmp_path, spoil, message):
@@ -1354,6 +1354,80 @@ def test_assign_refuses_a_model_in_another_form_in_one_line(capsys, image_folder
     status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
                           "--out", str(tmp_path / "assigned"))
     assert status == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_preprocessing_options_reach_the_embedding_its_record_and_the_saved_model(capsys, image_folder, tmp_path,
+                                                                                  monkeypatch):
+    import joblib
+
+    from skdeepclust.cli import INTERPOLATIONS
+    from skdeepclust.embedding.embedder import INTERPOLATIONS as LIBRARY_INTERPOLATIONS
+
+    assert INTERPOLATIONS == LIBRARY_INTERPOLATIONS
+    preprocessing = ["--mean", "0.4", "0.5", "0.6", "--std", "0.2", "0.25", "0.3", "--interpolation", "nearest"]
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2", "--embeddings",
+                            *preprocessing)
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    assert model["embedder"]["mean"] == [0.4, 0.5, 0.6] and model["embedder"]["std"] == [0.2, 0.25, 0.3]
+    assert model["embedder"]["interpolation"] == "nearest"
+    plain = tmp_path / "plain"
+    _cluster_and_save_model(capsys, image_folder, plain, "--n-clusters", "2", "--embeddings")
+    assert not np.allclose(np.load(plain / "embeddings.npy"), np.load(tmp_path / "run" / "embeddings.npy"))
+    # assign embeds as the run did: the same rows give the same clusters.
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"), "--out",
+                          str(tmp_path / "assigned"), "--quiet")
+    assert status == 0, err
+    with open(tmp_path / "run" / "clusters.csv") as run, open(tmp_path / "assigned" / "clusters.csv") as new:
+        assert [row["cluster"] for row in csv.DictReader(new)] == [row["cluster"] for row in csv.DictReader(run)]
+    # Each setting stops the reuse of embeddings made without it; repeated, all are reused.
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(plain), "--embeddings", *TINY_ARGS]
+    counts = _embedded_counts(monkeypatch)
+    for option, values in [("--mean", preprocessing[1:4]), ("--std", preprocessing[5:8]),
+                           ("--interpolation", ["nearest"])]:
+        status, stdout, err = _run(capsys, *argv, option, *values)
+        assert status == 0, err
+        assert f"were not reused, as they were made with another {option})" in stdout
+        assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(plain),
+                    "--embeddings", *TINY_ARGS)[0] == 0  # back to the model's own: embedded again
+    assert counts == [8] * 6
+    assert _run(capsys, *argv)[0] == 0
+    assert counts == [8] * 6
+    # A record written before these settings existed stands for the model's own.
+    record = json.loads((plain / "embeddings.json").read_text())
+    for name in ("mean", "std", "interpolation"):
+        del record["settings"][name]
+    (plain / "embeddings.json").write_text(json.dumps(record))
+    assert _run(capsys, *argv)[0] == 0
+    assert counts == [8] * 6
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--mean", "123", "--mean: must be three numbers in [0, 1], one per channel (R G B) on the 0-1 scale of "
+     "pixel values (ImageNet's: --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225), not '123'; for 0-255 "
+     "units, divide by 255"),
+    ("--std", "0", "--std: must be three numbers in (0, 1]"),
+    ("--mean", "red", "--mean: must be three numbers in [0, 1]"),
+])
+def test_preprocessing_options_out_of_range_are_refused_in_one_line(capsys, tmp_path, option, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", str(tmp_path), "--n-clusters", "2", option, value, "0.5", "0.5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_model_saved_before_the_preprocessing_options_still_assigns(capsys, image_folder, tmp_path):
+    import joblib
+
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    for name in ("mean", "std", "interpolation"):
+        del model["embedder"][name]
+    joblib.dump(dict(model, format_version=1), tmp_path / "run" / "model.joblib")
+    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"), "--out",
+                          str(tmp_path / "assigned"), "--quiet")
+    assert status == 0, err
+    with open(tmp_path / "run" / "clusters.csv") as run, open(tmp_path / "assigned" / "clusters.csv") as new:
+        assert [row["cluster"] for row in csv.DictReader(new)] == [row["cluster"] for row in csv.DictReader(run)]
 
 
 def test_assign_warns_of_a_model_made_by_other_versions(capsys, image_folder, tmp_path):
