@@ -471,9 +471,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         settings (``torch.backends.cudnn.allow_tf32``, on by default, for
         convolutions). On a CPU that computes in bfloat16 natively (AVX-512 BF16
         or AMX), ``"bfloat16"`` embedded 1.8 to 2.3 times as fast as float32 on 2
-        cores, with features within cosine 0.97 of float32's and the same k-means
-        accuracy on CIFAR-10 (ResNet-18, ViT-S/16, EfficientNet-Lite0); other
-        CPUs emulate it, slowly.
+        cores (ResNet-18, ViT-S/16, EfficientNet-Lite0), with features within
+        cosine 0.97 of float32's and the same k-means accuracy on CIFAR-10 (SimCLR
+        ResNet-18, EfficientNet-Lite0); other CPUs emulate bfloat16 and are
+        expected to be slower with it.
     compile : bool or dict, default=False
         Compile the backbone with :func:`torch.compile`; a dict is passed to it as
         keyword arguments, e.g. ``{"mode": "max-autotune"}``. Compiling takes from
