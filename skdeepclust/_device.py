@@ -156,6 +156,13 @@ def host_array(data, name):
     return data.cpu().resolve_conj().resolve_neg().numpy()
 
 
+def cpu_computes_in_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX), with which
+    oneDNN runs a backbone in bfloat16 faster than in float32; elsewhere it is emulated."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity where the OS tells it)."""
     if hasattr(os, "sched_getaffinity"):

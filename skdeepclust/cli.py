@@ -710,8 +710,19 @@ def _cluster_folder(args, folder, out):
     if not args.embeddings and embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING:
         print(f"(the embedding took {embedding_seconds:.0f} s: with --embeddings a rerun into {out} "
               "embeds only new and changed files, so that another --n-clusters or --clusterer takes seconds)")
+    if embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING and _float32_where_bfloat16_is_native(args):
+        print("(this CPU computes in bfloat16 natively: with --precision bfloat16 the embedding ran 1.8 to "
+              "2.3 times as fast on such a CPU, with the same k-means accuracy, in skdeepclust's benchmarks)")
     _print_skipped(skipped)
     return 0
+
+
+def _float32_where_bfloat16_is_native(args):
+    """Whether the run embedded in float32 on a CPU with bfloat16 instructions."""
+    from ._device import cpu_computes_in_bfloat16, resolve_device
+
+    return (args.precision == "auto" and resolve_device(args.device).type == "cpu"
+            and cpu_computes_in_bfloat16())
 
 
 def _find_shared(explicit):
