@@ -404,9 +404,11 @@ def _output_folder(path, save_embeddings, save_model=False):
             # A run writes its clusters.csv first, so a file of these names beside no
             # clusters.csv of ours is the user's own, which must not be overwritten; a
             # run stopped early leaves only records, and a model anywhere holds a tag,
-            # which say whose they are.
+            # which say whose they are. An array is ours where its record is.
             if name == MODEL_FILE:
                 theirs = not is_our_model(target)
+            elif name in _RECORD_OF_ARRAY:
+                theirs = not _has_our_record(out, name)
             elif earlier_run:
                 theirs = False
             elif name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
@@ -430,6 +432,16 @@ def _output_folder(path, save_embeddings, save_model=False):
                 break
             folder.rmdir()
         raise
+
+
+_RECORD_OF_ARRAY = {EMBEDDINGS_FILE: EMBEDDINGS_RECORD, PARTIAL_FILE: PARTIAL_RECORD}
+
+
+def _has_our_record(out, array_name):
+    """Whether the array ``array_name`` in ``out`` has beside it the record a run
+    writes with it: without one, an array of that name is the user's own."""
+    record = out / _RECORD_OF_ARRAY[array_name]
+    return record.is_file() and is_our_record(record)
 
 
 def _write_results(out, files, stage, features, embedding_record, model=None, labels=None):
@@ -460,8 +472,8 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
         written.append(out / EMBEDDINGS_FILE)
     # Once their rows are in embeddings.npy, or a run went without them.
     remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
-    if embedding_record is None and earlier_run:
-        (out / EMBEDDINGS_RECORD).unlink(missing_ok=True)
+    if embedding_record is None and earlier_run and _has_our_record(out, EMBEDDINGS_FILE):
+        (out / EMBEDDINGS_RECORD).unlink()
         if (out / EMBEDDINGS_FILE).is_file():
             (out / EMBEDDINGS_FILE).unlink()
             warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "

@@ -1365,6 +1365,24 @@ def test_a_users_own_model_joblib_beside_a_run_is_neither_removed_nor_overwritte
     assert joblib.load(out / "model.joblib") == {"my": "pipeline, trained for hours"}
 
 
+@pytest.mark.parametrize("name", ["embeddings.npy", "embeddings.partial.npy"])
+def test_a_users_own_embeddings_array_is_neither_removed_nor_overwritten(capsys, image_folder, tmp_path, name):
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = np.arange(10.0)
+    np.save(out / name, mine)
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    status, _, err = _run(capsys, *argv, "--embeddings")
+    assert status == 2
+    assert err == (f"skdeepclust: error: --out {out}: it holds an {name} that no skdeepclust run wrote, which "
+                   "would be overwritten; move it, or choose another --out\n")
+    for _ in range(2):  # beside no run, then beside the run's own clusters.csv
+        status, _, err = _run(capsys, *argv)
+        assert status == 0 and name not in err, err
+        np.testing.assert_array_equal(np.load(out / name), mine)
+    assert _run(capsys, *argv, "--embeddings")[0] == 2
+
+
 @pytest.mark.parametrize("spoil, message", [
     (lambda model: model.pop("stage"), "in a form that skdeepclust "),
     (lambda model: model["embedder"].update(colour_space="lab"), "does not read"),
