@@ -78,6 +78,8 @@ _QUOTED_OR_PARAMETER = re.compile(
 # Library advice to use a class, as the command's option that picks it.
 _ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer torch_kmeans"),
                            "use 'kmeans'": ("clusterer", "use --clusterer kmeans")}
+# The record a run writes beside each array of embeddings.
+_RECORD_OF_ARRAY = {EMBEDDINGS_FILE: EMBEDDINGS_RECORD, PARTIAL_FILE: PARTIAL_RECORD}
 # Python values that the command spells as words, once their parameter is respelled.
 _VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
                            "--pretrained=False": "--pretrained none",
@@ -404,11 +406,12 @@ def _output_folder(path, save_embeddings, save_model=False):
             # A run writes its clusters.csv first, so a file of these names beside no
             # clusters.csv of ours is the user's own, which must not be overwritten; a
             # run stopped early leaves only records, and a model anywhere holds a tag,
-            # which say whose they are. An array is ours where its record is.
+            # which say whose they are. An array comes with its record (which is
+            # checked in turn): without one, it is the user's.
             if name == MODEL_FILE:
                 theirs = not is_our_model(target)
             elif name in _RECORD_OF_ARRAY:
-                theirs = not _has_our_record(out, name)
+                theirs = not (out / _RECORD_OF_ARRAY[name]).is_file()
             elif earlier_run:
                 theirs = False
             elif name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
@@ -432,16 +435,6 @@ def _output_folder(path, save_embeddings, save_model=False):
                 break
             folder.rmdir()
         raise
-
-
-_RECORD_OF_ARRAY = {EMBEDDINGS_FILE: EMBEDDINGS_RECORD, PARTIAL_FILE: PARTIAL_RECORD}
-
-
-def _has_our_record(out, array_name):
-    """Whether the array ``array_name`` in ``out`` has beside it the record a run
-    writes with it: without one, an array of that name is the user's own."""
-    record = out / _RECORD_OF_ARRAY[array_name]
-    return record.is_file() and is_our_record(record)
 
 
 def _write_results(out, files, stage, features, embedding_record, model=None, labels=None):
@@ -472,8 +465,10 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
         written.append(out / EMBEDDINGS_FILE)
     # Once their rows are in embeddings.npy, or a run went without them.
     remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
-    if embedding_record is None and earlier_run and _has_our_record(out, EMBEDDINGS_FILE):
-        (out / EMBEDDINGS_RECORD).unlink()
+    # Only an array with its record: one without is the user's own.
+    record = out / EMBEDDINGS_RECORD
+    if embedding_record is None and earlier_run and record.is_file() and is_our_record(record):
+        record.unlink()
         if (out / EMBEDDINGS_FILE).is_file():
             (out / EMBEDDINGS_FILE).unlink()
             warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
