@@ -32,6 +32,22 @@ MODEL_EMBEDDER_KEYS = ("backbone", "pretrained", "image_size", "crop_pct", "mean
 _NEWER_EMBEDDER_KEYS = ("mean", "std", "interpolation")
 
 
+# What in a local-dir: folder the model is made from: its config and weights. Notes,
+# hidden files (.DS_Store, .gitattributes) and the hub's .cache/ may come and go.
+_MODEL_FOLDER_SUFFIXES = (".json", ".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def _model_folder_files(folder):
+    """The config and weights files in a ``local-dir:`` folder, sorted, hidden ones
+    and those in hidden folders left out."""
+    found = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [os.path.join(root, name) for name in names
+                  if not name.startswith(".") and name.lower().endswith(_MODEL_FOLDER_SUFFIXES)]
+    return sorted(found)
+
+
 def file_stamp(path):
     """``path`` as the record of embeddings names it, so that a file changed since
     has another stamp: absolute path, size, modification time, inode and ctime."""
@@ -59,8 +75,7 @@ def embedding_settings(embedder_params, random_state):
     def stamped(path):
         path = os.fspath(path)
         if os.path.isdir(path):
-            return [file_stamp(entry.path) for entry in sorted(os.scandir(path), key=lambda e: e.name)
-                    if entry.is_file()]
+            return [file_stamp(file) for file in _model_folder_files(path)]
         return file_stamp(path)
 
     backbone, pretrained = embedder_params["backbone"], embedder_params["pretrained"]
@@ -213,12 +228,12 @@ def saved_model(embedder_params, random_state, stage, out):
 
 
 def _content_digest(path):
-    """sha256 of a file, or of the names and contents of the files in a folder."""
+    """sha256 of a file, or of the names and contents of a model folder's config and
+    weights files."""
     import hashlib
 
     digest = hashlib.sha256()
-    paths = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    paths = [path] if os.path.isfile(path) else _model_folder_files(path)
     for file in paths:
         digest.update(os.path.relpath(file, path).encode("utf-8", "surrogateescape") + b"\0")
         with open(file, "rb") as handle:
@@ -277,8 +292,11 @@ def _put_weights_at(model, weights):
         made_with = "random weights" if embedder["pretrained"] is False else "timm's own weights from the hub"
         raise UserError(f"--weights {weights}: the model was made with {made_with}, not with a weights "
                         "file or local-dir: folder; leave --weights out")
+    given = weights
+    if weights.startswith("local-dir:"):  # spelled as --backbone spells the folder
+        weights = weights[len("local-dir:"):]
     if not os.path.exists(weights):
-        raise UserError(f"--weights {weights}: no such file or folder")
+        raise UserError(f"--weights {given}: no such file or folder")
     weights = os.path.abspath(weights)
     if os.path.isdir(weights) and source == "local-dir":
         embedder["backbone"] = f"local-dir:{weights}"

@@ -873,6 +873,15 @@ def test_new_weights_under_the_same_name_are_not_taken_for_the_old(tmp_path):
     before = embedding_settings(params, 0)
     (repository / "model.safetensors").write_bytes(b"newer")
     assert embedding_settings(params, 0) != before
+    # Notes, hidden files and the hub's cache beside them are not the model.
+    before = embedding_settings(params, 0)
+    (repository / "README.md").write_text("notes")
+    (repository / ".DS_Store").write_bytes(b"finder")
+    (repository / ".cache" / "huggingface").mkdir(parents=True)
+    (repository / ".cache" / "huggingface" / "model.safetensors.metadata").write_text("etag")
+    assert embedding_settings(params, 0) == before
+    (repository / "config.json").write_text("{}")
+    assert embedding_settings(params, 0) != before
     # Random weights are drawn from the seed; loaded ones are not.
     assert embedding_settings(params, 1) == embedding_settings(params, 0)
     random_weights = dict(params, backbone="test_vit", pretrained=False)
@@ -1329,11 +1338,14 @@ def test_assign_finds_weights_given_by_relative_paths_from_another_folder(capsys
                 row["cluster"] for row in csv.DictReader(run)]
         if backbone.startswith("local-dir:"):  # a moved folder is given as a folder
             (work / "repository").rename(work / "moved")
+            (work / "moved" / ".DS_Store").write_bytes(b"finder")  # not part of the model
+            (work / "moved" / "NOTES.txt").write_text("where these weights came from")
             assert _run(capsys, "assign", str(image_folder), "--model", "work/run", "--out", "assigned",
                         "--quiet")[0] == 2
-            status, _, err = _run(capsys, "assign", str(image_folder), "--model", "work/run", "--out",
-                                  "assigned", "--weights", "work/moved", "--quiet")
-            assert status == 0, err
+            for weights in ("work/moved", "local-dir:work/moved"):
+                status, _, err = _run(capsys, "assign", str(image_folder), "--model", "work/run", "--out",
+                                      "assigned", "--weights", weights, "--quiet")
+                assert status == 0, err
             status, _, err = _run(capsys, "assign", str(image_folder), "--model", "work/run", "--out",
                                   "assigned", "--weights", "work/weights.pth", "--quiet")
             assert err.endswith("the model needs the local-dir: folder it was made with, not a file\n")
