@@ -366,15 +366,25 @@ def _confidence(stage, features, labels):
 
 
 def _metrics_line(y, labels):
+    """Accuracy, NMI and ARI of ``labels`` against the classes ``y``; noise (-1) is
+    scored as one more group, and also, for accuracy, as wrong."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     from .metrics import cluster_accuracy
 
-    return (
+    line = (
         f"accuracy {cluster_accuracy(y, labels):.3f}  "
         f"NMI {normalized_mutual_info_score(y, labels):.3f}  "
         f"ARI {adjusted_rand_score(y, labels):.3f}"
     )
+    clustered = np.asarray(labels) >= 0
+    if clustered.all():
+        return line
+    # The noise group is matched to a class like any cluster, and scores for it.
+    strict = (cluster_accuracy(np.asarray(y)[clustered], np.asarray(labels)[clustered]) * clustered.mean()
+              if clustered.any() else 0.0)
+    return (f"{line}  (the {np.sum(~clustered)} noise images scored as one more cluster; "
+            f"counted as wrong, accuracy {strict:.3f})")
 
 
 @contextlib.contextmanager

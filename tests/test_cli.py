@@ -1568,3 +1568,16 @@ def test_assign_finds_the_weights_of_a_project_moved_as_a_whole(capsys, image_fo
     status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(sent), "--out",
                           str(sent / "assigned"), "--quiet")
     assert status == 0, err
+
+
+def test_eval_says_how_noise_was_scored():
+    from skdeepclust.cli import _metrics_line
+
+    y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    # The noise (6 images, 4 of class 2) is matched to class 2 as a cluster would be.
+    labels = np.array([-1, 0, 0, 1, 1, -1, -1, -1, -1, -1])
+    assert _metrics_line(y, labels).startswith("accuracy 0.800  NMI ")
+    assert _metrics_line(y, labels).endswith(
+        "  (the 6 noise images scored as one more cluster; counted as wrong, accuracy 0.400)")
+    assert _metrics_line(y, np.full(10, -1)).endswith("counted as wrong, accuracy 0.000)")
+    assert _metrics_line(y, y) == "accuracy 1.000  NMI 1.000  ARI 1.000"
