@@ -141,6 +141,9 @@ def _without_output_folders(folder, files, out):
     The current ``out`` is left out silently; each earlier output folder gets a warning,
     since the user may not expect it to be skipped.
     """
+    if out.resolve() == folder.resolve():
+        raise UserError(f"--out {out} is the folder of images itself; give another --out (a folder "
+                        f"inside it will do, such as {out / 'skdeepclust-out'}, and is not clustered)")
     if out.resolve().is_relative_to(folder.resolve()):
         inside = os.path.join(str(folder), *out.resolve().relative_to(folder.resolve()).parts) + os.sep
         files = [path for path in files if not path.startswith(inside)]

@@ -1581,3 +1581,17 @@ def test_eval_says_how_noise_was_scored():
         "  (the 6 noise images scored as one more cluster; counted as wrong, accuracy 0.400)")
     assert _metrics_line(y, np.full(10, -1)).endswith("counted as wrong, accuracy 0.000)")
     assert _metrics_line(y, y) == "accuracy 1.000  NMI 1.000  ARI 1.000"
+
+
+@pytest.mark.parametrize("command", ["cluster", "assign"])
+def test_an_out_that_is_the_folder_of_images_itself_is_refused_in_one_line(capsys, image_folder, tmp_path, command):
+    if command == "assign":
+        _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    options = ["--n-clusters", "2", *TINY_ARGS] if command == "cluster" else ["--model", str(tmp_path / "run")]
+    before = sorted(path.name for path in image_folder.rglob("*"))
+    status, _, err = _run(capsys, command, str(image_folder), "--out", str(image_folder), *options)
+    assert status == 2
+    assert err == (f"skdeepclust: error: --out {image_folder} is the folder of images itself; give another "
+                   f"--out (a folder inside it will do, such as {image_folder / 'skdeepclust-out'}, and is not "
+                   "clustered)\n")
+    assert sorted(path.name for path in image_folder.rglob("*")) == before
