@@ -102,6 +102,10 @@ def _in_option_words(message, options):
         return option if quoted is None else f"{quoted[0]}{option}{quoted[0]}"
 
     message = _QUOTED_OR_PARAMETER.sub(respell, message)
+    # The command's samples are images: "n_samples=200 is fewer than ..." reads "200 images are".
+    message = re.sub(r"\bn_samples=(\d+) is\b",
+                     lambda match: "1 image is" if match[1] == "1" else f"{match[1]} images are", message)
+    message = re.sub(r"\bpass more samples\b", "give more images", message)
     for advice, (option, in_option_words) in _ADVICE_IN_OPTION_WORDS.items():
         if option in options:
             message = message.replace(advice, in_option_words)
@@ -402,6 +406,8 @@ def _output_folder(path, save_embeddings, save_model=False):
     while not missing.exists() and missing != missing.parent:
         made_now.append(missing)
         missing = missing.parent
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {path} is a file, not a folder; give a folder for the results")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -833,8 +839,9 @@ def build_parser():
                          help="timm model name, hf-hub:REPOSITORY, local-dir:FOLDER (a "
                          "downloaded copy of one), or efficientnet_lite0.offline (default: %(default)s)")
     cluster.add_argument("--pretrained", default="hub", metavar="PATH|hub|none",
-                         help="weights: a local checkpoint, 'hub' for timm's from the Hugging Face "
-                         "hub, 'none' for random (default: %(default)s)")
+                         help="weights: a local checkpoint, 'hub' for the model's own (timm's from the "
+                         "Hugging Face hub, or those in a local-dir: folder), 'none' for random "
+                         "(default: %(default)s)")
     cluster.add_argument("--image-size", type=_positive_int_argument, default=None,
                          help="backbone input size (default: the model's own)")
     cluster.add_argument("--crop-pct", type=_crop_pct_argument, default=1.0,

@@ -324,8 +324,12 @@ def _occupied_out(tmp_path):
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--image-size", "7", "--n-clusters", "1",
                       "--backbone", "test_vit", "--pretrained", "none"], "e.g. --image-size=16"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--clusterer", "scan", "--n-clusters", "1", *TINY_ARGS],
-         "n_samples=1"),
+         "1 image is too few for --n-clusters=1"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", "--clusterer", "gmm", *TINY_ARGS],
+         "1 image is fewer than --n-clusters=3; give more images or ask for fewer clusters"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--out", str(_flat_folder(tmp) / "a.png"),
+                      "--n-clusters", "1", *TINY_ARGS], "is a file, not a folder; give a folder for the results"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--out", str(_flat_folder(tmp) / "a.png" / "sub"),
                       "--n-clusters", "1", *TINY_ARGS], "cannot make this folder"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "1", "--out", str(_occupied_out(tmp)),
                       *TINY_ARGS], "cannot write montage.png there, as it is a folder"),
@@ -570,6 +574,9 @@ def test_option_words_leave_paths_and_other_commands_options_alone():
     path = "No image files found under '/data/TorchKMeans' or /x/TorchKMeans.png"
     assert _in_option_words(path, cluster_options) == path
     assert _in_option_words(advice, {"n_clusters": 3}) == advice  # a command without --clusterer
+    assert _in_option_words("n_samples=200 is fewer than n_clusters=500; pass more samples or ask for fewer "
+                            "clusters.", cluster_options) == (
+        "200 images are fewer than --n-clusters=500; give more images or ask for fewer clusters.")
 
 
 def test_an_installed_heif_plugin_is_registered_for_phone_photos(capsys, image_folder, tmp_path, monkeypatch,
