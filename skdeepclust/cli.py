@@ -390,8 +390,9 @@ def _metrics_line(y, labels):
     # The noise group is matched to a class like any cluster, and scores for it.
     strict = (cluster_accuracy(np.asarray(y)[clustered], np.asarray(labels)[clustered]) * clustered.mean()
               if clustered.any() else 0.0)
-    return (f"{line}  (the {np.sum(~clustered)} noise images scored as one more cluster; "
-            f"counted as wrong, accuracy {strict:.3f})")
+    n_noise = int(np.sum(~clustered))
+    noise = "the noise image" if n_noise == 1 else f"the {n_noise} noise images"
+    return f"{line}  ({noise} scored as one more cluster; counted as wrong, accuracy {strict:.3f})"
 
 
 @contextlib.contextmanager

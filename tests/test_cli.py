@@ -1588,6 +1588,7 @@ def test_eval_says_how_noise_was_scored():
         "  (the 6 noise images scored as one more cluster; counted as wrong, accuracy 0.400)")
     assert _metrics_line(y, np.full(10, -1)).endswith("counted as wrong, accuracy 0.000)")
     assert _metrics_line(y, y) == "accuracy 1.000  NMI 1.000  ARI 1.000"
+    assert "(the noise image scored as one more cluster;" in _metrics_line(y, np.r_[-1, y[1:]])
 
 
 @pytest.mark.parametrize("command", ["cluster", "assign"])
