@@ -12,6 +12,7 @@ same run, interleaved (best of ``--repeats`` rounds), from host uint8 arrays:
 
     python benchmarks/cpu_precision.py                # about 3 minutes on 2 cores
     python benchmarks/cpu_precision.py --per-class 50 --skip-random
+    python benchmarks/cpu_precision.py --float16 --per-class 10   # float16 too
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ def bfloat16_flags():
     return sorted(flag for flag in flags if "bf16" in flag)
 
 
-def compare(settings, images, repeats):
+def compare(settings, images, repeats, precisions=PRECISIONS):
     """Best images/s of each precision, interleaved, and the features of each."""
     embedders = {precision: ImageEmbedder(**settings, precision=precision, device="cpu").fit(images[:2])
-                 for precision in PRECISIONS}
-    best, features = dict.fromkeys(PRECISIONS, np.inf), {}
+                 for precision in precisions}
+    best, features = dict.fromkeys(precisions, np.inf), {}
     for _ in range(repeats):
         for precision, embedder in embedders.items():
             start = time.perf_counter()
@@ -74,6 +75,8 @@ def main(argv=None):
     parser.add_argument("--n-random-images", type=int, default=96, help="images for the random-weight rows")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-random", action="store_true", help="only the real backbones")
+    parser.add_argument("--float16", action="store_true",
+                        help="also time float16 in the random-weight rows (emulated on most CPUs)")
     args = parser.parse_args(argv)
 
     print(f"CPU, {torch.get_num_threads()} threads; bfloat16 instructions: "
@@ -83,7 +86,8 @@ def main(argv=None):
           f"{'cos min':>8} {'cos mean':>8} {'acc fp32':>8} {'acc bf16':>8}")
 
     def report(name, settings, images, labels=None):
-        rates, features = compare(settings, images, args.repeats)
+        timed = PRECISIONS + ("float16",) if args.float16 and labels is None else PRECISIONS
+        rates, features = compare(settings, images, args.repeats, timed)
         cosine = np.sum(features["float32"] * features["bfloat16"], axis=1)
         accuracy = ["", ""]
         if labels is not None:
@@ -91,6 +95,9 @@ def main(argv=None):
         print(f"{name:<46} {rates['float32']:>10.1f} {rates['bfloat16']:>10.1f} "
               f"{rates['bfloat16'] / rates['float32']:>9.2f} {cosine.min():>8.4f} {cosine.mean():>8.5f} "
               f"{accuracy[0]:>8} {accuracy[1]:>8}", flush=True)
+        if "float16" in rates:
+            print(f"{'  float16':<46} {rates['float16']:>10.1f} img/s, "
+                  f"{rates['float16'] / rates['float32']:.2f} x float32", flush=True)
 
     if not args.skip_random:
         pixels = np.random.default_rng(0).integers(0, 256, (args.n_random_images, 224, 224, 3), dtype=np.uint8)

@@ -163,6 +163,12 @@ def cpu_computes_in_bfloat16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
+def cpu_computes_in_float16() -> bool:
+    """Whether this CPU has float16 matrix instructions (AMX-FP16); elsewhere float16
+    is emulated, slowly."""
+    return bool(getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)())
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity where the OS tells it)."""
     if hasattr(os, "sched_getaffinity"):

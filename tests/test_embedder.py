@@ -3,6 +3,7 @@ import os
 import pickle
 import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import joblib
@@ -217,6 +218,24 @@ def test_bfloat16_precision_is_close_to_float32(images):
     half = ImageEmbedder(**TINY, precision="bfloat16", device="cpu").fit_transform(images)
     assert half.dtype == np.float32
     assert np.min(np.sum(full * half, axis=1)) > 0.99
+
+
+@pytest.mark.parametrize("amx_fp16", [False, True])
+def test_float16_on_a_cpu_that_emulates_it_is_warned_of(images, monkeypatch, amx_fp16):
+    import skdeepclust.embedding.embedder as embedder_module
+
+    monkeypatch.setattr(embedder_module, "cpu_computes_in_float16", lambda: amx_fp16)
+    embedder = ImageEmbedder(**TINY, precision="float16", device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        features = embedder.fit_transform(images)
+        embedder.transform(images)  # prepared once: one warning
+    emulated = [str(w.message) for w in caught if "is emulated" in str(w.message)]
+    assert features.dtype == np.float32
+    if amx_fp16:
+        assert emulated == []
+    else:
+        assert len(emulated) == 1 and "precision='bfloat16'" in emulated[0], emulated
 
 
 def test_out_of_memory_halves_the_batch(images, monkeypatch):
