@@ -219,12 +219,20 @@ def saved_model(embedder_params, random_state, stage, out):
     if source == "local-dir" and folder:  # assign may run in another folder
         kept["backbone"] = f"local-dir:{os.path.abspath(folder)}"
     # Also from the model's folder, where a project moved as a whole has them still.
-    relative = {"pretrained": None if isinstance(kept["pretrained"], bool) else kept["pretrained"],
-                "backbone": os.path.abspath(folder) if source == "local-dir" and folder else None}
-    relative = {name: _relative_path(where, out) for name, where in relative.items()}
+    relative = {name: _relative_path(where, out) for name, where in _named_weights(kept).items()}
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "skdeepclust": __version__,
             "timm": timm.__version__, "embedder": kept, "weights_digest": _weights_digest(kept),
             "weights_from_model": relative, "random_state": random_state, "stage": stage}
+
+
+def _named_weights(embedder):
+    """The weights a model's embedding settings name, by where they come from: the
+    ``pretrained`` checkpoint file and the ``local-dir:`` folder of the backbone,
+    each None where the settings name none."""
+    pretrained = embedder["pretrained"]
+    source, _, folder = str(embedder["backbone"]).partition(":")
+    return {"pretrained": None if isinstance(pretrained, bool) or not pretrained else pretrained,
+            "backbone": folder if source == "local-dir" and folder else None}
 
 
 def _content_digest(path):
@@ -245,10 +253,8 @@ def _content_digest(path):
 def _weights_digest(embedder):
     """What the weights files named by ``embedder`` hold, so that other weights put
     under the same name are not taken for the model's own."""
-    source, _, folder = embedder["backbone"].partition(":")
-    pretrained = embedder["pretrained"]
-    return {"pretrained": None if isinstance(pretrained, bool) else _content_digest(pretrained),
-            "backbone": _content_digest(folder) if source == "local-dir" and folder else None}
+    return {name: None if where is None else _content_digest(where)
+            for name, where in _named_weights(embedder).items()}
 
 
 def _relative_path(path, start):
@@ -265,10 +271,7 @@ def _find_moved_weights(model, folder):
     project moved as a whole, or a model sent with its weights."""
     embedder, digest = model["embedder"], model.get("weights_digest") or {}
     from_model = model.get("weights_from_model") or {}
-    source, _, backbone_folder = str(embedder["backbone"]).partition(":")
-    named = {"pretrained": None if isinstance(embedder["pretrained"], bool) else embedder["pretrained"],
-             "backbone": backbone_folder if source == "local-dir" and backbone_folder else None}
-    for name, where in named.items():
+    for name, where in _named_weights(embedder).items():
         if where is None or os.path.exists(where):
             continue
         candidates = [os.path.join(folder, os.path.basename(where.rstrip("/\\")))]
@@ -286,9 +289,9 @@ def _put_weights_at(model, weights):
     """Point the model at its weights' new place ``weights`` (``assign --weights``): a
     file for a ``pretrained`` checkpoint, a folder for a ``local-dir:`` backbone."""
     embedder = model["embedder"]
-    source, _, _ = str(embedder["backbone"]).partition(":")
-    names_file = not isinstance(embedder["pretrained"], bool)
-    if not names_file and source != "local-dir":
+    named = _named_weights(embedder)
+    names_file, names_folder = named["pretrained"] is not None, named["backbone"] is not None
+    if not names_file and not names_folder:
         made_with = "random weights" if embedder["pretrained"] is False else "timm's own weights from the hub"
         raise UserError(f"--weights {weights}: the model was made with {made_with}, not with a weights "
                         "file or local-dir: folder; leave --weights out")
@@ -298,7 +301,7 @@ def _put_weights_at(model, weights):
     if not os.path.exists(weights):
         raise UserError(f"--weights {given}: no such file or folder")
     weights = os.path.abspath(weights)
-    if os.path.isdir(weights) and source == "local-dir":
+    if os.path.isdir(weights) and names_folder:
         embedder["backbone"] = f"local-dir:{weights}"
     elif os.path.isfile(weights) and names_file:
         embedder["pretrained"] = weights
@@ -351,9 +354,7 @@ def load_model(path, weights=None):
         weights = _put_weights_at(model, weights)
     else:
         _find_moved_weights(model, path.parent)
-    source, _, folder = str(embedder["backbone"]).partition(":")
-    named = [where for where in (embedder["pretrained"], folder if source == "local-dir" else None)
-             if where and not isinstance(where, bool)]
+    named = [where for where in _named_weights(embedder).values() if where is not None]
     for where in named:
         if not os.path.exists(where):
             raise UserError(f"--model {path}: its weights {where} are gone; the model names the "
