@@ -1226,8 +1226,12 @@ def test_assign_names_weights_that_are_gone_or_replaced(capsys, image_folder, tm
     _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2",
                             "--pretrained", str(weights))
     weights.unlink()
-    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
-                          "--out", str(tmp_path / "assigned"))
+
+    def assign():
+        return _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                    "--out", str(tmp_path / "assigned"))
+
+    status, _, err = assign()
     assert status == 2
     assert err == (f"skdeepclust: error: --model {tmp_path / 'run' / 'model.joblib'}: its weights {weights} "
                    "are gone; the model names the weights it was made with rather than holding them, so put "
@@ -1235,8 +1239,7 @@ def test_assign_names_weights_that_are_gone_or_replaced(capsys, image_folder, tm
     # Other weights put under that name would embed the images otherwise.
     torch.manual_seed(1)
     save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(weights))
-    status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
-                          "--out", str(tmp_path / "assigned"))
+    status, _, err = assign()
     assert status == 2
     assert err == (f"skdeepclust: error: --model {tmp_path / 'run' / 'model.joblib'}: {weights} hold other "
                    "weights than those the model was made with; put the model's own back there, or give "
