@@ -145,21 +145,21 @@ def _recorded_rows(record_path, array_path, settings):
 
 
 def is_our_model(path):
-    """Whether ``path`` is missing or a model.joblib that ``cluster --save-model`` wrote
-    (its format tag is in the uncompressed pickle; nothing is unpickled)."""
+    """Whether ``path`` is a model.joblib that ``cluster --save-model`` wrote (its
+    format tag is in the uncompressed pickle; nothing is unpickled)."""
     try:
         with open(path, "rb") as handle:
             return MODEL_FORMAT.encode() in handle.read(4096)  # the model's first key
     except OSError:
-        return not Path(path).exists()
+        return False
 
 
 def is_our_record(path):
-    """Whether ``path`` is missing or a record of embeddings that a run wrote."""
+    """Whether ``path`` is a record of embeddings that a run wrote."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return not Path(path).exists()
+        return False
     return isinstance(record, dict) and {"settings", "files"} <= record.keys()
 
 
@@ -193,7 +193,7 @@ def keep_partial_embeddings(out, features, record, n_files, interrupted):
 def remove_partial_embeddings(out, kept_elsewhere):
     """Remove what a run stopped early kept in ``out``, now that a run has finished;
     unless ``kept_elsewhere`` (in embeddings.npy), say so."""
-    if (out / PARTIAL_FILE).is_file() and (out / PARTIAL_RECORD).is_file() and is_our_record(out / PARTIAL_RECORD):
+    if (out / PARTIAL_FILE).is_file() and is_our_record(out / PARTIAL_RECORD):
         (out / PARTIAL_RECORD).unlink()
         (out / PARTIAL_FILE).unlink()
         if not kept_elsewhere:

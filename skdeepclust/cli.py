@@ -487,7 +487,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
     # Only an array with its record: one without is the user's own.
     record = out / EMBEDDINGS_RECORD
-    if embedding_record is None and earlier_run and record.is_file() and is_our_record(record):
+    if embedding_record is None and earlier_run and is_our_record(record):
         record.unlink()
         if (out / EMBEDDINGS_FILE).is_file():
             (out / EMBEDDINGS_FILE).unlink()
@@ -498,7 +498,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
 
         joblib.dump(model, out / MODEL_FILE)
         written.append(out / MODEL_FILE)
-    elif earlier_run and (out / MODEL_FILE).is_file() and is_our_model(out / MODEL_FILE):
+    elif earlier_run and is_our_model(out / MODEL_FILE):
         (out / MODEL_FILE).unlink()
         warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
              f"{RESULTS_FILE} (--save-model writes it anew)")
