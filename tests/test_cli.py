@@ -60,6 +60,18 @@ def test_too_many_clusters_for_a_montage_leave_the_results_and_warn(capsys, imag
         assert len(list(csv.DictReader(handle))) == 8
 
 
+def test_a_photo_over_pils_pixel_limit_is_clustered_when_its_reduced_decoding_is_not(
+        capsys, image_folder, tmp_path, monkeypatch):
+    # As a 200-megapixel phone photo is against PIL's limit of 179 million, decoded at 1/8.
+    photo = Image.fromarray(np.full((1200, 1600, 3), 230, np.uint8))
+    photo.save(image_folder / "bright" / "phone.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)  # twice that is below its 1.92 million, above 150 x 200
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--eval",
+                               "--out", str(tmp_path / "out"), *TINY_ARGS)
+    assert status == 0 and err == "", err
+    assert stdout.startswith("9 images") and "skipped" not in stdout
+
+
 def test_output_folder_inside_the_input_is_not_clustered_next_time(capsys, image_folder):
     out = image_folder / "results"
     for _ in range(2):

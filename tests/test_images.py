@@ -290,6 +290,25 @@ def test_damaged_files_of_every_kind_name_the_file(tmp_path, monkeypatch):
         _first_batch([huge])
 
 
+def test_a_jpeg_over_pils_pixel_limit_is_checked_at_the_size_it_is_decoded_to(tmp_path, monkeypatch):
+    # A 200-megapixel phone photo is over twice PIL's limit, but decoded at 1/8 of each side.
+    path = str(tmp_path / "phone.jpg")
+    Image.fromarray(_photo(120, 160)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    lifted = next(as_images([path]).batches(1, min_size=(15, 20)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the photo holds 19,200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eighth = next(as_images([path]).batches(1, min_size=(15, 20)))  # 20 x 15 decoded
+    assert eighth.shape == (1, 3, 15, 20) and torch.equal(eighth, lifted)
+    with pytest.warns(Image.DecompressionBombWarning, match=r"phone.jpg'.*decoded \(40 x 30 = 1,200 pixels\)"):
+        next(as_images([path]).batches(1, min_size=(30, 40)))  # a quarter: between the limit and twice it
+    with pytest.raises(ValueError, match=r"phone.jpg' is too large.*decoded \(80 x 60 = 4,800 pixels\)"):
+        next(as_images([path]).batches(1, min_size=(60, 80)))
+    with pytest.raises(ValueError, match="phone.jpg' is too large"):  # in full, as PIL checks it
+        next(as_images([path]).batches(1))
+
+
 def test_damaged_exif_data_leaves_the_image_as_it_is(tmp_path):
     picture = Image.fromarray(_photo(6, 10))
     picture.info["exif"] = b"Exif\x00\x00garbage!garbage!"  # no TIFF header: unreadable

@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import stat
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -370,6 +371,43 @@ def _upright(image, orientation=None):
     return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
+def _open_image(path, min_size):
+    """``PIL.Image.open(path)``, and whether PIL checked the image's size against its
+    decompression-bomb limit: not for a JPEG to be decoded at a reduced scale
+    (``min_size`` given), whose decoded size ``_check_decoded_size`` checks instead,
+    so that a 200-megapixel phone photo decoded to an eighth of each side is not
+    refused."""
+    from PIL import Image, JpegImagePlugin
+
+    if min_size is not None:
+        with open(path, "rb") as handle:
+            starts_as_jpeg = handle.read(3) == b"\xff\xd8\xff"  # the start-of-image marker
+        if starts_as_jpeg:
+            try:
+                return JpegImagePlugin.jpeg_factory(path), False  # what Image.open calls for a JPEG
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                pass  # not a JPEG after all: PIL's other plugins may know it, or say why not
+    return Image.open(path), True
+
+
+def _check_decoded_size(image, path):
+    """PIL's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``, applied to the
+    pixels ``image`` will be decoded to, with the file named in the warning."""
+    from PIL import Image
+
+    limit, (width, height) = Image.MAX_IMAGE_PIXELS, image.size
+    if limit is None or width * height <= limit:
+        return
+    pixels = f"{width} x {height} = {width * height:,} pixels"
+    if width * height > 2 * limit:  # where PIL's own check raises
+        raise Image.DecompressionBombError(f"Image size when decoded ({pixels}) exceeds the limit of "
+                                           f"{2 * limit:,} pixels, could be decompression bomb DOS attack.")
+    warnings.warn(f"Image file {path!r}: its size when decoded ({pixels}) exceeds "
+                  f"PIL.Image.MAX_IMAGE_PIXELS ({limit:,}), could be "
+                  "a decompression bomb; it is decoded, as PIL decodes up to twice that.",
+                  Image.DecompressionBombWarning, stacklevel=stacklevel_of_user_code())
+
+
 def _decode_file(path, min_size=None):
     """The RGB pixels of an image file, upright as its EXIF orientation says (as photo viewers show it).
 
@@ -380,7 +418,8 @@ def _decode_file(path, min_size=None):
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        image, size_checked = _open_image(path, min_size)
+        with image:
             file_format = image.format
             orientation = _orientation(image)
             if min_size is not None:
@@ -388,6 +427,8 @@ def _decode_file(path, min_size=None):
                 if orientation in _ORIENTATIONS_THAT_SWAP_AXES:
                     height, width = width, height
                 image.draft("RGB", (width, height))
+            if not size_checked:
+                _check_decoded_size(image, path)
             image.load()
             image = _upright(image, orientation)
     except MemoryError:
