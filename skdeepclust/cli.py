@@ -105,7 +105,10 @@ def _in_option_words(message, options):
     # The command's samples are images: "n_samples=200 is fewer than ..." reads "200 images are".
     message = re.sub(r"\bn_samples=(\d+) is\b",
                      lambda match: "1 image is" if match[1] == "1" else f"{match[1]} images are", message)
-    message = re.sub(r"\bpass more samples\b", "give more images", message)
+    message = re.sub(r"\bgot n_samples=(\d+)",
+                     lambda match: "got 1 image" if match[1] == "1" else f"got {match[1]} images", message)
+    message = re.sub(r"\b([pP])ass more samples\b",
+                     lambda match: ("g" if match[1] == "p" else "G") + "ive more images", message)
     for advice, (option, in_option_words) in _ADVICE_IN_OPTION_WORDS.items():
         if option in options:
             message = message.replace(advice, in_option_words)
@@ -205,11 +208,12 @@ def _register_installed_pillow_plugins():
 def _image_files(folder, out):
     """The image files under ``folder``, less those in ``out`` and in the output folders
     of earlier runs, so that a run writing its results inside ``folder`` does not
-    cluster them in the next run."""
-    from .embedding.images import find_image_files
+    cluster them in the next run; and those the search left out with a warning."""
+    from .embedding.images import _find_image_files
 
     _register_installed_pillow_plugins()
-    return _without_output_folders(folder, find_image_files(folder), out)
+    files, left_out = _find_image_files(folder)
+    return _without_output_folders(folder, files, out), left_out
 
 
 def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_state, quiet,
@@ -297,12 +301,21 @@ def _embed_readable(embedder, files):
     return features, readable
 
 
-def _print_skipped(skipped):
-    """List the unreadable files a run left out, after its results."""
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s):")
-        for path in skipped:
+def _print_skipped(left_out, skipped):
+    """List the files a run left out, after its results: ``left_out`` by the search
+    for images (in formats Pillow cannot read here, and the like), ``skipped`` as they
+    did not decode; with what would make the formats readable."""
+    from .embedding.images import IN_CLOUD_ADVICE, _unreadable_photos_advice
+
+    if left_out or skipped:
+        print(f"skipped {len(left_out) + len(skipped)} unreadable file(s):")
+        for path in sorted(left_out + skipped):
             print(f"  {path}")
+    advice = [_unreadable_photos_advice(left_out)]
+    if any(path.endswith(".icloud") for path in left_out):  # no image file is named so
+        advice.append(f"Of those in iCloud: {IN_CLOUD_ADVICE[:1].lower()}{IN_CLOUD_ADVICE[1:]}")
+    if any(advice):
+        print(" ".join(filter(None, advice)))
 
 
 def _assembled(files, readable, earlier, to_embed, new_features):
@@ -505,15 +518,17 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     try:
         cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
-    except _MontageTooLarge:
-        # Only so many clusters make a picture too large to open; the results stand.
+    except (_MontageTooLarge, ValueError) as exc:
+        # Only so many clusters make a picture too large to open, and a file moved or
+        # damaged since it was embedded cannot be shown; the results stand.
         removed = ""
         if earlier_run and (out / MONTAGE_FILE).is_file():
             (out / MONTAGE_FILE).unlink()  # it shows the clusters of an earlier run
             removed = f", and the earlier run's {MONTAGE_FILE} removed"
-        warn(f"{MONTAGE_FILE} not written: a row for each of the {len(np.unique(labels)):,} "
-             f"clusters would make it larger than PIL opens (PIL.Image.MAX_IMAGE_PIXELS){removed}; "
-             f"{RESULTS_FILE} holds every image's cluster")
+        why = (f"a row for each of the {len(np.unique(labels)):,} clusters would make it larger than PIL "
+               "opens (PIL.Image.MAX_IMAGE_PIXELS)" if isinstance(exc, _MontageTooLarge)
+               else f"{str(exc).rstrip('.')} (changed after they were embedded)")
+        warn(f"{MONTAGE_FILE} not written: {why}{removed}; {RESULTS_FILE} holds every image's cluster")
     return written
 
 
@@ -653,7 +668,7 @@ def assign_command(args):
 def _assign_folder(args, folder, out, model):
     from .embedding import ImageEmbedder
 
-    files = _image_files(folder, out)
+    files, left_out = _image_files(folder, out)
     start = time.perf_counter()
     stage = model["stage"]
     embedder = ImageEmbedder(**model["embedder"], device=args.device, precision=args.precision,
@@ -668,14 +683,14 @@ def _assign_folder(args, folder, out, model):
     written = _write_results(out, files, stage, features, None, labels=labels)
     print(f"{len(files)} images assigned to the {len(stage.cluster_ids_)} clusters of {args.model} "
           f"({time.perf_counter() - start:.1f} s); wrote {listed(written)}")
-    _print_skipped(skipped)
+    _print_skipped(left_out, skipped)
     return 0
 
 
 def _cluster_folder(args, folder, out):
     from .datasets import class_folder_labels
 
-    files = _image_files(folder, out)
+    files, left_out = _image_files(folder, out)
     if args.eval:
         _check_class_folders(folder, files)
     start = time.perf_counter()
@@ -724,8 +739,7 @@ def _cluster_folder(args, folder, out):
     if n_reused:
         reuse = f"; {n_reused} embeddings of an earlier run reused"
     elif changed_settings:
-        changed = [f"{name} version" if name in ("skdeepclust", "timm") else f"--{name.replace('_', '-')}"
-                   for name in changed_settings]
+        changed = [_setting_in_option_words(name, args) for name in changed_settings]
         reuse = (f"; the embeddings of an earlier run in {out} were not reused, as they were made "
                  f"with another {listed(changed)}")
     print(
@@ -740,8 +754,20 @@ def _cluster_folder(args, folder, out):
     if embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING and _float32_where_bfloat16_is_native(args):
         print("(this CPU computes in bfloat16 natively: with --precision bfloat16 the embedding ran 1.8 to "
               "2.3 times as fast on such a CPU, with the same k-means accuracy, in skdeepclust's benchmarks)")
-    _print_skipped(skipped)
+    _print_skipped(left_out, skipped)
     return 0
+
+
+def _setting_in_option_words(name, args):
+    """A setting of the embeddings record as the command's option, for the summary."""
+    if name in ("skdeepclust", "timm"):
+        return f"{name} version"
+    option = f"--{name.replace('_', '-')}"
+    # Weights files are known by their stamps: a copy written over them counts as new.
+    if (name == "pretrained" and args.pretrained not in ("hub", "none")) or (
+            name == "backbone" and args.backbone.startswith("local-dir:")):
+        return f"{option} (or the same, its weights written anew since)"
+    return option
 
 
 def _float32_where_bfloat16_is_native(args):
@@ -812,6 +838,9 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+QUIET_HELP = "no progress bars or clusterer log lines"
+
+
 def build_parser():
     from . import __version__
     from .clustering import available_clusterer_names
@@ -880,7 +909,7 @@ def build_parser():
                          "images into these clusters")
     cluster.add_argument("--eval", action="store_true",
                          help="PATH/<class>/ folders are the true classes: print accuracy, NMI, ARI")
-    cluster.add_argument("--quiet", action="store_true", help="no progress bars")
+    cluster.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     cluster.set_defaults(run=cluster_command)
 
     assign = commands.add_parser(
@@ -904,7 +933,7 @@ def build_parser():
                         help="images per forward pass, or 'auto' (default: %(default)s)")
     assign.add_argument("--num-workers", type=_count_argument, default=None,
                         help="processes decoding images (default: as for cluster)")
-    assign.add_argument("--quiet", action="store_true", help="no progress bars")
+    assign.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     assign.set_defaults(run=assign_command)
 
     demo = commands.add_parser(
@@ -919,7 +948,7 @@ def build_parser():
                       help="how the embeddings are grouped (default: %(default)s)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     demo.add_argument("--out", default="skdeepclust-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     demo.set_defaults(run=demo_command)
     return parser
 

@@ -85,7 +85,7 @@ class PretrainedFeatureClusterer(
         device (see :class:`~skdeepclust.ImageEmbedder`).
     num_workers : int or None, default=None
         Processes that decode image files ahead of the backbone; ``None`` uses one
-        per core but one on a GPU, and none on the CPU.
+        per core but one on a GPU (at most 16), and none on the CPU.
     device : str or torch.device, default="auto"
         Where the backbone (and torch clusterers) run; ``"auto"`` picks CUDA when present.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
@@ -96,7 +96,8 @@ class PretrainedFeatureClusterer(
     random_state : int, RandomState instance or None, default=None
         Seeds the clusterer and, with ``pretrained=False``, the backbone's weights.
     verbose : int, default=0
-        Show progress bars (embedding, and training of the clustering heads) when positive.
+        Show progress bars (embedding, and training of the clustering heads) when
+        positive; ``"torch_kmeans"`` prints the inertia of each initialisation.
 
     Attributes
     ----------

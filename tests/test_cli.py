@@ -72,6 +72,31 @@ def test_a_photo_over_pils_pixel_limit_is_clustered_when_its_reduced_decoding_is
     assert stdout.startswith("9 images") and "skipped" not in stdout
 
 
+def test_a_file_gone_before_the_montage_leaves_the_results_and_warns(capsys, image_folder, tmp_path, monkeypatch):
+    from skdeepclust import cli
+
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0 and (out / "montage.png").is_file(), err
+    confidence = cli._confidence
+
+    def removing_a_file_first(*args):  # as a user tidying the folder during a long run
+        (image_folder / "dark" / "0.png").unlink()
+        return confidence(*args)
+
+    monkeypatch.setattr(cli, "_confidence", removing_a_file_first)
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                               *TINY_ARGS)
+    assert status == 0, err
+    assert err == (f"skdeepclust: warning: montage.png not written: Image files not found: "
+                   f"'{image_folder / 'dark' / '0.png'}' (changed after they were embedded), and the earlier run's "
+                   "montage.png "
+                   "removed; clusters.csv holds every image's cluster\n")
+    assert not (out / "montage.png").exists() and stdout.rstrip().endswith(f"wrote {out / 'clusters.csv'}")
+    with open(out / "clusters.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 8
+
+
 def test_output_folder_inside_the_input_is_not_clustered_next_time(capsys, image_folder):
     out = image_folder / "results"
     for _ in range(2):
@@ -212,6 +237,28 @@ def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path,
     assert len(rows) == 1 + 8 and not any("broken.jpg" in row for row in rows)
 
 
+def test_files_left_out_before_the_embedding_are_listed_at_the_end_too(capsys, image_folder, tmp_path):
+    # An iPhone roll without pillow-heif lost most of its photos in one early warning.
+    from skdeepclust.embedding.images import readable_image_extensions
+
+    if ".heic" in readable_image_extensions():
+        pytest.skip("a HEIF opener is registered with Pillow here")
+    (image_folder / "bright" / "IMG_0001.HEIC").write_bytes(b"not decoded here")
+    (image_folder / "bright" / ".IMG_0002.JPG.icloud").write_bytes(b"a placeholder")
+    (image_folder / "dark" / "broken.jpg").write_bytes(b"not a jpeg")
+    (image_folder / "dark" / "gone.jpg").symlink_to(image_folder / "nowhere.jpg")
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2",
+                               "--out", str(tmp_path / "o"), *TINY_ARGS)
+    assert status == 0, err
+    listed = stdout[stdout.index("skipped 4 unreadable file(s):\n"):].splitlines()[1:]
+    assert listed[:4] == [f"  {image_folder / name}" for name in ["bright/.IMG_0002.JPG.icloud",
+                                                                  "bright/IMG_0001.HEIC", "dark/broken.jpg",
+                                                                  "dark/gone.jpg"]]
+    assert listed[4].startswith("HEIC/HEIF files are read once pillow-heif is installed")
+    assert listed[4].endswith("Of those in iCloud: download them (in the Finder, 'Download Now' on their "
+                              "folder) and run again.") and len(listed) == 5
+
+
 def test_eval_skips_an_unreadable_file_in_path_itself(capsys, image_folder, tmp_path):
     # The check for class folders counted it before it was found unreadable and skipped.
     (image_folder / "broken.jpg").write_bytes(b"not a jpeg")
@@ -223,16 +270,16 @@ def test_eval_skips_an_unreadable_file_in_path_itself(capsys, image_folder, tmp_
 
 def test_each_file_is_decoded_once(capsys, image_folder, tmp_path, monkeypatch):
     import collections
-    import os
 
     from skdeepclust import visualization
+    from skdeepclust.embedding import images
 
-    (image_folder / "dark" / "broken.jpg").write_bytes(b"not a jpeg")
+    (image_folder / "dark" / "broken.jpg").write_bytes(b"\xff\xd8\xffnot a jpeg")
     # The montage opens the few files it shows once more; it is not under test here.
     monkeypatch.setattr(visualization, "cluster_montage", lambda *args, **kwargs: Image.new("RGB", (1, 1)))
     opened = collections.Counter()
-    open_image = Image.open
-    monkeypatch.setattr(Image, "open", lambda fp, *args: opened.update([os.fspath(fp)]) or open_image(fp, *args))
+    open_image = images._open_image  # Image.open, or for a JPEG the JPEG plugin's own opener
+    monkeypatch.setattr(images, "_open_image", lambda path, *args: opened.update([path]) or open_image(path, *args))
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"),
                           "--num-workers", "0", *TINY_ARGS)
     assert status == 0, err
@@ -339,6 +386,8 @@ def _occupied_out(tmp_path):
          "1 image is too few for --n-clusters=1"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "3", "--clusterer", "gmm", *TINY_ARGS],
          "1 image is fewer than --n-clusters=3; give more images or ask for fewer clusters"),
+        (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--n-clusters", "1", "--clusterer", "spectral",
+                      *TINY_ARGS], "than eigenvectors (--n-clusters); got 1 image. Give more images or ask for fewer"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--out", str(_flat_folder(tmp) / "a.png"),
                       "--n-clusters", "1", *TINY_ARGS], "is a file, not a folder; give a folder for the results"),
         (lambda tmp: ["cluster", str(_flat_folder(tmp)), "--out", str(_flat_folder(tmp) / "a.png" / "sub"),
@@ -832,6 +881,29 @@ def test_a_rerun_with_other_embedding_settings_embeds_every_file(capsys, image_f
     assert counts == [8]
     assert (f"the embeddings of an earlier run in {out} were not reused, as they were made with "
             f"another {option})") in stdout
+
+
+def test_weights_written_anew_stop_the_reuse_and_the_summary_says_so(capsys, image_folder, tmp_path, monkeypatch):
+    # It said "another --pretrained" of a file copied over by the same bytes.
+    import shutil
+
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "weights.safetensors"
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(weights))
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+            *TINY_ARGS[:2], "--pretrained", str(weights), *TINY_ARGS[4:]]
+    assert _run(capsys, *argv)[0] == 0
+    shutil.copy(weights, tmp_path / "copy.safetensors")
+    os.replace(tmp_path / "copy.safetensors", weights)
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [8]
+    assert ("were not reused, as they were made with another --pretrained (or the same, its weights "
+            "written anew since))") in stdout
 
 
 def test_the_device_and_batch_size_do_not_stop_the_reuse(capsys, image_folder, tmp_path, monkeypatch):

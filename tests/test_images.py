@@ -263,6 +263,19 @@ def test_large_jpeg_decodes_at_reduced_scale_that_still_covers_min_size(tmp_path
     assert (shrunk - reduced.float()).abs().mean() < 3
 
 
+def test_large_images_of_other_formats_come_reduced_to_twice_min_size(tmp_path):
+    # A batch of 32 4K screenshots held 7.5 GB at full size, before resizing.
+    pixels = np.random.default_rng(0).integers(0, 256, (203, 331, 3), dtype=np.uint8)
+    path = str(tmp_path / "screenshot.png")
+    Image.fromarray(pixels).save(path)
+    reduced = next(as_images([path]).batches(1, min_size=(20, 30)))[0].permute(1, 2, 0).numpy()
+    # Blocks of 5 x 5 (not 6: 203 // 6 rows would be under twice 20), whole, centred.
+    blocks = pixels[1:201, :330].reshape(40, 5, 66, 5, 3).mean(axis=(1, 3))
+    assert reduced.shape == (40, 66, 3) and np.abs(reduced - blocks).max() < 1  # PIL rounds nearly to nearest
+    as_they_are = next(as_images([path]).batches(1, min_size=(60, 90)))  # under four times
+    assert torch.equal(as_they_are, _first_batch([path]))
+
+
 def test_exif_orientation_is_applied(tmp_path):
     picture = Image.fromarray(_photo(40, 80))
     exif = Image.Exif()
@@ -584,12 +597,15 @@ def test_files_in_a_folder_that_cannot_be_entered_are_named_not_found(tmp_path, 
         assert find_image_files(tmp_path) == [str(tmp_path / "open" / "1.png")]
 
 
-def test_every_jpeg_extension_and_tga_are_found(tmp_path):
-    for name in ("a.jfif", "b.jpe", "c.tga", "d.JPG"):
-        Image.new("RGB", (4, 4)).save(tmp_path / name, format="TGA" if name.endswith("tga") else "JPEG")
+def test_every_jpeg_extension_and_other_formats_pillow_reads_are_found(tmp_path):
+    # .mpo (3D and burst cameras), .apng, .pbm, .pnm and .jp2 were left out without a word.
+    formats = {"a.jfif": "JPEG", "b.jpe": "JPEG", "c.tga": "TGA", "d.JPG": "JPEG", "e.mpo": "MPO",
+               "f.apng": "PNG", "g.pbm": "PPM", "h.pnm": "PPM", "i.jp2": "JPEG2000"}
+    for name, image_format in formats.items():
+        Image.new("1" if name.endswith("pbm") else "RGB", (4, 4)).save(tmp_path / name, format=image_format)
     found = [path.rsplit("/", 1)[-1] for path in find_image_files(tmp_path)]
-    assert found == ["a.jfif", "b.jpe", "c.tga", "d.JPG"]
-    assert _first_batch([str(tmp_path / name) for name in found]).shape == (4, 3, 4, 4)
+    assert found == list(formats)
+    assert _first_batch([str(tmp_path / name) for name in found]).shape == (9, 3, 4, 4)
 
 
 def test_internal_helpers_once_listed_in_the_package_still_import_with_a_warning():
@@ -619,6 +635,16 @@ def test_photo_files_pillow_cannot_read_here_are_named_in_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"Skipped 3 photo file\(s\) in formats Pillow cannot read here "
                                          r"\(.cr2: 1, .heic: 2\).*IMG_0001.HEIC.*pillow_heif.register_heif_opener"
                                          r"\(\).*convert .cr2 files to JPEG or PNG"):
+        assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
+
+
+def test_photos_kept_in_icloud_and_not_downloaded_are_named_in_a_warning(tmp_path):
+    # iCloud Drive leaves a hidden placeholder, .IMG_0004.JPG.icloud, of a photo not downloaded.
+    Image.new("RGB", (4, 4)).save(tmp_path / "kept.png")
+    for name in [".IMG_0004.JPG.icloud", ".notes.txt.icloud", ".DS_Store"]:
+        (tmp_path / name).write_bytes(b"a placeholder")
+    with pytest.warns(UserWarning, match=r"Skipped 1 photo\(s\) kept in iCloud and not downloaded to this "
+                                         r"computer: '[^,]*\.IMG_0004\.JPG\.icloud'\. Download them"):
         assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
 
 

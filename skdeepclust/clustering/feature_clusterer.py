@@ -364,8 +364,9 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Passed to the clusterer when it takes one and has none set.
     verbose : int, default=0
-        Passed to this package's clustering heads given by name, which then show
-        a progress bar of their training.
+        Passed to this package's clusterers given by name: the clustering heads
+        then show a progress bar of their training, and ``"torch_kmeans"`` prints
+        the inertia of each initialisation.
 
     Attributes
     ----------
@@ -455,12 +456,11 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
                 "samples or ask for fewer clusters."
             )
         if _spectral_eigenvectors_exceed_arpack(clusterer, n_samples):
-            fewer = ("set n_components below n_samples" if clusterer.n_components
-                     else "ask for fewer clusters")  # the command line has no n_components
+            eigenvectors, fewer = (("n_components", "set n_components below n_samples") if clusterer.n_components
+                                   else ("n_clusters", "ask for fewer clusters"))
             raise ValueError(
                 f"SpectralClustering on a nearest-neighbour graph needs more samples than "
-                f"eigenvectors (n_components, or else n_clusters); got n_samples="
-                f"{n_samples}. Pass more samples or {fewer}."
+                f"eigenvectors ({eigenvectors}); got n_samples={n_samples}. Pass more samples or {fewer}."
             )
 
     def fit(self, X, y=None, sample_weight=None):

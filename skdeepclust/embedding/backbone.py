@@ -60,8 +60,9 @@ _TIMM_WITH_LOCAL_DIR = (1, 0, 16)
 class PretrainedWeightsUnavailable(OSError):
     """timm's own weights for a backbone could not be fetched (offline, or no such tag).
 
-    Raised by ``fit`` with ``pretrained=True``; its message lists the ways to go on
-    without the hub. An :class:`OSError`, as a failed download is.
+    Raised by ``fit`` with ``pretrained=True``, and for an ``hf-hub:`` backbone
+    whatever ``pretrained`` is (its architecture comes from the hub too); its
+    message lists the ways to go on without the hub. An :class:`OSError`, as a failed download is.
 
     Attributes
     ----------
