@@ -638,6 +638,22 @@ def test_photo_files_pillow_cannot_read_here_are_named_in_a_warning(tmp_path):
         assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
 
 
+def test_thumbnails_that_photo_software_keeps_beside_the_photos_are_skipped(tmp_path):
+    # Each photo was clustered three or four times: with its previews and thumbnails.
+    names = ["Photos Library.photoslibrary/originals/A/IMG_1.jpg",
+             "Photos Library.photoslibrary/Masters/2019/IMG_0.jpg",
+             "Photos Library.photoslibrary/resources/derivatives/A/IMG_1_1_105_c.jpeg",
+             "Photos Library.photoslibrary/resources/derivatives/masters/A/IMG_1_4_5005_c.jpeg",
+             "nas/IMG_2.jpg", "nas/@eaDir/IMG_2.jpg/SYNOPHOTO_THUMB_M.jpg", "resources/kept.jpg"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    found = [os.path.relpath(path, tmp_path) for path in find_image_files(tmp_path)]
+    assert found == [names[1], names[0], "nas/IMG_2.jpg", "resources/kept.jpg"]
+    library = tmp_path / "Photos Library.photoslibrary"  # given itself, as well
+    assert find_image_files(library) == [str(tmp_path / names[1]), str(tmp_path / names[0])]
+
+
 def test_photos_kept_in_icloud_and_not_downloaded_are_named_in_a_warning(tmp_path):
     # iCloud Drive leaves a hidden placeholder, .IMG_0004.JPG.icloud, of a photo not downloaded.
     Image.new("RGB", (4, 4)).save(tmp_path / "kept.png")

@@ -519,7 +519,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     - a list of PIL images, of HWC/CHW/HW arrays or tensors, or of file paths
       (sizes may differ);
     - the path of a folder, searched recursively for image files (folder links
-      are followed; hidden files and macOS's ``__MACOSX`` folders are skipped),
+      are followed; hidden files, macOS's ``__MACOSX`` folders and photo software's thumbnails
+      are skipped, as :func:`~skdeepclust.embedding.find_image_files` says),
       taken in the order of :func:`~skdeepclust.embedding.find_image_files`.
 
     Grayscale is repeated to RGB and an alpha channel is dropped. A shape that reads

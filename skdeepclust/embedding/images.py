@@ -75,9 +75,15 @@ def is_hidden_name(name):
 
     Dot-files (``.DS_Store``, ``._photo.jpg`` resource forks) and macOS's
     ``__MACOSX`` folders in zip files look like images by their extension but
-    hold none.
+    hold none; the ``@eaDir`` folders of a Synology NAS hold thumbnails it made of
+    each photo beside them.
     """
-    return name.startswith(".") or name == "__MACOSX"
+    return name.startswith(".") or name in ("__MACOSX", "@eaDir")
+
+
+# In a macOS Photos library (a folder ending .photoslibrary), the folders of the
+# photos themselves; the others hold previews and thumbnails of each, made by Photos.
+_PHOTOS_LIBRARY_ORIGINALS = ("originals", "Masters")
 
 
 def readable_image_extensions():
@@ -184,7 +190,10 @@ def _warn_of_skipped_entries(unlisted, unreachable):
 def find_image_files(folder) -> list:
     """All image files under ``folder``, recursively, as strings.
 
-    Folder links are followed (each real folder once), hidden names skipped.
+    Folder links are followed (each real folder once), hidden names skipped, and
+    so are the thumbnails that photo software keeps beside the photos: a Synology
+    NAS's ``@eaDir`` folders, and the previews of a macOS Photos library (in a
+    folder ending ``.photoslibrary`` only ``originals`` and ``Masters`` are searched).
     Sorted by path component, so that the files of class ``dog`` come before
     those of ``dog-1`` as their class names sort.
 
@@ -255,13 +264,15 @@ def _find_image_files(folder):
         # A folder that may be listed but not entered (mode r--) names files that
         # cannot be opened, though its entries say "file" (os.path.isfile's stat failed).
         enterable = os.access(directory, os.X_OK)
+        in_photos_library = directory.rstrip(os.sep).endswith(".photoslibrary")
         for entry in entries:
             if is_hidden_name(entry.name):
                 if _is_in_cloud(entry.name, photo_extensions):
                     in_cloud.append(entry.path)
                 continue
             if _entry_is(entry.is_dir):  # links to folders followed
-                subfolders.append(entry.path)
+                if not in_photos_library or entry.name in _PHOTOS_LIBRARY_ORIGINALS:
+                    subfolders.append(entry.path)
             elif (extension := os.path.splitext(entry.name)[1].lower()) in other_photo_extensions:
                 unreadable_photos.append(entry.path)
             elif extension in extensions:
