@@ -18,3 +18,8 @@ def listed(items):
     """``items`` as one English list: "a", "a and b", "a, b and c"."""
     items = [str(item) for item in items]
     return items[-1] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def counted(number, noun):
+    """``number`` and ``noun``, plural but for one: "1 image", "2 images"."""
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_messages import UserError, listed, warn
+from ._cli_messages import UserError, counted, listed, warn
 from ._run_files import (
     EMBEDDINGS_FILE,
     EMBEDDINGS_RECORD,
@@ -681,8 +681,8 @@ def _assign_folder(args, folder, out, model):
     files, features = [path for path, keep in zip(files, readable) if keep], features[readable]
     labels = stage.predict(features)
     written = _write_results(out, files, stage, features, None, labels=labels)
-    print(f"{len(files)} images assigned to the {len(stage.cluster_ids_)} clusters of {args.model} "
-          f"({time.perf_counter() - start:.1f} s); wrote {listed(written)}")
+    print(f"{counted(len(files), 'image')} assigned to the {counted(len(stage.cluster_ids_), 'cluster')} of "
+          f"{args.model} ({time.perf_counter() - start:.1f} s); wrote {listed(written)}")
     _print_skipped(left_out, skipped)
     return 0
 
@@ -743,7 +743,7 @@ def _cluster_folder(args, folder, out):
         reuse = (f"; the embeddings of an earlier run in {out} were not reused, as they were made "
                  f"with another {listed(changed)}")
     print(
-        f"{len(files)} images in {len(stage.cluster_ids_)} clusters{noise} "
+        f"{counted(len(files), 'image')} in {counted(len(stage.cluster_ids_), 'cluster')}{noise} "
         f"({time.perf_counter() - start:.1f} s{reuse}); wrote {listed(written)}"
     )
     if args.eval:

@@ -10,7 +10,13 @@ from conftest import STAND_IN_HEIF
 from PIL import Image
 
 from skdeepclust.datasets import load_image_folder
-from skdeepclust.embedding.images import _BatchDecoder, as_images, find_image_files, readable_image_extensions
+from skdeepclust.embedding.images import (
+    ImageList,
+    _BatchDecoder,
+    as_images,
+    find_image_files,
+    readable_image_extensions,
+)
 
 
 def _first_batch(X, batch_size=64):
@@ -636,6 +642,22 @@ def test_photo_files_pillow_cannot_read_here_are_named_in_a_warning(tmp_path):
                                          r"\(.cr2: 1, .heic: 2\).*IMG_0001.HEIC.*pillow_heif.register_heif_opener"
                                          r"\(\).*convert .cr2 files to JPEG or PNG"):
         assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
+
+
+def test_an_empty_file_and_a_heic_photo_under_another_name_are_told_apart(tmp_path):
+    # Both were "cannot identify image file", without a word of pillow-heif.
+    empty, heic = tmp_path / "empty.jpg", tmp_path / "IMG_0001.jpg"
+    empty.write_bytes(b"")
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    with pytest.raises(ValueError, match=r"empty.jpg': cannot identify .* \(the file is empty\)\. Remove"):
+        _first_batch([str(empty)])
+    if ".heic" in readable_image_extensions():
+        pytest.skip("a HEIF opener is registered with Pillow here")
+    images = ImageList([str(heic), str(empty)], skip_unreadable=True)  # as the command reads them
+    next(images.batches(2))
+    assert images.unreadable[0].endswith("(it is a HEIC/HEIF photo, whatever its name: pip install pillow-heif, "
+                                         "and in Python call pillow_heif.register_heif_opener(), which the "
+                                         "skdeepclust command does)")
 
 
 def test_thumbnails_that_photo_software_keeps_beside_the_photos_are_skipped(tmp_path):

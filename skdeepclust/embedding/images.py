@@ -456,6 +456,26 @@ def _check_decoded_size(image, path):
                   Image.DecompressionBombWarning, stacklevel=stacklevel_of_user_code())
 
 
+# The brands of the ISO media file header that mark a HEIF image, as phones save them.
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
+
+def _what_pil_did_not_identify(path):
+    """What a file that Pillow could not identify is, where that tells the user more
+    than Pillow says: an empty file, or a HEIC/HEIF photo under another extension."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(12)
+    except OSError:
+        return None
+    if not header:
+        return "the file is empty"
+    if header[4:8] == b"ftyp" and header[8:12] in _HEIF_BRANDS and ".heic" not in readable_image_extensions():
+        return ("it is a HEIC/HEIF photo, whatever its name: pip install pillow-heif, and in Python "
+                "call pillow_heif.register_heif_opener(), which the skdeepclust command does")
+    return None
+
+
 def _decode_file(path, min_size=None):
     """The RGB pixels of an image file, upright as its EXIF orientation says (as photo viewers show it).
 
@@ -490,6 +510,9 @@ def _decode_file(path, min_size=None):
             "file, raise PIL.Image.MAX_IMAGE_PIXELS (None lifts the limit); else remove it."
         ) from exc
     except Exception as exc:  # PIL's plugins raise many kinds on damaged files
+        if isinstance(exc, Image.UnidentifiedImageError) and (what := _what_pil_did_not_identify(path)):
+            # Said where the file is named, and in the cause, which the command shows.
+            exc = ValueError(f"{exc} ({what})").with_traceback(exc.__traceback__)
         raise ValueError(
             f"Cannot read image file {path!r}: {exc}. Remove it from the folder or list, or "
             "convert it, and run again; load_image_folder(root, skip_unreadable=True) leaves "
