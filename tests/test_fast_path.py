@@ -247,6 +247,26 @@ def test_convolutional_backbone_runs_channels_last_on_a_copy(images):
     np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
 
 
+def test_large_images_become_floats_a_few_at_a_time_with_the_same_result(monkeypatch):
+    # 32 4K images took 3.2 GB as floats before resizing; parts give the same inputs.
+    embedder = ImageEmbedder(**TINY, device="cpu").fit(np.zeros((1, 8, 8, 3), np.uint8))
+    rng = np.random.default_rng(0)
+    batch = torch.from_numpy(rng.integers(0, 256, (5, 3, 70, 90), dtype=np.uint8))
+    ragged = [torch.from_numpy(rng.integers(0, 256, (3, 60 + 7 * i, 50), dtype=np.uint8)) for i in range(3)]
+    whole = [embedder_module.prepare_batch(pixels, embedder.preprocessing_, torch.device("cpu"))
+             for pixels in (batch, batch.float() / 255, ragged)]
+    parts = []
+    real_resize = embedder_module._resize_and_center_crop
+    monkeypatch.setattr(embedder_module, "_resize_and_center_crop",
+                        lambda images, *args: parts.append(len(images)) or real_resize(images, *args))
+    monkeypatch.setattr(embedder_module, "FLOAT_VALUES_AT_ONCE", 2 * 3 * 70 * 90)
+    in_parts = [embedder_module.prepare_batch(pixels, embedder.preprocessing_, torch.device("cpu"))
+                for pixels in (batch, batch.float() / 255, ragged)]
+    assert parts == [2, 2, 1, 2, 2, 1, 1, 1, 1]
+    for expected, got in zip(whole, in_parts):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_fitted_convolutional_backbone_can_be_saved_with_safetensors(images, tmp_path):
     from safetensors.torch import load_file, save_file
 

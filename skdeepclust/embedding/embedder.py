@@ -63,6 +63,9 @@ MAX_GPU_BATCH_SIZE = 256
 # One core decodes a 298x224 JPEG in 0.9 ms and a 500x375 one in 2.0 ms, so a
 # GPU model running at thousands of images/s needs every core the host can spare.
 MAX_DECODE_WORKERS = 16
+# Pixel values that preprocessing turns to float32 at once, before resizing (256 MiB):
+# hundreds of images at the input size, a few at 4K.
+FLOAT_VALUES_AT_ONCE = 2 ** 26
 # Device-to-host copies of features that may be in flight at once, so that the
 # GPU never waits for the host to collect a batch.
 FEATURE_COPIES_IN_FLIGHT = 3
@@ -175,18 +178,21 @@ def prepare_batch(batch, preprocessing, device, copy_stream=None):
     the copy runs on it, beside the computation on the current stream; it is
     asynchronous only from page-locked memory, which ``batches(pin_memory=True)``
     of the image inputs provides. A list of (3, H, W) images of different sizes
-    is resized image by image, then normalised as one batch.
+    is resized image by image, then normalised as one batch; large images become
+    floats and are resized a few at a time (``FLOAT_VALUES_AT_ONCE``).
     """
     images = batch if isinstance(batch, list) else [batch]
     resized = []
     for pixels in _copied_to(device, images, copy_stream):
         if pixels.ndim == 3:
             pixels = pixels[None]
-        # uint8 / 255 is one pass that reads bytes and writes floats.
-        pixels = pixels / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
-        resized.append(_resize_and_center_crop(pixels, preprocessing.input_size,
-                                               preprocessing.interpolation,
-                                               preprocessing.resize_size))
+        # A few images at a time when they are large: 32 4K images as floats take 3.2 GB.
+        for part in pixels.split(max(1, FLOAT_VALUES_AT_ONCE // max(1, pixels[0].numel()))):
+            # uint8 / 255 is one pass that reads bytes and writes floats.
+            part = part / 255.0 if part.dtype == torch.uint8 else part.float()
+            resized.append(_resize_and_center_crop(part, preprocessing.input_size,
+                                                   preprocessing.interpolation,
+                                                   preprocessing.resize_size))
     pixels = torch.cat(resized) if len(resized) > 1 else resized[0]
     mean, std = _normalization(tuple(preprocessing.mean), tuple(preprocessing.std), device)
     return (pixels - mean) / std
