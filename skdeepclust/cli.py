@@ -731,7 +731,16 @@ def _cluster_folder(args, folder, out):
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:
         record["files"] = [stamp for stamp, keep in zip(record["files"], readable) if keep]
-    model = saved_model(embedder_params, args.random_state, stage, out) if args.save_model else None
+    model = None
+    if args.save_model and stage.cluster_ids_.size == 0:
+        removed = ""
+        if _holds_results_table(out) and is_our_model(out / MODEL_FILE):
+            (out / MODEL_FILE).unlink()  # its clusters are an earlier run's
+            removed = ", and the earlier run's removed"
+        warn(f"{MODEL_FILE} not written{removed}: the run found no clusters (every image is noise), so there "
+             "are none to assign images to; --clusterer kmeans with --n-clusters always makes some")
+    elif args.save_model:
+        model = saved_model(embedder_params, args.random_state, stage, out)
     written = _write_results(out, files, stage, features, record, model)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""

@@ -1608,6 +1608,21 @@ def test_assign_refuses_a_model_whose_run_found_no_clusters(capsys, image_folder
     assert status == 2 and "its run found no clusters" in err
 
 
+def test_a_run_that_found_no_clusters_saves_no_model(capsys, tmp_path):
+    # It saved one, which assign then refused.
+    rng = np.random.default_rng(1)
+    plain = [np.tile(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), (32, 32, 1)) for _ in range(6)]
+    folder, out = _folder_of(tmp_path / "data", plain), tmp_path / "out"
+    _cluster_and_save_model(capsys, folder, out, "--n-clusters", "2")
+    status, stdout, err = _run(capsys, "cluster", str(folder), "--clusterer", "hdbscan", "--out", str(out),
+                               "--save-model", *TINY_ARGS)
+    assert status == 0 and "6 images in 0 clusters, 6 left out as noise" in stdout, err  # as the test needs
+    assert err == ("skdeepclust: warning: model.joblib not written, and the earlier run's removed: the run "
+                   "found no clusters (every image is noise), so there are none to assign images to; "
+                   "--clusterer kmeans with --n-clusters always makes some\n")
+    assert not (out / "model.joblib").exists() and (out / "clusters.csv").is_file()
+
+
 def test_confidence_of_a_cluster_that_no_training_image_fell_in_is_taken_against_its_own_centre():
     from skdeepclust import FeatureClusterer
     from skdeepclust.cli import _confidence
