@@ -478,6 +478,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     model; None removes an earlier run's. ``labels`` are the images' clusters,
     by default ``stage.labels_``.
     """
+    from .embedding.images import ImageFileError
     from .visualization import _MontageTooLarge, cluster_montage
 
     labels = stage.labels_ if labels is None else labels
@@ -518,16 +519,18 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     try:
         cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
-    except (_MontageTooLarge, ValueError) as exc:
+    except (_MontageTooLarge, ImageFileError) as exc:
         # Only so many clusters make a picture too large to open, and a file moved or
         # damaged since it was embedded cannot be shown; the results stand.
         removed = ""
         if earlier_run and (out / MONTAGE_FILE).is_file():
             (out / MONTAGE_FILE).unlink()  # it shows the clusters of an earlier run
             removed = f", and the earlier run's {MONTAGE_FILE} removed"
-        why = (f"a row for each of the {len(np.unique(labels)):,} clusters would make it larger than PIL "
-               "opens (PIL.Image.MAX_IMAGE_PIXELS)" if isinstance(exc, _MontageTooLarge)
-               else f"{str(exc).rstrip('.')} (changed after they were embedded)")
+        if isinstance(exc, _MontageTooLarge):
+            why = (f"a row for each of the {len(np.unique(labels)):,} clusters would make it larger than PIL "
+                   "opens (PIL.Image.MAX_IMAGE_PIXELS)")
+        else:  # the library's advice is for files given in Python
+            why = f"{str(exc).split('. Remove it from')[0].rstrip('.')}, since it was embedded"
         warn(f"{MONTAGE_FILE} not written: {why}{removed}; {RESULTS_FILE} holds every image's cluster")
     return written
 
@@ -775,7 +778,7 @@ def _setting_in_option_words(name, args):
     # Weights files are known by their stamps: a copy written over them counts as new.
     if (name == "pretrained" and args.pretrained not in ("hub", "none")) or (
             name == "backbone" and args.backbone.startswith("local-dir:")):
-        return f"{option} (or the same, its weights written anew since)"
+        return f"{option} (a weights file written or touched since counts as another)"
     return option
 
 

@@ -196,7 +196,7 @@ def unreadable_reason(path):
     that passes is one the embedder reads.
     """
     try:
-        _decode_file(path, min_size=(64, 64))
+        _decode_file(path, min_size=(64, 64), reduce=False)
         return None
     except Exception as exc:  # PIL raises many types for damaged files
         return unreadable_file_reason(exc)

@@ -65,14 +65,20 @@ def test_a_photo_over_pils_pixel_limit_is_clustered_when_its_reduced_decoding_is
     # As a 200-megapixel phone photo is against PIL's limit of 179 million, decoded at 1/8.
     photo = Image.fromarray(np.full((1200, 1600, 3), 230, np.uint8))
     photo.save(image_folder / "bright" / "phone.jpg")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)  # twice that is below its 1.92 million, above 150 x 200
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600_000)  # twice that is below its 1.92 million, four times above
     status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--eval",
                                "--out", str(tmp_path / "out"), *TINY_ARGS)
     assert status == 0 and err == "", err
     assert stdout.startswith("9 images") and "skipped" not in stdout
 
 
-def test_a_file_gone_before_the_montage_leaves_the_results_and_warns(capsys, image_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("change, why", [
+    (lambda path: path.unlink(), "Image files not found: '{path}'"),
+    (lambda path: path.write_bytes(b"damaged"), "Cannot read image file '{path}': cannot identify image file "
+                                               "'{path}'"),
+])
+def test_a_file_gone_before_the_montage_leaves_the_results_and_warns(capsys, image_folder, tmp_path, monkeypatch,
+                                                                    change, why):
     from skdeepclust import cli
 
     out = tmp_path / "out"
@@ -80,18 +86,17 @@ def test_a_file_gone_before_the_montage_leaves_the_results_and_warns(capsys, ima
     assert status == 0 and (out / "montage.png").is_file(), err
     confidence = cli._confidence
 
-    def removing_a_file_first(*args):  # as a user tidying the folder during a long run
-        (image_folder / "dark" / "0.png").unlink()
+    def changing_a_file_first(*args):  # as a user tidying the folder during a long run
+        change(image_folder / "dark" / "0.png")
         return confidence(*args)
 
-    monkeypatch.setattr(cli, "_confidence", removing_a_file_first)
+    monkeypatch.setattr(cli, "_confidence", changing_a_file_first)
     status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
                                *TINY_ARGS)
     assert status == 0, err
-    assert err == (f"skdeepclust: warning: montage.png not written: Image files not found: "
-                   f"'{image_folder / 'dark' / '0.png'}' (changed after they were embedded), and the earlier run's "
-                   "montage.png "
-                   "removed; clusters.csv holds every image's cluster\n")
+    why = why.format(path=image_folder / "dark" / "0.png")
+    assert err == (f"skdeepclust: warning: montage.png not written: {why}, since it was embedded, and the "
+                   "earlier run's montage.png removed; clusters.csv holds every image's cluster\n")
     assert not (out / "montage.png").exists() and stdout.rstrip().endswith(f"wrote {out / 'clusters.csv'}")
     with open(out / "clusters.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 8
@@ -902,8 +907,8 @@ def test_weights_written_anew_stop_the_reuse_and_the_summary_says_so(capsys, ima
     status, stdout, err = _run(capsys, *argv)
     assert status == 0, err
     assert counts == [8]
-    assert ("were not reused, as they were made with another --pretrained (or the same, its weights "
-            "written anew since))") in stdout
+    assert ("were not reused, as they were made with another --pretrained (a weights file written or "
+            "touched since counts as another))") in stdout
 
 
 def test_the_device_and_batch_size_do_not_stop_the_reuse(capsys, image_folder, tmp_path, monkeypatch):

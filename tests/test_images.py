@@ -1,6 +1,7 @@
 import io
 import os
 import pickle
+import shutil
 import warnings
 
 import numpy as np
@@ -312,20 +313,67 @@ def test_damaged_files_of_every_kind_name_the_file(tmp_path, monkeypatch):
 def test_a_jpeg_over_pils_pixel_limit_is_checked_at_the_size_it_is_decoded_to(tmp_path, monkeypatch):
     # A 200-megapixel phone photo is over twice PIL's limit, but decoded at 1/8 of each side.
     path = str(tmp_path / "phone.jpg")
-    Image.fromarray(_photo(120, 160)).save(path)
+    Image.fromarray(_photo(120, 160)).save(path)  # 19,200 pixels, baseline
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     lifted = next(as_images([path]).batches(1, min_size=(15, 20)))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the photo holds 19,200
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # PIL refuses over 10,000
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         eighth = next(as_images([path]).batches(1, min_size=(15, 20)))  # 20 x 15 decoded
-    assert eighth.shape == (1, 3, 15, 20) and torch.equal(eighth, lifted)
-    with pytest.warns(Image.DecompressionBombWarning, match=r"phone.jpg'.*decoded \(40 x 30 = 1,200 pixels\)"):
-        next(as_images([path]).batches(1, min_size=(30, 40)))  # a quarter: between the limit and twice it
-    with pytest.raises(ValueError, match=r"phone.jpg' is too large.*decoded \(80 x 60 = 4,800 pixels\)"):
-        next(as_images([path]).batches(1, min_size=(60, 80)))
-    with pytest.raises(ValueError, match="phone.jpg' is too large"):  # in full, as PIL checks it
+        half = next(as_images([path]).batches(1, min_size=(60, 80)))  # 80 x 60
+    assert eighth.shape == (1, 3, 15, 20) and torch.equal(eighth, lifted) and half.shape == (1, 3, 60, 80)
+    with pytest.raises(ValueError, match=r"phone.jpg' is too large.*decoded \(160 x 120 = 19,200 pixels\)"):
+        next(as_images([path]).batches(1, min_size=(120, 160)))  # in full
+    with pytest.raises(ValueError, match="phone.jpg' is too large"):  # no reduced scale: as PIL checks it
         next(as_images([path]).batches(1))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 12_000)
+    with pytest.warns(Image.DecompressionBombWarning, match=r"phone.jpg'.*decoded \(160 x 120 = 19,200 pixels\)"):
+        next(as_images([path]).batches(1, min_size=(120, 160)))  # between the limit and twice it, as PIL warns
+    # More than four times the limit in full is refused whatever it decodes to: a
+    # baseline file of several scans is buffered in full.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+    with pytest.raises(ValueError, match=r"\(160 x 120 = 19,200 pixels\) exceeds the limit of 16,000 pixels for a"):
+        next(as_images([path]).batches(1, min_size=(15, 20)))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_jpeg_read_from_a_pipe_is_read_once(tmp_path):
+    # Sniffing a JPEG by its first bytes took them from the pipe (/dev/stdin, a FIFO).
+    # Lists of images refuse pipes; the decoder itself reads them, as PIL does.
+    import threading
+
+    from skdeepclust.embedding.images import _decode_file
+
+    buffer = io.BytesIO()
+    Image.fromarray(_photo(24, 32)).save(buffer, format="JPEG")
+    pipe = tmp_path / "photo.jpg"
+    os.mkfifo(pipe)
+
+    def write_at_each_opening():  # twice at most; a reader that opens once takes the first
+        for _ in range(2):
+            with open(pipe, "wb") as writer:
+                writer.write(buffer.getvalue())
+
+    threading.Thread(target=write_at_each_opening, daemon=True).start()
+    from_pipe = _decode_file(str(pipe), min_size=(12, 16))
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.draft("RGB", (16, 12))
+        np.testing.assert_array_equal(from_pipe, np.asarray(image.convert("RGB")))
+
+
+def test_a_progressive_jpeg_is_checked_at_its_full_size(tmp_path, monkeypatch):
+    # libjpeg holds the coefficients of the whole image: a crafted 1.8 MB progressive
+    # file of 30000 x 30000 took 2.3 GB to decode at 1/8.
+    path = str(tmp_path / "progressive.jpg")
+    Image.fromarray(_photo(120, 160)).save(path, progressive=True)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    with pytest.raises(ValueError, match=r"progressive.jpg' is too large.*in full \(160 x 120 = 19,200 pixels\)"
+                                         r".*A progressive JPEG is decoded through its whole image"):
+        next(as_images([path]).batches(1, min_size=(15, 20)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 12_000)
+    with pytest.warns(Image.DecompressionBombWarning, match=r"progressive.jpg'.*in full"):
+        assert next(as_images([path]).batches(1, min_size=(15, 20))).shape == (1, 3, 15, 20)
 
 
 def test_damaged_exif_data_leaves_the_image_as_it_is(tmp_path):
@@ -667,13 +715,21 @@ def test_thumbnails_that_photo_software_keeps_beside_the_photos_are_skipped(tmp_
              "Photos Library.photoslibrary/resources/derivatives/A/IMG_1_1_105_c.jpeg",
              "Photos Library.photoslibrary/resources/derivatives/masters/A/IMG_1_4_5005_c.jpeg",
              "nas/IMG_2.jpg", "nas/@eaDir/IMG_2.jpg/SYNOPHOTO_THUMB_M.jpg", "resources/kept.jpg"]
-    for name in names:
+    for name in names + ["Not a library.photoslibrary/resources/kept.jpg"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "Photos Library.photoslibrary" / "database").mkdir()  # what makes it a library
     found = [os.path.relpath(path, tmp_path) for path in find_image_files(tmp_path)]
-    assert found == [names[1], names[0], "nas/IMG_2.jpg", "resources/kept.jpg"]
+    assert found == ["Not a library.photoslibrary/resources/kept.jpg", names[1], names[0], "nas/IMG_2.jpg",
+                     "resources/kept.jpg"]
     library = tmp_path / "Photos Library.photoslibrary"  # given itself, as well
     assert find_image_files(library) == [str(tmp_path / names[1]), str(tmp_path / names[0])]
+    # A library whose originals are all in iCloud holds only previews here: say so.
+    for originals in ["originals", "Masters"]:
+        shutil.rmtree(library / originals)
+    with pytest.raises(ValueError, match=r"No image files found under .*and so are the thumbnails and previews "
+                                         r"that photo software keeps: '.*photoslibrary/resources'"):
+        find_image_files(library)
 
 
 def test_photos_kept_in_icloud_and_not_downloaded_are_named_in_a_warning(tmp_path):

@@ -58,6 +58,11 @@ PLUGIN_IMAGE_EXTENSIONS = (".heic", ".heif", ".hif", ".jxl")
 UNREADABLE_PHOTO_EXTENSIONS = (
     ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2",
 ) + (() if ".avif" in IMAGE_EXTENSIONS else (".avif",))
+# How many times PIL.Image.MAX_IMAGE_PIXELS a JPEG that is not progressive may be in
+# full, when what it decodes to is within the limit: a 200-megapixel phone photo is
+# 1.1 times, and a file of several scans, which libjpeg buffers in full (2 bytes a
+# sample), takes at most some 2 GB.
+JPEG_FULL_SIZE_LIMITS = 4
 IN_CLOUD_ADVICE = "Download them (in the Finder, 'Download Now' on their folder) and run again."
 # What skdeepclust.datasets.extract_image_archive unpacks.
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -193,7 +198,8 @@ def find_image_files(folder) -> list:
     Folder links are followed (each real folder once), hidden names skipped, and
     so are the thumbnails that photo software keeps beside the photos: a Synology
     NAS's ``@eaDir`` folders, and the previews of a macOS Photos library (in a
-    folder ending ``.photoslibrary`` only ``originals`` and ``Masters`` are searched).
+    folder ending ``.photoslibrary`` that holds Photos' ``database`` folder, only
+    ``originals`` and ``Masters`` are searched).
     Sorted by path component, so that the files of class ``dog`` come before
     those of ``dog-1`` as their class names sort.
 
@@ -238,7 +244,7 @@ def _find_image_files(folder):
     folder = Path(os.fsdecode(os.fspath(folder)))  # a bytes path too, as the estimators take it
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
-    files, seen, unlisted, unreachable, unreadable_photos, in_cloud = [], set(), [], [], [], []
+    files, seen, unlisted, unreachable, unreadable_photos, in_cloud, previews = [], set(), [], [], [], [], []
     extensions = readable_image_extensions()
     other_photo_extensions = tuple(
         extension for extension in PLUGIN_IMAGE_EXTENSIONS + UNREADABLE_PHOTO_EXTENSIONS
@@ -264,15 +270,19 @@ def _find_image_files(folder):
         # A folder that may be listed but not entered (mode r--) names files that
         # cannot be opened, though its entries say "file" (os.path.isfile's stat failed).
         enterable = os.access(directory, os.X_OK)
-        in_photos_library = directory.rstrip(os.sep).endswith(".photoslibrary")
+        in_photos_library = _is_photos_library(directory, entries)
         for entry in entries:
             if is_hidden_name(entry.name):
                 if _is_in_cloud(entry.name, photo_extensions):
                     in_cloud.append(entry.path)
+                elif entry.name == "@eaDir":
+                    previews.append(entry.path)
                 continue
             if _entry_is(entry.is_dir):  # links to folders followed
                 if not in_photos_library or entry.name in _PHOTOS_LIBRARY_ORIGINALS:
                     subfolders.append(entry.path)
+                else:
+                    previews.append(entry.path)
             elif (extension := os.path.splitext(entry.name)[1].lower()) in other_photo_extensions:
                 unreadable_photos.append(entry.path)
             elif extension in extensions:
@@ -289,14 +299,23 @@ def _find_image_files(folder):
     _warn_of_unreadable_photos(sorted(unreadable_photos))
     _warn_of_photos_in_cloud(sorted(in_cloud))
     if not files:
+        skipped_previews = (f", and so are the thumbnails and previews that photo software keeps: "
+                            f"{_shown(sorted(previews))}") if previews else ""
         raise ValueError(
             f"No image files found under {str(folder)!r} (looked for "
             f"{', '.join(extensions)}; files and folders whose names start with '.' "
-            "are skipped)."
+            f"are skipped{skipped_previews})."
         )
     below = len(os.path.join(os.fspath(folder), ""))  # the paths all start with folder
     return (sorted(files, key=lambda file: tuple(file[below:].split(os.sep))),
             sorted(unreadable_photos + in_cloud + unreachable))
+
+
+def _is_photos_library(directory, entries):
+    """Whether ``directory``, listed as ``entries``, is a macOS Photos library: its
+    name ends ``.photoslibrary`` and it holds the library's ``database`` folder."""
+    return directory.rstrip(os.sep).endswith(".photoslibrary") and any(
+        entry.name == "database" and _entry_is(entry.is_dir) for entry in entries)
 
 
 def _is_in_cloud(name, photo_extensions):
@@ -419,15 +438,19 @@ def _upright(image, orientation=None):
     return image if orientation == 1 else ImageOps.exif_transpose(image)
 
 
+class ImageFileError(ValueError):
+    """An image file that cannot be read: not found, damaged, or too large."""
+
+
 def _open_image(path, min_size):
     """``PIL.Image.open(path)``, and whether PIL checked the image's size against its
-    decompression-bomb limit: not for a JPEG to be decoded at a reduced scale
-    (``min_size`` given), whose decoded size ``_check_decoded_size`` checks instead,
-    so that a 200-megapixel phone photo decoded to an eighth of each side is not
-    refused."""
+    decompression-bomb limit: not for a JPEG file to be decoded at a reduced scale
+    (``min_size`` given), which ``_check_jpeg_size`` checks instead, so that a
+    200-megapixel phone photo decoded to an eighth of each side is not refused."""
     from PIL import Image, JpegImagePlugin
 
-    if min_size is not None:
+    # Only a regular file is read twice: a pipe would give its first bytes to the sniff.
+    if min_size is not None and os.path.isfile(path):
         with open(path, "rb") as handle:
             starts_as_jpeg = handle.read(3) == b"\xff\xd8\xff"  # the start-of-image marker
         if starts_as_jpeg:
@@ -438,22 +461,38 @@ def _open_image(path, min_size):
     return Image.open(path), True
 
 
-def _check_decoded_size(image, path):
-    """PIL's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``, applied to the
-    pixels ``image`` will be decoded to, with the file named in the warning."""
+def _check_jpeg_size(image, full_size, path):
+    """PIL's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``, applied to a
+    JPEG ``image`` set to decode at a reduced scale from ``full_size``, naming the
+    file in the warning.
+
+    A progressive JPEG is decoded through coefficients of the full image, so its
+    full size is checked, as PIL checks it. Otherwise the size it decodes to is,
+    once the full size is at most ``JPEG_FULL_SIZE_LIMITS`` times the limit: a
+    baseline file of several scans is buffered in full too.
+    """
     from PIL import Image
 
-    limit, (width, height) = Image.MAX_IMAGE_PIXELS, image.size
-    if limit is None or width * height <= limit:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
         return
-    pixels = f"{width} x {height} = {width * height:,} pixels"
-    if width * height > 2 * limit:  # where PIL's own check raises
-        raise Image.DecompressionBombError(f"Image size when decoded ({pixels}) exceeds the limit of "
-                                           f"{2 * limit:,} pixels, could be decompression bomb DOS attack.")
-    warnings.warn(f"Image file {path!r}: its size when decoded ({pixels}) exceeds "
-                  f"PIL.Image.MAX_IMAGE_PIXELS ({limit:,}), could be "
-                  "a decompression bomb; it is decoded, as PIL decodes up to twice that.",
-                  Image.DecompressionBombWarning, stacklevel=stacklevel_of_user_code())
+    full_pixels = full_size[0] * full_size[1]
+    if image.info.get("progressive") or image.info.get("progression"):
+        size, when, why = full_size, "in full", " A progressive JPEG is decoded through its whole image."
+    elif full_pixels > JPEG_FULL_SIZE_LIMITS * limit:
+        raise Image.DecompressionBombError(
+            f"Image size ({full_size[0]} x {full_size[1]} = {full_pixels:,} pixels) exceeds the limit of "
+            f"{JPEG_FULL_SIZE_LIMITS * limit:,} pixels for a JPEG, could be decompression bomb DOS attack.")
+    else:
+        size, when, why = image.size, "when decoded", ""
+    pixels = f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels"
+    if size[0] * size[1] > 2 * limit:  # where PIL's own check raises
+        raise Image.DecompressionBombError(f"Image size {when} ({pixels}) exceeds the limit of "
+                                           f"{2 * limit:,} pixels, could be decompression bomb DOS attack.{why}")
+    if size[0] * size[1] > limit:
+        warnings.warn(f"Image file {path!r}: its size {when} ({pixels}) exceeds PIL.Image.MAX_IMAGE_PIXELS "
+                      f"({limit:,}), could be a decompression bomb; it is decoded, as PIL decodes up to twice "
+                      f"that.{why}", Image.DecompressionBombWarning, stacklevel=stacklevel_of_user_code())
 
 
 # The brands of the ISO media file header that mark a HEIF image, as phones save them.
@@ -463,6 +502,8 @@ _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 def _what_pil_did_not_identify(path):
     """What a file that Pillow could not identify is, where that tells the user more
     than Pillow says: an empty file, or a HEIC/HEIF photo under another extension."""
+    if not os.path.isfile(path):  # a pipe's bytes were read by PIL
+        return None
     try:
         with open(path, "rb") as handle:
             header = handle.read(12)
@@ -476,7 +517,7 @@ def _what_pil_did_not_identify(path):
     return None
 
 
-def _decode_file(path, min_size=None):
+def _decode_file(path, min_size=None, reduce=True):
     """The RGB pixels of an image file, upright as its EXIF orientation says (as photo viewers show it).
 
     With ``min_size=(height, width)``, a large image comes reduced, never below
@@ -484,14 +525,15 @@ def _decode_file(path, min_size=None):
     side inside the JPEG decoder (several times faster), and what is then still four
     times ``min_size`` or more (other formats, and JPEGs past 1/8) is reduced by
     averaging blocks of pixels, to no less than twice ``min_size``, so that a batch
-    of large photos holds and moves no more pixels than it needs.
+    of large photos holds and moves no more pixels than it needs. ``reduce=False``
+    leaves out the averaging, for a check that the file decodes.
     """
     from PIL import Image
 
     try:
         image, size_checked = _open_image(path, min_size)
         with image:
-            file_format = image.format
+            file_format, full_size = image.format, image.size
             orientation = _orientation(image)
             if min_size is not None:
                 height, width = min_size
@@ -499,13 +541,13 @@ def _decode_file(path, min_size=None):
                     height, width = width, height
                 image.draft("RGB", (width, height))
             if not size_checked:
-                _check_decoded_size(image, path)
+                _check_jpeg_size(image, full_size, path)
             image.load()
             image = _upright(image, orientation)
     except MemoryError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ValueError(
+        raise ImageFileError(
             f"Image file {path!r} is too large to decode safely: {exc} If you trust the "
             "file, raise PIL.Image.MAX_IMAGE_PIXELS (None lifts the limit); else remove it."
         ) from exc
@@ -513,7 +555,7 @@ def _decode_file(path, min_size=None):
         if isinstance(exc, Image.UnidentifiedImageError) and (what := _what_pil_did_not_identify(path)):
             # Said where the file is named, and in the cause, which the command shows.
             exc = ValueError(f"{exc} ({what})").with_traceback(exc.__traceback__)
-        raise ValueError(
+        raise ImageFileError(
             f"Cannot read image file {path!r}: {exc}. Remove it from the folder or list, or "
             "convert it, and run again; load_image_folder(root, skip_unreadable=True) leaves "
             "such files out, as the skdeepclust command does."
@@ -521,8 +563,8 @@ def _decode_file(path, min_size=None):
     try:  # outside the first: these are errors of the pixel values, not of the file
         pixels = _pil_to_rgb_array(image, "the image", file_format)
     except ValueError as exc:
-        raise ValueError(f"Image file {path!r}: {exc}") from exc
-    return pixels if min_size is None else _reduced(pixels, min_size)
+        raise ImageFileError(f"Image file {path!r}: {exc}") from exc
+    return pixels if min_size is None or not reduce else _reduced(pixels, min_size)
 
 
 def _reduced(pixels, min_size):
@@ -534,7 +576,9 @@ def _reduced(pixels, min_size):
 
     # Twice the size, as PIL's thumbnail() reduces (its reducing_gap): the resize that
     # follows then gives features within 0.002 in cosine of those of the whole image
-    # (EfficientNet-Lite0, 35 4K and 12-megapixel PNGs), 0.017 reduced to the size itself.
+    # (EfficientNet-Lite0, 35 4K and 12-megapixel PNGs, bicubic), 0.017 reduced to the
+    # size itself. A nearest-neighbour resize picks from averaged pixels, as from a JPEG
+    # decoded at a reduced scale.
     gap = 2
     factor = min(pixels.shape[0] // max(1, gap * min_size[0]), pixels.shape[1] // max(1, gap * min_size[1]))
     if factor < 2 or pixels.dtype != np.uint8:
@@ -943,7 +987,7 @@ class ImageList:
         if missing:
             urls = " URLs are not downloaded: download the files and pass their paths." if any(
                 name.lower().startswith(("http://", "https://", "s3://", "gs://")) for name in missing) else ""
-            raise ValueError(f"Image files not found: {_shown(missing)}.{urls}")
+            raise ImageFileError(f"Image files not found: {_shown(missing)}.{urls}")
         self.skip_unreadable = skip_unreadable
         self.unreadable = {}
 
