@@ -470,13 +470,15 @@ def _output_folder(path, save_embeddings, save_model=False):
         raise
 
 
-def _write_results(out, files, stage, features, embedding_record, model=None, labels=None):
+def _write_results(out, files, stage, features, embedding_record, model=None, labels=None,
+                   model_withheld=None):
     """Write the results into ``out``; returns the paths of the files written.
 
     ``embedding_record`` (settings and file stamps, as ``earlier_embeddings`` reads
     them) asks for the embeddings too, and ``model`` (see ``saved_model``) for the
-    model; None removes an earlier run's. ``labels`` are the images' clusters,
-    by default ``stage.labels_``.
+    model; None removes an earlier run's, and ``model_withheld`` says why a model
+    asked for is not written. ``labels`` are the images' clusters, by default
+    ``stage.labels_``.
     """
     from .embedding.images import ImageFileError
     from .visualization import _MontageTooLarge, cluster_montage
@@ -512,10 +514,16 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
 
         joblib.dump(model, out / MODEL_FILE)
         written.append(out / MODEL_FILE)
-    elif earlier_run and is_our_model(out / MODEL_FILE):
-        (out / MODEL_FILE).unlink()
-        warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
-             f"{RESULTS_FILE} (--save-model writes it anew)")
+    else:
+        stale = earlier_run and is_our_model(out / MODEL_FILE)
+        if stale:
+            (out / MODEL_FILE).unlink()  # its clusters are an earlier run's
+        if model_withheld:
+            removed = ", and the earlier run's removed" if stale else ""
+            warn(f"{MODEL_FILE} not written{removed}: {model_withheld}")
+        elif stale:
+            warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
+                 f"{RESULTS_FILE} (--save-model writes it anew)")
     try:
         cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
@@ -734,17 +742,13 @@ def _cluster_folder(args, folder, out):
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:
         record["files"] = [stamp for stamp, keep in zip(record["files"], readable) if keep]
-    model = None
+    model, model_withheld = None, None
     if args.save_model and stage.cluster_ids_.size == 0:
-        removed = ""
-        if _holds_results_table(out) and is_our_model(out / MODEL_FILE):
-            (out / MODEL_FILE).unlink()  # its clusters are an earlier run's
-            removed = ", and the earlier run's removed"
-        warn(f"{MODEL_FILE} not written{removed}: the run found no clusters (every image is noise), so there "
-             "are none to assign images to; --clusterer kmeans with --n-clusters always makes some")
+        model_withheld = ("the run found no clusters (every image is noise), so there are none to assign "
+                          "images to; --clusterer kmeans with --n-clusters always makes some")
     elif args.save_model:
         model = saved_model(embedder_params, args.random_state, stage, out)
-    written = _write_results(out, files, stage, features, record, model)
+    written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
     reuse = ""
