@@ -537,8 +537,8 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
         if isinstance(exc, _MontageTooLarge):
             why = (f"a row for each of the {len(np.unique(labels)):,} clusters would make it larger than PIL "
                    "opens (PIL.Image.MAX_IMAGE_PIXELS)")
-        else:  # the library's advice is for files given in Python
-            why = f"{str(exc).split('. Remove it from')[0].rstrip('.')}, since it was embedded"
+        else:
+            why = f"{exc.problem.rstrip('.')}, since it was embedded"
         warn(f"{MONTAGE_FILE} not written: {why}{removed}; {RESULTS_FILE} holds every image's cluster")
     return written
 

@@ -439,7 +439,15 @@ def _upright(image, orientation=None):
 
 
 class ImageFileError(ValueError):
-    """An image file that cannot be read: not found, damaged, or too large."""
+    """An image file that cannot be read: not found, damaged, or too large.
+
+    ``problem`` is the message without ``advice`` on what to do in Python, for the
+    command, whose user does otherwise.
+    """
+
+    def __init__(self, problem, advice=""):
+        super().__init__(problem + advice)
+        self.problem = problem
 
 
 def _open_image(path, min_size):
@@ -556,7 +564,7 @@ def _decode_file(path, min_size=None, reduce=True):
             # Said where the file is named, and in the cause, which the command shows.
             exc = ValueError(f"{exc} ({what})").with_traceback(exc.__traceback__)
         raise ImageFileError(
-            f"Cannot read image file {path!r}: {exc}. Remove it from the folder or list, or "
+            f"Cannot read image file {path!r}: {exc}.", " Remove it from the folder or list, or "
             "convert it, and run again; load_image_folder(root, skip_unreadable=True) leaves "
             "such files out, as the skdeepclust command does."
         ) from exc
