@@ -71,6 +71,7 @@ def embedding_settings(embedder_params, random_state):
     import timm
 
     from . import __version__
+    from .embedding.images import DECODING_REVISION
 
     def stamped(path):
         path = os.fspath(path)
@@ -84,6 +85,8 @@ def embedding_settings(embedder_params, random_state):
         "skdeepclust": __version__,
         # A name without a tag may stand for other weights in another timm.
         "timm": timm.__version__,
+        # The version stays while the package is changed between releases.
+        "decoding": DECODING_REVISION,
         "backbone": [backbone, stamped(rest)] if source == "local-dir" and rest else backbone,
         "pretrained": pretrained if isinstance(pretrained, bool) else stamped(pretrained),
         "image_size": embedder_params["image_size"],
@@ -211,6 +214,7 @@ def saved_model(embedder_params, random_state, stage, out):
     import timm
 
     from . import __version__
+    from .embedding.images import DECODING_REVISION
 
     kept = {name: embedder_params.get(name) for name in MODEL_EMBEDDER_KEYS}
     if not isinstance(kept["pretrained"], bool):
@@ -221,7 +225,7 @@ def saved_model(embedder_params, random_state, stage, out):
     # Also from the model's folder, where a project moved as a whole has them still.
     relative = {name: _relative_path(where, out) for name, where in _named_weights(kept).items()}
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "skdeepclust": __version__,
-            "timm": timm.__version__, "embedder": kept, "weights_digest": _weights_digest(kept),
+            "timm": timm.__version__, "decoding": DECODING_REVISION, "embedder": kept, "weights_digest": _weights_digest(kept),
             "weights_from_model": relative, "random_state": random_state, "stage": stage}
 
 
@@ -367,8 +371,13 @@ def load_model(path, weights=None):
                         "with; put the model's own back there, or give their new place with --weights")
     import timm
 
-    for name, now in (("skdeepclust", __version__), ("timm", timm.__version__)):
-        if model.get(name) != now:
-            warn(f"--model {path} was made with {name} {model.get(name)}, this is {now}: the images "
+    from .embedding.images import DECODING_REVISION
+
+    for name, then, now in (("skdeepclust", model.get("skdeepclust"), __version__),
+                            ("timm", model.get("timm"), timm.__version__),
+                            # Kept since revision 2; most models without it decoded as 1.
+                            ("image decoding revision", model.get("decoding", 1), DECODING_REVISION)):
+        if then != now:
+            warn(f"--model {path} was made with {name} {then}, this is {now}: the images "
                  "may be embedded a little otherwise than that run's")
     return path, model

@@ -778,6 +778,8 @@ def _setting_in_option_words(name, args):
     """A setting of the embeddings record as the command's option, for the summary."""
     if name in ("skdeepclust", "timm"):
         return f"{name} version"
+    if name == "decoding":
+        return "way of decoding images (skdeepclust has changed it since)"
     option = f"--{name.replace('_', '-')}"
     # Weights files are known by their stamps: a copy written over them counts as new.
     if (name == "pretrained" and args.pretrained not in ("hub", "none")) or (

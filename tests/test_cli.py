@@ -888,6 +888,22 @@ def test_a_rerun_with_other_embedding_settings_embeds_every_file(capsys, image_f
             f"another {option})") in stdout
 
 
+def test_embeddings_decoded_by_an_earlier_revision_are_not_reused(capsys, image_folder, tmp_path, monkeypatch):
+    # The package's version stays between releases while its decoding changes.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    record = json.loads((out / "embeddings.json").read_text())
+    del record["settings"]["decoding"]  # as a record written before the revision was kept
+    (out / "embeddings.json").write_text(json.dumps(record))
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [8]
+    assert ("were not reused, as they were made with another way of decoding images (skdeepclust has "
+            "changed it since))") in stdout
+
+
 def test_weights_written_anew_stop_the_reuse_and_the_summary_says_so(capsys, image_folder, tmp_path, monkeypatch):
     # It said "another --pretrained" of a file copied over by the same bytes.
     import shutil
@@ -1593,12 +1609,15 @@ def test_assign_warns_of_a_model_made_by_other_versions(capsys, image_folder, tm
     _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
     model = joblib.load(tmp_path / "run" / "model.joblib")
     model["timm"] = "0.9.0"
+    del model["decoding"]  # as a model saved before the revision was kept
     joblib.dump(model, tmp_path / "run" / "model.joblib")
     status, _, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
                           "--out", str(tmp_path / "assigned"), "--quiet")
     assert status == 0
     assert (f"skdeepclust: warning: --model {tmp_path / 'run' / 'model.joblib'} was made with timm 0.9.0, this "
             f"is {timm.__version__}: the images may be embedded a little otherwise than that run's") in err.splitlines()
+    assert (f"skdeepclust: warning: --model {tmp_path / 'run' / 'model.joblib'} was made with image decoding "
+            "revision 1, this is 2: the images may be embedded a little otherwise than that run's") in err.splitlines()
 
 
 def test_assign_refuses_a_model_whose_run_found_no_clusters(capsys, image_folder, tmp_path):

@@ -63,6 +63,11 @@ UNREADABLE_PHOTO_EXTENSIONS = (
 # 1.1 times, and a file of several scans, which libjpeg buffers in full (2 bytes a
 # sample), takes at most some 2 GB.
 JPEG_FULL_SIZE_LIMITS = 4
+# Raised whenever files decode to other pixels than before, so that the embeddings an
+# earlier revision made are not taken for this one's (the command's record of
+# embeddings and its saved models keep it). 1: JPEGs decoded at a reduced scale;
+# 2: any image of four times the model's input or more reduced by whole blocks first.
+DECODING_REVISION = 2
 IN_CLOUD_ADVICE = "Download them (in the Finder, 'Download Now' on their folder) and run again."
 # What skdeepclust.datasets.extract_image_archive unpacks.
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
