@@ -32,7 +32,8 @@ from _timing import timed
 from skdeepclust import FeatureClusterer, ImageEmbedder, PretrainedFeatureClusterer
 from skdeepclust._device import resolve_device
 from skdeepclust.datasets import extract_image_archive
-from skdeepclust.embedding.images import as_images, find_image_files
+from skdeepclust.embedding.image_files import find_image_files
+from skdeepclust.embedding.images import as_images
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
 

@@ -47,7 +47,7 @@ from bench_cluster import clustered_features
 from skdeepclust import FeatureClusterer, ImageEmbedder
 from skdeepclust.clustering import SCANClusterer, TorchKMeans, label_free_score, mine_nearest_neighbors
 from skdeepclust.datasets import extract_image_archive
-from skdeepclust.embedding.images import find_image_files
+from skdeepclust.embedding.image_files import find_image_files
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
 MIB = 2 ** 20

@@ -209,7 +209,7 @@ def _image_files(folder, out):
     """The image files under ``folder``, less those in ``out`` and in the output folders
     of earlier runs, so that a run writing its results inside ``folder`` does not
     cluster them in the next run; and those the search left out with a warning."""
-    from .embedding.images import _find_image_files
+    from .embedding.image_files import _find_image_files
 
     _register_installed_pillow_plugins()
     files, left_out = _find_image_files(folder)
@@ -305,7 +305,7 @@ def _print_skipped(left_out, skipped):
     """List the files a run left out, after its results: ``left_out`` by the search
     for images (in formats Pillow cannot read here, and the like), ``skipped`` as they
     did not decode; with what would make the formats readable."""
-    from .embedding.images import IN_CLOUD_ADVICE, _unreadable_photos_advice
+    from .embedding.image_files import IN_CLOUD_ADVICE, _unreadable_photos_advice
 
     if left_out or skipped:
         print(f"skipped {len(left_out) + len(skipped)} unreadable file(s):")
@@ -640,7 +640,7 @@ def _input_folder(path):
     """PATH as a folder of images, else the command's error."""
     if not path:  # an unset shell variable, which Path would read as the current folder
         raise UserError("PATH is empty; give the folder of images ('.' for the current folder)")
-    from .embedding.images import ARCHIVE_SUFFIXES
+    from .embedding.image_files import ARCHIVE_SUFFIXES
 
     folder = Path(path)
     if folder.is_file() and folder.name.lower().endswith(ARCHIVE_SUFFIXES):

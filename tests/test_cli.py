@@ -244,7 +244,7 @@ def test_unreadable_files_are_skipped_and_listed(capsys, image_folder, tmp_path,
 
 def test_files_left_out_before_the_embedding_are_listed_at_the_end_too(capsys, image_folder, tmp_path):
     # An iPhone roll without pillow-heif lost most of its photos in one early warning.
-    from skdeepclust.embedding.images import readable_image_extensions
+    from skdeepclust.embedding.image_files import readable_image_extensions
 
     if ".heic" in readable_image_extensions():
         pytest.skip("a HEIF opener is registered with Pillow here")

@@ -11,13 +11,8 @@ from conftest import STAND_IN_HEIF
 from PIL import Image
 
 from skdeepclust.datasets import load_image_folder
-from skdeepclust.embedding.images import (
-    ImageList,
-    _BatchDecoder,
-    as_images,
-    find_image_files,
-    readable_image_extensions,
-)
+from skdeepclust.embedding.image_files import find_image_files, readable_image_extensions
+from skdeepclust.embedding.images import ImageList, _BatchDecoder, as_images
 
 
 def _first_batch(X, batch_size=64):

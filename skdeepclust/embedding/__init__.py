@@ -34,10 +34,10 @@ def _moved(name):
 
 
 __getattr__, __dir__ = lazy_namespace(__name__, {
-    "IMAGE_EXTENSIONS": "images",
+    "IMAGE_EXTENSIONS": "image_files",
     "ImageEmbedder": "embedder",
     "Preprocessing": "backbone",
     "PretrainedWeightsUnavailable": "backbone",
-    "find_image_files": "images",
+    "find_image_files": "image_files",
     "read_checkpoint": "backbone",
 }, globals(), otherwise=_moved)
