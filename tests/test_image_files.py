@@ -1,0 +1,121 @@
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from skdeepclust.embedding.image_files import find_image_files, readable_image_extensions
+from skdeepclust.embedding.images import as_images
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="No image files"):
+        as_images(str(tmp_path))
+
+
+def test_links_to_one_folder_keep_the_first_by_name(tmp_path):
+    real = tmp_path / "photos" / "cats"
+    real.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(real / "1.png")
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("kitties", "cats", "felines"):
+        (root / name).symlink_to(real, target_is_directory=True)
+    assert find_image_files(root) == [str(root / "cats" / "1.png")]
+
+
+def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, monkeypatch):
+    for folder in ("open", "locked"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / folder / "1.png")
+    (tmp_path / "open" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    scandir = os.scandir
+
+    def refusing(path):  # as for a folder without read permission, which root could still read
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.warns(UserWarning) as record:
+        assert find_image_files(tmp_path) == [str(tmp_path / "open" / "1.png")]
+    assert [str(warning.message) for warning in record] == [
+        f"Skipped 1 folder(s) that could not be listed (Permission denied): "
+        f"{str(tmp_path / 'locked')!r}. Make them readable to include their images.",
+        "Skipped 1 image name(s) that lead to no file that can be read (a link to a missing file "
+        f"or to itself, or a file without permission): {str(tmp_path / 'open' / 'gone.jpg')!r}.",
+    ]
+    assert record[0].filename == __file__
+
+
+def test_files_in_a_folder_that_cannot_be_entered_are_named_not_found(tmp_path, monkeypatch):
+    for folder in ("open", "sealed"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / folder / "1.png")
+    access = os.access
+
+    def refusing(path, mode, **kwargs):  # as for a folder of mode r--, which root could still enter
+        return os.path.basename(os.fspath(path)) != "sealed" and access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", refusing)
+    with pytest.warns(UserWarning, match=r"Skipped 1 image name\(s\) that lead to no file that can be read.*sealed"):
+        assert find_image_files(tmp_path) == [str(tmp_path / "open" / "1.png")]
+
+
+def test_every_jpeg_extension_and_other_formats_pillow_reads_are_found(tmp_path):
+    # .mpo (3D and burst cameras), .apng, .pbm, .pnm and .jp2 were left out without a word.
+    formats = {"a.jfif": "JPEG", "b.jpe": "JPEG", "c.tga": "TGA", "d.JPG": "JPEG", "e.mpo": "MPO",
+               "f.apng": "PNG", "g.pbm": "PPM", "h.pnm": "PPM", "i.jp2": "JPEG2000"}
+    for name, image_format in formats.items():
+        Image.new("1" if name.endswith("pbm") else "RGB", (4, 4)).save(tmp_path / name, format=image_format)
+    found = [path.rsplit("/", 1)[-1] for path in find_image_files(tmp_path)]
+    assert found == list(formats)
+    assert next(as_images([str(tmp_path / name) for name in found]).batches(9)).shape == (9, 3, 4, 4)
+
+
+def test_photo_files_pillow_cannot_read_here_are_named_in_a_warning(tmp_path):
+    if ".heic" in readable_image_extensions():
+        pytest.skip("a HEIF opener is registered with Pillow here")
+    Image.new("RGB", (4, 4)).save(tmp_path / "kept.png")
+    (tmp_path / "phone").mkdir()
+    for name in ["IMG_0001.HEIC", "IMG_0002.heic", "raw.cr2", "notes.txt"]:
+        (tmp_path / "phone" / name).write_bytes(b"not decoded here")
+    with pytest.warns(UserWarning, match=r"Skipped 3 photo file\(s\) in formats Pillow cannot read here "
+                                         r"\(.cr2: 1, .heic: 2\).*IMG_0001.HEIC.*pillow_heif.register_heif_opener"
+                                         r"\(\).*convert .cr2 files to JPEG or PNG"):
+        assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
+
+
+def test_thumbnails_that_photo_software_keeps_beside_the_photos_are_skipped(tmp_path):
+    # Each photo was clustered three or four times: with its previews and thumbnails.
+    names = ["Photos Library.photoslibrary/originals/A/IMG_1.jpg",
+             "Photos Library.photoslibrary/Masters/2019/IMG_0.jpg",
+             "Photos Library.photoslibrary/resources/derivatives/A/IMG_1_1_105_c.jpeg",
+             "Photos Library.photoslibrary/resources/derivatives/masters/A/IMG_1_4_5005_c.jpeg",
+             "nas/IMG_2.jpg", "nas/@eaDir/IMG_2.jpg/SYNOPHOTO_THUMB_M.jpg", "resources/kept.jpg"]
+    for name in names + ["Not a library.photoslibrary/resources/kept.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "Photos Library.photoslibrary" / "database").mkdir()  # what makes it a library
+    found = [os.path.relpath(path, tmp_path) for path in find_image_files(tmp_path)]
+    assert found == ["Not a library.photoslibrary/resources/kept.jpg", names[1], names[0], "nas/IMG_2.jpg",
+                     "resources/kept.jpg"]
+    library = tmp_path / "Photos Library.photoslibrary"  # given itself, as well
+    assert find_image_files(library) == [str(tmp_path / names[1]), str(tmp_path / names[0])]
+    # A library whose originals are all in iCloud holds only previews here: say so.
+    for originals in ["originals", "Masters"]:
+        shutil.rmtree(library / originals)
+    with pytest.raises(ValueError, match=r"No image files found under .*and so are the thumbnails and previews "
+                                         r"that photo software keeps: '.*photoslibrary/resources'"):
+        find_image_files(library)
+
+
+def test_photos_kept_in_icloud_and_not_downloaded_are_named_in_a_warning(tmp_path):
+    # iCloud Drive leaves a hidden placeholder, .IMG_0004.JPG.icloud, of a photo not downloaded.
+    Image.new("RGB", (4, 4)).save(tmp_path / "kept.png")
+    for name in [".IMG_0004.JPG.icloud", ".notes.txt.icloud", ".DS_Store"]:
+        (tmp_path / name).write_bytes(b"a placeholder")
+    with pytest.warns(UserWarning, match=r"Skipped 1 photo\(s\) kept in iCloud and not downloaded to this "
+                                         r"computer: '[^,]*\.IMG_0004\.JPG\.icloud'\. Download them"):
+        assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
