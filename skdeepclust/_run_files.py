@@ -71,7 +71,7 @@ def embedding_settings(embedder_params, random_state):
     import timm
 
     from . import __version__
-    from .embedding.images import DECODING_REVISION
+    from .embedding.decoding import DECODING_REVISION
 
     def stamped(path):
         path = os.fspath(path)
@@ -214,7 +214,7 @@ def saved_model(embedder_params, random_state, stage, out):
     import timm
 
     from . import __version__
-    from .embedding.images import DECODING_REVISION
+    from .embedding.decoding import DECODING_REVISION
 
     kept = {name: embedder_params.get(name) for name in MODEL_EMBEDDER_KEYS}
     if not isinstance(kept["pretrained"], bool):
@@ -371,7 +371,7 @@ def load_model(path, weights=None):
                         "with; put the model's own back there, or give their new place with --weights")
     import timm
 
-    from .embedding.images import DECODING_REVISION
+    from .embedding.decoding import DECODING_REVISION
 
     for name, then, now in (("skdeepclust", model.get("skdeepclust"), __version__),
                             ("timm", model.get("timm"), timm.__version__),

@@ -209,10 +209,10 @@ def _image_files(folder, out):
     """The image files under ``folder``, less those in ``out`` and in the output folders
     of earlier runs, so that a run writing its results inside ``folder`` does not
     cluster them in the next run; and those the search left out with a warning."""
-    from .embedding.image_files import _find_image_files
+    from .embedding.image_files import find_image_files_with_left_out
 
     _register_installed_pillow_plugins()
-    files, left_out = _find_image_files(folder)
+    files, left_out = find_image_files_with_left_out(folder)
     return _without_output_folders(folder, files, out), left_out
 
 
@@ -305,13 +305,13 @@ def _print_skipped(left_out, skipped):
     """List the files a run left out, after its results: ``left_out`` by the search
     for images (in formats Pillow cannot read here, and the like), ``skipped`` as they
     did not decode; with what would make the formats readable."""
-    from .embedding.image_files import IN_CLOUD_ADVICE, _unreadable_photos_advice
+    from .embedding.image_files import IN_CLOUD_ADVICE, unreadable_photos_advice
 
     if left_out or skipped:
         print(f"skipped {len(left_out) + len(skipped)} unreadable file(s):")
         for path in sorted(left_out + skipped):
             print(f"  {path}")
-    advice = [_unreadable_photos_advice(left_out)]
+    advice = [unreadable_photos_advice(left_out)]
     if any(path.endswith(".icloud") for path in left_out):  # no image file is named so
         advice.append(f"Of those in iCloud: {IN_CLOUD_ADVICE[:1].lower()}{IN_CLOUD_ADVICE[1:]}")
     if any(advice):
@@ -480,7 +480,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     asked for is not written. ``labels`` are the images' clusters, by default
     ``stage.labels_``.
     """
-    from .embedding.images import ImageFileError
+    from .embedding.decoding import ImageFileError
     from .visualization import _MontageTooLarge, cluster_montage
 
     labels = stage.labels_ if labels is None else labels

@@ -22,7 +22,7 @@ from ._device import usable_cores
 from ._grouping import rows_of_each
 from ._progress import progress_bar
 from .embedding.image_files import ARCHIVE_SUFFIXES, find_image_files, is_hidden_name
-from .embedding.images import _decode_file, unreadable_file_reason
+from .embedding.decoding import decode_file, unreadable_file_reason
 
 # Files each thread of the readability check gets at least.
 FILES_PER_CHECK_THREAD = 256
@@ -191,7 +191,7 @@ def unreadable_reason(path):
     that passes is one the embedder reads.
     """
     try:
-        _decode_file(path, min_size=(64, 64), reduce=False)
+        decode_file(path, min_size=(64, 64), reduce=False)
         return None
     except Exception as exc:  # PIL raises many types for damaged files
         return unreadable_file_reason(exc)

@@ -277,14 +277,14 @@ def test_each_file_is_decoded_once(capsys, image_folder, tmp_path, monkeypatch):
     import collections
 
     from skdeepclust import visualization
-    from skdeepclust.embedding import images
+    from skdeepclust.embedding import decoding
 
     (image_folder / "dark" / "broken.jpg").write_bytes(b"\xff\xd8\xffnot a jpeg")
     # The montage opens the few files it shows once more; it is not under test here.
     monkeypatch.setattr(visualization, "cluster_montage", lambda *args, **kwargs: Image.new("RGB", (1, 1)))
     opened = collections.Counter()
-    open_image = images._open_image  # Image.open, or for a JPEG the JPEG plugin's own opener
-    monkeypatch.setattr(images, "_open_image", lambda path, *args: opened.update([path]) or open_image(path, *args))
+    open_image = decoding._open_image  # Image.open, or for a JPEG the JPEG plugin's own opener
+    monkeypatch.setattr(decoding, "_open_image", lambda path, *args: opened.update([path]) or open_image(path, *args))
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"),
                           "--num-workers", "0", *TINY_ARGS)
     assert status == 0, err

@@ -563,8 +563,8 @@ def test_large_jpegs_decode_to_cover_the_resize_size_not_only_the_crop(tmp_path,
     photo = (127.5 * (1 + np.sin(rows / 3.0) * np.cos(cols / 5.0)))[..., None].repeat(3, -1).astype(np.uint8)
     path = str(tmp_path / "big.jpg")
     Image.fromarray(photo).save(path, quality=95)
-    asked, decode = [], images_module._decode_file
-    monkeypatch.setattr(images_module, "_decode_file",
+    asked, decode = [], images_module.decode_file
+    monkeypatch.setattr(images_module, "decode_file",
                         lambda file, min_size=None: asked.append(min_size) or decode(file, min_size))
     embedder = ImageEmbedder(**{**TINY, "crop_pct": 0.25}, num_workers=0).fit(photo[None])
     from_file = embedder.transform([path])

@@ -330,7 +330,7 @@ def test_a_jpeg_read_from_a_pipe_is_read_once(tmp_path):
     # Lists of images refuse pipes; the decoder itself reads them, as PIL does.
     import threading
 
-    from skdeepclust.embedding.images import _decode_file
+    from skdeepclust.embedding.decoding import decode_file
 
     buffer = io.BytesIO()
     Image.fromarray(_photo(24, 32)).save(buffer, format="JPEG")
@@ -343,7 +343,7 @@ def test_a_jpeg_read_from_a_pipe_is_read_once(tmp_path):
                 writer.write(buffer.getvalue())
 
     threading.Thread(target=write_at_each_opening, daemon=True).start()
-    from_pipe = _decode_file(str(pipe), min_size=(12, 16))
+    from_pipe = decode_file(str(pipe), min_size=(12, 16))
     buffer.seek(0)
     with Image.open(buffer) as image:
         image.draft("RGB", (16, 12))

@@ -62,8 +62,8 @@ def test_only_shown_images_are_decoded(tmp_path, monkeypatch):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.new("RGB", (8, 8), (i, i, i)).save(paths[-1])
     decoded = []
-    real_decode = images_module._decode_file
-    monkeypatch.setattr(images_module, "_decode_file", lambda p, *rest: decoded.append(p) or real_decode(p, *rest))
+    real_decode = images_module.decode_file
+    monkeypatch.setattr(images_module, "decode_file", lambda p, *rest: decoded.append(p) or real_decode(p, *rest))
     cluster_montage(paths, [0, 0, 0, 1, 1, 1], n_per_cluster=1, thumbnail_size=8, scores=[1, 0, 0, 1, 0, 0])
     assert sorted(decoded) == [paths[0], paths[3]]
 
@@ -94,7 +94,7 @@ def test_a_montage_larger_than_pil_opens_is_refused_before_decoding(tmp_path, mo
     from PIL import Image
 
     decoded = []
-    monkeypatch.setattr(images_module, "_decode_file", lambda *args: decoded.append(args))
+    monkeypatch.setattr(images_module, "decode_file", lambda *args: decoded.append(args))
     paths = [str(tmp_path / f"{i}.png") for i in range(12)]
     for path in paths:
         Image.new("RGB", (8, 8)).save(path)

@@ -71,12 +71,12 @@ def readable_image_extensions():
         extension for extension in PLUGIN_IMAGE_EXTENSIONS if registered.get(extension) in Image.OPEN)
 
 
-def _shown(paths):
+def shown_paths(paths):
     return ", ".join(repr(path) for path in paths[:3]) + (
         f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
-def _unreadable_photos_advice(photos):
+def unreadable_photos_advice(photos):
     """What makes the formats of ``photos`` readable, as a sentence, or ""."""
     counts = collections.Counter(os.path.splitext(path)[1].lower() for path in photos)
     advice = []
@@ -102,7 +102,7 @@ def _warn_of_unreadable_photos(photos):
     warnings.warn(
         f"Skipped {len(photos)} photo file(s) in formats Pillow cannot read here ("
         + ", ".join(f"{extension}: {count}" for extension, count in sorted(counts.items()))
-        + f"): {_shown(photos)}. {_unreadable_photos_advice(photos)}",
+        + f"): {shown_paths(photos)}. {unreadable_photos_advice(photos)}",
         UserWarning,
         stacklevel=stacklevel_of_user_code(),
     )
@@ -113,7 +113,7 @@ def _warn_of_photos_in_cloud(stubs):
     if stubs:
         warnings.warn(
             f"Skipped {len(stubs)} photo(s) kept in iCloud and not downloaded to this computer: "
-            f"{_shown(stubs)}. {IN_CLOUD_ADVICE}",
+            f"{shown_paths(stubs)}. {IN_CLOUD_ADVICE}",
             UserWarning,
             stacklevel=stacklevel_of_user_code(),
         )
@@ -125,7 +125,7 @@ def _warn_of_skipped_entries(unlisted, unreachable):
     if unlisted:
         warnings.warn(
             f"Skipped {len(unlisted)} folder(s) that could not be listed "
-            f"({unlisted[0].strerror or unlisted[0]}): {_shown([error.filename for error in unlisted])}. "
+            f"({unlisted[0].strerror or unlisted[0]}): {shown_paths([error.filename for error in unlisted])}. "
             "Make them readable to include their images.",
             UserWarning,
             stacklevel=stacklevel_of_user_code(),
@@ -133,7 +133,7 @@ def _warn_of_skipped_entries(unlisted, unreachable):
     if unreachable:
         warnings.warn(
             f"Skipped {len(unreachable)} image name(s) that lead to no file that can be read "
-            f"(a link to a missing file or to itself, or a file without permission): {_shown(unreachable)}.",
+            f"(a link to a missing file or to itself, or a file without permission): {shown_paths(unreachable)}.",
             UserWarning,
             stacklevel=stacklevel_of_user_code(),
         )
@@ -181,10 +181,10 @@ def find_image_files(folder) -> list:
     ['a/1.jpg', 'b/2.png']
     >>> import shutil; shutil.rmtree(root)
     """
-    return _find_image_files(folder)[0]
+    return find_image_files_with_left_out(folder)[0]
 
 
-def _find_image_files(folder):
+def find_image_files_with_left_out(folder):
     """``find_image_files(folder)``, and the files the search left out with a warning
     (in formats Pillow cannot read here, not downloaded from iCloud, or out of reach),
     sorted."""
@@ -247,7 +247,7 @@ def _find_image_files(folder):
     _warn_of_photos_in_cloud(sorted(in_cloud))
     if not files:
         skipped_previews = (f", and so are the thumbnails and previews that photo software keeps: "
-                            f"{_shown(sorted(previews))}") if previews else ""
+                            f"{shown_paths(sorted(previews))}") if previews else ""
         raise ValueError(
             f"No image files found under {str(folder)!r} (looked for "
             f"{', '.join(extensions)}; files and folders whose names start with '.' "
