@@ -1606,6 +1606,8 @@ def test_assign_warns_of_a_model_made_by_other_versions(capsys, image_folder, tm
     import joblib
     import timm
 
+    from skdeepclust.embedding.decoding import DECODING_REVISION
+
     _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
     model = joblib.load(tmp_path / "run" / "model.joblib")
     model["timm"] = "0.9.0"
@@ -1617,7 +1619,8 @@ def test_assign_warns_of_a_model_made_by_other_versions(capsys, image_folder, tm
     assert (f"skdeepclust: warning: --model {tmp_path / 'run' / 'model.joblib'} was made with timm 0.9.0, this "
             f"is {timm.__version__}: the images may be embedded a little otherwise than that run's") in err.splitlines()
     assert (f"skdeepclust: warning: --model {tmp_path / 'run' / 'model.joblib'} was made with image decoding "
-            "revision 1, this is 2: the images may be embedded a little otherwise than that run's") in err.splitlines()
+            f"revision 1, this is {DECODING_REVISION}: the images may be embedded a little otherwise than that "
+            "run's") in err.splitlines()
 
 
 def test_assign_refuses_a_model_whose_run_found_no_clusters(capsys, image_folder, tmp_path):

@@ -656,10 +656,50 @@ def test_alpha_of_rgba_arrays_in_a_list_is_dropped():
     assert torch.equal(batch[0], torch.from_numpy(rgba[..., :3]).permute(2, 0, 1))
 
 
-def test_alpha_of_pil_rgba_images_and_png_files_is_dropped(tmp_path):
+def _on_white(rgb, alpha):
+    """``rgb`` over white with ``alpha`` (0-255), rounded as PIL's alpha_composite rounds."""
+    blended = rgb.astype(np.float64) * alpha[..., None] / 255 + 255 * (1 - alpha[..., None] / 255)
+    return torch.from_numpy(np.rint(blended).astype(np.uint8)).permute(2, 0, 1)
+
+
+def test_transparent_pixels_of_pil_images_and_files_are_shown_on_white(tmp_path):
+    # They kept the colour beneath them, most often black: cut-outs with a transparent
+    # background were clustered apart from the same objects on white.
     rgba = _rgba()
+    rgba[:8, :, 3] = 0  # fully transparent, over random colours
+    rgba[8:12, :, 3] = 255
     path = tmp_path / "a.png"
     Image.fromarray(rgba, "RGBA").save(path)
-    expected = torch.from_numpy(rgba[..., :3]).permute(2, 0, 1)
+    expected = _on_white(rgba[..., :3], rgba[..., 3])
+    assert (expected[:, :8] == 255).all()
+    assert torch.equal(expected[:, 8:12], torch.from_numpy(rgba[8:12, :, :3]).permute(2, 0, 1))
     for X in ([Image.fromarray(rgba, "RGBA")], [str(path)]):
-        assert torch.equal(next(as_images(X).batches(4))[0], expected)
+        assert (next(as_images(X).batches(4))[0].int() - expected.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "RGB", "LA"])
+def test_every_kind_of_transparency_pillow_reads_is_shown_on_white(tmp_path, mode):
+    # A palette entry, or one gray level or colour (PNG's tRNS), may stand for transparent.
+    pixels = np.zeros((4, 4), np.uint8)
+    pixels[:2] = 1
+    if mode == "LA":
+        image = Image.fromarray(np.stack([pixels * 90, np.where(pixels, 255, 0).astype(np.uint8)], -1), "LA")
+    elif mode == "P":
+        image = Image.fromarray(pixels, "P")
+        image.putpalette([0, 0, 0, 200, 10, 10])
+        image.info["transparency"] = 0
+    else:
+        image = Image.fromarray(pixels * 90, "L").convert(mode)
+        image.info["transparency"] = 0 if mode == "L" else (0, 0, 0)
+    image.save(tmp_path / "a.png")
+    for X in ([image], [str(tmp_path / "a.png")]):
+        batch = next(as_images(X).batches(4))[0]
+        assert (batch[:, 2:] == 255).all(), mode  # the transparent rows
+        assert (batch[:, :2] < 255).any(), mode  # the opaque ones as they are
+
+
+def test_the_fourth_channel_of_an_array_is_dropped_not_taken_for_alpha():
+    # It may be a satellite image's near infrared; a PIL image or file says what is alpha.
+    rgba = _rgba(alpha=0)
+    batch = next(as_images(rgba[None]).batches(4))
+    assert torch.equal(batch[0], torch.from_numpy(rgba[..., :3]).permute(2, 0, 1))

@@ -529,7 +529,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
       are skipped, as :func:`~skdeepclust.embedding.find_image_files` says),
       taken in the order of :func:`~skdeepclust.embedding.find_image_files`.
 
-    Grayscale is repeated to RGB and an alpha channel is dropped. A shape that reads
+    Grayscale is repeated to RGB. The transparent pixels of a file or PIL image
+    are shown on white; the fourth channel of an array is dropped. A shape that reads
     both ways, such as (n, 3, 16, 4) (RGB 16 x 4, or RGBA 3 x 16), is read one way,
     with a warning that says how to pass the other. uint16 pixels are 16-bit
     (0-65535) and scaled to 8 bits, as 16-bit grayscale files (PNG, TIFF, PGM) are,

@@ -4,7 +4,8 @@ Accepted: a 4-D numpy array or torch tensor in NHWC or NCHW order (uint8 in
 [0, 255], integers in that range, or floats in [0, 1]), a 3-D stack of grayscale
 images, a sequence of PIL images, of HWC/CHW/HW arrays or tensors, or of file
 paths, and the path of a folder (searched recursively). Grayscale is repeated to
-RGB and an alpha channel is dropped.
+RGB; the transparent pixels of files and PIL images are shown on white, and the
+fourth channel of an array is dropped.
 
 Batches are torch tensors of shape (batch, 3, H, W), uint8 or float in [0, 1],
 in the memory layout of the input (HWC pixels as a channels-last view, so no

@@ -23,7 +23,8 @@ EIGHT_BITS_OF_SIXTEEN = np.rint(np.arange(2 ** 16) / 257).astype(np.uint8)
 
 
 def channels_last_to_rgb(array):
-    """An (..., H, W, C) array with C in 1, 2, 3, 4 as (..., H, W, 3); alpha is dropped."""
+    """An (..., H, W, C) array with C in 1, 2, 3, 4 as (..., H, W, 3); a second or
+    fourth channel (alpha, or near infrared) is dropped."""
     if array.shape[-1] <= 2:
         return np.repeat(array[..., :1], 3, axis=-1)
     return array[..., :3]
