@@ -22,6 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from ._cli_messages import UserError, counted, listed, warn
+from ._cluster_folders import (
+    CLUSTER_FOLDERS,
+    check_cluster_folders,
+    remove_earlier_cluster_folders,
+    write_cluster_folders,
+)
 from ._run_files import (
     EMBEDDINGS_FILE,
     EMBEDDINGS_RECORD,
@@ -409,9 +415,10 @@ def _metrics_line(y, labels):
 
 
 @contextlib.contextmanager
-def _output_folder(path, save_embeddings, save_model=False):
+def _output_folder(path, save_embeddings, save_model=False, folders=False):
     """``path`` as a folder, made and checked now so that a bad one fails before the
-    work, not after; if the run fails, the folders it made go again while empty."""
+    work, not after (``folders``: and OUT/by-cluster); if the run fails, the folders
+    it made go again while empty."""
     if not path:
         raise UserError("--out is empty; give a folder ('.' for the current folder)")
     out = Path(path)
@@ -461,6 +468,8 @@ def _output_folder(path, save_embeddings, save_model=False):
         except OSError as exc:
             raise UserError(f"--out {path}: cannot write in this folder ({exc.strerror or exc}); "
                             "choose another --out") from None
+        if folders:
+            check_cluster_folders(out)
         yield out
     except BaseException:
         for folder in made_now:
@@ -471,14 +480,15 @@ def _output_folder(path, save_embeddings, save_model=False):
 
 
 def _write_results(out, files, stage, features, embedding_record, model=None, labels=None,
-                   model_withheld=None):
+                   model_withheld=None, folders=False):
     """Write the results into ``out``; returns the paths of the files written.
 
     ``embedding_record`` (settings and file stamps, as ``earlier_embeddings`` reads
     them) asks for the embeddings too, and ``model`` (see ``saved_model``) for the
     model; None removes an earlier run's, and ``model_withheld`` says why a model
     asked for is not written. ``labels`` are the images' clusters, by default
-    ``stage.labels_``.
+    ``stage.labels_``. ``folders`` asks for OUT/by-cluster, whose earlier run's
+    links go otherwise.
     """
     from .embedding.decoding import ImageFileError
     from .visualization import _MontageTooLarge, cluster_montage
@@ -540,6 +550,11 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
         else:
             why = f"{exc.problem.rstrip('.')}, since it was embedded"
         warn(f"{MONTAGE_FILE} not written: {why}{removed}; {RESULTS_FILE} holds every image's cluster")
+    if folders:
+        if (root := write_cluster_folders(out, files, labels)) is not None:
+            written.append(root)
+    elif earlier_run:
+        remove_earlier_cluster_folders(out)
     return written
 
 
@@ -655,7 +670,7 @@ def _input_folder(path):
 def cluster_command(args):
     folder = _input_folder(args.path)
     _check_cluster_count_option(args.clusterer, args.n_clusters)
-    with _output_folder(args.out, args.embeddings, args.save_model) as out:
+    with _output_folder(args.out, args.embeddings, args.save_model, args.folders) as out:
         return _cluster_folder(args, folder, out)
 
 
@@ -672,7 +687,7 @@ def assign_command(args):
     if kept and _holds_results_table(out):
         raise UserError(f"--out {args.out} holds the output of a cluster run (its {RESULTS_FILE} and "
                         f"{listed(kept)}), which assign would overwrite or remove; choose another --out")
-    with _output_folder(args.out, save_embeddings=False) as out:
+    with _output_folder(args.out, save_embeddings=False, folders=args.folders) as out:
         return _assign_folder(args, folder, out, model)
 
 
@@ -691,7 +706,7 @@ def _assign_folder(args, folder, out, model):
     skipped = [path for path, keep in zip(files, readable) if not keep]
     files, features = [path for path, keep in zip(files, readable) if keep], features[readable]
     labels = stage.predict(features)
-    written = _write_results(out, files, stage, features, None, labels=labels)
+    written = _write_results(out, files, stage, features, None, labels=labels, folders=args.folders)
     print(f"{counted(len(files), 'image')} assigned to the {counted(len(stage.cluster_ids_), 'cluster')} of "
           f"{args.model} ({time.perf_counter() - start:.1f} s); wrote {listed(written)}")
     _print_skipped(left_out, skipped)
@@ -748,7 +763,8 @@ def _cluster_folder(args, folder, out):
                           "images to; --clusterer kmeans with --n-clusters always makes some")
     elif args.save_model:
         model = saved_model(embedder_params, args.random_state, stage, out)
-    written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld)
+    written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld,
+                             folders=args.folders)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
     reuse = ""
@@ -857,6 +873,8 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 QUIET_HELP = "no progress bars or clusterer log lines"
+FOLDERS_HELP = (f"also write OUT/{CLUSTER_FOLDERS}/, a folder for each cluster holding a link to each of its "
+                "images, to look through in a file browser ('cp -rL' copies them)")
 
 
 def build_parser():
@@ -925,6 +943,7 @@ def build_parser():
     cluster.add_argument("--save-model", action="store_true",
                          help=f"also write OUT/{MODEL_FILE}, with which 'skdeepclust assign' puts new "
                          "images into these clusters")
+    cluster.add_argument("--folders", action="store_true", help=FOLDERS_HELP)
     cluster.add_argument("--eval", action="store_true",
                          help="PATH/<class>/ folders are the true classes: print accuracy, NMI, ARI")
     cluster.add_argument("--quiet", action="store_true", help=QUIET_HELP)
@@ -935,8 +954,8 @@ def build_parser():
         description=f"Embed the images under PATH as the run that wrote MODEL did (its backbone, "
         f"weights and preprocessing) and put each into one of its clusters, as its clusterer "
         f"predicts (hdbscan, agglomerative and spectral: the nearest cluster centre); write "
-        f"OUT/{RESULTS_FILE} and OUT/{MONTAGE_FILE}. MODEL is a pickle: "
-        "load only models you made.",
+        f"OUT/{RESULTS_FILE} and OUT/{MONTAGE_FILE} (with --folders, OUT/{CLUSTER_FOLDERS}/ too). "
+        "MODEL is a pickle: load only models you made.",
     )
     assign.add_argument("path", metavar="PATH", help="folder of images")
     assign.add_argument("--model", required=True,
@@ -945,6 +964,7 @@ def build_parser():
                         help="where the weights file (or local-dir: folder) the model was made with lies "
                         "now, if it was moved; checked to hold the same weights")
     assign.add_argument("--out", default="skdeepclust-assigned", help="output folder (default: %(default)s)")
+    assign.add_argument("--folders", action="store_true", help=FOLDERS_HELP)
     assign.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     assign.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     assign.add_argument("--batch-size", type=_batch_size_argument, default="auto",

@@ -1732,3 +1732,92 @@ def test_an_out_that_is_the_folder_of_images_itself_is_refused_in_one_line(capsy
                    f"--out (a folder inside it will do, such as {image_folder / 'skdeepclust-out'}, and is not "
                    "clustered)\n")
     assert sorted(path.name for path in image_folder.rglob("*")) == before
+
+
+def _cluster_links(out):
+    """{link path relative to OUT/by-cluster: the real path of its image}."""
+    root = out / "by-cluster"
+    return {str(path.relative_to(root)): os.path.realpath(path) for path in root.rglob("*") if path.is_symlink()}
+
+
+def _clusters_table(out):
+    with open(out / "clusters.csv", newline="") as handle:
+        return [(row["file"], int(row["cluster"])) for row in csv.DictReader(handle)]
+
+
+def test_folders_hold_a_link_to_each_image_in_the_folder_of_its_cluster(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                               "--folders", *TINY_ARGS)
+    assert status == 0, err
+    assert f"and {out / 'by-cluster'}" in stdout
+    expected = {f"cluster-{cluster}/{os.path.basename(file)}": os.path.realpath(file)
+                for file, cluster in _clusters_table(out)}
+    assert _cluster_links(out) == expected and len(expected) == 8
+    # A rerun with other clusters leaves no link of the earlier ones.
+    assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "3", "--out", str(out), "--folders",
+                *TINY_ARGS)[0] == 0
+    assert _cluster_links(out) == {f"cluster-{cluster}/{os.path.basename(file)}": os.path.realpath(file)
+                                   for file, cluster in _clusters_table(out)}
+    # A rerun without --folders removes them, as they no longer match clusters.csv.
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0
+    assert (f"skdeepclust: warning: removed {out / 'by-cluster'} of an earlier run: its folders are not the new "
+            "clusters (--folders writes them anew)") in err.splitlines()
+    assert not (out / "by-cluster").exists()
+    assert sorted(path.name for path in image_folder.rglob("*.*") if "out" not in path.parts) == [
+        f"{position}.{'png' if position < 4 else 'jpg'}" for position in range(8)]  # images untouched
+
+
+def test_cluster_folders_number_clashing_names_and_keep_noise_apart(tmp_path):
+    from skdeepclust._cluster_folders import write_cluster_folders
+
+    files = [str(tmp_path / folder / "x.png") for folder in "abcd"] + [str(tmp_path / "e.png")]
+    labels = np.array([10, 10, -1, 10, 2])
+    assert write_cluster_folders(tmp_path / "out", files, labels) == tmp_path / "out" / "by-cluster"
+    assert _cluster_links(tmp_path / "out") == {
+        "cluster-10/x.png": files[0], "cluster-10/x-2.png": files[1], "noise/x.png": files[2],
+        "cluster-10/x-3.png": files[3], "cluster-02/e.png": files[4]}
+
+
+def test_folders_sorted_by_hand_are_refused_before_the_embedding(capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--folders", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    kept = out / "by-cluster" / "cluster-0" / "mine.png"
+    kept.write_bytes(b"a copy put there by hand")
+    counts = _embedded_counts(monkeypatch)
+    status, _, err = _run(capsys, *argv)
+    assert status == 2 and counts == []
+    assert err == (f"skdeepclust: error: --out {out}: {out / 'by-cluster'} holds {kept}, which is not a link "
+                   "that a run made (files sorted by hand?); move the folder, or choose another --out\n")
+    # Without --folders, the folder is the user's: left as it is, without a word.
+    status, _, err = _run(capsys, *argv[:-len(TINY_ARGS) - 1], *TINY_ARGS)
+    assert status == 0 and err == ""
+    assert kept.read_bytes() == b"a copy put there by hand"
+
+
+def test_folders_where_links_cannot_be_made_are_refused_before_the_embedding(capsys, image_folder, tmp_path,
+                                                                              monkeypatch):
+    def no_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    counts = _embedded_counts(monkeypatch)
+    monkeypatch.setattr(os, "symlink", no_links)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out",
+                          str(tmp_path / "out"), "--folders", *TINY_ARGS)
+    assert status == 2 and counts == []
+    assert err == (f"skdeepclust: error: --out {tmp_path / 'out'}: cannot make links there (Operation not "
+                   "permitted); --folders needs a file system that takes symbolic links (on Windows, "
+                   "Developer Mode)\n")
+
+
+def test_assign_writes_folders_of_links_too(capsys, image_folder, tmp_path):
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    out = tmp_path / "assigned"
+    status, stdout, err = _run(capsys, "assign", str(image_folder), "--model", str(tmp_path / "run"),
+                               "--out", str(out), "--folders", "--quiet")
+    assert status == 0, err
+    assert _cluster_links(out) == {f"cluster-{cluster}/{os.path.basename(file)}": os.path.realpath(file)
+                                   for file, cluster in _clusters_table(out)}
+    assert not (tmp_path / "run" / "by-cluster").exists()
