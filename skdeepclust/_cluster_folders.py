@@ -78,14 +78,15 @@ def remove_earlier_cluster_folders(out):
 
 
 def _link_name(path, taken):
-    """The file name of ``path``, numbered where another image of its cluster has it."""
+    """The file name of ``path``, numbered where another image of its cluster has it
+    (in any case: macOS and Windows take IMG_1.JPG and img_1.jpg for one name)."""
     name = os.path.basename(path)
     stem, extension = os.path.splitext(name)
     number = 1
-    while name in taken:
+    while name.casefold() in taken:
         number += 1
         name = f"{stem}-{number}{extension}"
-    taken.add(name)
+    taken.add(name.casefold())
     return name
 
 
@@ -105,7 +106,7 @@ def write_cluster_folders(out, files, labels):
                 taken[folder] = set()
             os.symlink(os.path.abspath(path), root / folder / _link_name(path, taken[folder]))
     except OSError as exc:
-        warn(f"{root} is not complete: a link could not be made ({exc.strerror or exc}); "
-             "clusters.csv holds every image's cluster")
+        warn(f"{root} is not complete: {exc.filename}: {exc.strerror or exc}; clusters.csv holds every "
+             "image's cluster")
         return None
     return root

@@ -1772,12 +1772,14 @@ def test_folders_hold_a_link_to_each_image_in_the_folder_of_its_cluster(capsys, 
 def test_cluster_folders_number_clashing_names_and_keep_noise_apart(tmp_path):
     from skdeepclust._cluster_folders import write_cluster_folders
 
-    files = [str(tmp_path / folder / "x.png") for folder in "abcd"] + [str(tmp_path / "e.png")]
-    labels = np.array([10, 10, -1, 10, 2])
+    files = [str(tmp_path / folder / "x.png") for folder in "abcd"] + [str(tmp_path / name) for name in (
+        "e.png", "X.PNG")]
+    labels = np.array([10, 10, -1, 10, 2, 10])
     assert write_cluster_folders(tmp_path / "out", files, labels) == tmp_path / "out" / "by-cluster"
     assert _cluster_links(tmp_path / "out") == {
         "cluster-10/x.png": files[0], "cluster-10/x-2.png": files[1], "noise/x.png": files[2],
-        "cluster-10/x-3.png": files[3], "cluster-02/e.png": files[4]}
+        "cluster-10/x-3.png": files[3], "cluster-02/e.png": files[4],
+        "cluster-10/X-4.PNG": files[5]}  # one name to a file system that ignores case
 
 
 def test_folders_sorted_by_hand_are_refused_before_the_embedding(capsys, image_folder, tmp_path, monkeypatch):
