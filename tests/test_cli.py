@@ -1823,3 +1823,15 @@ def test_assign_writes_folders_of_links_too(capsys, image_folder, tmp_path):
     assert _cluster_links(out) == {f"cluster-{cluster}/{os.path.basename(file)}": os.path.realpath(file)
                                    for file, cluster in _clusters_table(out)}
     assert not (tmp_path / "run" / "by-cluster").exists()
+
+
+def test_a_saved_model_predicts_in_python_as_the_user_guide_shows(capsys, image_folder, tmp_path):
+    import joblib
+
+    from skdeepclust import ImageEmbedder
+
+    _cluster_and_save_model(capsys, image_folder, tmp_path / "run", "--n-clusters", "2")
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    embedder = ImageEmbedder(**model["embedder"], random_state=model["random_state"])
+    files, clusters = zip(*_clusters_table(tmp_path / "run"))
+    np.testing.assert_array_equal(model["stage"].predict(embedder.fit_transform(list(files))), clusters)
