@@ -174,3 +174,33 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def _cgroup_memory_left():
+    """What a Linux cgroup (v2; a container's memory limit) lets this process
+    still take, or None where no limit is set or none can be read."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as used:
+            maximum = limit.read().strip()
+            return None if maximum == "max" else int(maximum) - int(used.read())
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may take without swapping: Linux's MemAvailable
+    (less where a container's limit says so), elsewhere the physical memory; None
+    where neither can be read (Windows)."""
+    available = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return None
+    limited = _cgroup_memory_left()
+    return available if limited is None or available is None else min(available, limited)

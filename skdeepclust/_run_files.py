@@ -174,10 +174,18 @@ def write_embeddings(out, features, record, partial=False):
     # The old record goes first: a run stopped between the two writes must not leave
     # it beside new rows, which it would then misname.
     record_path.unlink(missing_ok=True)
-    np.save(array_path, features)
-    with open(record_path, "w", encoding="utf-8") as handle:
-        # ASCII: file names that are not UTF-8 are escaped.
-        json.dump(dict(record, array=_array_stamp(array_path)), handle)
+    try:
+        np.save(array_path, features)
+        with open(record_path, "w", encoding="utf-8") as handle:
+            # ASCII: file names that are not UTF-8 are escaped.
+            json.dump(dict(record, array=_array_stamp(array_path)), handle)
+    except OSError as exc:
+        # Rows cut short, without their record, would be taken for the user's own
+        # array, and stop the next run.
+        record_path.unlink(missing_ok=True)
+        array_path.unlink(missing_ok=True)
+        raise OSError(f"cannot write {array_path} ({exc.strerror or exc}; a full disk?); free some space, "
+                      "or choose another --out") from exc
 
 
 def keep_partial_embeddings(out, features, record, n_files, interrupted):
@@ -189,7 +197,8 @@ def keep_partial_embeddings(out, features, record, n_files, interrupted):
         warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
         return
     again = "the same command" if interrupted else "a run with --embeddings into this --out"
-    print(f"skdeepclust: kept the embeddings of {len(features)} of the {n_files} images in "
+    which = f"all {n_files}" if len(features) == n_files else f"{len(features)} of the {n_files}"
+    print(f"skdeepclust: kept the embeddings of {which} images in "
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
 
 

@@ -223,7 +223,7 @@ def _image_files(folder, out):
 
 
 def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_state, quiet,
-                       earlier_features=None):
+                       earlier_features=None, keep=None):
     """Both stages, decoding and embedding each file once.
 
     ``earlier_features`` holds, for each file, the features an earlier run gave it
@@ -234,7 +234,9 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     run's features, and the seconds the embedding took. An
     exception (Ctrl-C included) raised once new features exist leaves with
     ``embedded``: the positions of the files embedded so far (or reused) and
-    their features, for the command to keep.
+    their features, for the command to keep; ``keep(positions, features)`` is
+    given them before the clustering starts, which the process may not survive
+    (the kernel's out-of-memory killer, ``kill -9``).
     """
     from .clustering import FeatureClusterer
     from .embedding import ImageEmbedder
@@ -273,6 +275,8 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
         if not readable.all():
             features = features[readable]
             _check_image_count(stage, clusterer, len(features))
+        if keep is not None and to_embed:
+            keep(np.flatnonzero(readable).tolist(), features)
         stage.fit(features)
     except BaseException as exc:
         if not hasattr(exc, "embedded") and features is not None and to_embed:
@@ -345,6 +349,13 @@ def _assembled(files, readable, earlier, to_embed, new_features):
 
 def _check_image_count(stage, clusterer, n_images):
     """Fail, in the command's words, where ``clusterer`` cannot group ``n_images`` images."""
+    from .clustering.feature_clusterer import linkage_memory_shortfall
+
+    if shortfall := linkage_memory_shortfall(clusterer, n_images):
+        raise UserError(f"--clusterer {stage.clusterer} on {n_images:,} images needs about "
+                        f"{shortfall[0] / 2 ** 30:.1f} GiB (the distance of every pair of images, twice), more "
+                        f"than the {shortfall[1] / 2 ** 30:.1f} GiB of memory available; use --clusterer kmeans, "
+                        "or cluster fewer images")
     stage._check_sample_count(clusterer, n_images)
     # This package's own clusterers check their few needs up front; SCAN's trial would take seconds.
     if n_images <= TRIAL_FIT_MAX_SAMPLES and not type(clusterer).__module__.startswith(__package__):
@@ -742,10 +753,17 @@ def _cluster_folder(args, folder, out):
         stamps = [file_stamp(path) for path in files]
         earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
         record = {"settings": settings, "files": stamps}
+    def keep(positions, embedded):
+        try:
+            write_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]), partial=True)
+        except OSError as exc:
+            warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
+                 f"({exc.strerror or exc})")
+
     try:
         features, stage, readable, n_reused, embedding_seconds = _embed_and_cluster(
             files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
-            earlier_features,
+            earlier_features, keep if record is not None else None,
         )
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
@@ -1035,6 +1053,13 @@ def main(argv=None):
             message = _in_option_words(message, vars(args))
         print(f"skdeepclust: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError as exc:
+        if os.environ.get("SKDEEPCLUST_DEBUG"):
+            raise
+        print(f"skdeepclust: error: out of memory ({str(exc).strip() or 'MemoryError'}); a smaller "
+              "--batch-size lowers what the embedding takes, --clusterer kmeans what the clustering takes",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("skdeepclust: interrupted", file=sys.stderr)
         return 130

@@ -1087,7 +1087,7 @@ def test_ctrl_c_while_clustering_keeps_every_embedding(capsys, image_folder, tmp
     with monkeypatch.context() as patched:
         _interrupt_clustering_of_the_images(patched)
         status, _, err = _run(capsys, *argv)
-    assert status == 130 and "kept the embeddings of 8 of the 8 images" in err
+    assert status == 130 and "kept the embeddings of all 8 images" in err
     counts = _embedded_counts(monkeypatch)
     assert _run(capsys, *argv)[0] == 0
     assert counts == []
@@ -1127,7 +1127,8 @@ def test_ctrl_c_leaves_embeddings_npy_matching_clusters_csv(capsys, image_folder
         Image.new("RGB", (30, 30), (10, 200, 10)).save(image_folder / "bright" / name)
     with monkeypatch.context() as patched:
         interrupt_embedding_at(patched, 2)
-        assert _run(capsys, *argv)[0] == 130
+        status, _, err = _run(capsys, *argv)
+        assert status == 130, err
     assert (out / "clusters.csv").read_text() == table
     np.testing.assert_array_equal(np.load(out / "embeddings.npy"), features)
 
@@ -1835,3 +1836,103 @@ def test_a_saved_model_predicts_in_python_as_the_user_guide_shows(capsys, image_
     embedder = ImageEmbedder(**model["embedder"], random_state=model["random_state"])
     files, clusters = zip(*_clusters_table(tmp_path / "run"))
     np.testing.assert_array_equal(model["stage"].predict(embedder.fit_transform(list(files))), clusters)
+
+
+def test_a_clusterer_that_would_run_out_of_memory_is_refused_before_the_embedding(capsys, image_folder, tmp_path,
+                                                                                 monkeypatch):
+    from skdeepclust.clustering import feature_clusterer
+
+    counts = _embedded_counts(monkeypatch)
+    monkeypatch.setattr(feature_clusterer, "available_memory", lambda: 448)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--clusterer", "agglomerative",
+                          "--out", str(tmp_path / "out"), *TINY_ARGS)
+    assert (status, counts) == (0, [8])  # 8 images need 448 bytes
+    monkeypatch.setattr(feature_clusterer, "available_memory", lambda: 447)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--clusterer", "agglomerative",
+                          "--out", str(tmp_path / "out"), *TINY_ARGS)
+    assert (status, counts) == (2, [8])
+    assert err == ("skdeepclust: error: --clusterer agglomerative on 8 images needs about 0.0 GiB (the distance of "
+                   "every pair of images, twice), more than the 0.0 GiB of memory available; use --clusterer "
+                   "kmeans, or cluster fewer images\n")
+
+
+def test_the_embeddings_are_on_disk_before_a_clustering_the_process_may_not_survive(capsys, image_folder, tmp_path,
+                                                                                      monkeypatch):
+    # The kernel's out-of-memory killer gives no chance to keep them once the clustering has begun.
+    import skdeepclust.cli
+    from skdeepclust import FeatureClusterer
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+
+    fit = FeatureClusterer.fit
+
+    def killed(self, X, *args, **kwargs):
+        if X.shape[1] == 16:  # the trial fit on stand-in features, before the embedding
+            return fit(self, X, *args, **kwargs)
+        np.testing.assert_array_equal(np.load(out / "embeddings.partial.npy"), X)
+        raise KeyboardInterrupt  # as the kill, after which nothing more is written
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FeatureClusterer, "fit", killed)
+        patched.setattr(skdeepclust.cli, "keep_partial_embeddings", lambda *args, **kwargs: None)
+        status, _, err = _run(capsys, *argv)
+        assert status == 130, err
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [] and "8 embeddings of an earlier run reused" in stdout
+    assert not (out / "embeddings.partial.npy").exists() and (out / "embeddings.npy").is_file()
+
+
+def test_a_disk_that_fills_while_the_embeddings_are_written_leaves_no_rows_cut_short(capsys, image_folder, tmp_path,
+                                                                                       monkeypatch):
+    # numpy said only "2560000 requested and 2058208 written", and the rows cut short,
+    # without their record, were refused by the next run as the user's own array.
+    import skdeepclust._run_files
+
+    save = np.save
+
+    def disk_full(path, array):
+        if os.path.basename(path) != "embeddings.npy":
+            return save(path, array)
+        with open(path, "wb") as handle:
+            handle.write(b"\x93NUMPY cut short")
+        raise OSError("2560000 requested and 2058208 written")
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        patched.setattr(skdeepclust._run_files.np, "save", disk_full)
+        status, _, err = _run(capsys, *argv)
+    assert status == 2
+    assert err.splitlines()[-1] == (f"skdeepclust: error: cannot write {out / 'embeddings.npy'} (2560000 requested "
+                                    "and 2058208 written; a full disk?); free some space, or choose another --out")
+    assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [] and "8 embeddings of an earlier run reused" in stdout  # kept before the clustering
+
+
+def test_running_out_of_memory_ends_in_one_line(capsys, image_folder, tmp_path, monkeypatch):
+    from skdeepclust import FeatureClusterer
+
+    fit = FeatureClusterer.fit
+
+    def out_of_memory(self, X, *args, **kwargs):
+        if X.shape[1] == 16:  # the trial fit on stand-in features, before the embedding
+            return fit(self, X, *args, **kwargs)
+        raise MemoryError("Unable to allocate 13.4 GiB for an array with shape (1799970000,) and data type float64")
+
+    monkeypatch.setattr(FeatureClusterer, "fit", out_of_memory)
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                          "--embeddings", *TINY_ARGS)
+    assert status == 1
+    assert err.splitlines() == [
+        f"skdeepclust: kept the embeddings of all 8 images in {out / 'embeddings.partial.npy'}; a run with "
+        "--embeddings into this --out goes on from there",
+        "skdeepclust: error: out of memory (Unable to allocate 13.4 GiB for an array with shape (1799970000,) and "
+        "data type float64); a smaller --batch-size lowers what the embedding takes, --clusterer kmeans what the "
+        "clustering takes"]

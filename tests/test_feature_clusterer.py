@@ -565,3 +565,22 @@ def test_label_free_score_of_many_rows_is_seeded_by_random_state():
     model = FeatureClusterer("kmeans", n_clusters=3, random_state=0).fit(X)
     scores = {model.score(X) for _ in range(3)}
     assert scores == {label_free_score(X, model.predict(X), random_state=0)}
+
+
+def test_only_linkages_that_hold_every_pairwise_distance_are_checked_against_memory(monkeypatch):
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.neighbors import kneighbors_graph
+
+    from skdeepclust.clustering import feature_clusterer
+
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    monkeypatch.setattr(feature_clusterer, "available_memory", lambda: 40 * 39 * 8 - 1)
+    for linkage in ("ward", "average", "complete"):
+        with pytest.raises(ValueError, match=f"linkage='{linkage}'\\) on n_samples=40 needs"):
+            FeatureClusterer(AgglomerativeClustering(linkage=linkage)).fit(X)
+    FeatureClusterer(AgglomerativeClustering(linkage="single")).fit(X)
+    FeatureClusterer(AgglomerativeClustering(connectivity=kneighbors_graph(X, 5))).fit(X)
+    monkeypatch.setattr(feature_clusterer, "available_memory", lambda: 40 * 39 * 8)
+    FeatureClusterer("agglomerative", n_clusters=2).fit(X)
+    monkeypatch.setattr(feature_clusterer, "available_memory", lambda: None)  # not known: not checked
+    FeatureClusterer("agglomerative", n_clusters=2).fit(X)

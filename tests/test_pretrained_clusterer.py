@@ -185,6 +185,21 @@ def test_clusterer_mistakes_are_found_before_embedding(images, monkeypatch, para
         PretrainedFeatureClusterer(**TINY, **params).fit(images[:4])
 
 
+def test_a_linkage_that_would_run_out_of_memory_is_refused_before_embedding(images, monkeypatch):
+    # 60,000 images asked scipy for 13.4 GiB at once, an hour of embedding later.
+    from skdeepclust.clustering import feature_clusterer
+
+    def embed(*args, **kwargs):
+        raise AssertionError("the images were embedded before the memory was checked")
+
+    monkeypatch.setattr(ImageEmbedder, "fit", embed)
+    monkeypatch.setattr(feature_clusterer, "available_memory", lambda: 3 * 2 ** 20)
+    with pytest.raises(ValueError, match=r"AgglomerativeClustering\(linkage='ward'\) on n_samples=1000 needs "
+                       r"about 0.0 GiB .* more than the 0.0 GiB of memory available\. Pass fewer samples, a "
+                       r"connectivity graph"):
+        PretrainedFeatureClusterer(**TINY, clusterer="agglomerative", n_clusters=2).fit([images[0]] * 1000)
+
+
 def test_sample_weight_reaches_the_clusterer(labelled_images):
     X, y = labelled_images
     weights = np.arange(1.0, len(X) + 1)
