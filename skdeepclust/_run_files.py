@@ -184,8 +184,10 @@ def write_embeddings(out, features, record, partial=False):
         # array, and stop the next run.
         record_path.unlink(missing_ok=True)
         array_path.unlink(missing_ok=True)
-        raise OSError(f"cannot write {array_path} ({exc.strerror or exc}; a full disk?); free some space, "
-                      "or choose another --out") from exc
+        reason = f"{exc.strerror or exc}; a full disk?"
+        error = OSError(f"cannot write {array_path} ({reason}); free some space, or choose another --out")
+        error.strerror = reason  # for a warning that names the file itself
+        raise error from exc
 
 
 def keep_partial_embeddings(out, features, record, n_files, interrupted):
@@ -197,7 +199,7 @@ def keep_partial_embeddings(out, features, record, n_files, interrupted):
         warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
         return
     again = "the same command" if interrupted else "a run with --embeddings into this --out"
-    which = f"all {n_files}" if len(features) == n_files else f"{len(features)} of the {n_files}"
+    which = f"all {n_files:,}" if len(features) == n_files else f"{len(features):,} of the {n_files:,}"
     print(f"skdeepclust: kept the embeddings of {which} images in "
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
 

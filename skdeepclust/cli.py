@@ -758,7 +758,7 @@ def _cluster_folder(args, folder, out):
             write_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]), partial=True)
         except OSError as exc:
             warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
-                 f"({exc.strerror or exc})")
+                 f"({exc.strerror or exc})")  # the clustering may still succeed
 
     try:
         features, stage, readable, n_reused, embedding_seconds = _embed_and_cluster(
