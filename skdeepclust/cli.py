@@ -745,7 +745,7 @@ def _cluster_folder(args, folder, out):
         num_workers=args.num_workers,
         compile=args.compile,
     )
-    earlier_features, changed_settings, record = None, [], None
+    earlier_features, changed_settings, record, keep = None, [], None, None
     if args.embeddings:
         settings = embedding_settings(embedder_params, args.random_state)
         earlier_rows, changed_settings = earlier_embeddings(out, settings)
@@ -753,17 +753,18 @@ def _cluster_folder(args, folder, out):
         stamps = [file_stamp(path) for path in files]
         earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
         record = {"settings": settings, "files": stamps}
-    def keep(positions, embedded):
-        try:
-            write_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]), partial=True)
-        except OSError as exc:
-            warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
-                 f"({exc.strerror or exc})")  # the clustering may still succeed
+
+        def keep(positions, embedded):
+            try:
+                write_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]), partial=True)
+            except OSError as exc:  # the clustering may still succeed
+                warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
+                     f"({exc.strerror or exc})")
 
     try:
         features, stage, readable, n_reused, embedding_seconds = _embed_and_cluster(
             files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
-            earlier_features, keep if record is not None else None,
+            earlier_features, keep,
         )
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
