@@ -754,12 +754,13 @@ def _cluster_folder(args, folder, out):
         earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
         record = {"settings": settings, "files": stamps}
 
-        def keep(positions, embedded):
+        def keep_before_clustering(positions, embedded):
             try:
                 write_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]), partial=True)
             except OSError as exc:  # the clustering may still succeed
                 warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
                      f"({exc.strerror or exc})")
+        keep = keep_before_clustering
 
     try:
         features, stage, readable, n_reused, embedding_seconds = _embed_and_cluster(
