@@ -402,6 +402,16 @@ def _confidence(stage, features, labels):
     return np.where(labels >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
 
 
+def _chance_accuracy(y, labels, draws=50):
+    """The mean accuracy of random groups of the sizes of ``labels``: above one over
+    the number of classes, as the best matching of groups to classes favours few
+    images (0.144 for 100 per class of 10, 1.0 for one per class)."""
+    from .metrics import cluster_accuracy
+
+    rng = np.random.default_rng(0)
+    return float(np.mean([cluster_accuracy(y, rng.permutation(labels)) for _ in range(draws)]))
+
+
 def _metrics_line(y, labels):
     """Accuracy, NMI and ARI of ``labels`` against the classes ``y``; noise (-1) is
     scored as one more group, and also, for accuracy, as wrong."""
@@ -799,7 +809,8 @@ def _cluster_folder(args, folder, out):
         f"({time.perf_counter() - start:.1f} s{reuse}); wrote {listed(written)}"
     )
     if args.eval:
-        print(_metrics_line(class_folder_labels(folder, files)[0], stage.labels_))
+        y = class_folder_labels(folder, files)[0]
+        print(f"{_metrics_line(y, stage.labels_)}  (chance accuracy {_chance_accuracy(y, stage.labels_):.3f})")
     if not args.embeddings and embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING:
         print(f"(the embedding took {embedding_seconds:.0f} s: with --embeddings a rerun into {out} "
               "embeds only new and changed files, so that another --n-clusters or --clusterer takes seconds)")
@@ -869,14 +880,15 @@ def _demo(args, shared, out):
     embedder_params.update(device=args.device)
     n_clusters = None if args.clusterer in FINDS_ITS_CLUSTER_COUNT else 10
     groups = "groups, as many as it finds," if n_clusters is None else "10 groups"
-    print(f"Clustering {len(files)} CIFAR-10 test photos into {groups} with a {described}.")
+    print(f"Clustering {len(files):,} CIFAR-10 test photos into {groups} with a {described}.")
     start = time.perf_counter()
     features, stage, readable, _, _ = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters,
                                                          0, args.quiet)
     files, y = [path for path, keep in zip(files, readable) if keep], y[readable]
     seconds = time.perf_counter() - start
     written = _write_results(out, files, stage, features, None)
-    print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy 0.100; {seconds:.1f} s)")
+    print(f"{args.clusterer}: {_metrics_line(y, stage.labels_)}  (chance accuracy "
+          f"{_chance_accuracy(y, stage.labels_):.3f}; {seconds:.1f} s)")
     shown = [f"{path} (one row of photos per cluster)" if path.name == MONTAGE_FILE else str(path)
              for path in reversed(written)]
     print(f"wrote {listed(shown)}")

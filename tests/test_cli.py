@@ -746,6 +746,7 @@ def test_cli_eval_prints_each_metric_under_its_own_name(capsys, tmp_path):
                 f"ARI {adjusted_rand_score(truth, labels):.3f}")
     assert len({expected.split()[i] for i in (1, 3, 5)}) == 3, expected  # the test needs them to differ
     assert expected in stdout
+    assert f"{expected}  (chance accuracy " in stdout
 
 
 def test_cli_summary_counts_clusters_without_the_noise(capsys, tmp_path):
@@ -1936,3 +1937,14 @@ def test_running_out_of_memory_ends_in_one_line(capsys, image_folder, tmp_path, 
         "skdeepclust: error: out of memory (Unable to allocate 13.4 GiB for an array with shape (1799970000,) and "
         "data type float64); a smaller --batch-size lowers what the embedding takes, --clusterer kmeans what the "
         "clustering takes"]
+
+
+def test_chance_accuracy_is_that_of_random_groups_of_the_same_sizes():
+    # The demo said 0.100 for CIFAR-10's ten classes whatever the number of photos; the
+    # best matching of groups to classes lifts it for few (1.0 with one photo per class).
+    from skdeepclust.cli import _chance_accuracy
+
+    y = np.repeat(np.arange(10), 100)
+    assert _chance_accuracy(y[::100], y[::100]) == 1.0
+    assert 0.13 < _chance_accuracy(y, y) < 0.16
+    assert _chance_accuracy(y, np.zeros_like(y)) == pytest.approx(0.1)  # one group: one class matched
