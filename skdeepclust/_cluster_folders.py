@@ -93,10 +93,11 @@ def _link_name(path, taken):
 def write_cluster_folders(out, files, labels):
     """Write ``out/by-cluster/cluster-<id>/`` (and ``noise/``), a link to each file
     in the folder of its label, in place of an earlier run's; returns its path, or
-    None where a link could not be made (the warning says why)."""
+    None where it could not be made. Links that cannot be made are left out, with
+    a warning."""
     root = Path(out) / CLUSTER_FOLDERS
     width = len(str(max(int(max(labels, default=0)), 0)))
-    taken = {}
+    taken, failed = {}, []
     try:
         _remove_links(out)
         for path, label in zip(files, labels):
@@ -104,9 +105,19 @@ def write_cluster_folders(out, files, labels):
             if folder not in taken:
                 (root / folder).mkdir(parents=True, exist_ok=True)
                 taken[folder] = set()
-            os.symlink(os.path.abspath(path), root / folder / _link_name(path, taken[folder]))
+            link = root / folder / _link_name(path, taken[folder])
+            try:
+                # To the file itself: the path given may be a link of an earlier run's.
+                os.symlink(os.path.realpath(path), link)
+            except OSError as exc:  # a name too long for the file system, say
+                failed.append((link, exc))
     except OSError as exc:
-        warn(f"{root} is not complete: {exc.filename}: {exc.strerror or exc}; clusters.csv holds every "
-             "image's cluster")
+        warn(f"{root} not written: {exc.filename}: {exc.strerror or exc}; clusters.csv holds every image's "
+             "cluster")
         return None
+    if failed:
+        link, exc = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        warn(f"{root}: no link made for {len(failed)} image(s): {link}: {exc.strerror or exc}{more}; "
+             "clusters.csv holds every image's cluster")
     return root

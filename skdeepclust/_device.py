@@ -176,13 +176,18 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _cgroup_memory_left():
+def _cgroup_memory_left(cgroup="/sys/fs/cgroup"):
     """What a Linux cgroup (v2; a container's memory limit) lets this process
-    still take, or None where no limit is set or none can be read."""
+    still take, or None where no limit is set or none can be read. The files it
+    has read and not used since count as free: the kernel drops them first."""
     try:
-        with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as used:
+        with open(os.path.join(cgroup, "memory.max")) as limit, \
+                open(os.path.join(cgroup, "memory.current")) as used, open(os.path.join(cgroup, "memory.stat")) as stat:
             maximum = limit.read().strip()
-            return None if maximum == "max" else int(maximum) - int(used.read())
+            if maximum == "max":
+                return None
+            reclaimable = next((int(line.split()[1]) for line in stat if line.startswith("inactive_file ")), 0)
+            return int(maximum) - int(used.read()) + reclaimable
     except (OSError, ValueError):
         return None
 

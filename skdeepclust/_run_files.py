@@ -166,16 +166,22 @@ def is_our_record(path):
     return isinstance(record, dict) and {"settings", "files"} <= record.keys()
 
 
-def write_embeddings(out, features, record, partial=False):
+def write_embeddings(out, features, record, partial=False, from_partial=False):
     """Write ``features`` and their ``record`` (settings and file stamps) into ``out``:
-    as embeddings.npy, or those of a run stopped before its results (``partial``)."""
+    as embeddings.npy, or those of a run stopped before its results (``partial``).
+    ``from_partial``: the partial array holds ``features`` already (written before
+    the clustering), and becomes embeddings.npy without a second copy on the disk."""
     array_path, record_path = (out / PARTIAL_FILE, out / PARTIAL_RECORD) if partial else (
         out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
     # The old record goes first: a run stopped between the two writes must not leave
     # it beside new rows, which it would then misname.
     record_path.unlink(missing_ok=True)
     try:
-        np.save(array_path, features)
+        if from_partial:
+            (out / PARTIAL_RECORD).unlink()
+            os.replace(out / PARTIAL_FILE, array_path)
+        else:
+            np.save(array_path, features)
         with open(record_path, "w", encoding="utf-8") as handle:
             # ASCII: file names that are not UTF-8 are escaped.
             json.dump(dict(record, array=_array_stamp(array_path)), handle)

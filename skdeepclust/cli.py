@@ -133,8 +133,10 @@ def _library_warning_printer(options):
 
 
 def _holds_earlier_results(directory):
-    """Whether ``directory`` holds the output of a run: the montage and a clusters.csv of ours."""
-    return os.path.isfile(os.path.join(directory, MONTAGE_FILE)) and _holds_results_table(directory)
+    """Whether ``directory`` holds the output of a run: a clusters.csv of ours beside
+    the montage or the folder of links (a run may have written no montage)."""
+    return ((os.path.isfile(os.path.join(directory, MONTAGE_FILE))
+             or os.path.isdir(os.path.join(directory, CLUSTER_FOLDERS))) and _holds_results_table(directory))
 
 
 def _holds_results_table(directory):
@@ -157,6 +159,9 @@ def _without_output_folders(folder, files, out):
     if out.resolve() == folder.resolve():
         raise UserError(f"--out {out} is the folder of images itself; give another --out (a folder "
                         f"inside it will do, such as {out / 'skdeepclust-out'}, and is not clustered)")
+    if folder.resolve().is_relative_to((out / CLUSTER_FOLDERS).resolve()):
+        raise UserError(f"{folder} is in {out / CLUSTER_FOLDERS}, the links of the run in --out {out}, which "
+                        "this run would replace; give another --out")
     if out.resolve().is_relative_to(folder.resolve()):
         inside = os.path.join(str(folder), *out.resolve().relative_to(folder.resolve()).parts) + os.sep
         files = [path for path in files if not path.startswith(inside)]
@@ -172,10 +177,17 @@ def _without_output_folders(folder, files, out):
                  f"(beside its {RESULTS_FILE}); rename it to cluster it")
             if not files:
                 raise UserError(f"{folder} holds no images but the montage of an earlier skdeepclust run")
-    # Every output folder holds a montage, so the montages' folders are the only candidates.
+    # An output folder holds a montage or the links of its by-cluster folder, which
+    # the search for images follows, so the folders of those are the only candidates.
     below = len(os.path.join(str(folder), ""))  # find_image_files's paths all start with folder
-    montages = [path for path in files if os.path.basename(path) == MONTAGE_FILE and os.sep in path[below:]]
-    candidates = sorted({os.path.dirname(path) for path in montages})
+    candidates = set()
+    for path in files:
+        parts = path[below:].split(os.sep)
+        if parts[-1] == MONTAGE_FILE and len(parts) > 1:
+            candidates.add(os.path.dirname(path))
+        if CLUSTER_FOLDERS in parts[:-1]:
+            candidates.add(os.path.join(str(folder), *parts[:parts.index(CLUSTER_FOLDERS)]))
+    candidates = sorted(candidates)
     skipped_folders = []
     for directory in candidates:
         if any(directory.startswith(earlier + os.sep) for earlier in skipped_folders):
@@ -184,7 +196,8 @@ def _without_output_folders(folder, files, out):
             skipped_folders.append(directory)
             warn(
                 f"skipping {directory}: it holds the output of an earlier skdeepclust run "
-                f"({RESULTS_FILE} and {MONTAGE_FILE}); move your images out of it to cluster them"
+                f"({RESULTS_FILE}, with {MONTAGE_FILE} or {CLUSTER_FOLDERS}/); move your images out of it to "
+                "cluster them"
             )
     if skipped_folders:
         prefixes = tuple(directory + os.sep for directory in skipped_folders)
@@ -501,7 +514,7 @@ def _output_folder(path, save_embeddings, save_model=False, folders=False):
 
 
 def _write_results(out, files, stage, features, embedding_record, model=None, labels=None,
-                   model_withheld=None, folders=False):
+                   model_withheld=None, folders=False, embeddings_in_partial=False):
     """Write the results into ``out``; returns the paths of the files written.
 
     ``embedding_record`` (settings and file stamps, as ``earlier_embeddings`` reads
@@ -509,7 +522,8 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     model; None removes an earlier run's, and ``model_withheld`` says why a model
     asked for is not written. ``labels`` are the images' clusters, by default
     ``stage.labels_``. ``folders`` asks for OUT/by-cluster, whose earlier run's
-    links go otherwise.
+    links go otherwise. ``embeddings_in_partial``: the features were written as the
+    partial embeddings before the clustering, which then become embeddings.npy.
     """
     from .embedding.decoding import ImageFileError
     from .visualization import _MontageTooLarge, cluster_montage
@@ -528,7 +542,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
     if embedding_record is not None:
-        write_embeddings(out, features, embedding_record)
+        write_embeddings(out, features, embedding_record, from_partial=embeddings_in_partial)
         written.append(out / EMBEDDINGS_FILE)
     # Once their rows are in embeddings.npy, or a run went without them.
     remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
@@ -755,7 +769,7 @@ def _cluster_folder(args, folder, out):
         num_workers=args.num_workers,
         compile=args.compile,
     )
-    earlier_features, changed_settings, record, keep = None, [], None, None
+    earlier_features, changed_settings, record, keep, kept = None, [], None, None, []
     if args.embeddings:
         settings = embedding_settings(embedder_params, args.random_state)
         earlier_rows, changed_settings = earlier_embeddings(out, settings)
@@ -767,6 +781,7 @@ def _cluster_folder(args, folder, out):
         def keep_before_clustering(positions, embedded):
             try:
                 write_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]), partial=True)
+                kept.append(positions)
             except OSError as exc:  # the clustering may still succeed
                 warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
                      f"({exc.strerror or exc})")
@@ -794,12 +809,12 @@ def _cluster_folder(args, folder, out):
     elif args.save_model:
         model = saved_model(embedder_params, args.random_state, stage, out)
     written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld,
-                             folders=args.folders)
+                             folders=args.folders, embeddings_in_partial=bool(kept))
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
     reuse = ""
     if n_reused:
-        reuse = f"; {n_reused} embeddings of an earlier run reused"
+        reuse = f"; {n_reused:,} embeddings of an earlier run reused"
     elif changed_settings:
         changed = [_setting_in_option_words(name, args) for name in changed_settings]
         reuse = (f"; the embeddings of an earlier run in {out} were not reused, as they were made "

@@ -170,7 +170,7 @@ def test_a_folder_holding_only_earlier_output_is_a_mistake(capsys, tmp_path):
     assert status == 2
     assert err.splitlines() == [
         f"skdeepclust: warning: skipping {earlier}: it holds the output of an earlier skdeepclust run "
-        "(clusters.csv and montage.png); move your images out of it to cluster them",
+        "(clusters.csv, with montage.png or by-cluster/); move your images out of it to cluster them",
         f"skdeepclust: error: {tmp_path / 'photos'} holds no images outside the output folders of earlier "
         "skdeepclust runs",
     ]
@@ -1902,18 +1902,17 @@ def test_a_disk_that_fills_while_the_embeddings_are_written_leaves_no_rows_cut_s
         raise OSError("2560000 requested and 2058208 written")
 
     out = tmp_path / "out"
-    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
-    with monkeypatch.context() as patched:
+    argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv, "--n-clusters", "2")[0] == 0
+    with monkeypatch.context() as patched:  # every row reused: embeddings.npy is written anew
         patched.setattr(skdeepclust._run_files.np, "save", disk_full)
-        status, _, err = _run(capsys, *argv)
+        status, _, err = _run(capsys, *argv, "--n-clusters", "3")
     assert status == 2
     assert err.splitlines()[-1] == (f"skdeepclust: error: cannot write {out / 'embeddings.npy'} (2560000 requested "
                                     "and 2058208 written; a full disk?); free some space, or choose another --out")
     assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
-    counts = _embedded_counts(monkeypatch)
-    status, stdout, err = _run(capsys, *argv)
+    status, _, err = _run(capsys, *argv, "--n-clusters", "3")
     assert status == 0, err
-    assert counts == [] and "8 embeddings of an earlier run reused" in stdout  # kept before the clustering
 
 
 def test_running_out_of_memory_ends_in_one_line(capsys, image_folder, tmp_path, monkeypatch):
@@ -1948,3 +1947,81 @@ def test_chance_accuracy_is_that_of_random_groups_of_the_same_sizes():
     assert _chance_accuracy(y[::100], y[::100]) == 1.0
     assert 0.13 < _chance_accuracy(y, y) < 0.16
     assert _chance_accuracy(y, np.zeros_like(y)) == pytest.approx(0.1)  # one group: one class matched
+
+
+def test_a_cluster_folder_of_links_is_not_clustered_into_the_run_that_replaces_it(capsys, image_folder, tmp_path,
+                                                                                  monkeypatch):
+    # The rerun removed its own input, and its clusters.csv named links that were gone.
+    out = tmp_path / "out"
+    assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--folders",
+                *TINY_ARGS)[0] == 0
+    before = _cluster_links(out)
+    counts = _embedded_counts(monkeypatch)
+    for folders in (["--folders"], []):
+        status, _, err = _run(capsys, "cluster", str(out / "by-cluster" / "cluster-0"), "--n-clusters", "2",
+                              "--out", str(out), *folders, *TINY_ARGS)
+        assert status == 2 and counts == []
+        assert err == (f"skdeepclust: error: {out / 'by-cluster' / 'cluster-0'} is in {out / 'by-cluster'}, the "
+                       f"links of the run in --out {out}, which this run would replace; give another --out\n")
+    assert _cluster_links(out) == before
+    # Into another --out, the links lead to the images themselves.
+    assert _run(capsys, "cluster", str(out / "by-cluster" / "cluster-0"), "--n-clusters", "1", "--out",
+                str(tmp_path / "again"), "--folders", *TINY_ARGS)[0] == 0
+    assert set(_cluster_links(tmp_path / "again").values()) == {
+        target for link, target in before.items() if link.startswith("cluster-0/")}
+    assert all(not os.path.islink(target) for target in _cluster_links(tmp_path / "again").values())
+
+
+def test_the_links_of_an_earlier_run_without_a_montage_are_not_taken_for_images(capsys, image_folder, tmp_path):
+    # The search follows links to files; the run's folder was known by its montage only.
+    earlier = image_folder / "results"
+    assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(earlier), "--folders",
+                *TINY_ARGS)[0] == 0
+    (earlier / "montage.png").unlink()  # as when there were too many clusters to show
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out",
+                               str(tmp_path / "out"), *TINY_ARGS)
+    assert status == 0, err
+    assert (f"skdeepclust: warning: skipping {earlier}: it holds the output of an earlier skdeepclust run "
+            "(clusters.csv, with montage.png or by-cluster/); move your images out of it to cluster them"
+            ) in err.splitlines()
+    assert stdout.startswith("8 images")
+
+
+def test_the_embeddings_kept_before_the_clustering_become_embeddings_npy_without_a_second_write(
+        capsys, image_folder, tmp_path, monkeypatch):
+    # Written twice, they needed twice their space on the disk, and a nearly full one failed every run.
+    import skdeepclust._run_files
+
+    saved, save = [], np.save
+    monkeypatch.setattr(skdeepclust._run_files.np, "save",
+                        lambda path, array: saved.append(os.path.basename(path)) or save(path, array))
+    out = tmp_path / "out"
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                          "--embeddings", *TINY_ARGS)
+    assert status == 0, err
+    assert saved == ["embeddings.partial.npy"]
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "embeddings.json", "embeddings.npy",
+                                                           "montage.png"]
+    rows = np.load(out / "embeddings.npy")
+    assert rows.shape[0] == 8 and json.loads((out / "embeddings.json").read_text())["array"] == [
+        os.stat(out / "embeddings.npy").st_size, os.stat(out / "embeddings.npy").st_mtime_ns]
+
+
+def test_a_link_that_cannot_be_made_leaves_out_that_image_only(tmp_path, monkeypatch, capsys):
+    from skdeepclust import _cluster_folders
+
+    files = [str(tmp_path / name) for name in ("a.png", "b.png", "c.png")]
+    symlink = os.symlink
+
+    def name_too_long(target, link):
+        if os.path.basename(link) == "b.png":
+            raise OSError(36, "File name too long", target, None, link)
+        symlink(target, link)
+
+    monkeypatch.setattr(_cluster_folders.os, "symlink", name_too_long)
+    root = _cluster_folders.write_cluster_folders(tmp_path / "out", files, np.array([0, 0, 1]))
+    assert _cluster_links(tmp_path / "out") == {"cluster-0/a.png": files[0], "cluster-1/c.png": files[2]}
+    assert root == tmp_path / "out" / "by-cluster"
+    assert capsys.readouterr().err == (f"skdeepclust: warning: {root}: no link made for 1 image(s): "
+                                       f"{root / 'cluster-0' / 'b.png'}: File name too long; clusters.csv holds "
+                                       "every image's cluster\n")

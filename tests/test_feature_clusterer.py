@@ -584,3 +584,16 @@ def test_only_linkages_that_hold_every_pairwise_distance_are_checked_against_mem
     FeatureClusterer("agglomerative", n_clusters=2).fit(X)
     monkeypatch.setattr(feature_clusterer, "available_memory", lambda: None)  # not known: not checked
     FeatureClusterer("agglomerative", n_clusters=2).fit(X)
+
+
+def test_a_containers_memory_limit_counts_files_read_and_not_used_since_as_free(tmp_path):
+    # Reading every image fills the page cache, which a cgroup counts as used.
+    from skdeepclust._device import _cgroup_memory_left
+
+    (tmp_path / "memory.max").write_text("8000000000\n")
+    (tmp_path / "memory.current").write_text("6000000000\n")
+    (tmp_path / "memory.stat").write_text("anon 100\nfile 2000000000\ninactive_file 1500000000\nactive_file 5\n")
+    assert _cgroup_memory_left(str(tmp_path)) == 3_500_000_000
+    (tmp_path / "memory.max").write_text("max\n")
+    assert _cgroup_memory_left(str(tmp_path)) is None
+    assert _cgroup_memory_left(str(tmp_path / "no cgroup here")) is None

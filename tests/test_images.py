@@ -698,6 +698,16 @@ def test_every_kind_of_transparency_pillow_reads_is_shown_on_white(tmp_path, mod
         assert (batch[:, :2] < 255).any(), mode  # the opaque ones as they are
 
 
+def test_the_transparent_gray_level_of_a_sixteen_bit_png_is_shown_on_white(tmp_path):
+    # Pillow opens it as I;16, whose pixels were scaled to 8 bits before transparency was asked about.
+    samples = np.array([[0, 0], [40000, 65535]], np.uint16)
+    image = Image.fromarray(samples)
+    image.save(tmp_path / "a.png", transparency=0)
+    assert Image.open(tmp_path / "a.png").info["transparency"] == 0
+    pixels = next(as_images([str(tmp_path / "a.png")]).batches(1))[0, 0]
+    assert pixels.tolist() == [[255, 255], [156, 255]]
+
+
 def test_the_fourth_channel_of_an_array_is_dropped_not_taken_for_alpha():
     # It may be a satellite image's near infrared; a PIL image or file says what is alpha.
     rgba = _rgba(alpha=0)

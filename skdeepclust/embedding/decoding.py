@@ -43,7 +43,10 @@ def _pil_to_rgb_array(image, name, file_format=None):
         # Pillow opens a 16-bit PGM, and on older versions a 16-bit PNG, as "I",
         # stretching a PGM's maximum to 65535; PIL's own convert("RGB") would clip
         # 16-bit samples at 255.
-        gray = EIGHT_BITS_OF_SIXTEEN[np.asarray(image)]
+        samples = np.asarray(image)
+        gray = EIGHT_BITS_OF_SIXTEEN[samples]
+        if isinstance(transparent := image.info.get("transparency"), int):  # PNG's tRNS: one gray level
+            gray[samples == transparent] = TRANSPARENT_SHOWN_ON[0]
         return channels_last_to_rgb(gray[..., None])
     if image.mode in ("I", "F"):  # 32-bit integers or floats: no range is implied
         pixels = np.asarray(image)
