@@ -228,11 +228,12 @@ def _image_files(folder, out):
     """The image files under ``folder``, less those in ``out`` and in the output folders
     of earlier runs, so that a run writing its results inside ``folder`` does not
     cluster them in the next run; and those the search left out with a warning."""
-    from .embedding.image_files import find_image_files_with_left_out
+    from .embedding.image_files import find_image_files_with_left_out, without_links_to_files_found
 
     _register_installed_pillow_plugins()
-    files, left_out = find_image_files_with_left_out(folder)
-    return _without_output_folders(folder, files, out), left_out
+    # The links of an earlier run's by-cluster folder go with it, without a word.
+    files, left_out = find_image_files_with_left_out(folder, each_image_once=False)
+    return without_links_to_files_found(_without_output_folders(folder, files, out)), left_out
 
 
 def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_state, quiet,

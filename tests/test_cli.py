@@ -2025,3 +2025,14 @@ def test_a_link_that_cannot_be_made_leaves_out_that_image_only(tmp_path, monkeyp
     assert capsys.readouterr().err == (f"skdeepclust: warning: {root}: no link made for 1 image(s): "
                                        f"{root / 'cluster-0' / 'b.png'}: File name too long; clusters.csv holds "
                                        "every image's cluster\n")
+
+
+def test_a_link_to_an_image_found_already_is_clustered_once(capsys, image_folder, tmp_path):
+    (image_folder / "favourites").mkdir()
+    (image_folder / "favourites" / "best.png").symlink_to(image_folder / "dark" / "0.png")
+    status, stdout, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out",
+                               str(tmp_path / "out"), *TINY_ARGS)
+    assert status == 0
+    assert err == (f"skdeepclust: warning: Skipped 1 link(s) to image files found already, so that each image is "
+                   f"taken once: '{image_folder / 'favourites' / 'best.png'}'.\n")
+    assert stdout.startswith("8 images") and len(_clusters_table(tmp_path / "out")) == 8

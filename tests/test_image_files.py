@@ -119,3 +119,19 @@ def test_photos_kept_in_icloud_and_not_downloaded_are_named_in_a_warning(tmp_pat
     with pytest.warns(UserWarning, match=r"Skipped 1 photo\(s\) kept in iCloud and not downloaded to this "
                                          r"computer: '[^,]*\.IMG_0004\.JPG\.icloud'\. Download them"):
         assert find_image_files(tmp_path) == [str(tmp_path / "kept.png")]
+
+def test_links_to_image_files_found_already_are_skipped_with_a_warning(tmp_path):
+    # A favourites folder of links to the photos was clustered as more photos.
+    for name in ("photos/1.png", "photos/2.png", "elsewhere/3.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    root = tmp_path / "photos"
+    (root / "favourites").mkdir()
+    (root / "favourites" / "a.png").symlink_to(root / "1.png")
+    (root / "favourites" / "b.png").symlink_to(tmp_path / "elsewhere" / "3.png")
+    (root / "favourites" / "c.png").symlink_to(tmp_path / "elsewhere" / "3.png")
+    os.symlink(root / "favourites", root / "z-link-to-favourites")  # a folder met twice: walked once
+    with pytest.warns(UserWarning, match=r"Skipped 2 link\(s\) to image files found already, so that each image "
+                                         r"is taken once: '.*favourites/a.png', '.*favourites/c.png'\."):
+        assert find_image_files(root) == [str(root / "1.png"), str(root / "2.png"),
+                                          str(root / "favourites" / "b.png")]

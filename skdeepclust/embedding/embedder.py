@@ -524,8 +524,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
       tensor on a GPU is batched there, never copied through the host;
     - a list of PIL images, of HWC/CHW/HW arrays or tensors, or of file paths
       (sizes may differ);
-    - the path of a folder, searched recursively for image files (folder links
-      are followed; hidden files, macOS's ``__MACOSX`` folders and photo software's thumbnails
+    - the path of a folder, searched recursively for image files (links are
+      followed, each folder and image taken once; hidden files, macOS's ``__MACOSX`` folders and photo software's thumbnails
       are skipped, as :func:`~skdeepclust.embedding.find_image_files` says),
       taken in the order of :func:`~skdeepclust.embedding.find_image_files`.
 

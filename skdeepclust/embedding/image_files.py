@@ -142,7 +142,7 @@ def _warn_of_skipped_entries(unlisted, unreachable):
 def find_image_files(folder) -> list:
     """All image files under ``folder``, recursively, as strings.
 
-    Folder links are followed (each real folder once), hidden names skipped, and
+    Links are followed, each real folder and file taken once, hidden names skipped, and
     so are the thumbnails that photo software keeps beside the photos: a Synology
     NAS's ``@eaDir`` folders, and the previews of a macOS Photos library (in a
     folder ending ``.photoslibrary`` that holds Photos' ``database`` folder, only
@@ -184,14 +184,16 @@ def find_image_files(folder) -> list:
     return find_image_files_with_left_out(folder)[0]
 
 
-def find_image_files_with_left_out(folder):
+def find_image_files_with_left_out(folder, each_image_once=True):
     """``find_image_files(folder)``, and the files the search left out with a warning
     (in formats Pillow cannot read here, not downloaded from iCloud, or out of reach),
-    sorted."""
+    sorted. ``each_image_once=False`` keeps the links to files found already, for
+    :func:`without_links_to_files_found` to leave out once other files are."""
     folder = Path(os.fsdecode(os.fspath(folder)))  # a bytes path too, as the estimators take it
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
     files, seen, unlisted, unreachable, unreadable_photos, in_cloud, previews = [], set(), [], [], [], [], []
+    real_folders, links = {}, []
     extensions = readable_image_extensions()
     other_photo_extensions = tuple(
         extension for extension in PLUGIN_IMAGE_EXTENSIONS + UNREADABLE_PHOTO_EXTENSIONS
@@ -207,6 +209,7 @@ def find_image_files_with_left_out(folder):
         if real in seen:  # a link back to a folder already walked
             continue
         seen.add(real)
+        real_folders[directory] = real
         try:
             with os.scandir(directory) as listing:
                 entries = list(listing)
@@ -237,6 +240,8 @@ def find_image_files_with_left_out(folder):
                     unreachable.append(entry.path)
                 elif _entry_is(entry.is_file):
                     files.append(entry.path)
+                    if entry.is_symlink():
+                        links.append(entry.path)
                 elif not os.path.exists(entry.path):
                     unreachable.append(entry.path)
         # Sorted, so that of several links to one folder the first by name is kept,
@@ -254,8 +259,48 @@ def find_image_files_with_left_out(folder):
             f"are skipped{skipped_previews})."
         )
     below = len(os.path.join(os.fspath(folder), ""))  # the paths all start with folder
-    return (sorted(files, key=lambda file: tuple(file[below:].split(os.sep))),
-            sorted(unreadable_photos + in_cloud + unreachable))
+    files = sorted(files, key=lambda file: tuple(file[below:].split(os.sep)))
+    if each_image_once:
+        files = without_links_to_files_found(files, set(links), real_folders)
+    return files, sorted(unreadable_photos + in_cloud + unreachable)
+
+
+def without_links_to_files_found(files, links=None, real_folders=None):
+    """``files`` less those that are links to another of them, or to the target of
+    a link before them, with a warning: an image clustered twice is weighed twice.
+
+    ``links`` (those of ``files`` that are links) and ``real_folders`` (the real path
+    of folders by their path) spare the stats that would find them out.
+    """
+    if links is None:
+        links = {path for path in files if os.path.islink(path)}
+    if not links:
+        return files
+    real_folders = {} if real_folders is None else real_folders
+
+    def real_path(path):  # from its folder's: a realpath of each file would stat every part
+        folder = os.path.dirname(path)
+        if folder not in real_folders:
+            real_folders[folder] = os.path.realpath(folder)
+        return os.path.join(real_folders[folder], os.path.basename(path))
+
+    targets, duplicates = {real_path(path) for path in files if path not in links}, []
+    for path in files:
+        if path in links:
+            target = os.path.realpath(path)
+            if target in targets:
+                duplicates.append(path)
+            targets.add(target)
+    if not duplicates:
+        return files
+    warnings.warn(
+        f"Skipped {len(duplicates)} link(s) to image files found already, so that each image is taken "
+        f"once: {shown_paths(duplicates)}.",
+        UserWarning,
+        stacklevel=stacklevel_of_user_code(),
+    )
+    skipped = set(duplicates)
+    return [path for path in files if path not in skipped]
 
 
 def _is_photos_library(directory, entries):
