@@ -242,7 +242,8 @@ def saved_model(embedder_params, random_state, stage, out):
     # Also from the model's folder, where a project moved as a whole has them still.
     relative = {name: _relative_path(where, out) for name, where in _named_weights(kept).items()}
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "skdeepclust": __version__,
-            "timm": timm.__version__, "decoding": DECODING_REVISION, "embedder": kept, "weights_digest": _weights_digest(kept),
+            "timm": timm.__version__, "decoding": DECODING_REVISION, "embedder": kept,
+            "weights_digest": _weights_digest(kept),
             "weights_from_model": relative, "random_state": random_state, "stage": stage}
 
 

@@ -525,9 +525,10 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     - a list of PIL images, of HWC/CHW/HW arrays or tensors, or of file paths
       (sizes may differ);
     - the path of a folder, searched recursively for image files (links are
-      followed, each folder and image taken once; hidden files, macOS's ``__MACOSX`` folders and photo software's thumbnails
-      are skipped, as :func:`~skdeepclust.embedding.find_image_files` says),
-      taken in the order of :func:`~skdeepclust.embedding.find_image_files`.
+      followed, each folder and image taken once; hidden files, macOS's
+      ``__MACOSX`` folders and photo software's thumbnails are skipped, as
+      :func:`~skdeepclust.embedding.find_image_files` says), taken in the order
+      of :func:`~skdeepclust.embedding.find_image_files`.
 
     Grayscale is repeated to RGB. The transparent pixels of a file or PIL image
     are shown on white; the fourth channel of an array is dropped. A shape that reads
