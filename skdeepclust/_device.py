@@ -176,20 +176,33 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+# A container's memory limit as cgroup v2, then v1, keep it: the files of the limit,
+# the use and the statistics, and the statistic of file pages not used lately (v1's
+# "total_" counts the groups below too). v1 writes no limit as a number near 2**63.
+_CGROUP_MEMORY_FILES = (
+    ("", "memory.max", "memory.current", "inactive_file"),
+    ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+)
+_NO_CGROUP_LIMIT = 2 ** 60
+
+
 def _cgroup_memory_left(cgroup="/sys/fs/cgroup"):
-    """What a Linux cgroup (v2; a container's memory limit) lets this process
-    still take, or None where no limit is set or none can be read. The files it
-    has read and not used since count as free: the kernel drops them first."""
-    try:
-        with open(os.path.join(cgroup, "memory.max")) as limit, \
-                open(os.path.join(cgroup, "memory.current")) as used, open(os.path.join(cgroup, "memory.stat")) as stat:
-            maximum = limit.read().strip()
-            if maximum == "max":
-                return None
-            reclaimable = next((int(line.split()[1]) for line in stat if line.startswith("inactive_file ")), 0)
-            return int(maximum) - int(used.read()) + reclaimable
-    except (OSError, ValueError):
-        return None
+    """What a Linux cgroup (a container's memory limit) lets this process still
+    take, or None where no limit is set or none can be read. The files it has read
+    and not used since count as free: the kernel drops them first."""
+    for folder, limit_file, used_file, inactive in _CGROUP_MEMORY_FILES:
+        folder = os.path.join(cgroup, folder)
+        try:
+            with open(os.path.join(folder, limit_file)) as limit, open(os.path.join(folder, used_file)) as used, \
+                    open(os.path.join(folder, "memory.stat")) as stat:
+                maximum = limit.read().strip()
+                if maximum == "max" or int(maximum) >= _NO_CGROUP_LIMIT:
+                    return None
+                reclaimable = next((int(line.split()[1]) for line in stat if line.startswith(f"{inactive} ")), 0)
+                return int(maximum) - int(used.read()) + reclaimable
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def available_memory() -> int | None:

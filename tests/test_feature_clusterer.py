@@ -597,3 +597,12 @@ def test_a_containers_memory_limit_counts_files_read_and_not_used_since_as_free(
     (tmp_path / "memory.max").write_text("max\n")
     assert _cgroup_memory_left(str(tmp_path)) is None
     assert _cgroup_memory_left(str(tmp_path / "no cgroup here")) is None
+    # cgroup v1, as older container runtimes mount it
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("4000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("3000000000\n")
+    (v1 / "memory.stat").write_text("inactive_file 4096\ntotal_inactive_file 500000000\n")
+    assert _cgroup_memory_left(str(tmp_path / "v1")) == 1_500_000_000
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
+    assert _cgroup_memory_left(str(tmp_path / "v1")) is None
