@@ -20,19 +20,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from sklearn.cluster import KMeans
 
+from _shared_data import add_data_arguments
 from skdeepclust import ImageEmbedder
 from skdeepclust.datasets import extract_image_archive, load_image_folder
 from skdeepclust.embedding.presets import SIMCLR_RESNET18_CIFAR10
 from skdeepclust.metrics import cluster_accuracy
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 PRECISIONS = ("float32", "bfloat16")
 KMEANS_SEEDS = range(5)
 
@@ -69,8 +68,7 @@ def mean_kmeans_accuracy(features, labels, n_clusters):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archive", type=Path, default=SHARED / "data" / "cifar10" / "cifar10-jpg.tar.gz")
-    parser.add_argument("--model", type=Path, default=SHARED / "models" / "resnet18-simclr-cifar10.safetensors")
+    add_data_arguments(parser)
     parser.add_argument("--per-class", type=int, default=200, help="CIFAR-10 test photos per class")
     parser.add_argument("--n-random-images", type=int, default=96, help="images for the random-weight rows")
     parser.add_argument("--repeats", type=int, default=2)

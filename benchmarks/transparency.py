@@ -25,16 +25,11 @@ import numpy as np
 from PIL import Image
 from sklearn.cluster import KMeans
 
+from _shared_data import BACKBONES, add_data_arguments
 from skdeepclust import ImageEmbedder
 from skdeepclust.datasets import extract_image_archive, load_image_folder
-from skdeepclust.embedding.presets import SIMCLR_RESNET18_CIFAR10
 from skdeepclust.metrics import cluster_accuracy
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-BACKBONES = {
-    "SimCLR ResNet-18": lambda model: dict(SIMCLR_RESNET18_CIFAR10, pretrained=model),
-    "EfficientNet-Lite0": lambda model: dict(backbone="efficientnet_lite0.offline", image_size=128),
-}
 CANVAS = 64
 
 
@@ -66,10 +61,7 @@ def purity_by_kind(labels, is_png):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archive", type=Path,
-                        default=SHARED / "data" / "cifar10" / "cifar10-jpg.tar.gz")
-    parser.add_argument("--model", type=Path,
-                        default=SHARED / "models" / "resnet18-simclr-cifar10.safetensors")
+    add_data_arguments(parser)
     parser.add_argument("--samples", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the photo samples and of the canvas places")
     args = parser.parse_args(argv)
