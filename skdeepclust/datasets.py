@@ -21,8 +21,8 @@ from sklearn.utils import Bunch, check_random_state
 from ._device import usable_cores
 from ._grouping import rows_of_each
 from ._progress import progress_bar
-from .embedding.image_files import ARCHIVE_SUFFIXES, find_image_files, is_hidden_name
 from .embedding.decoding import decode_file, unreadable_file_reason
+from .embedding.image_files import ARCHIVE_SUFFIXES, find_image_files, is_hidden_name
 
 # Files each thread of the readability check gets at least.
 FILES_PER_CHECK_THREAD = 256
