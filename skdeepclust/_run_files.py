@@ -178,7 +178,6 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
     record_path.unlink(missing_ok=True)
     try:
         if from_partial:
-            (out / PARTIAL_RECORD).unlink()
             os.replace(out / PARTIAL_FILE, array_path)
         else:
             np.save(array_path, features)
@@ -186,14 +185,23 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
             # ASCII: file names that are not UTF-8 are escaped.
             json.dump(dict(record, array=_array_stamp(array_path)), handle)
     except OSError as exc:
-        # Rows cut short, without their record, would be taken for the user's own
-        # array, and stop the next run.
         record_path.unlink(missing_ok=True)
-        array_path.unlink(missing_ok=True)
+        kept = ""
+        if from_partial and array_path.is_file():
+            # Renamed back beside its record, whose stamp of it still holds: the next
+            # run goes on from these rows rather than embedding every image again.
+            os.replace(array_path, out / PARTIAL_FILE)
+            kept = f"; the embeddings stay in {out / PARTIAL_FILE}, for the next run"
+        else:
+            # Rows cut short, without their record, would be taken for the user's own
+            # array, and stop the next run.
+            array_path.unlink(missing_ok=True)
         reason = f"{exc.strerror or exc}; a full disk?"
-        error = OSError(f"cannot write {array_path} ({reason}); free some space, or choose another --out")
+        error = OSError(f"cannot write {array_path} ({reason}){kept}; free some space, or choose another --out")
         error.strerror = reason  # for a warning that names the file itself
         raise error from exc
+    if from_partial:
+        (out / PARTIAL_RECORD).unlink()
 
 
 def keep_partial_embeddings(out, features, record, n_files, interrupted):

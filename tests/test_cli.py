@@ -1915,6 +1915,35 @@ def test_a_disk_that_fills_while_the_embeddings_are_written_leaves_no_rows_cut_s
     assert status == 0, err
 
 
+def test_a_record_that_cannot_be_written_keeps_the_embeddings_for_the_next_run(capsys, image_folder, tmp_path,
+                                                                                 monkeypatch):
+    # The rows written before the clustering were renamed to embeddings.npy, then
+    # deleted with it when its record could not be written: every image embedded again.
+    import errno
+
+    dump = json.dump
+
+    def disk_full(record, handle, **kwargs):
+        if os.path.basename(handle.name) == "embeddings.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return dump(record, handle, **kwargs)
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", "--n-clusters", "2", *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        patched.setattr(json, "dump", disk_full)
+        status, _, err = _run(capsys, *argv)
+    assert status == 2
+    assert err.splitlines()[-1] == (f"skdeepclust: error: cannot write {out / 'embeddings.npy'} (No space left on "
+                                    f"device; a full disk?); the embeddings stay in {out / 'embeddings.partial.npy'}, "
+                                    "for the next run; free some space, or choose another --out")
+    assert (out / "embeddings.partial.npy").is_file() and not (out / "embeddings.npy").exists()
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert "8 embeddings of an earlier run reused" in stdout
+    assert not (out / "embeddings.partial.npy").exists() and (out / "embeddings.npy").is_file()
+
+
 def test_running_out_of_memory_ends_in_one_line(capsys, image_folder, tmp_path, monkeypatch):
     from skdeepclust import FeatureClusterer
 
