@@ -59,6 +59,8 @@ def _pil_to_rgb_array(image, name, file_format=None):
         # from the same objects on white (benchmarks/transparency.py).
         from PIL import Image
 
+        if image.mode == "La":  # premultiplied, which Pillow converts to RGBA only by way of LA
+            image = image.convert("LA")
         if image.mode != "RGBA":  # a palette entry, gray level or colour (PNG's tRNS), LA
             image = image.convert("RGBA")
         alpha = image.getchannel("A")
