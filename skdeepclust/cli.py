@@ -92,7 +92,7 @@ _VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
                            **{f"--precision='{name}'": f"--precision {name}" for name in PRECISIONS}}
 
 
-_Clustered = collections.namedtuple("_Clustered", "features stage readable n_reused embedding_seconds")
+_Clustered = collections.namedtuple("_Clustered", "features stage readable unreadable n_reused embedding_seconds")
 
 
 def _in_option_words(message, options):
@@ -227,7 +227,7 @@ def _register_installed_pillow_plugins():
 def _image_files(folder, out):
     """The image files under ``folder``, less those in ``out`` and in the output folders
     of earlier runs, so that a run writing its results inside ``folder`` does not
-    cluster them in the next run; and those the search left out with a warning."""
+    cluster them in the next run; and why the search left out others, by file."""
     from .embedding.image_files import find_image_files_with_left_out, without_links_to_files_found
 
     _register_installed_pillow_plugins()
@@ -268,12 +268,13 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
     earlier = earlier_features or [None] * len(files)
     to_embed = [position for position, row in enumerate(earlier) if row is None]
     readable = np.ones(len(files), dtype=bool)
+    unreadable = {}
     new_features = features = None
     start = time.perf_counter()
     if to_embed:
         embedder = ImageEmbedder(**embedder_params, random_state=random_state, verbose=0 if quiet else 1)
         try:
-            new_features, new_readable = _embed_readable(embedder, [files[position] for position in to_embed])
+            new_features, new_readable, unreadable = _embed_readable(embedder, [files[p] for p in to_embed])
         except BaseException as exc:
             done, completed = getattr(exc, "readable_done", ([], None))
             if done:  # else the earlier rows are kept where they are
@@ -296,7 +297,7 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
         if not hasattr(exc, "embedded") and features is not None and to_embed:
             exc.embedded = (np.flatnonzero(readable).tolist(), features)
         raise
-    return _Clustered(features, stage, readable, n_reused, embedding_seconds)
+    return _Clustered(features, stage, readable, unreadable, n_reused, embedding_seconds)
 
 
 def _embed_readable(embedder, files):
@@ -304,7 +305,8 @@ def _embed_readable(embedder, files):
 
     Unreadable files are found as they are embedded: a separate pass to check every
     file first would decode each one twice. Returns the features, a row for each
-    file (of black pixels for the unreadable), and a boolean mask of the readable.
+    file (of black pixels for the unreadable), a boolean mask of the readable, and
+    why each of the others could not be read, by file.
     An exception leaves with ``readable_done``: the positions of the readable files
     embedded before it, and their features.
     """
@@ -318,23 +320,26 @@ def _embed_readable(embedder, files):
         done = [position for position in range(len(completed)) if position not in images.unreadable]
         exc.readable_done = (done, completed[done])
         raise
-    for position, reason in sorted(images.unreadable.items()):
-        warn(f"skipping unreadable image file {files[position]}: {reason}")
+    unreadable = {files[position]: reason for position, reason in sorted(images.unreadable.items())}
+    for path, reason in unreadable.items():
+        warn(f"skipping unreadable image file {path}: {reason}")
     readable = np.ones(len(files), dtype=bool)
     readable[list(images.unreadable)] = False
-    return features, readable
+    return features, readable, unreadable
 
 
-def _print_skipped(left_out, skipped):
-    """List the files a run left out, after its results: ``left_out`` by the search
-    for images (in formats Pillow cannot read here, and the like), ``skipped`` as they
-    did not decode; with what would make the formats readable."""
+def _print_skipped(left_out, unreadable):
+    """List the files a run left out, and why, after its results: ``left_out`` by the
+    search for images (in formats Pillow cannot read here, and the like),
+    ``unreadable`` as they did not decode (each a dict of reasons by file); with what
+    would make the formats readable."""
     from .embedding.image_files import IN_CLOUD_ADVICE, unreadable_photos_advice
 
-    if left_out or skipped:
-        print(f"skipped {len(left_out) + len(skipped)} unreadable file(s):")
-        for path in sorted(left_out + skipped):
-            print(f"  {path}")
+    reasons = {**left_out, **unreadable}
+    if reasons:
+        print(f"skipped {len(reasons)} unreadable file(s):")
+        for path in sorted(reasons):
+            print(f"  {path}: {reasons[path]}")
     advice = [unreadable_photos_advice(left_out)]
     if any(path.endswith(".icloud") for path in left_out):  # no image file is named so
         advice.append(f"Of those in iCloud: {IN_CLOUD_ADVICE[:1].lower()}{IN_CLOUD_ADVICE[1:]}")
@@ -736,16 +741,15 @@ def _assign_folder(args, folder, out, model):
     embedder = ImageEmbedder(**model["embedder"], device=args.device, precision=args.precision,
                              batch_size=args.batch_size, num_workers=args.num_workers,
                              random_state=model["random_state"], verbose=0 if args.quiet else 1)
-    features, readable = _embed_readable(embedder, files)
+    features, readable, unreadable = _embed_readable(embedder, files)
     if not readable.any():
         raise UserError(f"none of the {len(files)} image files could be read")
-    skipped = [path for path, keep in zip(files, readable) if not keep]
     files, features = [path for path, keep in zip(files, readable) if keep], features[readable]
     labels = stage.predict(features)
     written = _write_results(out, files, stage, features, None, labels=labels, folders=args.folders)
     print(f"{counted(len(files), 'image')} assigned to the {counted(len(stage.cluster_ids_), 'cluster')} of "
           f"{args.model} ({time.perf_counter() - start:.1f} s); wrote {listed(written)}")
-    _print_skipped(left_out, skipped)
+    _print_skipped(left_out, unreadable)
     return 0
 
 
@@ -789,7 +793,7 @@ def _cluster_folder(args, folder, out):
         keep = keep_before_clustering
 
     try:
-        features, stage, readable, n_reused, embedding_seconds = _embed_and_cluster(
+        features, stage, readable, unreadable, n_reused, embedding_seconds = _embed_and_cluster(
             files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
             earlier_features, keep,
         )
@@ -799,7 +803,6 @@ def _cluster_folder(args, folder, out):
             keep_partial_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]),
                                      len(files), isinstance(exc, KeyboardInterrupt))
         raise
-    skipped = [path for path, keep in zip(files, readable) if not keep]
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:
         record["files"] = [stamp for stamp, keep in zip(record["files"], readable) if keep]
@@ -833,7 +836,7 @@ def _cluster_folder(args, folder, out):
     if embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING and _float32_where_bfloat16_is_native(args):
         print("(this CPU computes in bfloat16 natively: with --precision bfloat16 the embedding ran 1.8 to "
               "2.3 times as fast on such a CPU, with the same k-means accuracy, in skdeepclust's benchmarks)")
-    _print_skipped(left_out, skipped)
+    _print_skipped(left_out, unreadable)
     return 0
 
 
@@ -898,8 +901,8 @@ def _demo(args, shared, out):
     groups = "groups, as many as it finds," if n_clusters is None else "10 groups"
     print(f"Clustering {len(files):,} CIFAR-10 test photos into {groups} with a {described}.")
     start = time.perf_counter()
-    features, stage, readable, _, _ = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters,
-                                                         0, args.quiet)
+    features, stage, readable, _, _, _ = _embed_and_cluster(files, embedder_params, args.clusterer, n_clusters,
+                                                            0, args.quiet)
     files, y = [path for path, keep in zip(files, readable) if keep], y[readable]
     seconds = time.perf_counter() - start
     written = _write_results(out, files, stage, features, None)

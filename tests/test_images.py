@@ -607,6 +607,24 @@ def test_internal_helpers_once_listed_in_the_package_still_import_with_a_warning
         skdeepclust.embedding.nope
 
 
+@pytest.mark.parametrize("file_format", ["JPEG", "PNG", "GIF"])
+def test_a_file_cut_short_is_said_to_be_so_in_plain_words_without_its_name_twice(tmp_path, file_format):
+    # Pillow said "Truncated File Read" of some JPEGs, and of a file it could not
+    # identify "cannot identify image file '<its path>'" after the command had named it.
+    whole = tmp_path / f"whole.{file_format.lower()}"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(whole)
+    cut, junk = tmp_path / f"cut.{file_format.lower()}", tmp_path / "junk.jpg"
+    cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 2])
+    junk.write_bytes(b"not an image")
+    images = ImageList([str(cut), str(junk), str(tmp_path / "gone.jpg")], skip_unreadable=True)
+    list(images.batches(3))
+    assert images.unreadable == {
+        0: "image file is truncated (cut short, as by a copy or download that did not finish)",
+        1: "cannot identify image file",
+        2: "No such file or directory",
+    }
+
+
 def test_an_empty_file_and_a_heic_photo_under_another_name_are_told_apart(tmp_path):
     # Both were "cannot identify image file", without a word of pillow-heif.
     empty, heic = tmp_path / "empty.jpg", tmp_path / "IMG_0001.jpg"

@@ -279,9 +279,15 @@ def decode_file(path, min_size=None, reduce=True):
             "file, raise PIL.Image.MAX_IMAGE_PIXELS (None lifts the limit); else remove it."
         ) from exc
     except Exception as exc:  # PIL's plugins raise many kinds on damaged files
-        if isinstance(exc, Image.UnidentifiedImageError) and (what := _what_pil_did_not_identify(path)):
-            # Said where the file is named, and in the cause, which the command shows.
-            exc = ValueError(f"{exc} ({what})").with_traceback(exc.__traceback__)
+        # Said where the file is named, and in the cause, which the command shows: without
+        # the file's name, which Pillow's message repeats, and in plain words.
+        if isinstance(exc, Image.UnidentifiedImageError):
+            what = _what_pil_did_not_identify(path)
+            exc = ValueError("cannot identify image file" + (f" ({what})" if what else "")
+                             ).with_traceback(exc.__traceback__)
+        elif isinstance(exc, OSError) and "truncated" in str(exc).lower():  # also "Truncated File Read"
+            exc = OSError("image file is truncated (cut short, as by a copy or download that did not finish)"
+                          ).with_traceback(exc.__traceback__)
         raise ImageFileError(
             f"Cannot read image file {path!r}: {exc}.", " Remove it from the folder or list, or "
             "convert it, and run again; load_image_folder(root, skip_unreadable=True) leaves "
@@ -321,5 +327,7 @@ def unreadable_file_reason(error):
     """Why a file failed to decode, in one line, from the error ``decode_file`` raised."""
     # A wrapped error's own message only names the file, which the caller does already.
     reason = error.__cause__ if error.__cause__ is not None else error
+    if isinstance(reason, OSError) and reason.strerror:  # "Permission denied", without the path
+        return reason.strerror
     lines = str(reason).strip().splitlines()
     return lines[0] if lines else type(reason).__name__

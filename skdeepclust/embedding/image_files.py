@@ -187,7 +187,7 @@ def find_image_files(folder) -> list:
 def find_image_files_with_left_out(folder, each_image_once=True):
     """``find_image_files(folder)``, and the files the search left out with a warning
     (in formats Pillow cannot read here, not downloaded from iCloud, or out of reach),
-    sorted. ``each_image_once=False`` keeps the links to files found already, for
+    a dict of why, by file, sorted. ``each_image_once=False`` keeps the links to files found already, for
     :func:`without_links_to_files_found` to leave out once other files are."""
     folder = Path(os.fsdecode(os.fspath(folder)))  # a bytes path too, as the estimators take it
     if not folder.is_dir():
@@ -262,7 +262,11 @@ def find_image_files_with_left_out(folder, each_image_once=True):
     files = sorted(files, key=lambda file: tuple(file[below:].split(os.sep)))
     if each_image_once:
         files = without_links_to_files_found(files, set(links), real_folders)
-    return files, sorted(unreadable_photos + in_cloud + unreachable)
+    left_out = {path: f"Pillow cannot read {os.path.splitext(path)[1].lower()} files here"
+                for path in unreadable_photos}
+    left_out.update(dict.fromkeys(in_cloud, "in iCloud, not downloaded"))
+    left_out.update(dict.fromkeys(unreachable, "leads to no file that can be read"))
+    return files, dict(sorted(left_out.items()))
 
 
 def without_links_to_files_found(files, links=None, real_folders=None):
