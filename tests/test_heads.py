@@ -850,6 +850,9 @@ def test_select_n_clusters_sets_an_instances_own_count_and_refuses_one_that_find
         with pytest.raises(ValueError, match=r"^select_n_clusters tries numbers of clusters, but clusterer=.* "
                                              r"finds its own; choose one that takes a number of clusters"):
             select_n_clusters(X, [3, 4], clusterer=finds_its_own)
+    # The class for an instance failed deep in scikit-learn, "get_params() missing ... 'self'".
+    with pytest.raises(TypeError, match=r"not the class KMeans; pass KMeans\(\) instead"):
+        select_n_clusters(X, [3, 4], clusterer=KMeans)
 
 
 def test_select_n_clusters_says_when_a_head_gives_fewer_clusters_than_asked():

@@ -13,7 +13,13 @@ from sklearn.utils.validation import check_array
 
 from .._device import host_array
 from ._registry import FINDS_ITS_CLUSTER_COUNT
-from .feature_clusterer import _COUNT_PARAMETERS, FeatureClusterer, label_free_score, refuse_images
+from .feature_clusterer import (
+    _COUNT_PARAMETERS,
+    FeatureClusterer,
+    _build_clusterer,
+    label_free_score,
+    refuse_images,
+)
 
 __all__ = ["select_n_clusters"]
 
@@ -128,9 +134,10 @@ def _cluster_count_parameter(clusterer):
     if isinstance(clusterer, str):
         count_parameter, finds_its_own = None, clusterer in FINDS_ITS_CLUSTER_COUNT
     else:
-        own_params = clusterer.get_params(deep=False) if hasattr(clusterer, "get_params") else {}
+        # Refuses, in FeatureClusterer's words, what it refuses: a class, say, for an instance.
+        own_params = _build_clusterer(clusterer, None, None, "cpu").get_params(deep=False)
         count_parameter = next((name for name in _COUNT_PARAMETERS if name in own_params), None)
-        finds_its_own = count_parameter is None and hasattr(clusterer, "get_params")
+        finds_its_own = count_parameter is None
     if finds_its_own:
         raise ValueError(
             f"select_n_clusters tries numbers of clusters, but clusterer={clusterer!r} finds "
