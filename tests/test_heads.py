@@ -454,10 +454,13 @@ def test_torch_kmeans_does_not_depend_on_the_scale_of_the_weights(blobs):
     X, _ = blobs
     X = X.astype(np.float32)
     plain = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=np.ones(len(X)))
-    heavy = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=np.full(len(X), 3e38))
-    np.testing.assert_array_equal(heavy.labels_, plain.labels_)
-    np.testing.assert_allclose(heavy.cluster_centers_, plain.cluster_centers_, rtol=1e-5)
-    assert heavy.inertia_ == pytest.approx(plain.inertia_ * 3e38, rel=1e-5)
+    # Weights past float32's range (1e39) were refused as infinite, and those below it
+    # (1e-50) as all zero: they were cast to X's dtype before they were scaled.
+    for weight in (3e38, 1e39, 1e-50):
+        heavy = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=np.full(len(X), weight))
+        np.testing.assert_array_equal(heavy.labels_, plain.labels_)
+        np.testing.assert_allclose(heavy.cluster_centers_, plain.cluster_centers_, rtol=1e-5)
+        assert heavy.inertia_ == pytest.approx(plain.inertia_ * weight, rel=1e-5)
 
 
 def test_torch_kmeans_random_init_draws_rows_in_proportion_to_their_weight():

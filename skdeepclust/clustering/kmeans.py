@@ -370,8 +370,10 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         device = resolve_device(self.device)
         weights, weight_scale = None, 1.0
         if sample_weight is not None:
+            # In float64, whatever X's dtype: weights past float32's range, or below
+            # it, are valid, as only their ratios count.
             sample_weight = _check_sample_weight(
-                host_array(sample_weight, "sample_weight"), X, dtype=X.dtype, ensure_non_negative=True
+                host_array(sample_weight, "sample_weight"), X, dtype=np.float64, ensure_non_negative=True
             )
             heaviest = float(sample_weight.max())  # not the sum, which may overflow
             if not heaviest > 0:
@@ -379,9 +381,8 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
                                  "positive weight.")
             # Centres do not change with a scale of the weights, and weights of about 1
             # keep the weighted sums within float32 (weights near 1e38 gave NaN centres).
-            weight_scale = unit_scale(heaviest, X.dtype)
-            weights = torch.from_numpy(np.require(sample_weight, requirements=["C", "W"]))
-            weights = weights.to(device) * weight_scale
+            weight_scale = unit_scale(heaviest, np.float64)
+            weights = torch.from_numpy((sample_weight * weight_scale).astype(X.dtype)).to(device)
         # np.require copies read-only input (e.g. a memmap) that torch cannot wrap.
         writable = np.require(X, requirements=["C", "W"])
         source = torch.from_numpy(writable)
