@@ -204,15 +204,18 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
         (out / PARTIAL_RECORD).unlink()
 
 
-def keep_partial_embeddings(out, features, record, n_files, interrupted):
-    """Keep the embeddings of a run stopped early, and say so; a failure to write
-    them is a warning, which leaves the error that stopped the run to be seen."""
+def keep_partial_embeddings(out, features, record, n_files, interrupted, asked):
+    """Keep the embeddings of a run stopped early, and say so, and how a rerun takes
+    them: the same command, if ``interrupted`` (Ctrl-C) and ``asked`` for them with
+    --embeddings. A failure to write them is a warning, which leaves the error that
+    stopped the run to be seen."""
     try:
         write_embeddings(out, features, record, partial=True)
     except OSError as exc:
         warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
         return
-    again = "the same command" if interrupted else "a run with --embeddings into this --out"
+    again = ("a run with --embeddings into this --out" if not interrupted
+             else "the same command" if asked else "the same command with --embeddings")
     which = f"all {n_files:,}" if len(features) == n_files else f"{len(features):,} of the {n_files:,}"
     print(f"skdeepclust: kept the embeddings of {which} images in "
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)

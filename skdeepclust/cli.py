@@ -775,11 +775,12 @@ def _cluster_folder(args, folder, out):
         compile=args.compile,
     )
     earlier_features, changed_settings, record, keep, kept = None, [], None, None, []
+    settings = embedding_settings(embedder_params, args.random_state)
+    # Stamped before the embedding: a file changed while it runs is embedded again next time.
+    # Without --embeddings too, for a run stopped after a long embedding (a stat per file).
+    stamps = [file_stamp(path) for path in files]
     if args.embeddings:
-        settings = embedding_settings(embedder_params, args.random_state)
         earlier_rows, changed_settings = earlier_embeddings(out, settings)
-        # Stamped before the embedding: a file changed while it runs is embedded again next time.
-        stamps = [file_stamp(path) for path in files]
         earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
         record = {"settings": settings, "files": stamps}
 
@@ -799,9 +800,12 @@ def _cluster_folder(args, folder, out):
         )
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
-        if record is not None and positions:
-            keep_partial_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]),
-                                     len(files), isinstance(exc, KeyboardInterrupt))
+        # Kept unasked too where they took long to make: a clustering that runs for hours,
+        # stopped, lost the hour of embedding before it.
+        worth_keeping = args.embeddings or time.perf_counter() - start >= EMBEDDING_SECONDS_WORTH_KEEPING
+        if positions and worth_keeping:
+            keep_partial_embeddings(out, embedded, {"settings": settings, "files": [stamps[p] for p in positions]},
+                                    len(files), isinstance(exc, KeyboardInterrupt), args.embeddings)
         raise
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:

@@ -1102,6 +1102,31 @@ def test_ctrl_c_without_embeddings_writes_nothing(capsys, image_folder, tmp_path
     assert not out.exists()  # made by this run, and left empty
 
 
+@pytest.mark.parametrize("stopped_while", ["embedding", "clustering"])
+def test_ctrl_c_without_embeddings_after_a_long_embedding_keeps_it(capsys, image_folder, tmp_path, monkeypatch,
+                                                                   stopped_while):
+    # A clustering that ran for hours, stopped, lost the hour of embedding before it.
+    from skdeepclust import cli
+
+    monkeypatch.setattr(cli, "EMBEDDING_SECONDS_WORTH_KEEPING", 0.0)
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--batch-size", "2", *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        if stopped_while == "embedding":
+            interrupt_embedding_at(patched, 3)
+        else:
+            _interrupt_clustering_of_the_images(patched)
+        status, _, err = _run(capsys, *argv)
+    kept = "4 of the 8" if stopped_while == "embedding" else "all 8"
+    assert status == 130
+    assert err == (f"skdeepclust: kept the embeddings of {kept} images in {out / 'embeddings.partial.npy'}; the "
+                   "same command with --embeddings goes on from there\nskdeepclust: interrupted\n")
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv, "--embeddings")
+    assert status == 0, err
+    assert counts == ([4] if stopped_while == "embedding" else [])
+
+
 def test_swapped_files_of_the_same_size_and_mtime_are_embedded_again(capsys, image_folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
