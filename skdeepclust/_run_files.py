@@ -98,13 +98,15 @@ def embedding_settings(embedder_params, random_state):
     return json.loads(json.dumps(settings))  # as read back: tuples become lists
 
 
-def earlier_embeddings(out, settings):
-    """The features that earlier runs wrote to ``out`` with ``settings``, by file stamp.
+def earlier_embeddings(out, settings, partial_only=False):
+    """The features that earlier runs wrote to ``out`` with ``settings``, by file stamp;
+    ``partial_only``: only those of a run stopped early (for a run without --embeddings).
 
     Returns the rows (a dict, empty where there are none to reuse) and, where that
     run had other settings, their names, for the command's summary.
     """
-    rows, changed = _recorded_rows(out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE, settings)
+    rows, changed = ({}, []) if partial_only else _recorded_rows(out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE,
+                                                                 settings)
     partial_rows, partial_changed = _recorded_rows(out / PARTIAL_RECORD, out / PARTIAL_FILE, settings)
     return {**rows, **partial_rows}, changed or partial_changed
 
@@ -204,32 +206,26 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
         (out / PARTIAL_RECORD).unlink()
 
 
-def keep_partial_embeddings(out, features, record, n_files, interrupted, asked):
-    """Keep the embeddings of a run stopped early, and say so, and how a rerun takes
-    them: the same command, if ``interrupted`` (Ctrl-C) and ``asked`` for them with
-    --embeddings. A failure to write them is a warning, which leaves the error that
-    stopped the run to be seen."""
+def keep_partial_embeddings(out, features, record, n_files, interrupted):
+    """Keep the embeddings of a run stopped early, and say so; a failure to write
+    them is a warning, which leaves the error that stopped the run to be seen."""
     try:
         write_embeddings(out, features, record, partial=True)
     except OSError as exc:
         warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
         return
-    again = ("a run with --embeddings into this --out" if not interrupted
-             else "the same command" if asked else "the same command with --embeddings")
+    again = "the same command" if interrupted else "a rerun into this --out"
     which = f"all {n_files:,}" if len(features) == n_files else f"{len(features):,} of the {n_files:,}"
     print(f"skdeepclust: kept the embeddings of {which} images in "
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
 
 
-def remove_partial_embeddings(out, kept_elsewhere):
-    """Remove what a run stopped early kept in ``out``, now that a run has finished;
-    unless ``kept_elsewhere`` (in embeddings.npy), say so."""
+def remove_partial_embeddings(out):
+    """Remove what a run stopped early kept in ``out``, now that a run has finished:
+    rows it reused, or of other settings, which its summary names."""
     if (out / PARTIAL_FILE).is_file() and is_our_record(out / PARTIAL_RECORD):
         (out / PARTIAL_RECORD).unlink()
         (out / PARTIAL_FILE).unlink()
-        if not kept_elsewhere:
-            warn(f"removed {out / PARTIAL_FILE}, the embeddings of a run stopped early "
-                 "(--embeddings keeps and reuses them)")
 
 
 def saved_model(embedder_params, random_state, stage, out):

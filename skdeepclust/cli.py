@@ -550,8 +550,8 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     if embedding_record is not None:
         write_embeddings(out, features, embedding_record, from_partial=embeddings_in_partial)
         written.append(out / EMBEDDINGS_FILE)
-    # Once their rows are in embeddings.npy, or a run went without them.
-    remove_partial_embeddings(out, kept_elsewhere=embedding_record is not None)
+    # Once their rows are in embeddings.npy, or in this run's results.
+    remove_partial_embeddings(out)
     # Only an array with its record: one without is the user's own.
     record = out / EMBEDDINGS_RECORD
     if embedding_record is None and earlier_run and is_our_record(record):
@@ -774,38 +774,42 @@ def _cluster_folder(args, folder, out):
         num_workers=args.num_workers,
         compile=args.compile,
     )
-    earlier_features, changed_settings, record, keep, kept = None, [], None, None, []
     settings = embedding_settings(embedder_params, args.random_state)
     # Stamped before the embedding: a file changed while it runs is embedded again next time.
-    # Without --embeddings too, for a run stopped after a long embedding (a stat per file).
     stamps = [file_stamp(path) for path in files]
-    if args.embeddings:
-        earlier_rows, changed_settings = earlier_embeddings(out, settings)
-        earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
-        record = {"settings": settings, "files": stamps}
+    # Without --embeddings, those of a run stopped early only: the same command goes on from there.
+    earlier_rows, changed_settings = earlier_embeddings(out, settings, partial_only=not args.embeddings)
+    earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
+    record = {"settings": settings, "files": stamps} if args.embeddings else None
+    kept = []
 
-        def keep_before_clustering(positions, embedded):
-            try:
-                write_embeddings(out, embedded, dict(record, files=[stamps[p] for p in positions]), partial=True)
-                kept.append(positions)
-            except OSError as exc:  # the clustering may still succeed
-                warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
-                     f"({exc.strerror or exc})")
-        keep = keep_before_clustering
+    def worth_keeping():
+        # Unasked too, where they took long to make: a clustering that runs for hours
+        # (or is killed) would lose the hour of embedding before it.
+        return (args.embeddings or any(row is not None for row in earlier_features)
+                or time.perf_counter() - start >= EMBEDDING_SECONDS_WORTH_KEEPING)
+
+    def keep_before_clustering(positions, embedded):
+        if not worth_keeping():
+            return
+        try:
+            write_embeddings(out, embedded, {"settings": settings, "files": [stamps[p] for p in positions]},
+                             partial=True)
+            kept.append(positions)
+        except OSError as exc:  # the clustering may still succeed
+            warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
+                 f"({exc.strerror or exc})")
 
     try:
         features, stage, readable, unreadable, n_reused, embedding_seconds = _embed_and_cluster(
             files, embedder_params, args.clusterer, args.n_clusters, args.random_state, args.quiet,
-            earlier_features, keep,
+            earlier_features, keep_before_clustering,
         )
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
-        # Kept unasked too where they took long to make: a clustering that runs for hours,
-        # stopped, lost the hour of embedding before it.
-        worth_keeping = args.embeddings or time.perf_counter() - start >= EMBEDDING_SECONDS_WORTH_KEEPING
-        if positions and worth_keeping:
+        if positions and worth_keeping():
             keep_partial_embeddings(out, embedded, {"settings": settings, "files": [stamps[p] for p in positions]},
-                                    len(files), isinstance(exc, KeyboardInterrupt), args.embeddings)
+                                    len(files), isinstance(exc, KeyboardInterrupt))
         raise
     files = [path for path, keep in zip(files, readable) if keep]
     if record is not None:

@@ -1120,11 +1120,31 @@ def test_ctrl_c_without_embeddings_after_a_long_embedding_keeps_it(capsys, image
     kept = "4 of the 8" if stopped_while == "embedding" else "all 8"
     assert status == 130
     assert err == (f"skdeepclust: kept the embeddings of {kept} images in {out / 'embeddings.partial.npy'}; the "
-                   "same command with --embeddings goes on from there\nskdeepclust: interrupted\n")
+                   "same command goes on from there\nskdeepclust: interrupted\n")
     counts = _embedded_counts(monkeypatch)
-    status, stdout, err = _run(capsys, *argv, "--embeddings")
+    status, stdout, err = _run(capsys, *argv)
     assert status == 0, err
     assert counts == ([4] if stopped_while == "embedding" else [])
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
+
+
+def test_a_long_run_without_embeddings_keeps_them_while_it_clusters_only(capsys, image_folder, tmp_path, monkeypatch):
+    # Against the out-of-memory killer, and Ctrl-C, which compiled clustering code does not heed.
+    from skdeepclust import FeatureClusterer, cli
+
+    monkeypatch.setattr(cli, "EMBEDDING_SECONDS_WORTH_KEEPING", 0.0)
+    out, fit, kept_while_clustering = tmp_path / "out", FeatureClusterer.fit, []
+
+    def looking_for_the_embeddings(self, X, *args, **kwargs):
+        if X.shape[1] == 64:  # the images' features, not the trial fit's stand-ins
+            kept_while_clustering.append(len(np.load(out / "embeddings.partial.npy")))
+        return fit(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureClusterer, "fit", looking_for_the_embeddings)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0 and err == ""
+    assert kept_while_clustering == [8]
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
 
 
 def test_swapped_files_of_the_same_size_and_mtime_are_embedded_again(capsys, image_folder, tmp_path, monkeypatch):
@@ -1168,7 +1188,7 @@ def test_an_error_after_the_embedding_keeps_the_embeddings_for_the_next_run(caps
     status, _, err = _run(capsys, *argv, "--n-clusters", "9")  # 10 files, but 8 images
     assert status == 2
     assert (f"skdeepclust: kept the embeddings of 8 of the 10 images in {out / 'embeddings.partial.npy'}; "
-            "a run with --embeddings into this --out goes on from there\n") in err
+            "a rerun into this --out goes on from there\n") in err
     assert "--n-clusters=9" in err.splitlines()[-1]
     counts = _embedded_counts(monkeypatch)
     status, stdout, err = _run(capsys, *argv, "--n-clusters", "2")
@@ -1179,18 +1199,27 @@ def test_an_error_after_the_embedding_keeps_the_embeddings_for_the_next_run(caps
         "clusters.csv", "embeddings.json", "embeddings.npy", "montage.png"]
 
 
-def test_a_finished_run_without_embeddings_removes_those_of_a_run_stopped_early(capsys, image_folder, tmp_path,
-                                                                               monkeypatch):
+def test_a_run_without_embeddings_goes_on_from_a_run_stopped_early_and_removes_its_rows(capsys, image_folder,
+                                                                                      tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
     with monkeypatch.context() as patched:
         _interrupt_clustering_of_the_images(patched)
         assert _run(capsys, *argv, "--embeddings")[0] == 130
     assert (out / "embeddings.partial.npy").is_file()
-    status, _, err = _run(capsys, *argv)
-    assert status == 0
-    assert err == (f"skdeepclust: warning: removed {out / 'embeddings.partial.npy'}, the embeddings of a run "
-                   "stopped early (--embeddings keeps and reuses them)\n")
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0 and err == ""
+    assert counts == [] and "8 embeddings of an earlier run reused" in stdout
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
+    # Those of other settings are not reused, and the summary says why.
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        assert _run(capsys, *argv, "--embeddings")[0] == 130
+    counts.clear()
+    status, stdout, err = _run(capsys, *argv, "--image-size", "16")
+    assert status == 0 and err == "" and counts == [8]
+    assert "were not reused, as they were made with another --image-size" in stdout
     assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
 
 
@@ -1985,8 +2014,8 @@ def test_running_out_of_memory_ends_in_one_line(capsys, image_folder, tmp_path, 
                           "--embeddings", *TINY_ARGS)
     assert status == 1
     assert err.splitlines() == [
-        f"skdeepclust: kept the embeddings of all 8 images in {out / 'embeddings.partial.npy'}; a run with "
-        "--embeddings into this --out goes on from there",
+        f"skdeepclust: kept the embeddings of all 8 images in {out / 'embeddings.partial.npy'}; a rerun into "
+        "this --out goes on from there",
         "skdeepclust: error: out of memory (Unable to allocate 13.4 GiB for an array with shape (1799970000,) and "
         "data type float64); a smaller --batch-size lowers what the embedding takes, --clusterer kmeans what the "
         "clustering takes"]
