@@ -588,6 +588,10 @@ def test_float_range_error_shows_the_excess():
         as_images(np.array([0, 1 + 1e-12] * 5).reshape(1, 5, 2, 1))
     with pytest.raises(ValueError, match=r"values in \[0, 255\]; .* Divide 0-255 data by 255"):
         as_images(np.array([0, 255.0] * 5).reshape(1, 5, 2, 1))
+    # Pixels normalised as torchvision's Normalize leaves them were told to be divided by 255.
+    normalised = (torch.rand(2, 3, 8, 8) - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / 0.225
+    with pytest.raises(ValueError, match=r"They look normalised already .* undo it, X \* std \+ mean"):
+        as_images(normalised)
 
 
 def test_internal_helpers_once_listed_in_the_package_still_import_with_a_warning():
