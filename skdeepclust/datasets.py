@@ -345,7 +345,14 @@ def _unpack(archive, folder, marker_name, identity):
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zipped:
-                zipped.extractall(unpacking)
+                members = zipped.infolist()
+                for member in members:
+                    # Some Windows tools (PowerShell's Compress-Archive on .NET 4.5) separate
+                    # folders with backslashes, which no Windows name holds, as unzip takes
+                    # them; zipfile on POSIX made each path one file name, losing the classes.
+                    if member.create_system == 0:
+                        member.filename = member.filename.replace("\\", "/")
+                zipped.extractall(unpacking, members)
         else:
             with tarfile.open(archive) as tarred:
                 tarred.extractall(unpacking, filter="data")

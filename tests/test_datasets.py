@@ -176,6 +176,19 @@ def test_archive_of_one_top_folder_made_on_a_mac(tmp_path):
     assert folder.name == "photos" and data.target_names == ["cat", "dog"] and len(data.filenames) == 2
 
 
+def test_a_zip_made_on_windows_with_backslashes_keeps_its_class_folders(tmp_path):
+    # Unpacked on Linux into one folder of files named "photos\\cat\\1.png": no classes, no warning.
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as zipped:
+        for name in ["photos\\cat\\1.png", "photos\\cat\\2.png", "photos\\dog\\1.png"]:
+            member = zipfile.ZipInfo(name)
+            member.create_system = 0  # MS-DOS and Windows
+            zipped.writestr(member, _png_bytes())
+    data = load_image_folder(extract_image_archive(tmp_path / "photos.zip", tmp_path / "cache"))
+    assert data.target_names == ["cat", "dog"] and data.target.tolist() == [0, 0, 1]
+
+
 def test_cache_dir_with_a_tilde_is_under_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     folder = extract_image_archive(_zip(tmp_path / "data.zip", ["a/1.png", "b/1.png"]), "~/cache")
