@@ -135,3 +135,18 @@ def test_links_to_image_files_found_already_are_skipped_with_a_warning(tmp_path)
                                          r"is taken once: '.*favourites/a.png', '.*favourites/c.png'\."):
         assert find_image_files(root) == [str(root / "1.png"), str(root / "2.png"),
                                           str(root / "favourites" / "b.png")]
+
+
+def test_archives_among_the_images_are_named_in_a_warning_or_the_error(tmp_path):
+    # A photos/cats.zip beside photos/dog/ was skipped without a word, and its images with it.
+    (tmp_path / "dog").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "dog" / "1.png")
+    (tmp_path / "cats.ZIP").write_bytes(b"PK")
+    (tmp_path / "birds.tar.gz").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"^Skipped 2 archive\(s\) among the images, whose own images are not "
+                                         r"read: '.*birds.tar.gz', '.*cats.ZIP'\. Unpack them"):
+        assert find_image_files(tmp_path) == [str(tmp_path / "dog" / "1.png")]
+    shutil.rmtree(tmp_path / "dog")
+    with pytest.raises(ValueError, match=r"are skipped\)\. It holds archives, whose images are read once they are "
+                                         r"unpacked: '.*birds.tar.gz', '.*cats.ZIP'\.$"):
+        find_image_files(tmp_path)

@@ -192,7 +192,8 @@ def find_image_files_with_left_out(folder, each_image_once=True):
     folder = Path(os.fsdecode(os.fspath(folder)))  # a bytes path too, as the estimators take it
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
-    files, seen, unlisted, unreachable, unreadable_photos, in_cloud, previews = [], set(), [], [], [], [], []
+    files, seen, unlisted, unreachable, unreadable_photos, in_cloud, previews, archives = (
+        [], set(), [], [], [], [], [], [])
     real_folders, links = {}, []
     extensions = readable_image_extensions()
     other_photo_extensions = tuple(
@@ -244,6 +245,8 @@ def find_image_files_with_left_out(folder, each_image_once=True):
                         links.append(entry.path)
                 elif not os.path.exists(entry.path):
                     unreachable.append(entry.path)
+            elif entry.name.lower().endswith(ARCHIVE_SUFFIXES) and _entry_is(entry.is_file):
+                archives.append(entry.path)
         # Sorted, so that of several links to one folder the first by name is kept,
         # whatever order the file system lists them in (the last pushed is walked first).
         pending.extend(sorted(subfolders, reverse=True))
@@ -253,10 +256,20 @@ def find_image_files_with_left_out(folder, each_image_once=True):
     if not files:
         skipped_previews = (f", and so are the thumbnails and previews that photo software keeps: "
                             f"{shown_paths(sorted(previews))}") if previews else ""
+        unpack = (f" It holds archives, whose images are read once they are unpacked: "
+                  f"{shown_paths(sorted(archives))}.") if archives else ""
         raise ValueError(
             f"No image files found under {str(folder)!r} (looked for "
             f"{', '.join(extensions)}; files and folders whose names start with '.' "
-            f"are skipped{skipped_previews})."
+            f"are skipped{skipped_previews}).{unpack}"
+        )
+    if archives:
+        warnings.warn(
+            f"Skipped {len(archives)} archive(s) among the images, whose own images are not read: "
+            f"{shown_paths(sorted(archives))}. Unpack them to include those "
+            "(skdeepclust.datasets.extract_image_archive unpacks one and returns its folder).",
+            UserWarning,
+            stacklevel=stacklevel_of_user_code(),
         )
     below = len(os.path.join(os.fspath(folder), ""))  # the paths all start with folder
     files = sorted(files, key=lambda file: tuple(file[below:].split(os.sep)))
