@@ -175,6 +175,10 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
     the clustering), and becomes embeddings.npy without a second copy on the disk."""
     array_path, record_path = (out / PARTIAL_FILE, out / PARTIAL_RECORD) if partial else (
         out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
+    if not (partial or from_partial) and _holds_already(record_path, array_path, record):
+        # A rerun that reused every row in order (another --n-clusters): rewriting them
+        # took time, up to gigabytes, and a full disk then cost every row.
+        return
     # The old record goes first: a run stopped between the two writes must not leave
     # it beside new rows, which it would then misname.
     record_path.unlink(missing_ok=True)
@@ -204,6 +208,16 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
         raise error from exc
     if from_partial:
         (out / PARTIAL_RECORD).unlink()
+
+
+def _holds_already(record_path, array_path, record):
+    """Whether ``array_path`` and its record hold the rows that ``record`` lists, in its order."""
+    try:
+        written = json.loads(record_path.read_text(encoding="utf-8"))
+        return (written.get("array") == _array_stamp(array_path)
+                and {key: written.get(key) for key in record} == json.loads(json.dumps(record)))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def keep_partial_embeddings(out, features, record, n_files, interrupted):

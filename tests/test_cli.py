@@ -1958,7 +1958,8 @@ def test_a_disk_that_fills_while_the_embeddings_are_written_leaves_no_rows_cut_s
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", *TINY_ARGS]
     assert _run(capsys, *argv, "--n-clusters", "2")[0] == 0
-    with monkeypatch.context() as patched:  # every row reused: embeddings.npy is written anew
+    (image_folder / "dark" / "0.png").unlink()
+    with monkeypatch.context() as patched:  # the other rows reused: embeddings.npy is written anew
         patched.setattr(skdeepclust._run_files.np, "save", disk_full)
         status, _, err = _run(capsys, *argv, "--n-clusters", "3")
     assert status == 2
@@ -1967,6 +1968,22 @@ def test_a_disk_that_fills_while_the_embeddings_are_written_leaves_no_rows_cut_s
     assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
     status, _, err = _run(capsys, *argv, "--n-clusters", "3")
     assert status == 0, err
+
+
+def test_a_rerun_that_reuses_every_row_in_order_does_not_write_them_again(capsys, image_folder, tmp_path,
+                                                                          monkeypatch):
+    # Rewriting them took time (gigabytes, for a million images) and, on a full disk, every row.
+    import skdeepclust._run_files
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv, "--n-clusters", "2")[0] == 0
+    written = {name: os.stat(out / name).st_mtime_ns for name in ("embeddings.npy", "embeddings.json")}
+    saves = []
+    monkeypatch.setattr(skdeepclust._run_files.np, "save", lambda *args: saves.append(args))
+    status, stdout, err = _run(capsys, *argv, "--n-clusters", "3")
+    assert status == 0 and "8 embeddings of an earlier run reused" in stdout and "embeddings.npy" in stdout
+    assert saves == [] and {name: os.stat(out / name).st_mtime_ns for name in written} == written
 
 
 def test_a_record_that_cannot_be_written_keeps_the_embeddings_for_the_next_run(capsys, image_folder, tmp_path,
