@@ -574,7 +574,8 @@ def test_large_jpegs_decode_to_cover_the_resize_size_not_only_the_crop(tmp_path,
 
 
 def test_ctrl_c_hands_over_the_features_of_the_images_embedded_so_far(images, monkeypatch):
-    # The command keeps them, and its next run goes on from there.
+    # The command keeps them, and its next run goes on from there; transform's Notes
+    # tell Python users how to take them.
     embedder = ImageEmbedder(**TINY, batch_size=4).fit(images)
     expected = embedder.transform(images)
     interrupt_embedding_at(monkeypatch, 3)

@@ -792,6 +792,11 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         -------
         features : ndarray of shape (n_images, embedding_dim_), dtype float32
             One feature vector per image, of unit L2 norm when ``normalize=True``.
+
+        Notes
+        -----
+        Stopped part way, the exception carries the rows embedded so far as
+        ``completed_features``, as :meth:`transform`'s does.
         """
         # fit then transform would each wrap X: list folders, check every path
         # and the pixel range of every array, and copy GPU tensors in lists twice.
@@ -812,6 +817,17 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         -------
         features : ndarray of shape (n_images, embedding_dim_), dtype float32
             One feature vector per image, of unit L2 norm when ``normalize=True``.
+
+        Notes
+        -----
+        Stopped part way, by Ctrl-C or an error, the exception carries
+        ``completed_features``: the rows of the images embedded so far, in order,
+        so that a long run need not start again::
+
+            try:
+                features = embedder.transform(files)
+            except KeyboardInterrupt as stopped:
+                done = stopped.completed_features  # the rows of files[:len(done)]
         """
         check_is_fitted(self)
         self._validate_params()  # set_params may have changed them since fit
