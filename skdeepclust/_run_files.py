@@ -179,29 +179,37 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
         # A rerun that reused every row in order (another --n-clusters): rewriting them
         # took time, up to gigabytes, and a full disk then cost every row.
         return
-    # The old record goes first: a run stopped between the two writes must not leave
-    # it beside new rows, which it would then misname.
-    record_path.unlink(missing_ok=True)
+    # New rows are written beside those they replace, which stay whole with their
+    # record until then: a write that fails (a full disk) or is stopped loses none.
+    source = out / PARTIAL_FILE if from_partial else array_path.with_name(array_path.stem + ".writing.npy")
+    replaced = False
     try:
-        if from_partial:
-            os.replace(out / PARTIAL_FILE, array_path)
-        else:
-            np.save(array_path, features)
+        if not from_partial:
+            np.save(source, features)
+        # The old record goes first: a run stopped between the two writes must not leave
+        # it beside new rows, which it would then misname.
+        record_path.unlink(missing_ok=True)
+        os.replace(source, array_path)
+        replaced = True
         with open(record_path, "w", encoding="utf-8") as handle:
             # ASCII: file names that are not UTF-8 are escaped.
             json.dump(dict(record, array=_array_stamp(array_path)), handle)
-    except OSError as exc:
-        record_path.unlink(missing_ok=True)
-        kept = ""
-        if from_partial and array_path.is_file():
-            # Renamed back beside its record, whose stamp of it still holds: the next
-            # run goes on from these rows rather than embedding every image again.
-            os.replace(array_path, out / PARTIAL_FILE)
-            kept = f"; the embeddings stay in {out / PARTIAL_FILE}, for the next run"
-        else:
-            # Rows cut short, without their record, would be taken for the user's own
-            # array, and stop the next run.
-            array_path.unlink(missing_ok=True)
+    except BaseException as exc:  # Ctrl-C too, while a long record is written
+        if replaced:
+            record_path.unlink(missing_ok=True)  # cut short
+            if from_partial:
+                # Back beside its record, whose stamp of it still holds: the next run
+                # goes on from these rows rather than embedding every image again.
+                os.replace(array_path, source)
+            else:
+                # Rows without their record would be taken for the user's own array,
+                # and stop the next run.
+                array_path.unlink(missing_ok=True)
+        elif not from_partial:
+            source.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+        kept = f"; the embeddings stay in {source}, for the next run" if from_partial else ""
         reason = f"{exc.strerror or exc}; a full disk?"
         error = OSError(f"cannot write {array_path} ({reason}){kept}; free some space, or choose another --out")
         error.strerror = reason  # for a warning that names the file itself

@@ -1949,7 +1949,7 @@ def test_a_disk_that_fills_while_the_embeddings_are_written_leaves_no_rows_cut_s
     save = np.save
 
     def disk_full(path, array):
-        if os.path.basename(path) != "embeddings.npy":
+        if os.path.basename(path) != "embeddings.writing.npy":
             return save(path, array)
         with open(path, "wb") as handle:
             handle.write(b"\x93NUMPY cut short")
@@ -1965,9 +1965,64 @@ def test_a_disk_that_fills_while_the_embeddings_are_written_leaves_no_rows_cut_s
     assert status == 2
     assert err.splitlines()[-1] == (f"skdeepclust: error: cannot write {out / 'embeddings.npy'} (2560000 requested "
                                     "and 2058208 written; a full disk?); free some space, or choose another --out")
-    assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
-    status, _, err = _run(capsys, *argv, "--n-clusters", "3")
+    # The earlier rows stay whole with their record (they were written over in place, and
+    # then deleted), and the next run reuses them.
+    assert sorted(path.name for path in out.iterdir()) == [
+        "clusters.csv", "embeddings.json", "embeddings.npy", "montage.png"]
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv, "--n-clusters", "3")
     assert status == 0, err
+    assert counts == [] and "7 embeddings of an earlier run reused" in stdout
+
+
+def test_kept_embeddings_that_cannot_be_written_again_stay_as_they_were(capsys, image_folder, tmp_path,
+                                                                         monkeypatch):
+    # They were written over in place: a full disk, then a kill while clustering, left none.
+    import skdeepclust._run_files
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+            "--batch-size", "2", *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        interrupt_embedding_at(patched, 3)
+        assert _run(capsys, *argv)[0] == 130  # 4 rows kept
+    save = np.save
+
+    def disk_full(path, array):
+        if os.path.basename(path) == "embeddings.partial.writing.npy":
+            raise OSError(28, "No space left on device")
+        return save(path, array)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(skdeepclust._run_files.np, "save", disk_full)
+        _interrupt_clustering_of_the_images(patched)  # stands for the kill: nothing is kept after it
+        patched.setattr(skdeepclust.cli, "keep_partial_embeddings", lambda *args, **kwargs: None)
+        status, _, err = _run(capsys, *argv)
+    assert status == 130 and "could not keep the embeddings" in err
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [4] and "4 embeddings of an earlier run reused" in stdout
+
+
+def test_ctrl_c_while_the_record_is_written_keeps_the_embeddings_for_the_next_run(capsys, image_folder, tmp_path,
+                                                                                   monkeypatch):
+    dump = json.dump
+
+    def interrupted(record, handle, **kwargs):
+        if os.path.basename(handle.name) == "embeddings.json":
+            raise KeyboardInterrupt
+        return dump(record, handle, **kwargs)
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", "--n-clusters", "2", *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        patched.setattr(json, "dump", interrupted)
+        assert _run(capsys, *argv)[0] == 130
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [] and "8 embeddings of an earlier run reused" in stdout
 
 
 def test_a_rerun_that_reuses_every_row_in_order_does_not_write_them_again(capsys, image_folder, tmp_path,
