@@ -242,12 +242,22 @@ def keep_partial_embeddings(out, features, record, n_files, interrupted):
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
 
 
-def remove_partial_embeddings(out):
-    """Remove what a run stopped early kept in ``out``, now that a run has finished:
-    rows it reused, or of other settings, which its summary names."""
-    if (out / PARTIAL_FILE).is_file() and is_our_record(out / PARTIAL_RECORD):
-        (out / PARTIAL_RECORD).unlink()
-        (out / PARTIAL_FILE).unlink()
+def remove_partial_embeddings(out, stamps):
+    """Remove what a run stopped early kept in ``out``, now that a run on the files
+    of ``stamps`` has finished; say so where it held rows of other files, which that
+    run did not take up (rows of other settings its summary names)."""
+    array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
+    if not (array_path.is_file() and is_our_record(record_path)):
+        return
+    try:
+        kept = {tuple(stamp) for stamp in json.loads(record_path.read_text(encoding="utf-8"))["files"] if stamp}
+    except (OSError, ValueError, TypeError):
+        kept = set()
+    record_path.unlink()
+    array_path.unlink()
+    if other_files := len(kept - set(stamps)):
+        warn(f"removed {array_path}, the embeddings of a run stopped early, {other_files:,} of them of images "
+             "this run did not cluster")
 
 
 def saved_model(embedder_params, random_state, stage, out):

@@ -455,10 +455,11 @@ def _metrics_line(y, labels):
 
 
 @contextlib.contextmanager
-def _output_folder(path, save_embeddings, save_model=False, folders=False):
+def _output_folder(path, save_embeddings, save_model=False, folders=False, keeps_partial=False):
     """``path`` as a folder, made and checked now so that a bad one fails before the
-    work, not after (``folders``: and OUT/by-cluster); if the run fails, the folders
-    it made go again while empty."""
+    work, not after (``folders``: and OUT/by-cluster; ``keeps_partial``: and the
+    names of the embeddings a run stopped early keeps, which ``cluster`` writes
+    without --embeddings too); if the run fails, the folders it made go again while empty."""
     if not path:
         raise UserError("--out is empty; give a folder ('.' for the current folder)")
     out = Path(path)
@@ -475,7 +476,8 @@ def _output_folder(path, save_embeddings, save_model=False, folders=False):
         raise UserError(f"--out {path}: cannot make this folder ({exc.strerror or exc})") from None
     try:
         earlier_run = _holds_results_table(out)
-        embeddings = (EMBEDDINGS_FILE, EMBEDDINGS_RECORD, PARTIAL_FILE, PARTIAL_RECORD) if save_embeddings else ()
+        embeddings = ((EMBEDDINGS_FILE, EMBEDDINGS_RECORD) if save_embeddings else ()) + (
+            (PARTIAL_FILE, PARTIAL_RECORD) if keeps_partial else ())
         for name in (RESULTS_FILE, MONTAGE_FILE) + embeddings + ((MODEL_FILE,) if save_model else ()):
             target = out / name
             if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
@@ -550,8 +552,6 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     if embedding_record is not None:
         write_embeddings(out, features, embedding_record, from_partial=embeddings_in_partial)
         written.append(out / EMBEDDINGS_FILE)
-    # Once their rows are in embeddings.npy, or in this run's results.
-    remove_partial_embeddings(out)
     # Only an array with its record: one without is the user's own.
     record = out / EMBEDDINGS_RECORD
     if embedding_record is None and earlier_run and is_our_record(record):
@@ -711,7 +711,7 @@ def _input_folder(path):
 def cluster_command(args):
     folder = _input_folder(args.path)
     _check_cluster_count_option(args.clusterer, args.n_clusters)
-    with _output_folder(args.out, args.embeddings, args.save_model, args.folders) as out:
+    with _output_folder(args.out, args.embeddings, args.save_model, args.folders, keeps_partial=True) as out:
         return _cluster_folder(args, folder, out)
 
 
@@ -822,6 +822,8 @@ def _cluster_folder(args, folder, out):
         model = saved_model(embedder_params, args.random_state, stage, out)
     written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld,
                              folders=args.folders, embeddings_in_partial=bool(kept))
+    # Once their rows are in embeddings.npy, or in this run's results.
+    remove_partial_embeddings(out, stamps)
     n_noise = int(np.sum(stage.labels_ < 0))
     noise = f", {n_noise} left out as noise (cluster -1)" if n_noise else ""
     reuse = ""
@@ -998,7 +1000,8 @@ def build_parser():
     cluster.add_argument("--embeddings", action="store_true",
                          help="also write OUT/embeddings.npy, and reuse the rows of unchanged files "
                          "that an earlier run with the same backbone, weights and preprocessing wrote "
-                         "there (also a run stopped by Ctrl-C or an error, which keeps what it embedded)")
+                         "there (a run stopped by Ctrl-C or an error keeps what it embedded for the next "
+                         "run, with this option or, once it has run for a minute, without)")
     cluster.add_argument("--save-model", action="store_true",
                          help=f"also write OUT/{MODEL_FILE}, with which 'skdeepclust assign' puts new "
                          "images into these clusters")

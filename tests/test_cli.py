@@ -1559,6 +1559,10 @@ def test_a_users_own_embeddings_array_is_neither_removed_nor_overwritten(capsys,
     assert status == 2
     assert err == (f"skdeepclust: error: --out {out}: it holds an {name} that no skdeepclust run wrote, which "
                    "would be overwritten; move it, or choose another --out\n")
+    if name == "embeddings.partial.npy":  # a run without --embeddings keeps its embeddings there too
+        assert _run(capsys, *argv)[0] == 2
+        np.testing.assert_array_equal(np.load(out / name), mine)
+        return
     for _ in range(2):  # beside no run, then beside the run's own clusters.csv
         status, _, err = _run(capsys, *argv)
         assert status == 0 and name not in err, err
@@ -1975,6 +1979,27 @@ def test_a_disk_that_fills_while_the_embeddings_are_written_leaves_no_rows_cut_s
     assert counts == [] and "7 embeddings of an earlier run reused" in stdout
 
 
+def test_the_kept_embeddings_of_other_images_are_removed_with_a_warning_and_assign_leaves_them(
+        capsys, image_folder, tmp_path, monkeypatch):
+    # A finished run on other images into the same --out removed them without a word,
+    # and so did assign, which keeps none.
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+                    "--save-model", *TINY_ARGS)[0] == 130
+    other = _folder_of(tmp_path / "other", [np.full((24, 24, 3), value, np.uint8) for value in (0, 90, 180, 255)])
+    assert _run(capsys, "cluster", str(other), "--n-clusters", "2", "--out", str(tmp_path / "run"),
+                "--save-model", *TINY_ARGS)[0] == 0
+    status, _, err = _run(capsys, "assign", str(other), "--model", str(tmp_path / "run"), "--out", str(out),
+                          "--quiet")
+    assert status == 0 and (out / "embeddings.partial.npy").is_file(), err
+    status, _, err = _run(capsys, "cluster", str(other), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0
+    assert err == (f"skdeepclust: warning: removed {out / 'embeddings.partial.npy'}, the embeddings of a run stopped "
+                   "early, 8 of them of images this run did not cluster\n")
+
+
 def test_kept_embeddings_that_cannot_be_written_again_stay_as_they_were(capsys, image_folder, tmp_path,
                                                                          monkeypatch):
     # They were written over in place: a full disk, then a kill while clustering, left none.
@@ -2154,7 +2179,7 @@ def test_the_embeddings_kept_before_the_clustering_become_embeddings_npy_without
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
                           "--embeddings", *TINY_ARGS)
     assert status == 0, err
-    assert saved == ["embeddings.partial.npy"]
+    assert saved == ["embeddings.partial.writing.npy"]
     assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "embeddings.json", "embeddings.npy",
                                                            "montage.png"]
     rows = np.load(out / "embeddings.npy")
