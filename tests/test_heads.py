@@ -455,8 +455,9 @@ def test_torch_kmeans_does_not_depend_on_the_scale_of_the_weights(blobs):
     X = X.astype(np.float32)
     plain = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=np.ones(len(X)))
     # Weights past float32's range (1e39) were refused as infinite, and those below it
-    # (1e-50) as all zero: they were cast to X's dtype before they were scaled.
-    for weight in (3e38, 1e39, 1e-50):
+    # (1e-50) as all zero: they were cast to X's dtype before they were scaled; and
+    # scaled by a power of two short of theirs (1e300, 1e-200) they gave NaN centres.
+    for weight in (3e38, 1e39, 1e-50, 1e300, 1e-200):
         heavy = TorchKMeans(n_clusters=4, random_state=0, device="cpu").fit(X, sample_weight=np.full(len(X), weight))
         np.testing.assert_array_equal(heavy.labels_, plain.labels_)
         np.testing.assert_allclose(heavy.cluster_centers_, plain.cluster_centers_, rtol=1e-5)

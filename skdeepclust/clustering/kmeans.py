@@ -368,7 +368,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
                 "samples or ask for fewer clusters."
             )
         device = resolve_device(self.device)
-        weights, weight_scale = None, 1.0
+        weights, heaviest = None, 1.0
         if sample_weight is not None:
             # In float64, whatever X's dtype: weights past float32's range, or below
             # it, are valid, as only their ratios count.
@@ -379,10 +379,9 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             if not heaviest > 0:
                 raise ValueError("sample_weight is zero for every row; give some rows a "
                                  "positive weight.")
-            # Centres do not change with a scale of the weights, and weights of about 1
+            # Centres do not change with a scale of the weights, and weights of at most 1
             # keep the weighted sums within float32 (weights near 1e38 gave NaN centres).
-            weight_scale = unit_scale(heaviest, np.float64)
-            weights = torch.from_numpy((sample_weight * weight_scale).astype(X.dtype)).to(device)
+            weights = torch.from_numpy((sample_weight / heaviest).astype(X.dtype)).to(device)
         # np.require copies read-only input (e.g. a memmap) that torch cannot wrap.
         writable = np.require(X, requirements=["C", "W"])
         source = torch.from_numpy(writable)
@@ -410,7 +409,7 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
             given_centers = (torch.from_numpy(self._given_centers(n_clusters, X)).to(device) - mean) * scale
 
         def in_units_of_X(inertia):
-            return float(inertia) / (scale * scale) / weight_scale
+            return float(inertia) / (scale * scale) * heaviest
 
         best = None
         for restart in range(n_init):
