@@ -285,7 +285,8 @@ def decode_file(path, min_size=None, reduce=True):
             what = _what_pil_did_not_identify(path)
             exc = ValueError("cannot identify image file" + (f" ({what})" if what else "")
                              ).with_traceback(exc.__traceback__)
-        elif isinstance(exc, OSError) and "truncated" in str(exc).lower():  # also "Truncated File Read"
+        elif (isinstance(exc, OSError) and exc.errno is None and exc.args
+              and "truncated" in str(exc.args[0]).lower()):  # Pillow's, also "Truncated File Read"
             exc = OSError("image file is truncated (cut short, as by a copy or download that did not finish)"
                           ).with_traceback(exc.__traceback__)
         raise ImageFileError(
