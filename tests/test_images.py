@@ -592,6 +592,9 @@ def test_float_range_error_shows_the_excess():
     normalised = (torch.rand(2, 3, 8, 8) - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / 0.225
     with pytest.raises(ValueError, match=r"They look normalised already .* undo it, X \* std \+ mean"):
         as_images(normalised)
+    with pytest.raises(ValueError, match=r"values in \[-0.03, 1.03\]; .* Clip them, np.clip\(X, 0, 1\), if they "
+                                         r"overshoot it by rounding or a resize"):
+        as_images(np.array([-0.03, 1.03] * 5).reshape(1, 5, 2, 1))  # a bicubic resize's, not normalised
 
 
 def test_internal_helpers_once_listed_in_the_package_still_import_with_a_warning():

@@ -202,11 +202,11 @@ def check_pixel_range(array, name, fix="pass 16-bit data (0-65535) as uint16, X.
         raise ValueError(f"{name} contains NaN or infinite values; images must be finite.")
     if kind == "f":
         if low < 0.0 or high > 1.0:
-            # A resize or a colour conversion overshoots [0, 1] by rounding errors;
-            # 0-255 data overshoots it by far; pixels normalised by a mean and std (a
-            # torchvision Normalize, about -2.1 to 2.6 with ImageNet's) are centred on 0.
-            if low >= -1e-3 and high <= 1 + 1e-3:
-                fix = "Clip them, np.clip(X, 0, 1), if they overshoot it by rounding"
+            # A colour conversion overshoots [0, 1] by rounding errors, a bicubic resize by
+            # a few hundredths; 0-255 data overshoots it by far; pixels normalised by a mean
+            # and std (a torchvision Normalize: about -2.1 to 2.6 with ImageNet's) lie about 0.
+            if low >= -0.1 and high <= 1.1:
+                fix = "Clip them, np.clip(X, 0, 1), if they overshoot it by rounding or a resize"
             elif low < 0 and high < 16:
                 fix = ("They look normalised already (by a mean and std, as torchvision's Normalize "
                        "does): pass the pixels before that, or undo it, X * std + mean; the embedder "
