@@ -28,6 +28,9 @@ from .embedding.image_files import ARCHIVE_SUFFIXES, find_image_files, is_hidden
 FILES_PER_CHECK_THREAD = 256
 # Unreadable files named in load_image_folder's warning; the Bunch lists them all.
 UNREADABLE_FILES_SHOWN = 5
+# Raised when extract_image_archive unpacks differently: 2, zips made on Windows with
+# backslashes between folder names unpack into those folders.
+UNPACKING_REVISION = 2
 
 
 def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random_state=None,
@@ -294,7 +297,8 @@ def extract_image_archive(archive, cache_dir=None):
         raise ValueError(f"{archive.name!r} is not a .tar, .tar.gz, .tgz or .zip archive.")
     location = str(archive.resolve())
     stat = archive.stat()
-    identity = f"{location}\n{stat.st_size}\n{stat.st_mtime_ns}\n"
+    # The revision unpacks anew what an older way of unpacking left in the cache.
+    identity = f"{location}\n{stat.st_size}\n{stat.st_mtime_ns}\nunpacking revision {UNPACKING_REVISION}\n"
     # Archives of one name from different places must not share a folder.
     folder = cache_dir / f"{name}-{hashlib.sha256(location.encode()).hexdigest()[:10]}"
     complete = folder / ".extracted"

@@ -178,6 +178,7 @@ def test_archive_of_one_top_folder_made_on_a_mac(tmp_path):
 
 def test_a_zip_made_on_windows_with_backslashes_keeps_its_class_folders(tmp_path):
     # Unpacked on Linux into one folder of files named "photos\\cat\\1.png": no classes, no warning.
+    import shutil
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "photos.zip", "w") as zipped:
@@ -187,6 +188,14 @@ def test_a_zip_made_on_windows_with_backslashes_keeps_its_class_folders(tmp_path
             zipped.writestr(member, _png_bytes())
     data = load_image_folder(extract_image_archive(tmp_path / "photos.zip", tmp_path / "cache"))
     assert data.target_names == ["cat", "dog"] and data.target.tolist() == [0, 0, 1]
+    # Unpacked flat by an earlier version, it is unpacked anew rather than taken from the cache.
+    folder = tmp_path / "cache" / data.filenames[0].split(os.sep)[-4]
+    marker = folder / ".extracted"
+    marker.write_text(marker.read_text().replace("unpacking revision 2", "unpacking revision 1"))
+    shutil.rmtree(folder / "photos")
+    (folder / "photos\\cat\\1.png").write_bytes(_png_bytes())
+    data = load_image_folder(extract_image_archive(tmp_path / "photos.zip", tmp_path / "cache"))
+    assert data.target_names == ["cat", "dog"] and len(data.filenames) == 3
 
 
 def test_cache_dir_with_a_tilde_is_under_home(tmp_path, monkeypatch):
