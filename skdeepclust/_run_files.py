@@ -168,17 +168,23 @@ def is_our_record(path):
     return isinstance(record, dict) and {"settings", "files"} <= record.keys()
 
 
-def write_embeddings(out, features, record, partial=False, from_partial=False):
+def write_embeddings(out, features, record, partial=False, kept_as=None):
     """Write ``features`` and their ``record`` (settings and file stamps) into ``out``:
     as embeddings.npy, or those of a run stopped before its results (``partial``).
-    ``from_partial``: the partial array holds ``features`` already (written before
-    the clustering), and becomes embeddings.npy without a second copy on the disk."""
+    ``kept_as``: the stamp of the partial array that this run wrote before the
+    clustering, which holds ``features`` already and becomes embeddings.npy without a
+    second copy on the disk, unless it has changed since (another run into ``out``).
+    Returns the stamp of the array written."""
     array_path, record_path = (out / PARTIAL_FILE, out / PARTIAL_RECORD) if partial else (
         out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
+    try:
+        from_partial = kept_as is not None and _array_stamp(out / PARTIAL_FILE) == kept_as
+    except OSError:
+        from_partial = False
     if not (partial or from_partial) and _holds_already(record_path, array_path, record):
         # A rerun that reused every row in order (another --n-clusters): rewriting them
         # took time, up to gigabytes, and a full disk then cost every row.
-        return
+        return _array_stamp(array_path)
     # New rows are written beside those they replace, which stay whole with their
     # record until then: a write that fails (a full disk) or is stopped loses none.
     source = out / PARTIAL_FILE if from_partial else array_path.with_name(array_path.stem + ".writing.npy")
@@ -191,9 +197,10 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
         record_path.unlink(missing_ok=True)
         os.replace(source, array_path)
         replaced = True
+        stamp = _array_stamp(array_path)
         with open(record_path, "w", encoding="utf-8") as handle:
             # ASCII: file names that are not UTF-8 are escaped.
-            json.dump(dict(record, array=_array_stamp(array_path)), handle)
+            json.dump(dict(record, array=stamp), handle)
     except BaseException as exc:  # Ctrl-C too, while a long record is written
         if replaced:
             record_path.unlink(missing_ok=True)  # cut short
@@ -216,6 +223,7 @@ def write_embeddings(out, features, record, partial=False, from_partial=False):
         raise error from exc
     if from_partial:
         (out / PARTIAL_RECORD).unlink()
+    return stamp
 
 
 def _holds_already(record_path, array_path, record):

@@ -522,7 +522,7 @@ def _output_folder(path, save_embeddings, save_model=False, folders=False, keeps
 
 
 def _write_results(out, files, stage, features, embedding_record, model=None, labels=None,
-                   model_withheld=None, folders=False, embeddings_in_partial=False):
+                   model_withheld=None, folders=False, partial_stamp=None):
     """Write the results into ``out``; returns the paths of the files written.
 
     ``embedding_record`` (settings and file stamps, as ``earlier_embeddings`` reads
@@ -530,8 +530,8 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     model; None removes an earlier run's, and ``model_withheld`` says why a model
     asked for is not written. ``labels`` are the images' clusters, by default
     ``stage.labels_``. ``folders`` asks for OUT/by-cluster, whose earlier run's
-    links go otherwise. ``embeddings_in_partial``: the features were written as the
-    partial embeddings before the clustering, which then become embeddings.npy.
+    links go otherwise. ``partial_stamp``: that of the partial embeddings that this run
+    wrote before the clustering, which then become embeddings.npy.
     """
     from .embedding.decoding import ImageFileError
     from .visualization import _MontageTooLarge, cluster_montage
@@ -550,7 +550,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
     if embedding_record is not None:
-        write_embeddings(out, features, embedding_record, from_partial=embeddings_in_partial)
+        write_embeddings(out, features, embedding_record, kept_as=partial_stamp)
         written.append(out / EMBEDDINGS_FILE)
     # Only an array with its record: one without is the user's own.
     record = out / EMBEDDINGS_RECORD
@@ -781,7 +781,7 @@ def _cluster_folder(args, folder, out):
     earlier_rows, changed_settings = earlier_embeddings(out, settings, partial_only=not args.embeddings)
     earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
     record = {"settings": settings, "files": stamps} if args.embeddings else None
-    kept = []
+    kept = []  # the stamp of the partial embeddings written before the clustering
 
     def worth_keeping():
         # Unasked too, where they took long to make: a clustering that runs for hours
@@ -793,9 +793,8 @@ def _cluster_folder(args, folder, out):
         if not worth_keeping():
             return
         try:
-            write_embeddings(out, embedded, {"settings": settings, "files": [stamps[p] for p in positions]},
-                             partial=True)
-            kept.append(positions)
+            kept.append(write_embeddings(out, embedded, {"settings": settings,
+                                                         "files": [stamps[p] for p in positions]}, partial=True))
         except OSError as exc:  # the clustering may still succeed
             warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
                  f"({exc.strerror or exc})")
@@ -821,7 +820,7 @@ def _cluster_folder(args, folder, out):
     elif args.save_model:
         model = saved_model(embedder_params, args.random_state, stage, out)
     written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld,
-                             folders=args.folders, embeddings_in_partial=bool(kept))
+                             folders=args.folders, partial_stamp=kept[0] if kept else None)
     # Once their rows are in embeddings.npy, or in this run's results.
     remove_partial_embeddings(out, stamps)
     n_noise = int(np.sum(stage.labels_ < 0))

@@ -2187,6 +2187,27 @@ def test_the_embeddings_kept_before_the_clustering_become_embeddings_npy_without
         os.stat(out / "embeddings.npy").st_size, os.stat(out / "embeddings.npy").st_mtime_ns]
 
 
+def test_embeddings_kept_before_the_clustering_and_changed_since_are_not_taken_for_this_runs(
+        capsys, image_folder, tmp_path, monkeypatch):
+    # Another run into the same --out may write them over while this one clusters: its
+    # rows were renamed to embeddings.npy under this run's record.
+    from skdeepclust import FeatureClusterer
+
+    out, fit = tmp_path / "out", FeatureClusterer.fit
+
+    def while_another_run_writes(self, X, *args, **kwargs):
+        if X.shape[1] == 64:  # the images' features, not the trial fit's stand-ins
+            np.save(out / "embeddings.partial.npy", np.zeros((9, 64), np.float32))
+        return fit(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureClusterer, "fit", while_another_run_writes)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                          "--embeddings", *TINY_ARGS)
+    assert status == 0, err
+    rows = np.load(out / "embeddings.npy")
+    assert rows.shape == (8, 64) and np.allclose(np.linalg.norm(rows, axis=1), 1.0)
+
+
 def test_a_link_that_cannot_be_made_leaves_out_that_image_only(tmp_path, monkeypatch, capsys):
     from skdeepclust import _cluster_folders
 
