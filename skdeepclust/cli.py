@@ -780,8 +780,10 @@ def _cluster_folder(args, folder, out):
     # Without --embeddings, those of a run stopped early only: the same command goes on from there.
     earlier_rows, changed_settings = earlier_embeddings(out, settings, partial_only=not args.embeddings)
     earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
-    record = {"settings": settings, "files": stamps} if args.embeddings else None
     kept = []  # the stamp of the partial embeddings written before the clustering
+
+    def record_of(positions):
+        return {"settings": settings, "files": [stamps[position] for position in positions]}
 
     def worth_keeping():
         # Unasked too, where they took long to make: a clustering that runs for hours
@@ -793,8 +795,7 @@ def _cluster_folder(args, folder, out):
         if not worth_keeping():
             return
         try:
-            kept.append(write_embeddings(out, embedded, {"settings": settings,
-                                                         "files": [stamps[p] for p in positions]}, partial=True))
+            kept.append(write_embeddings(out, embedded, record_of(positions), partial=True))
         except OSError as exc:  # the clustering may still succeed
             warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
                  f"({exc.strerror or exc})")
@@ -807,12 +808,11 @@ def _cluster_folder(args, folder, out):
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
         if positions and worth_keeping():
-            keep_partial_embeddings(out, embedded, {"settings": settings, "files": [stamps[p] for p in positions]},
-                                    len(files), isinstance(exc, KeyboardInterrupt))
+            keep_partial_embeddings(out, embedded, record_of(positions), len(files),
+                                    isinstance(exc, KeyboardInterrupt))
         raise
+    record = record_of(np.flatnonzero(readable)) if args.embeddings else None
     files = [path for path, keep in zip(files, readable) if keep]
-    if record is not None:
-        record["files"] = [stamp for stamp, keep in zip(record["files"], readable) if keep]
     model, model_withheld = None, None
     if args.save_model and stage.cluster_ids_.size == 0:
         model_withheld = ("the run found no clusters (every image is noise), so there are none to assign "
