@@ -4,6 +4,7 @@ embeddings of a run stopped early, and the saved model that ``assign`` reads."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -168,62 +169,75 @@ def is_our_record(path):
     return isinstance(record, dict) and {"settings", "files"} <= record.keys()
 
 
+def _being_written(path):
+    """The name under which ``path`` is written before it is renamed to its own."""
+    return path.with_name(f"{path.stem}.writing{path.suffix}")
+
+
+def _file_identity(path):
+    """Size, modification time and inode of ``path`` (None if it is gone): a file
+    written anew has another, even where times are coarse (FAT, SMB)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns, status.st_ino]
+
+
 def write_embeddings(out, features, record, partial=False, kept_as=None):
     """Write ``features`` and their ``record`` (settings and file stamps) into ``out``:
     as embeddings.npy, or those of a run stopped before its results (``partial``).
-    ``kept_as``: the stamp of the partial array that this run wrote before the
+    ``kept_as``: the identity of the partial array that this run wrote before the
     clustering, which holds ``features`` already and becomes embeddings.npy without a
     second copy on the disk, unless it has changed since (another run into ``out``).
-    Returns the stamp of the array written."""
+    Returns the identity (see ``_file_identity``) of the array written."""
     array_path, record_path = (out / PARTIAL_FILE, out / PARTIAL_RECORD) if partial else (
         out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
-    try:
-        from_partial = kept_as is not None and _array_stamp(out / PARTIAL_FILE) == kept_as
-    except OSError:
-        from_partial = False
+    from_partial = kept_as is not None and _file_identity(out / PARTIAL_FILE) == kept_as
     if not (partial or from_partial) and _holds_already(record_path, array_path, record):
         # A rerun that reused every row in order (another --n-clusters): rewriting them
         # took time, up to gigabytes, and a full disk then cost every row.
-        return _array_stamp(array_path)
-    # New rows are written beside those they replace, which stay whole with their
-    # record until then: a write that fails (a full disk) or is stopped loses none.
-    source = out / PARTIAL_FILE if from_partial else array_path.with_name(array_path.stem + ".writing.npy")
+        return _file_identity(array_path)
+    # New rows and their record are written under names of their own, then renamed
+    # over those they replace, which stay whole with their record until then: a write
+    # that fails (a full disk) or is stopped (Ctrl-C, a kill) loses none. An old record
+    # beside new rows, between the two renames, has another stamp of them than theirs.
+    array_source = out / PARTIAL_FILE if from_partial else _being_written(array_path)
+    record_source = _being_written(record_path)
     replaced = False
     try:
         if not from_partial:
-            np.save(source, features)
-        # The old record goes first: a run stopped between the two writes must not leave
-        # it beside new rows, which it would then misname.
-        record_path.unlink(missing_ok=True)
-        os.replace(source, array_path)
+            np.save(array_source, features)
+        with open(record_source, "w", encoding="utf-8") as handle:
+            # ASCII: file names that are not UTF-8 are escaped. A rename keeps the stamp.
+            json.dump(dict(record, array=_array_stamp(array_source)), handle)
+        identity = _file_identity(array_source)
+        os.replace(array_source, array_path)
         replaced = True
-        stamp = _array_stamp(array_path)
-        with open(record_path, "w", encoding="utf-8") as handle:
-            # ASCII: file names that are not UTF-8 are escaped.
-            json.dump(dict(record, array=stamp), handle)
-    except BaseException as exc:  # Ctrl-C too, while a long record is written
-        if replaced:
-            record_path.unlink(missing_ok=True)  # cut short
-            if from_partial:
-                # Back beside its record, whose stamp of it still holds: the next run
-                # goes on from these rows rather than embedding every image again.
-                os.replace(array_path, source)
-            else:
-                # Rows without their record would be taken for the user's own array,
-                # and stop the next run.
-                array_path.unlink(missing_ok=True)
+        os.replace(record_source, record_path)
+    except BaseException as exc:
+        record_source.unlink(missing_ok=True)
+        if replaced and from_partial:
+            # Back beside its record, whose stamp of it still holds: the next run goes
+            # on from these rows rather than embedding every image again.
+            os.replace(array_path, array_source)
+        elif replaced:
+            array_path.unlink(missing_ok=True)
+            record_path.unlink(missing_ok=True)
         elif not from_partial:
-            source.unlink(missing_ok=True)
+            array_source.unlink(missing_ok=True)
         if not isinstance(exc, OSError):
             raise
-        kept = f"; the embeddings stay in {source}, for the next run" if from_partial else ""
-        reason = f"{exc.strerror or exc}; a full disk?"
-        error = OSError(f"cannot write {array_path} ({reason}){kept}; free some space, or choose another --out")
+        kept = f"; the embeddings stay in {array_source}, for the next run" if from_partial else ""
+        full = exc.errno in (None, errno.ENOSPC, errno.EDQUOT)  # numpy's short write has none
+        reason = f"{exc.strerror or exc}{'; a full disk?' if full else ''}"
+        advice = "free some space, or choose another --out" if full else "choose another --out"
+        error = OSError(f"cannot write {array_path} ({reason}){kept}; {advice}")
         error.strerror = reason  # for a warning that names the file itself
         raise error from exc
     if from_partial:
         (out / PARTIAL_RECORD).unlink()
-    return stamp
+    return identity
 
 
 def _holds_already(record_path, array_path, record):
@@ -251,19 +265,23 @@ def keep_partial_embeddings(out, features, record, n_files, interrupted):
 
 
 def remove_partial_embeddings(out, stamps):
-    """Remove what a run stopped early kept in ``out``, now that a run on the files
-    of ``stamps`` has finished; say so where it held rows of other files, which that
-    run did not take up (rows of other settings its summary names)."""
+    """Remove what a run stopped early kept in ``out`` (and what a write that a kill
+    cut short left), now that a run on the files of ``stamps`` has finished; say so
+    where it held rows of other files, which that run did not take up (rows of other
+    settings its summary names)."""
+    for name in (EMBEDDINGS_FILE, EMBEDDINGS_RECORD, PARTIAL_FILE, PARTIAL_RECORD):
+        _being_written(out / name).unlink(missing_ok=True)
     array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
     if not (array_path.is_file() and is_our_record(record_path)):
         return
     try:
-        kept = {tuple(stamp) for stamp in json.loads(record_path.read_text(encoding="utf-8"))["files"] if stamp}
-    except (OSError, ValueError, TypeError):
+        kept = {stamp[0] for stamp in json.loads(record_path.read_text(encoding="utf-8"))["files"] if stamp}
+    except (OSError, ValueError, TypeError, IndexError):
         kept = set()
     record_path.unlink()
     array_path.unlink()
-    if other_files := len(kept - set(stamps)):
+    # By path: a file changed since (a chmod changes its ctime) was embedded anew.
+    if other_files := len(kept - {stamp[0] for stamp in stamps if stamp}):
         warn(f"removed {array_path}, the embeddings of a run stopped early, {other_files:,} of them of images "
              "this run did not cluster")
 

@@ -780,7 +780,7 @@ def _cluster_folder(args, folder, out):
     # Without --embeddings, those of a run stopped early only: the same command goes on from there.
     earlier_rows, changed_settings = earlier_embeddings(out, settings, partial_only=not args.embeddings)
     earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
-    kept = []  # the stamp of the partial embeddings written before the clustering
+    kept = []  # the identity of the partial embeddings written before the clustering
 
     def record_of(positions):
         return {"settings": settings, "files": [stamps[position] for position in positions]}

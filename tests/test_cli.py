@@ -2035,7 +2035,7 @@ def test_ctrl_c_while_the_record_is_written_keeps_the_embeddings_for_the_next_ru
     dump = json.dump
 
     def interrupted(record, handle, **kwargs):
-        if os.path.basename(handle.name) == "embeddings.json":
+        if os.path.basename(handle.name) == "embeddings.writing.json":
             raise KeyboardInterrupt
         return dump(record, handle, **kwargs)
 
@@ -2048,6 +2048,83 @@ def test_ctrl_c_while_the_record_is_written_keeps_the_embeddings_for_the_next_ru
     status, stdout, err = _run(capsys, *argv)
     assert status == 0, err
     assert counts == [] and "8 embeddings of an earlier run reused" in stdout
+
+
+def test_embeddings_that_cannot_be_renamed_into_place_leave_the_earlier_ones_usable(capsys, image_folder, tmp_path,
+                                                                                      monkeypatch):
+    # The earlier record went before the rename: failing (a notebook holding the array
+    # open, on Windows), it left the earlier rows without it, which then stopped every
+    # run as the user's own array; and a permission error was asked about a full disk.
+    import errno
+
+    import skdeepclust._run_files
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    Image.new("RGB", (30, 30), (10, 200, 10)).save(image_folder / "bright" / "new.jpg")
+    replace = os.replace
+
+    def held_open(source, target):
+        if os.path.basename(target) == "embeddings.npy":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return replace(source, target)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(skdeepclust._run_files.os, "replace", held_open)
+        status, _, err = _run(capsys, *argv)
+    assert status == 2
+    assert err.splitlines()[-1].endswith("(Permission denied); the embeddings stay in "
+                                         f"{out / 'embeddings.partial.npy'}, for the next run; choose another --out")
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [] and "9 embeddings of an earlier run reused" in stdout
+
+
+def test_while_the_new_record_is_written_the_earlier_embeddings_are_whole(capsys, image_folder, tmp_path,
+                                                                          monkeypatch):
+    # The record was written in place after the rows were renamed: a kill while it was
+    # written (a long one, for a million files) left the rows without it, and every
+    # image was embedded again.
+    from skdeepclust._run_files import earlier_embeddings
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    settings = json.loads((out / "embeddings.json").read_text())["settings"]
+    (image_folder / "dark" / "0.png").unlink()
+    dump, whole = json.dump, []
+
+    def as_a_kill_would_find_them(record, handle, **kwargs):
+        if os.path.basename(handle.name) == "embeddings.writing.json":
+            whole.append(len(earlier_embeddings(out, settings)[0]))
+        return dump(record, handle, **kwargs)
+
+    monkeypatch.setattr(json, "dump", as_a_kill_would_find_them)
+    assert _run(capsys, *argv)[0] == 0
+    assert whole == [8] and sorted(path.name for path in out.iterdir()) == [
+        "clusters.csv", "embeddings.json", "embeddings.npy", "montage.png"]
+
+
+def test_what_a_kill_left_is_removed_and_changed_files_are_not_called_others(capsys, image_folder, tmp_path,
+                                                                            monkeypatch):
+    # A write cut short by a kill stayed, gigabytes maybe; and after a chmod (which
+    # changes a file's ctime) the finished run warned of the very images it clustered.
+    from skdeepclust import cli
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    with monkeypatch.context() as patched:  # a long run, stopped; the next is not long
+        patched.setattr(cli, "EMBEDDING_SECONDS_WORTH_KEEPING", 0.0)
+        _interrupt_clustering_of_the_images(patched)
+        assert _run(capsys, *argv)[0] == 130
+    (out / "embeddings.partial.writing.npy").write_bytes(b"\x93NUMPY cut short by a kill")
+    for image in image_folder.rglob("*.*"):
+        os.chmod(image, 0o644)
+    status, _, err = _run(capsys, *argv)
+    assert status == 0 and err == ""
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
 
 
 def test_a_rerun_that_reuses_every_row_in_order_does_not_write_them_again(capsys, image_folder, tmp_path,
@@ -2075,7 +2152,7 @@ def test_a_record_that_cannot_be_written_keeps_the_embeddings_for_the_next_run(c
     dump = json.dump
 
     def disk_full(record, handle, **kwargs):
-        if os.path.basename(handle.name) == "embeddings.json":
+        if os.path.basename(handle.name) == "embeddings.writing.json":
             raise OSError(errno.ENOSPC, "No space left on device")
         return dump(record, handle, **kwargs)
 
