@@ -522,7 +522,7 @@ def _output_folder(path, save_embeddings, save_model=False, folders=False, keeps
 
 
 def _write_results(out, files, stage, features, embedding_record, model=None, labels=None,
-                   model_withheld=None, folders=False, partial_stamp=None):
+                   model_withheld=None, folders=False, partial_identity=None):
     """Write the results into ``out``; returns the paths of the files written.
 
     ``embedding_record`` (settings and file stamps, as ``earlier_embeddings`` reads
@@ -530,7 +530,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     model; None removes an earlier run's, and ``model_withheld`` says why a model
     asked for is not written. ``labels`` are the images' clusters, by default
     ``stage.labels_``. ``folders`` asks for OUT/by-cluster, whose earlier run's
-    links go otherwise. ``partial_stamp``: that of the partial embeddings that this run
+    links go otherwise. ``partial_identity``: that of the partial embeddings this run
     wrote before the clustering, which then become embeddings.npy.
     """
     from .embedding.decoding import ImageFileError
@@ -550,7 +550,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
     written = [out / RESULTS_FILE]
     if embedding_record is not None:
-        write_embeddings(out, features, embedding_record, kept_as=partial_stamp)
+        write_embeddings(out, features, embedding_record, kept_as=partial_identity)
         written.append(out / EMBEDDINGS_FILE)
     # Only an array with its record: one without is the user's own.
     record = out / EMBEDDINGS_RECORD
@@ -820,7 +820,7 @@ def _cluster_folder(args, folder, out):
     elif args.save_model:
         model = saved_model(embedder_params, args.random_state, stage, out)
     written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld,
-                             folders=args.folders, partial_stamp=kept[0] if kept else None)
+                             folders=args.folders, partial_identity=kept[0] if kept else None)
     # Once their rows are in embeddings.npy, or in this run's results.
     remove_partial_embeddings(out, stamps)
     n_noise = int(np.sum(stage.labels_ < 0))
