@@ -227,6 +227,9 @@ def write_embeddings(out, features, record, partial=False, kept_as=None):
         elif not from_partial:
             array_source.unlink(missing_ok=True)
         if not isinstance(exc, OSError):
+            if from_partial:  # Ctrl-C, say: the command says only "interrupted" of it
+                print(f"skdeepclust: kept the embeddings in {array_source}; a rerun into this --out goes on "
+                      "from there", file=sys.stderr)
             raise
         kept = f"; the embeddings stay in {array_source}, for the next run" if from_partial else ""
         full = exc.errno in (None, errno.ENOSPC, errno.EDQUOT)  # numpy's short write has none

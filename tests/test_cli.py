@@ -2043,7 +2043,10 @@ def test_ctrl_c_while_the_record_is_written_keeps_the_embeddings_for_the_next_ru
     argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", "--n-clusters", "2", *TINY_ARGS]
     with monkeypatch.context() as patched:
         patched.setattr(json, "dump", interrupted)
-        assert _run(capsys, *argv)[0] == 130
+        status, _, err = _run(capsys, *argv)
+    assert status == 130
+    assert err == (f"skdeepclust: kept the embeddings in {out / 'embeddings.partial.npy'}; a rerun into this --out "
+                   "goes on from there\nskdeepclust: interrupted\n")
     counts = _embedded_counts(monkeypatch)
     status, stdout, err = _run(capsys, *argv)
     assert status == 0, err
