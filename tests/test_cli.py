@@ -258,7 +258,8 @@ def test_files_left_out_before_the_embedding_are_listed_at_the_end_too(capsys, i
     listed = stdout[stdout.index("skipped 4 unreadable file(s):\n"):].splitlines()[1:]
     assert listed[:4] == [f"  {image_folder / name}" for name in [
         "bright/.IMG_0002.JPG.icloud: in iCloud, not downloaded", "bright/IMG_0001.HEIC: Pillow cannot read .heic "
-        "files here", "dark/broken.jpg: cannot identify image file", "dark/gone.jpg: leads to no file that can be read"]]
+        "files here", "dark/broken.jpg: cannot identify image file",
+        "dark/gone.jpg: leads to no file that can be read"]]
     assert listed[4].startswith("HEIC/HEIF files are read once pillow-heif is installed")
     assert listed[4].endswith("Of those in iCloud: download them (in the Finder, 'Download Now' on their "
                               "folder) and run again.") and len(listed) == 5

@@ -727,7 +727,8 @@ def test_every_kind_of_transparency_pillow_reads_is_shown_on_white(tmp_path, mod
 @pytest.mark.parametrize("mode", ["LA", "RGBA"])
 def test_premultiplied_alpha_images_are_shown_on_white_as_their_straight_alpha_twins(mode):
     # A PIL image in mode "La" failed with "conversion from La to L not supported".
-    channels = np.stack([np.full((4, 4), 120, np.uint8)] * (len(mode) - 1) + [np.arange(0, 256, 17, np.uint8).reshape(4, 4)], -1)
+    alpha = np.arange(0, 256, 17, np.uint8).reshape(4, 4)
+    channels = np.stack([np.full((4, 4), 120, np.uint8)] * (len(mode) - 1) + [alpha], -1)
     straight = Image.fromarray(channels, mode)
     premultiplied = straight.convert(mode[:-1] + "a")
     batches = [next(as_images([image]).batches(1)).int() for image in (straight, premultiplied)]
