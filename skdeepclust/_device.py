@@ -205,20 +205,20 @@ def _cgroup_memory_left(cgroup="/sys/fs/cgroup"):
     return None
 
 
-def available_memory() -> int | None:
+def available_memory(meminfo="/proc/meminfo") -> int | None:
     """Bytes of memory this process may take without swapping: Linux's MemAvailable
     (less where a container's limit says so), elsewhere the physical memory; None
     where neither can be read (Windows)."""
     available = None
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
+        with open(meminfo) as lines:
+            available = next((int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:")), None)
     except (OSError, ValueError):
+        pass
+    if available is None:  # not Linux, or a kernel older than 3.14
         try:
             available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (AttributeError, ValueError, OSError):
-            return None
-    limited = _cgroup_memory_left()
-    return available if limited is None or available is None else min(available, limited)
+            pass
+    known = [memory for memory in (available, _cgroup_memory_left()) if memory is not None]
+    return min(known) if known else None

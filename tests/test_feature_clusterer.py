@@ -1,4 +1,5 @@
 import importlib.util
+import os
 import warnings
 
 import numpy as np
@@ -606,3 +607,18 @@ def test_a_containers_memory_limit_counts_files_read_and_not_used_since_as_free(
     assert _cgroup_memory_left(str(tmp_path / "v1")) == 1_500_000_000
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
     assert _cgroup_memory_left(str(tmp_path / "v1")) is None
+
+
+def test_memory_is_known_on_a_kernel_without_memavailable(tmp_path, monkeypatch):
+    # Kernels before 3.14 write no MemAvailable line; a container's limit still holds.
+    from skdeepclust import _device
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:         8000000 kB\n")
+    monkeypatch.setattr(_device, "_cgroup_memory_left", lambda: 2_000_000)
+    assert _device.available_memory(str(meminfo)) == 2_000_000
+    monkeypatch.setattr(_device, "_cgroup_memory_left", lambda: None)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert _device.available_memory(str(meminfo)) == physical
+    meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:    1000 kB\n")
+    assert _device.available_memory(str(meminfo)) == 1000 * 1024
