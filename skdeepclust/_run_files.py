@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,31 @@ def _model_folder_files(folder):
         found += [os.path.join(root, name) for name in names
                   if not name.startswith(".") and name.lower().endswith(_MODEL_FOLDER_SUFFIXES)]
     return sorted(found)
+
+
+@contextmanager
+def only_run_writing_into(out):
+    """Hold ``out`` for this run alone: a second run into the same folder would
+    reuse, rewrite or remove the embeddings and results this one is making. The
+    lock goes with the process, so a run that is killed leaves none behind. Where
+    the system has no such locks (Windows, some network drives) runs are not kept apart."""
+    try:
+        import fcntl
+        handle = os.open(out, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"--out {out}: another skdeepclust run is writing there now; wait for it "
+                            "to end, or choose another --out") from None
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(handle)
 
 
 def file_stamp(path):

@@ -41,6 +41,7 @@ from ._run_files import (
     is_our_record,
     keep_partial_embeddings,
     load_model,
+    only_run_writing_into,
     remove_partial_embeddings,
     saved_model,
     write_embeddings,
@@ -454,6 +455,46 @@ def _metrics_line(y, labels):
     return f"{line}  ({noise} scored as one more cluster; counted as wrong, accuracy {strict:.3f})"
 
 
+def _check_output_files(out, path, save_embeddings, save_model, keeps_partial):
+    """Refuse an --out whose files of the names a run writes are folders, read-only,
+    or the user's own, or in which nothing can be written."""
+    earlier_run = _holds_results_table(out)
+    embeddings = ((EMBEDDINGS_FILE, EMBEDDINGS_RECORD) if save_embeddings else ()) + (
+        (PARTIAL_FILE, PARTIAL_RECORD) if keeps_partial else ())
+    for name in (RESULTS_FILE, MONTAGE_FILE) + embeddings + ((MODEL_FILE,) if save_model else ()):
+        target = out / name
+        if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
+            raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
+                            "read-only; move it, or choose another --out")
+        if not target.exists():
+            continue
+        # A run writes its clusters.csv first, so a file of these names beside no
+        # clusters.csv of ours is the user's own, which must not be overwritten; a
+        # run stopped early leaves only records, and a model anywhere holds a tag,
+        # which say whose they are. An array comes with its record (which is
+        # checked in turn): without one, it is the user's.
+        if name == MODEL_FILE:
+            theirs = not is_our_model(target)
+        elif name in _RECORD_OF_ARRAY:
+            theirs = not (out / _RECORD_OF_ARRAY[name]).is_file()
+        elif earlier_run:
+            theirs = False
+        elif name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
+            theirs = not is_our_record(target)
+        else:
+            theirs = name in (RESULTS_FILE, MONTAGE_FILE)
+        if theirs:
+            article = "an" if name[0] in "aeiou" else "a"
+            raise UserError(f"--out {path}: it holds {article} {name} that no skdeepclust run wrote, "
+                            "which would be overwritten; move it, or choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UserError(f"--out {path}: cannot write in this folder ({exc.strerror or exc}); "
+                        "choose another --out") from None
+
+
 @contextlib.contextmanager
 def _output_folder(path, save_embeddings, save_model=False, folders=False, keeps_partial=False):
     """``path`` as a folder, made and checked now so that a bad one fails before the
@@ -475,44 +516,11 @@ def _output_folder(path, save_embeddings, save_model=False, folders=False, keeps
     except OSError as exc:
         raise UserError(f"--out {path}: cannot make this folder ({exc.strerror or exc})") from None
     try:
-        earlier_run = _holds_results_table(out)
-        embeddings = ((EMBEDDINGS_FILE, EMBEDDINGS_RECORD) if save_embeddings else ()) + (
-            (PARTIAL_FILE, PARTIAL_RECORD) if keeps_partial else ())
-        for name in (RESULTS_FILE, MONTAGE_FILE) + embeddings + ((MODEL_FILE,) if save_model else ()):
-            target = out / name
-            if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
-                raise UserError(f"--out {path}: cannot write {name} there, as it is a folder or "
-                                "read-only; move it, or choose another --out")
-            if not target.exists():
-                continue
-            # A run writes its clusters.csv first, so a file of these names beside no
-            # clusters.csv of ours is the user's own, which must not be overwritten; a
-            # run stopped early leaves only records, and a model anywhere holds a tag,
-            # which say whose they are. An array comes with its record (which is
-            # checked in turn): without one, it is the user's.
-            if name == MODEL_FILE:
-                theirs = not is_our_model(target)
-            elif name in _RECORD_OF_ARRAY:
-                theirs = not (out / _RECORD_OF_ARRAY[name]).is_file()
-            elif earlier_run:
-                theirs = False
-            elif name in (EMBEDDINGS_RECORD, PARTIAL_RECORD):
-                theirs = not is_our_record(target)
-            else:
-                theirs = name in (RESULTS_FILE, MONTAGE_FILE)
-            if theirs:
-                article = "an" if name[0] in "aeiou" else "a"
-                raise UserError(f"--out {path}: it holds {article} {name} that no skdeepclust run wrote, "
-                                "which would be overwritten; move it, or choose another --out")
-        try:
-            with tempfile.TemporaryFile(dir=out):
-                pass
-        except OSError as exc:
-            raise UserError(f"--out {path}: cannot write in this folder ({exc.strerror or exc}); "
-                            "choose another --out") from None
-        if folders:
-            check_cluster_folders(out)
-        yield out
+        with only_run_writing_into(out):
+            _check_output_files(out, path, save_embeddings, save_model, keeps_partial)
+            if folders:
+                check_cluster_folders(out)
+            yield out
     except BaseException:
         for folder in made_now:
             if not folder.is_dir() or any(folder.iterdir()):

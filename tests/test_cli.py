@@ -2318,3 +2318,30 @@ def test_a_link_to_an_image_found_already_is_clustered_once(capsys, image_folder
     assert err == (f"skdeepclust: warning: Skipped 1 link(s) to image files found already, so that each image is "
                    f"taken once: '{image_folder / 'favourites' / 'best.png'}'.\n")
     assert stdout.startswith("8 images") and len(_clusters_table(tmp_path / "out")) == 8
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows has no folder locks; runs into one --out are not kept apart")
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(capsys, image_folder, tmp_path,
+                                                                        monkeypatch):
+    # The second would reuse or remove the embeddings the first is writing.
+    from skdeepclust import cli
+
+    out = tmp_path / "out"
+    embed = cli._embed_readable
+    refusals = []
+
+    def embed_while_another_run_starts(embedder, files):
+        for extra in ([], ["--embeddings", "--folders"]):
+            refusals.append(_run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                                 *extra, *TINY_ARGS))
+        return embed(embedder, files)
+
+    monkeypatch.setattr(cli, "_embed_readable", embed_while_another_run_starts)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0, err
+    for second_status, _, second_err in refusals:
+        assert second_status == 2
+        assert "another skdeepclust run is writing there now" in second_err
+    monkeypatch.setattr(cli, "_embed_readable", embed)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0, err  # the first run's lock went with it
