@@ -1085,6 +1085,8 @@ def main(argv=None):
     try:
         with warnings.catch_warnings(), _escaping_output():
             warnings.showwarning = _library_warning_printer(vars(args))
+            # The command's own summary says so, "in 0 clusters, 6 left out as noise".
+            warnings.filterwarnings("ignore", message=r"\w+ found no cluster: it marked all")
             return args.run(args)
     except PretrainedWeightsUnavailable as exc:
         if _model_source(exc.backbone) == "hf-hub":  # its architecture is on the hub too

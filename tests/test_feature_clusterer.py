@@ -225,10 +225,24 @@ def test_label_free_score_copies_only_the_rows_it_samples(monkeypatch):
 
 def test_density_clusterer_that_finds_only_noise_predicts_noise(blobs):
     X, _ = blobs
-    est = FeatureClusterer(DBSCAN(eps=1e-6, min_samples=5)).fit(X)
+    # and says so, with what to change: a result of all -1 is easily taken for a clustering
+    with pytest.warns(ConvergenceWarning, match=rf"DBSCAN found no cluster: it marked all {len(X)} samples as "
+                      r"noise \(-1\), so predict gives -1 to every sample. Loosen its density settings \(DBSCAN: "
+                      "a larger eps"):
+        est = FeatureClusterer(DBSCAN(eps=1e-6, min_samples=5)).fit(X)
     assert est.cluster_centers_.shape == (0, 2)
     np.testing.assert_array_equal(est.predict(X[:4]), -1)
     assert est.score(X[:10]) == 0.0
+
+
+def test_a_named_density_clusterer_that_finds_only_noise_says_so():
+    uniform = np.random.default_rng(0).normal(size=(30, 8))
+    with pytest.warns(ConvergenceWarning, match="HDBSCAN found no cluster: .* The samples may hold no group dense "
+                      "enough for it; or use 'kmeans' with n_clusters"):
+        FeatureClusterer("hdbscan").fit(uniform)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FeatureClusterer(DBSCAN(eps=0.3)).fit(uniform / np.linalg.norm(uniform, axis=1, keepdims=True) * 0.01)
 
 
 def test_label_free_score_prefers_the_true_number_of_clusters(blobs):

@@ -268,6 +268,20 @@ def _warn_of_empty_clusters(clusterer, cluster_ids):
     )
 
 
+def _warn_of_no_cluster(clusterer, n_samples, given_as_instance):
+    """Warn when a density-based clusterer marked every sample as noise: predict then
+    gives -1 to every sample, which is easily taken for a clustering."""
+    advice = ("Loosen its density settings (DBSCAN: a larger eps, as L2-normalised features lie at most 2 "
+              "apart; HDBSCAN, OPTICS: a smaller min_samples or min_cluster_size)" if given_as_instance
+              else "The samples may hold no group dense enough for it")
+    warnings.warn(
+        f"{type(clusterer).__name__} found no cluster: it marked all {n_samples} samples as noise (-1), so "
+        f"predict gives -1 to every sample. {advice}; or use 'kmeans' with n_clusters.",
+        ConvergenceWarning,
+        stacklevel=stacklevel_of_user_code(),
+    )
+
+
 def _clusterer_has(method):
     """For ``available_if``: the fitted clusterer, or before fit the one that would be built."""
 
@@ -406,7 +420,8 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
     ``predict`` uses the clusterer's own ``predict`` when it has one. For those
     without (agglomerative, spectral, DBSCAN, HDBSCAN) a new row goes to the
     nearest cluster centre (Euclidean distance to ``cluster_centers_``), so it
-    receives the noise label -1 only when no cluster was found at all. On the
+    receives the noise label -1 only when no cluster was found at all (``fit``
+    warns of that, with the settings to loosen). On the
     training rows it can therefore differ from ``labels_``, the clusterer's own
     grouping: HDBSCAN's noise rows get the nearest cluster (with SimCLR features
     of 500 to 10,000 CIFAR-10 photos HDBSCAN left 43% to 81% as noise; its other
@@ -526,6 +541,8 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         self.labels_ = np.asarray(labels).astype(np.int64, copy=False)
         self.cluster_ids_ = np.unique(self.labels_[self.labels_ >= 0])
         _warn_of_empty_clusters(clusterer, self.cluster_ids_)
+        if self.cluster_ids_.size == 0:
+            _warn_of_no_cluster(clusterer, X.shape[0], given_as_instance=not isinstance(self.clusterer, str))
         self.cluster_centers_ = _cluster_means(
             X, self.labels_, self.cluster_ids_, fit_params.get("sample_weight")
         )
