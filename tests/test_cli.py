@@ -2345,3 +2345,499 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(capsys, 
     monkeypatch.setattr(cli, "_embed_readable", embed)
     status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
     assert status == 0, err  # the first run's lock went with it
+
+
+def test_an_image_rewritten_in_place_with_its_old_mtime_set_back_is_embedded_again(capsys, image_folder, tmp_path,
+                                                                                   monkeypatch):
+    # The same path, size, mtime and inode: only the ctime tells the new picture from the old.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    image = image_folder / "dark" / "a.bmp"
+    Image.new("RGB", (30, 30), (200, 10, 10)).save(image)
+    assert _run(capsys, *argv)[0] == 0
+    before = os.stat(image)
+    import io
+
+    blue = io.BytesIO()
+    Image.new("RGB", (30, 30), (10, 10, 200)).save(blue, "BMP")  # a BMP of the same size
+    with open(image, "r+b") as handle:  # in place: the same inode
+        handle.write(blue.getvalue())
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))  # as cp -p or tar set it
+    after = os.stat(image)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [1] and "8 embeddings of an earlier run reused" in stdout
+
+
+def test_kept_embeddings_of_images_of_the_same_names_in_another_folder_are_other_images(capsys, image_folder,
+                                                                                        tmp_path_factory,
+                                                                                        monkeypatch):
+    # Cameras name their photos alike (IMG_0001.JPG): the rows removed are counted by path, not by name.
+    import shutil
+
+    out = image_folder / "out"
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+                    *TINY_ARGS)[0] == 130
+    copy = tmp_path_factory.mktemp("copy")
+    for name in ("dark", "bright"):
+        shutil.copytree(image_folder / name, copy / name)
+    status, _, err = _run(capsys, "cluster", str(copy), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0
+    assert err == (f"skdeepclust: warning: removed {out / 'embeddings.partial.npy'}, the embeddings of a run stopped "
+                   "early, 8 of them of images this run did not cluster\n")
+
+
+def test_a_record_whose_embeddings_npy_was_removed_is_no_reason_for_a_warning(capsys, image_folder, tmp_path,
+                                                                               monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    (out / "embeddings.npy").unlink()  # the user's to remove
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0 and err == "" and counts == [8]
+    assert np.load(out / "embeddings.npy").shape == (8, 64)
+
+
+def _rewrite_record(out, change, name="embeddings.json"):
+    record = json.loads((out / name).read_text())
+    change(record)
+    (out / name).write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda record: record.update(files=[[stamp[0], stamp[1:]] for stamp in record["files"]]),
+     "a file stamp is not a path and numbers"),
+    (lambda record: record.update(settings="skdeepclust 0.0"), "its record"),
+    (lambda record: record.update(files=8), "its record"),
+])
+def test_a_record_of_another_form_is_embedded_anew_with_a_warning(capsys, image_folder, tmp_path, monkeypatch,
+                                                                  change, reason):
+    # As a hand edit or another version may leave it, with the array untouched.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    _rewrite_record(out, change)
+    counts = _embedded_counts(monkeypatch)
+    status, _, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [8]
+    assert err.startswith(f"skdeepclust: warning: cannot reuse {out / 'embeddings.npy'}: ") and reason in err
+
+
+def test_a_record_without_its_list_of_files_ends_in_the_commands_words(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    _rewrite_record(out, lambda record: record.pop("files"))
+    status, _, err = _run(capsys, *argv)  # reused or refused, but no traceback
+    assert status in (0, 2)
+    assert all(line.startswith("skdeepclust: ") for line in err.splitlines()), err
+
+
+@pytest.mark.parametrize("array", [np.ones((3, 64), np.float32), np.ones((8, 64)), np.ones(8, np.float32)],
+                         ids=["fewer rows", "float64", "one dimension"])
+def test_an_array_that_does_not_hold_the_rows_its_record_lists_is_not_reused(capsys, image_folder, tmp_path,
+                                                                            monkeypatch, array):
+    # The record's stamp of the array edited to match, by hand or by another program.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    np.save(out / "embeddings.npy", array)
+    stamp = [os.stat(out / "embeddings.npy").st_size, os.stat(out / "embeddings.npy").st_mtime_ns]
+    _rewrite_record(out, lambda record: record.update(array=stamp))
+    counts = _embedded_counts(monkeypatch)
+    status, _, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [8]
+    assert "does not hold the 8 float32 rows that" in err and err.endswith("every image is embedded anew\n")
+    assert np.load(out / "embeddings.npy").shape == (8, 64)
+
+
+def test_other_weights_after_random_ones_do_not_name_the_seed(capsys, image_folder, tmp_path):
+    # The seed is recorded for random weights only: it is no other setting of loaded weights.
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "weights.safetensors"
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(weights))
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    status, stdout, err = _run(capsys, *argv[:-len(TINY_ARGS)], *TINY_ARGS[:2], "--pretrained", str(weights),
+                               *TINY_ARGS[4:])
+    assert status == 0, err
+    assert "were not reused, as they were made with another --pretrained" in stdout
+    assert "--random-state" not in stdout
+
+
+def test_a_record_with_a_setting_this_version_does_not_know_says_why_it_was_not_reused(capsys, image_folder,
+                                                                                       tmp_path, monkeypatch):
+    # Written by a build of the same version with one more setting (as the decoding revision was added).
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    _rewrite_record(out, lambda record: record["settings"].update(colour_space="lab"))
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0 and err == "" and counts == [8]
+    assert f"the embeddings of an earlier run in {out} were not reused, as they were made with another " in stdout
+
+
+def _failing_replace(monkeypatch, name):
+    """Make os.replace onto ``name`` in _run_files fail, as a file held open on Windows does."""
+    import errno
+
+    import skdeepclust._run_files
+
+    replace = os.replace
+
+    def held_open(source, target):
+        if os.path.basename(target) == name:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return replace(source, target)
+
+    monkeypatch.setattr(skdeepclust._run_files.os, "replace", held_open)
+
+
+def _whole_pairs(out):
+    """Whether each array of embeddings in ``out`` lies beside the record that lists it, and nothing is left
+    half-written."""
+    for array, record in (("embeddings.npy", "embeddings.json"), ("embeddings.partial.npy",
+                                                                 "embeddings.partial.json")):
+        if (out / array).exists():
+            status = os.stat(out / array)
+            if json.loads((out / record).read_text())["array"] != [status.st_size, status.st_mtime_ns]:
+                return False
+    return not any(".writing." in path.name for path in out.iterdir())
+
+
+def test_earlier_embeddings_stay_with_their_record_when_the_new_ones_cannot_be_renamed(capsys, image_folder,
+                                                                                      tmp_path, monkeypatch):
+    # All rows reused in another order: written anew, with no partial copy to fall back on.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv, "--n-clusters", "2")[0] == 0
+    (image_folder / "dark" / "0.png").unlink()
+    with monkeypatch.context() as patched:
+        _failing_replace(patched, "embeddings.npy")
+        status, _, err = _run(capsys, *argv, "--n-clusters", "3")
+    assert status == 2 and err.splitlines()[-1].endswith("(Permission denied); choose another --out")
+    assert _whole_pairs(out) and len(json.loads((out / "embeddings.json").read_text())["files"]) == 8
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv, "--n-clusters", "3")
+    assert status == 0 and err == "" and counts == []
+    assert "7 embeddings of an earlier run reused" in stdout
+
+
+@pytest.mark.parametrize("kept_before_the_clustering", [True, False])
+def test_embeddings_whose_record_cannot_be_renamed_leave_no_array_beside_another_record(
+        capsys, image_folder, tmp_path, monkeypatch, kept_before_the_clustering):
+    # The rows kept before the clustering go back to embeddings.partial.npy beside their record;
+    # rows written anew go, rather than stay beside the earlier record that does not list them.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", *TINY_ARGS]
+    if not kept_before_the_clustering:  # all rows reused in another order: no partial copy is written
+        assert _run(capsys, *argv, "--n-clusters", "2")[0] == 0
+        (image_folder / "dark" / "0.png").unlink()
+    with monkeypatch.context() as patched:
+        _failing_replace(patched, "embeddings.json")
+        status, _, err = _run(capsys, *argv, "--n-clusters", "3")
+    assert status == 2 and "(Permission denied" in err and err.splitlines()[-1].endswith("choose another --out")
+    assert _whole_pairs(out)
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv, "--n-clusters", "3")
+    assert status == 0 and err == ""
+    if kept_before_the_clustering:
+        assert counts == [] and "8 embeddings of an earlier run reused" in stdout
+    else:
+        assert counts == [7]
+
+
+def test_an_edited_array_is_written_anew_when_no_copy_could_be_kept_before_the_clustering(capsys, image_folder,
+                                                                                          tmp_path, monkeypatch):
+    # Its record still lists the files in order: only the array's stamp says its rows are not the new ones.
+    import errno
+
+    import skdeepclust._run_files
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    np.save(out / "embeddings.npy", 10 * np.load(out / "embeddings.npy"))
+    save = np.save
+
+    def disk_full(path, array):
+        if os.path.basename(path) == "embeddings.partial.writing.npy":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(path, array)
+
+    monkeypatch.setattr(skdeepclust._run_files.np, "save", disk_full)
+    status, _, err = _run(capsys, *argv)
+    assert status == 0 and "could not keep the embeddings" in err
+    np.testing.assert_allclose(np.linalg.norm(np.load(out / "embeddings.npy"), axis=1), 1.0, atol=1e-5)
+
+
+def test_what_a_kill_left_of_embeddings_npy_is_removed_too(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    (out / "embeddings.writing.npy").write_bytes(b"\x93NUMPY cut short by a kill")
+    (out / "embeddings.writing.json").write_text('{"settings": {}, "fi')
+    status, _, err = _run(capsys, *argv)
+    assert status == 0 and err == ""
+    assert sorted(path.name for path in out.iterdir()) == [
+        "clusters.csv", "embeddings.json", "embeddings.npy", "montage.png"]
+
+
+def test_a_users_own_partial_array_and_json_beside_a_run_are_not_removed(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    mine = np.arange(10.0)
+    np.save(out / "embeddings.partial.npy", mine)
+    (out / "embeddings.partial.json").write_text('{"my": "notes"}')  # not a record of a run
+    assert _run(capsys, *argv)[0] in (0, 2)  # taken as the user's, or refused
+    np.testing.assert_array_equal(np.load(out / "embeddings.partial.npy"), mine)
+    assert (out / "embeddings.partial.json").read_text() == '{"my": "notes"}'
+
+
+def test_kept_embeddings_with_a_spoilt_record_are_removed_by_a_finished_run(capsys, image_folder, tmp_path,
+                                                                           monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        assert _run(capsys, *argv, "--embeddings")[0] == 130
+    _rewrite_record(out, lambda record: record.update(files=list(range(8))), "embeddings.partial.json")
+    status, _, err = _run(capsys, *argv)
+    assert status == 0 and "cannot reuse" in err
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
+
+
+def test_a_users_own_embeddings_and_json_beside_a_run_are_not_removed_by_a_rerun(capsys, image_folder, tmp_path):
+    # Only a record of a run says the array beside it is the run's, to be removed as stale.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    mine = np.arange(10.0)
+    np.save(out / "embeddings.npy", mine)
+    (out / "embeddings.json").write_text('{"model": "my own"}')
+    status, _, err = _run(capsys, *argv)
+    assert status == 0 and err == ""
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), mine)
+    assert (out / "embeddings.json").read_text() == '{"model": "my own"}'
+
+
+def test_embeddings_with_a_record_beside_no_run_are_left_alone_by_a_run_without_embeddings(capsys, image_folder,
+                                                                                            tmp_path,
+                                                                                            tmp_path_factory):
+    # Copied in from another run's folder, say: beside no clusters.csv of ours, files are the user's.
+    import shutil
+
+    out, elsewhere = tmp_path / "out", tmp_path_factory.mktemp("elsewhere")
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", *TINY_ARGS]
+    assert _run(capsys, *argv, "--out", str(elsewhere), "--embeddings")[0] == 0
+    out.mkdir()
+    for name in ("embeddings.npy", "embeddings.json"):
+        shutil.copy2(elsewhere / name, out / name)
+    status, _, err = _run(capsys, *argv, "--out", str(out))
+    assert status == 0 and err == ""
+    assert sorted(path.name for path in out.iterdir()) == [
+        "clusters.csv", "embeddings.json", "embeddings.npy", "montage.png"]
+
+
+def test_a_users_own_by_cluster_folder_of_links_beside_no_run_is_left_alone(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    (out / "by-cluster" / "favourites").mkdir(parents=True)
+    (out / "by-cluster" / "favourites" / "best.png").symlink_to(image_folder / "dark" / "0.png")
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 0 and err == ""
+    assert (out / "by-cluster" / "favourites" / "best.png").is_symlink()
+
+
+def test_a_quick_run_that_goes_on_from_kept_embeddings_keeps_them_again_when_stopped(capsys, image_folder, tmp_path,
+                                                                                    monkeypatch):
+    # The run that kept them was long; this one is quick, but what it reused took as long to make.
+    from skdeepclust import cli
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--batch-size", "2", *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        patched.setattr(cli, "EMBEDDING_SECONDS_WORTH_KEEPING", 0.0)
+        interrupt_embedding_at(patched, 3)
+        assert _run(capsys, *argv)[0] == 130  # 4 of the 8 kept
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        status, _, err = _run(capsys, *argv)
+    assert status == 130
+    assert err.startswith(f"skdeepclust: kept the embeddings of all 8 images in {out / 'embeddings.partial.npy'}")
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0 and err == "" and counts == []
+    assert "8 embeddings of an earlier run reused" in stdout
+
+
+def test_a_quick_run_without_embeddings_stopped_while_clustering_writes_nothing(capsys, image_folder, tmp_path,
+                                                                               monkeypatch):
+    out = tmp_path / "out"
+    _interrupt_clustering_of_the_images(monkeypatch)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS)
+    assert status == 130 and err == "skdeepclust: interrupted\n"
+    assert not out.exists()  # made by this run, and left empty
+
+
+def test_ctrl_c_while_embedding_new_files_keeps_each_reused_and_new_row_with_its_file(capsys, image_folder,
+                                                                                       tmp_path, monkeypatch):
+    # The rows kept are the reused ones and then the new: their files must be listed in that order too.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+            "--batch-size", "1", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    Image.new("RGB", (30, 30), (10, 200, 10)).save(image_folder / "bright" / "0new.jpg")  # before the others
+    Image.new("RGB", (30, 30), (200, 10, 200)).save(image_folder / "dark" / "new.png")
+    with monkeypatch.context() as patched:
+        interrupt_embedding_at(patched, 2)
+        status, _, err = _run(capsys, *argv)
+    assert status == 130 and "kept the embeddings of 9 of the 10 images" in err
+    (out / "embeddings.npy").unlink()  # only the kept rows are left to reuse
+    (out / "embeddings.json").unlink()
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [1] and "9 embeddings of an earlier run reused" in stdout
+    fresh = tmp_path / "fresh"
+    assert _run(capsys, *argv[:5], str(fresh), *argv[6:])[0] == 0
+    np.testing.assert_allclose(np.load(out / "embeddings.npy"), np.load(fresh / "embeddings.npy"), atol=1e-5)
+
+
+def test_an_unreadable_file_before_the_others_shifts_no_kept_row_onto_another_file(capsys, image_folder, tmp_path,
+                                                                                  monkeypatch):
+    # Stopped after the embedding: the kept rows are those of the readable files, by their positions.
+    (image_folder / "bright" / "0broken.jpg").write_bytes(b"not a jpeg")  # the first file
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        status, _, err = _run(capsys, *argv)
+    assert status == 130 and "kept the embeddings of 8 of the 9 images" in err
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0 and "0broken.jpg" in err
+    assert counts == [1] and "8 embeddings of an earlier run reused" in stdout
+    fresh = tmp_path / "fresh"
+    assert _run(capsys, *argv[:5], str(fresh), *argv[6:])[0] == 0
+    np.testing.assert_allclose(np.load(out / "embeddings.npy"), np.load(fresh / "embeddings.npy"), atol=1e-5)
+
+
+def test_a_by_cluster_that_is_a_link_to_a_users_folder_is_refused_before_the_embedding(capsys, image_folder,
+                                                                                         tmp_path, monkeypatch):
+    mine = tmp_path / "sorted by hand"
+    mine.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "by-cluster").symlink_to(mine)
+    counts = _embedded_counts(monkeypatch)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--folders",
+                          *TINY_ARGS)
+    assert status == 2 and counts == []
+    assert err == (f"skdeepclust: error: --out {out}: {out / 'by-cluster'} is not a folder of links that a run "
+                   "made; move it, or choose another --out\n")
+    assert list(mine.iterdir()) == []
+
+
+def test_the_links_of_a_run_on_links_lead_to_the_images_themselves(capsys, image_folder, tmp_path):
+    # Links to the earlier run's links would go dead once that run's by-cluster is replaced.
+    out, again = tmp_path / "out", tmp_path / "again"
+    assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--folders",
+                *TINY_ARGS)[0] == 0
+    assert _run(capsys, "cluster", str(out / "by-cluster" / "cluster-0"), "--n-clusters", "1", "--out", str(again),
+                "--folders", *TINY_ARGS)[0] == 0
+    links = [path for path in (again / "by-cluster").rglob("*") if path.is_symlink()]
+    images = Path(os.path.realpath(image_folder))
+    assert links and all(Path(os.readlink(link)).parent.parent == images for link in links)
+    assert sorted(path.name for path in again.iterdir()) == ["by-cluster", "clusters.csv", "montage.png"]
+
+
+def test_a_by_cluster_that_is_a_link_beside_a_run_is_not_emptied(capsys, image_folder, tmp_path):
+    out, mine = tmp_path / "out", tmp_path / "my links"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    mine.mkdir()
+    (mine / "best.png").symlink_to(image_folder / "dark" / "0.png")
+    (out / "by-cluster").symlink_to(mine)
+    assert _run(capsys, *argv)[0] == 0
+    assert (mine / "best.png").is_symlink() and (out / "by-cluster").is_symlink()
+
+
+def test_a_link_to_a_folder_in_an_earlier_runs_by_cluster_does_not_stop_the_new_one(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--folders", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    (out / "by-cluster" / "cluster-0" / "dark").symlink_to(image_folder / "dark")
+    status, _, err = _run(capsys, *argv)
+    assert status == 0 and err == ""
+    assert _cluster_links(out) == {f"cluster-{cluster}/{os.path.basename(file)}": os.path.realpath(file)
+                                   for file, cluster in _clusters_table(out)}
+    assert (image_folder / "dark" / "0.png").is_file()
+
+
+def test_cluster_folders_that_cannot_be_made_are_a_warning(tmp_path, capsys):
+    from skdeepclust._cluster_folders import write_cluster_folders
+
+    (tmp_path / "file").write_bytes(b"not a folder")
+    assert write_cluster_folders(tmp_path / "file", [str(tmp_path / "a.png")], np.array([0])) is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"skdeepclust: warning: {tmp_path / 'file' / 'by-cluster'} not written: ")
+    assert err.endswith("; clusters.csv holds every image's cluster\n")
+
+
+def test_a_record_that_is_not_an_object_ends_in_the_commands_words(capsys, image_folder, tmp_path, monkeypatch):
+    # No copy kept before the clustering: the record is read again before embeddings.npy is written.
+    import errno
+
+    import skdeepclust._run_files
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    (out / "embeddings.json").write_text("[]")
+    save = np.save
+
+    def disk_full(path, array):
+        if os.path.basename(path) == "embeddings.partial.writing.npy":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(path, array)
+
+    monkeypatch.setattr(skdeepclust._run_files.np, "save", disk_full)
+    status, _, err = _run(capsys, *argv)  # written anew or refused, but no traceback
+    assert status in (0, 2)
+    assert all(line.startswith("skdeepclust: ") for line in err.splitlines()), err
+
+
+def test_a_folder_in_by_cluster_that_cannot_be_listed_is_refused_before_the_embedding(capsys, image_folder, tmp_path,
+                                                                                      monkeypatch):
+    # What it holds may be the user's; os.walk passes over it but for its onerror (a chmod that root ignores).
+    from skdeepclust import _cluster_folders
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--folders", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    private = out / "by-cluster" / "private"
+    walk = os.walk
+
+    def private_unlisted(top, *args, **kwargs):
+        if Path(top) == out / "by-cluster" and kwargs.get("onerror"):
+            kwargs["onerror"](PermissionError(13, "Permission denied", str(private)))
+        return walk(top, *args, **kwargs)
+
+    monkeypatch.setattr(_cluster_folders.os, "walk", private_unlisted)
+    counts = _embedded_counts(monkeypatch)
+    status, _, err = _run(capsys, *argv)
+    assert status == 2 and counts == []
+    assert err == (f"skdeepclust: error: --out {out}: {out / 'by-cluster'} holds {private}, which is not a link that "
+                   "a run made (files sorted by hand?); move the folder, or choose another --out\n")
