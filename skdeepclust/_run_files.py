@@ -279,18 +279,39 @@ def _holds_already(record_path, array_path, record):
         return False
 
 
-def keep_partial_embeddings(out, features, record, n_files, interrupted):
+def keep_partial_embeddings(out, features, record, n_files, interrupted, kept_as=None):
     """Keep the embeddings of a run stopped early, and say so; a failure to write
-    them is a warning, which leaves the error that stopped the run to be seen."""
-    try:
-        write_embeddings(out, features, record, partial=True)
-    except OSError as exc:
-        warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
-        return
+    them is a warning, which leaves the error that stopped the run to be seen.
+    ``kept_as``: the identity of the partial array this run wrote before the
+    clustering, which holds ``features`` already unless it has changed since."""
+    if kept_as is None or _file_identity(out / PARTIAL_FILE) != kept_as:
+        try:
+            write_embeddings(out, features, record, partial=True)
+        except OSError as exc:
+            warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
+            return
     again = "the same command" if interrupted else "a rerun into this --out"
     which = f"all {n_files:,}" if len(features) == n_files else f"{len(features):,} of the {n_files:,}"
     print(f"skdeepclust: kept the embeddings of {which} images in "
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
+
+
+def warn_of_other_files_in_partial(out, stamps, replaced=False):
+    """Warn where the embeddings a run stopped early kept in ``out`` hold rows of
+    files other than those of ``stamps``, which this run is about to remove (or,
+    ``replaced``, to write its own over), so that they are not lost without a word."""
+    array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
+    if not (array_path.is_file() and is_our_record(record_path)):
+        return
+    try:
+        kept = {stamp[0] for stamp in json.loads(record_path.read_text(encoding="utf-8"))["files"] if stamp}
+    except (OSError, ValueError, TypeError, IndexError):
+        return
+    # By path: a file changed since (a chmod changes its ctime) was embedded anew.
+    if other_files := len(kept - {stamp[0] for stamp in stamps if stamp}):
+        done = "replaced" if replaced else "removed"
+        warn(f"{done} {array_path}, the embeddings of a run stopped early, {other_files:,} of them of images "
+             "this run did not cluster")
 
 
 def remove_partial_embeddings(out, stamps):
@@ -303,16 +324,9 @@ def remove_partial_embeddings(out, stamps):
     array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
     if not (array_path.is_file() and is_our_record(record_path)):
         return
-    try:
-        kept = {stamp[0] for stamp in json.loads(record_path.read_text(encoding="utf-8"))["files"] if stamp}
-    except (OSError, ValueError, TypeError, IndexError):
-        kept = set()
+    warn_of_other_files_in_partial(out, stamps)
     record_path.unlink()
     array_path.unlink()
-    # By path: a file changed since (a chmod changes its ctime) was embedded anew.
-    if other_files := len(kept - {stamp[0] for stamp in stamps if stamp}):
-        warn(f"removed {array_path}, the embeddings of a run stopped early, {other_files:,} of them of images "
-             "this run did not cluster")
 
 
 def saved_model(embedder_params, random_state, stage, out):

@@ -44,6 +44,7 @@ from ._run_files import (
     only_run_writing_into,
     remove_partial_embeddings,
     saved_model,
+    warn_of_other_files_in_partial,
     write_embeddings,
 )
 from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
@@ -802,6 +803,7 @@ def _cluster_folder(args, folder, out):
     def keep_before_clustering(positions, embedded):
         if not worth_keeping():
             return
+        warn_of_other_files_in_partial(out, stamps, replaced=True)
         try:
             kept.append(write_embeddings(out, embedded, record_of(positions), partial=True))
         except OSError as exc:  # the clustering may still succeed
@@ -816,8 +818,10 @@ def _cluster_folder(args, folder, out):
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
         if positions and worth_keeping():
+            if not kept:
+                warn_of_other_files_in_partial(out, stamps, replaced=True)
             keep_partial_embeddings(out, embedded, record_of(positions), len(files),
-                                    isinstance(exc, KeyboardInterrupt))
+                                    isinstance(exc, KeyboardInterrupt), kept_as=kept[0] if kept else None)
         raise
     record = record_of(np.flatnonzero(readable)) if args.embeddings else None
     files = [path for path, keep in zip(files, readable) if keep]

@@ -2001,6 +2001,53 @@ def test_the_kept_embeddings_of_other_images_are_removed_with_a_warning_and_assi
                    "early, 8 of them of images this run did not cluster\n")
 
 
+@pytest.mark.parametrize("second_run_stopped", [False, True])
+def test_the_kept_embeddings_of_other_images_are_replaced_with_a_warning(capsys, image_folder, tmp_path, monkeypatch,
+                                                                        second_run_stopped):
+    # A run with --embeddings keeps its own rows before the clustering (and when it is
+    # stopped): they went over those of the other images without a word.
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+                    *TINY_ARGS)[0] == 130
+    other = _folder_of(tmp_path / "other", [np.full((24, 24, 3), value, np.uint8) for value in (0, 90, 180, 255)])
+    with monkeypatch.context() as patched:
+        if second_run_stopped:
+            _interrupt_clustering_of_the_images(patched)
+        status, _, err = _run(capsys, "cluster", str(other), "--n-clusters", "2", "--out", str(out), "--embeddings",
+                              *TINY_ARGS)
+    assert status == (130 if second_run_stopped else 0)
+    assert err.startswith(f"skdeepclust: warning: replaced {out / 'embeddings.partial.npy'}, the embeddings of a run "
+                          "stopped early, 8 of them of images this run did not cluster\n")
+    assert err.count("8 of them") == 1
+
+
+def test_embeddings_kept_before_a_clustering_that_fails_are_not_written_twice(capsys, image_folder, tmp_path,
+                                                                              monkeypatch):
+    # A second copy of what may be gigabytes; where it did not fit, the command said it
+    # could not keep the rows it had kept.
+    from skdeepclust import _run_files
+
+    out = tmp_path / "out"
+    save, writes = np.save, []
+
+    def counted_save(path, array):
+        writes.append(os.path.basename(path))
+        return save(path, array)
+
+    monkeypatch.setattr(_run_files.np, "save", counted_save)
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                              "--embeddings", *TINY_ARGS)
+    assert status == 130 and writes == ["embeddings.partial.writing.npy"]
+    assert "kept the embeddings of all 8 images" in err and "could not" not in err
+    status, stdout, _ = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out),
+                             "--embeddings", *TINY_ARGS)
+    assert status == 0 and "8 embeddings of an earlier run reused" in stdout
+
+
 def test_kept_embeddings_that_cannot_be_written_again_stay_as_they_were(capsys, image_folder, tmp_path,
                                                                          monkeypatch):
     # They were written over in place: a full disk, then a kill while clustering, left none.
