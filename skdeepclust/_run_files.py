@@ -195,7 +195,7 @@ def is_our_record(path):
     return isinstance(record, dict) and {"settings", "files"} <= record.keys()
 
 
-def _being_written(path):
+def being_written(path):
     """The name under which ``path`` is written before it is renamed to its own."""
     return path.with_name(f"{path.stem}.writing{path.suffix}")
 
@@ -228,8 +228,8 @@ def write_embeddings(out, features, record, partial=False, kept_as=None):
     # over those they replace, which stay whole with their record until then: a write
     # that fails (a full disk) or is stopped (Ctrl-C, a kill) loses none. An old record
     # beside new rows, between the two renames, has another stamp of them than theirs.
-    array_source = out / PARTIAL_FILE if from_partial else _being_written(array_path)
-    record_source = _being_written(record_path)
+    array_source = out / PARTIAL_FILE if from_partial else being_written(array_path)
+    record_source = being_written(record_path)
     replaced = False
     try:
         if not from_partial:
@@ -320,7 +320,7 @@ def remove_partial_embeddings(out, stamps):
     where it held rows of other files, which that run did not take up (rows of other
     settings its summary names)."""
     for name in (EMBEDDINGS_FILE, EMBEDDINGS_RECORD, PARTIAL_FILE, PARTIAL_RECORD):
-        _being_written(out / name).unlink(missing_ok=True)
+        being_written(out / name).unlink(missing_ok=True)
     array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
     if not (array_path.is_file() and is_our_record(record_path)):
         return

@@ -34,6 +34,7 @@ from ._run_files import (
     MODEL_FILE,
     PARTIAL_FILE,
     PARTIAL_RECORD,
+    being_written,
     earlier_embeddings,
     embedding_settings,
     file_stamp,
@@ -548,19 +549,27 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     labels = stage.labels_ if labels is None else labels
     confidence = _confidence(stage, features, labels)
     earlier_run = _holds_results_table(out)
-    # surrogateescape writes back the bytes of file names that are not valid UTF-8.
-    with open(out / RESULTS_FILE, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        # QUOTE_MINIMAL quotes only the characters of the line terminator (on Python
-        # 3.11), so a carriage return in a file name would end the row for a reader.
-        quoting_writer = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
-        writer.writerow(RESULTS_HEADER)
-        for file, cluster, score in zip(files, labels, confidence):
-            (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
-    written = [out / RESULTS_FILE]
-    if embedding_record is not None:
-        write_embeddings(out, features, embedding_record, kept_as=partial_identity)
-        written.append(out / EMBEDDINGS_FILE)
+    # The table goes in under its own name once the embeddings, the largest file, are
+    # written: a write of them that fails (a full disk) leaves the earlier run's table,
+    # embeddings, model and montage as they were, each matching the others.
+    table = being_written(out / RESULTS_FILE)
+    try:
+        # surrogateescape writes back the bytes of file names that are not valid UTF-8.
+        with open(table, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            # QUOTE_MINIMAL quotes only the characters of the line terminator (on Python
+            # 3.11), so a carriage return in a file name would end the row for a reader.
+            quoting_writer = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            writer.writerow(RESULTS_HEADER)
+            for file, cluster, score in zip(files, labels, confidence):
+                (quoting_writer if "\r" in file else writer).writerow([file, int(cluster), f"{score:.4f}"])
+        if embedding_record is not None:
+            write_embeddings(out, features, embedding_record, kept_as=partial_identity)
+        os.replace(table, out / RESULTS_FILE)
+    except BaseException:
+        table.unlink(missing_ok=True)
+        raise
+    written = [out / RESULTS_FILE] + ([out / EMBEDDINGS_FILE] if embedding_record is not None else [])
     # Only an array with its record: one without is the user's own.
     record = out / EMBEDDINGS_RECORD
     if embedding_record is None and earlier_run and is_our_record(record):
@@ -569,21 +578,6 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (out / EMBEDDINGS_FILE).unlink()
             warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
                  f"the new {RESULTS_FILE} (--embeddings writes them anew)")
-    if model is not None:
-        import joblib
-
-        joblib.dump(model, out / MODEL_FILE)
-        written.append(out / MODEL_FILE)
-    else:
-        stale = earlier_run and is_our_model(out / MODEL_FILE)
-        if stale:
-            (out / MODEL_FILE).unlink()  # its clusters are an earlier run's
-        if model_withheld:
-            removed = ", and the earlier run's removed" if stale else ""
-            warn(f"{MODEL_FILE} not written{removed}: {model_withheld}")
-        elif stale:
-            warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
-                 f"{RESULTS_FILE} (--save-model writes it anew)")
     try:
         cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
@@ -605,7 +599,40 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             written.append(root)
     elif earlier_run:
         remove_earlier_cluster_folders(out)
+    # Last: one that cannot be written leaves every other file of this run written.
+    if model is not None:
+        _write_model(out, model)
+        written.append(out / MODEL_FILE)
+    else:
+        stale = earlier_run and is_our_model(out / MODEL_FILE)
+        if stale:
+            (out / MODEL_FILE).unlink()  # its clusters are an earlier run's
+        if model_withheld:
+            removed = ", and the earlier run's removed" if stale else ""
+            warn(f"{MODEL_FILE} not written{removed}: {model_withheld}")
+        elif stale:
+            warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
+                 f"{RESULTS_FILE} (--save-model writes it anew)")
     return written
+
+
+def _write_model(out, model):
+    """Write ``model`` as OUT/model.joblib, in place of the earlier run's, which goes
+    even if this one cannot be written: its clusters are not those of the new table."""
+    import joblib
+
+    path, source = out / MODEL_FILE, being_written(out / MODEL_FILE)
+    try:
+        joblib.dump(model, source)
+        os.replace(source, path)
+    except BaseException as exc:
+        source.unlink(missing_ok=True)
+        if is_our_model(path):
+            path.unlink()
+        if isinstance(exc, OSError):
+            raise OSError(f"cannot write {path} ({exc.strerror or exc}); the other results are written, "
+                          "and the earlier run's model removed") from exc
+        raise
 
 
 def _pretrained_argument(value):

@@ -1314,6 +1314,62 @@ def test_embeddings_that_cannot_be_kept_leave_the_error_that_stopped_the_run(cap
     assert lines[-1].startswith("skdeepclust: error: ") and "--n-clusters=9" in lines[-1]
 
 
+def test_embeddings_that_cannot_be_written_leave_the_earlier_run_whole(capsys, image_folder, tmp_path, monkeypatch):
+    # clusters.csv was replaced first: its rows no longer matched those of the earlier
+    # run's embeddings.npy, nor its clusters those of its model and montage.
+    import errno
+
+    from skdeepclust import _run_files
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), "--embeddings", "--save-model", *TINY_ARGS]
+    assert _run(capsys, *argv, "--n-clusters", "2")[0] == 0
+    earlier = {name: (out / name).read_bytes() for name in ("clusters.csv", "embeddings.npy", "model.joblib",
+                                                            "montage.png")}
+    (image_folder / "dark" / "0.png").unlink()  # the rows are written anew, in another order
+    save = np.save
+
+    def disk_full(path, array):
+        if os.path.basename(path) == "embeddings.writing.npy":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(path, array)
+
+    monkeypatch.setattr(_run_files.np, "save", disk_full)
+    status, _, err = _run(capsys, *argv, "--n-clusters", "3")
+    assert status == 2 and f"cannot write {out / 'embeddings.npy'} (No space left on device" in err
+    assert {name: (out / name).read_bytes() for name in earlier} == earlier
+    assert sorted(path.name for path in out.iterdir()) == sorted([*earlier, "embeddings.json"])
+
+
+def test_a_model_that_cannot_be_written_takes_the_earlier_runs_with_it(capsys, image_folder, tmp_path,
+                                                                       monkeypatch):
+    # Its clusters are not those of the new clusters.csv; a half-written one was refused
+    # by the next run as a model.joblib no skdeepclust run wrote.
+    import errno
+
+    import joblib
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), "--save-model", *TINY_ARGS]
+    assert _run(capsys, *argv, "--n-clusters", "2")[0] == 0
+    earlier_montage = (out / "montage.png").read_bytes()
+    dump = joblib.dump
+
+    def disk_full_midway(value, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(joblib, "dump", disk_full_midway)
+    status, _, err = _run(capsys, *argv, "--n-clusters", "3")
+    assert status == 2
+    assert err.strip() == (f"skdeepclust: error: cannot write {out / 'model.joblib'} (No space left on device); "
+                           "the other results are written, and the earlier run's model removed")
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
+    assert (out / "montage.png").read_bytes() != earlier_montage  # this run's, of 3 clusters
+    monkeypatch.setattr(joblib, "dump", dump)
+    assert _run(capsys, *argv, "--n-clusters", "3")[0] == 0
+
+
 def _cluster_and_save_model(capsys, folder, out, *options):
     status, stdout, err = _run(capsys, "cluster", str(folder), "--out", str(out), "--save-model", *TINY_ARGS,
                                *options)
