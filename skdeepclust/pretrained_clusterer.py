@@ -303,7 +303,9 @@ class PretrainedFeatureClusterer(
 
         Returns
         -------
-        proba : ndarray of shape (n_images, n_clusters)
+        proba : ndarray of shape (n_images, n_columns)
+            Column ``j`` is the probability of cluster ``j`` (see
+            ``FeatureClusterer.predict_proba`` for the number of columns).
         """
         features = self._embed(X)
         return self.feature_clusterer_.predict_proba(features)

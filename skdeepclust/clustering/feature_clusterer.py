@@ -591,8 +591,11 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
 
         Returns
         -------
-        proba : ndarray of shape (n_samples, n_clusters)
-            Each row sums to 1.
+        proba : ndarray of shape (n_samples, n_columns)
+            Column ``j`` is the probability of cluster ``j``; each row sums to 1.
+            GaussianMixture gives a column per component; the torch heads one per
+            cluster they kept (``clusterer_.n_clusters_``, which may be fewer than
+            ``n_clusters``: they prune clusters that no training row picks).
         """
         X = self._validated(X)
         return self.clusterer_.predict_proba(X)
