@@ -50,29 +50,70 @@ def _model_folder_files(folder):
     return sorted(found)
 
 
+# Held by a run while it writes into its --out, and removed when it ends; a run that
+# is killed leaves it, unlocked, for the next to take.
+LOCK_FILE = ".skdeepclust-run.lock"
+
+
+class OutputFolderInUse(UserError):
+    """Another run holds the --out folder."""
+
+
+# The folders (device, inode) that runs of this process hold: a POSIX lock does not
+# keep a process from itself, and closing any descriptor of its file would drop it.
+_FOLDERS_HELD = set()
+
+
+def _locked_file(path):
+    """A descriptor of ``path`` that holds the lock on it; raises OutputFolderInUse
+    where another process holds it, OSError where the system has no such locks."""
+    import fcntl
+
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # A POSIX lock, unlike flock, is neither shared with the processes this one
+            # forks (DataLoader workers, which would hold it after a kill) nor refused on NFS.
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            status, now = os.fstat(handle), os.stat(path)
+        except BaseException as exc:
+            os.close(handle)
+            if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise OutputFolderInUse("") from None
+            if isinstance(exc, FileNotFoundError):
+                continue  # removed by the run that held it, as it ended
+            raise
+        if (status.st_dev, status.st_ino) == (now.st_dev, now.st_ino):
+            return handle
+        os.close(handle)  # the file of a run that ended as this one opened it
+
+
 @contextmanager
 def only_run_writing_into(out):
     """Hold ``out`` for this run alone: a second run into the same folder would
     reuse, rewrite or remove the embeddings and results this one is making. The
-    lock goes with the process, so a run that is killed leaves none behind. Where
+    lock goes with the process, so a run that is killed leaves none held. Where
     the system has no such locks (Windows, some network drives) runs are not kept apart."""
+    path = Path(out) / LOCK_FILE
+    folder = os.stat(out)
+    folder = (folder.st_dev, folder.st_ino)
     try:
-        import fcntl
-        handle = os.open(out, os.O_RDONLY)
+        if folder in _FOLDERS_HELD:
+            raise OutputFolderInUse("")
+        handle = _locked_file(path)
+    except OutputFolderInUse:
+        raise OutputFolderInUse(f"--out {out}: another skdeepclust run is writing there now; wait for it "
+                                "to end, or choose another --out") from None
     except (ImportError, OSError):
-        yield
-        return
+        handle = None
+    _FOLDERS_HELD.add(folder)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"--out {out}: another skdeepclust run is writing there now; wait for it "
-                            "to end, or choose another --out") from None
-        except OSError:
-            pass
         yield
     finally:
-        os.close(handle)
+        _FOLDERS_HELD.discard(folder)
+        if handle is not None:
+            path.unlink(missing_ok=True)
+            os.close(handle)
 
 
 def file_stamp(path):

@@ -34,6 +34,7 @@ from ._run_files import (
     MODEL_FILE,
     PARTIAL_FILE,
     PARTIAL_RECORD,
+    OutputFolderInUse,
     being_written,
     earlier_embeddings,
     embedding_settings,
@@ -523,6 +524,8 @@ def _output_folder(path, save_embeddings, save_model=False, folders=False, keeps
             if folders:
                 check_cluster_folders(out)
             yield out
+    except OutputFolderInUse:
+        raise  # the folders are the other run's now
     except BaseException:
         for folder in made_now:
             if not folder.is_dir() or any(folder.iterdir()):

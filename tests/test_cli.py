@@ -2944,3 +2944,41 @@ def test_a_folder_in_by_cluster_that_cannot_be_listed_is_refused_before_the_embe
     assert status == 2 and counts == []
     assert err == (f"skdeepclust: error: --out {out}: {out / 'by-cluster'} holds {private}, which is not a link that "
                    "a run made (files sorted by hand?); move the folder, or choose another --out\n")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork, and no folder locks, on Windows")
+def test_the_lock_on_out_goes_with_the_run_and_not_with_the_processes_it_forked(tmp_path):
+    # DataLoader workers are forked: a lock they shared (flock) refused the rerun after
+    # a kill until they noticed and exited.
+    import signal
+    import subprocess
+    import sys
+
+    from skdeepclust._run_files import LOCK_FILE, OutputFolderInUse, only_run_writing_into
+
+    run = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys, time
+from skdeepclust._run_files import only_run_writing_into
+with only_run_writing_into({str(tmp_path)!r}):
+    worker = os.fork()
+    if worker == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(worker, flush=True)
+    sys.stdin.readline()
+    os._exit(0)  # as a kill would end it, without a word
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    worker = int(run.stdout.readline())
+    try:
+        with pytest.raises(OutputFolderInUse, match="another skdeepclust run is writing there now"):
+            with only_run_writing_into(tmp_path):
+                pass
+        run.stdin.close()  # the worker holds stdout open: communicate() would wait for it
+        run.wait(timeout=60)
+        assert (tmp_path / LOCK_FILE).exists()  # left by the kill, and not held
+        with only_run_writing_into(tmp_path):
+            pass
+        assert not (tmp_path / LOCK_FILE).exists()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        run.kill()
