@@ -299,15 +299,20 @@ def write_embeddings(out, features, record, partial=False, kept_as=None):
                       "from there", file=sys.stderr)
             raise
         kept = f"; the embeddings stay in {array_source}, for the next run" if from_partial else ""
-        full = exc.errno in (None, errno.ENOSPC, errno.EDQUOT)  # numpy's short write has none
-        reason = f"{exc.strerror or exc}{'; a full disk?' if full else ''}"
-        advice = "free some space, or choose another --out" if full else "choose another --out"
+        reason = write_failure(exc)
+        advice = "free some space, or choose another --out" if reason.endswith("?") else "choose another --out"
         error = OSError(f"cannot write {array_path} ({reason}){kept}; {advice}")
         error.strerror = reason  # for a warning that names the file itself
         raise error from exc
     if from_partial:
         (out / PARTIAL_RECORD).unlink()
     return identity
+
+
+def write_failure(exc):
+    """Why a write failed, as the ``OSError`` says, asking "a full disk?" where it may be."""
+    full = exc.errno in (None, errno.ENOSPC, errno.EDQUOT)  # numpy's short write has none
+    return f"{exc.strerror or exc}{'; a full disk?' if full else ''}"
 
 
 def _holds_already(record_path, array_path, record):

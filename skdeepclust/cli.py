@@ -48,6 +48,7 @@ from ._run_files import (
     saved_model,
     warn_of_other_files_in_partial,
     write_embeddings,
+    write_failure,
 )
 from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
@@ -573,6 +574,13 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
         table.unlink(missing_ok=True)
         raise
     written = [out / RESULTS_FILE] + ([out / EMBEDDINGS_FILE] if embedding_record is not None else [])
+    # The earlier run's model and montage show the clusters of its table: they go now,
+    # before a write of this run's that fails (or Ctrl-C) could leave them beside the new one.
+    stale_model = earlier_run and is_our_model(out / MODEL_FILE)
+    stale_montage = earlier_run and (out / MONTAGE_FILE).is_file()
+    for name, stale in ((MODEL_FILE, stale_model), (MONTAGE_FILE, stale_montage)):
+        if stale:
+            (out / name).unlink()
     # Only an array with its record: one without is the user's own.
     record = out / EMBEDDINGS_RECORD
     if embedding_record is None and earlier_run and is_our_record(record):
@@ -581,16 +589,22 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (out / EMBEDDINGS_FILE).unlink()
             warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
                  f"the new {RESULTS_FILE} (--embeddings writes them anew)")
+    if model is not None:
+        _write_model(out, model, stale_model)
+        written.append(out / MODEL_FILE)
+    elif model_withheld:
+        removed = ", and the earlier run's removed" if stale_model else ""
+        warn(f"{MODEL_FILE} not written{removed}: {model_withheld}")
+    elif stale_model:
+        warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
+             f"{RESULTS_FILE} (--save-model writes it anew)")
     try:
         cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
     except (_MontageTooLarge, ImageFileError) as exc:
         # Only so many clusters make a picture too large to open, and a file moved or
         # damaged since it was embedded cannot be shown; the results stand.
-        removed = ""
-        if earlier_run and (out / MONTAGE_FILE).is_file():
-            (out / MONTAGE_FILE).unlink()  # it shows the clusters of an earlier run
-            removed = f", and the earlier run's {MONTAGE_FILE} removed"
+        removed = f", and the earlier run's {MONTAGE_FILE} removed" if stale_montage else ""
         if isinstance(exc, _MontageTooLarge):
             why = (f"a row for each of the {len(np.unique(labels)):,} clusters would make it larger than PIL "
                    "opens (PIL.Image.MAX_IMAGE_PIXELS)")
@@ -602,26 +616,12 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             written.append(root)
     elif earlier_run:
         remove_earlier_cluster_folders(out)
-    # Last: one that cannot be written leaves every other file of this run written.
-    if model is not None:
-        _write_model(out, model)
-        written.append(out / MODEL_FILE)
-    else:
-        stale = earlier_run and is_our_model(out / MODEL_FILE)
-        if stale:
-            (out / MODEL_FILE).unlink()  # its clusters are an earlier run's
-        if model_withheld:
-            removed = ", and the earlier run's removed" if stale else ""
-            warn(f"{MODEL_FILE} not written{removed}: {model_withheld}")
-        elif stale:
-            warn(f"removed {out / MODEL_FILE} of an earlier run: its clusters are not those of the new "
-                 f"{RESULTS_FILE} (--save-model writes it anew)")
     return written
 
 
-def _write_model(out, model):
-    """Write ``model`` as OUT/model.joblib, in place of the earlier run's, which goes
-    even if this one cannot be written: its clusters are not those of the new table."""
+def _write_model(out, model, replaces_earlier):
+    """Write ``model`` as OUT/model.joblib (``replaces_earlier``: an earlier run's
+    was there, and is gone)."""
     import joblib
 
     path, source = out / MODEL_FILE, being_written(out / MODEL_FILE)
@@ -630,11 +630,9 @@ def _write_model(out, model):
         os.replace(source, path)
     except BaseException as exc:
         source.unlink(missing_ok=True)
-        if is_our_model(path):
-            path.unlink()
         if isinstance(exc, OSError):
-            raise OSError(f"cannot write {path} ({exc.strerror or exc}); the other results are written, "
-                          "and the earlier run's model removed") from exc
+            removed = ", and the earlier run's model removed" if replaces_earlier else ""
+            raise OSError(f"cannot write {path} ({write_failure(exc)}); {RESULTS_FILE} is written{removed}") from exc
         raise
 
 

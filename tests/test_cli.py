@@ -1352,8 +1352,7 @@ def test_a_model_that_cannot_be_written_takes_the_earlier_runs_with_it(capsys, i
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--out", str(out), "--save-model", *TINY_ARGS]
     assert _run(capsys, *argv, "--n-clusters", "2")[0] == 0
-    earlier_montage = (out / "montage.png").read_bytes()
-    dump = joblib.dump
+    earlier_montage, dump = (out / "montage.png").read_bytes(), joblib.dump
 
     def disk_full_midway(value, filename, *args, **kwargs):
         Path(filename).write_bytes(b"half a model")
@@ -1362,12 +1361,38 @@ def test_a_model_that_cannot_be_written_takes_the_earlier_runs_with_it(capsys, i
     monkeypatch.setattr(joblib, "dump", disk_full_midway)
     status, _, err = _run(capsys, *argv, "--n-clusters", "3")
     assert status == 2
-    assert err.strip() == (f"skdeepclust: error: cannot write {out / 'model.joblib'} (No space left on device); "
-                           "the other results are written, and the earlier run's model removed")
-    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
-    assert (out / "montage.png").read_bytes() != earlier_montage  # this run's, of 3 clusters
+    assert err.strip() == (f"skdeepclust: error: cannot write {out / 'model.joblib'} (No space left on device; "
+                           "a full disk?); clusters.csv is written, and the earlier run's model removed")
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv"]  # the montage went too
     monkeypatch.setattr(joblib, "dump", dump)
     assert _run(capsys, *argv, "--n-clusters", "3")[0] == 0
+    assert (out / "montage.png").read_bytes() != earlier_montage
+
+
+@pytest.mark.parametrize("save_model", [True, False])
+def test_a_montage_that_cannot_be_written_leaves_no_model_of_the_earlier_run(capsys, image_folder, tmp_path,
+                                                                            monkeypatch, save_model):
+    # Its clusters were not those of the new clusters.csv, and assign would have used them.
+    import errno
+
+    import joblib
+    from PIL import Image
+
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv, "--n-clusters", "2", "--save-model")[0] == 0
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    status, _, err = _run(capsys, *argv, "--n-clusters", "3", *(["--save-model"] if save_model else []))
+    assert status == 2 and "No space left on device" in err
+    if save_model:
+        assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "model.joblib"]
+        assert joblib.load(out / "model.joblib")["stage"].cluster_ids_.tolist() == [0, 1, 2]
+    else:
+        assert sorted(path.name for path in out.iterdir()) == ["clusters.csv"]
 
 
 def _cluster_and_save_model(capsys, folder, out, *options):
