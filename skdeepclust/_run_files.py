@@ -325,39 +325,45 @@ def _holds_already(record_path, array_path, record):
         return False
 
 
-def keep_partial_embeddings(out, features, record, n_files, interrupted, kept_as=None):
+def keep_partial_embeddings(out, features, record, n_files, interrupted, kept_as=None, replacing=0):
     """Keep the embeddings of a run stopped early, and say so; a failure to write
     them is a warning, which leaves the error that stopped the run to be seen.
     ``kept_as``: the identity of the partial array this run wrote before the
-    clustering, which holds ``features`` already unless it has changed since."""
+    clustering, which holds ``features`` already unless it has changed since.
+    ``replacing``: the count of other files whose kept rows these replace."""
     if kept_as is None or _file_identity(out / PARTIAL_FILE) != kept_as:
         try:
             write_embeddings(out, features, record, partial=True)
         except OSError as exc:
             warn(f"could not keep the embeddings made so far in {out / PARTIAL_FILE} ({exc.strerror or exc})")
             return
+        warn_of_other_files_in_partial(out, replacing, "replaced")
     again = "the same command" if interrupted else "a rerun into this --out"
     which = f"all {n_files:,}" if len(features) == n_files else f"{len(features):,} of the {n_files:,}"
     print(f"skdeepclust: kept the embeddings of {which} images in "
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
 
 
-def warn_of_other_files_in_partial(out, stamps, replaced=False):
-    """Warn where the embeddings a run stopped early kept in ``out`` hold rows of
-    files other than those of ``stamps``, which this run is about to remove (or,
-    ``replaced``, to write its own over), so that they are not lost without a word."""
+def other_files_in_partial(out, stamps):
+    """How many files other than those of ``stamps`` the embeddings that a run
+    stopped early kept in ``out`` hold rows of (0 where there are none of ours)."""
     array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
     if not (array_path.is_file() and is_our_record(record_path)):
-        return
+        return 0
     try:
         kept = {stamp[0] for stamp in json.loads(record_path.read_text(encoding="utf-8"))["files"] if stamp}
     except (OSError, ValueError, TypeError, IndexError):
-        return
+        return 0
     # By path: a file changed since (a chmod changes its ctime) was embedded anew.
-    if other_files := len(kept - {stamp[0] for stamp in stamps if stamp}):
-        done = "replaced" if replaced else "removed"
-        warn(f"{done} {array_path}, the embeddings of a run stopped early, {other_files:,} of them of images "
-             "this run did not cluster")
+    return len(kept - {stamp[0] for stamp in stamps if stamp})
+
+
+def warn_of_other_files_in_partial(out, other_files, done):
+    """Say that the rows of ``other_files`` files, kept by a run stopped early, are
+    ``done`` ("removed", "replaced"), so that they are not lost without a word."""
+    if other_files:
+        warn(f"{done} {out / PARTIAL_FILE}, the embeddings of a run stopped early, {other_files:,} of them of "
+             "images this run did not cluster")
 
 
 def remove_partial_embeddings(out, stamps):
@@ -365,12 +371,12 @@ def remove_partial_embeddings(out, stamps):
     cut short left), now that a run on the files of ``stamps`` has finished; say so
     where it held rows of other files, which that run did not take up (rows of other
     settings its summary names)."""
-    for name in (EMBEDDINGS_FILE, EMBEDDINGS_RECORD, PARTIAL_FILE, PARTIAL_RECORD):
+    for name in (EMBEDDINGS_FILE, EMBEDDINGS_RECORD, PARTIAL_FILE, PARTIAL_RECORD, MODEL_FILE):
         being_written(out / name).unlink(missing_ok=True)
     array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
     if not (array_path.is_file() and is_our_record(record_path)):
         return
-    warn_of_other_files_in_partial(out, stamps)
+    warn_of_other_files_in_partial(out, other_files_in_partial(out, stamps), "removed")
     record_path.unlink()
     array_path.unlink()
 

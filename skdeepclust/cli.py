@@ -44,6 +44,7 @@ from ._run_files import (
     keep_partial_embeddings,
     load_model,
     only_run_writing_into,
+    other_files_in_partial,
     remove_partial_embeddings,
     saved_model,
     warn_of_other_files_in_partial,
@@ -831,12 +832,14 @@ def _cluster_folder(args, folder, out):
     def keep_before_clustering(positions, embedded):
         if not worth_keeping():
             return
-        warn_of_other_files_in_partial(out, stamps, replaced=True)
+        replacing = other_files_in_partial(out, stamps)
         try:
             kept.append(write_embeddings(out, embedded, record_of(positions), partial=True))
         except OSError as exc:  # the clustering may still succeed
             warn(f"could not keep the embeddings in {out / PARTIAL_FILE} before the clustering "
                  f"({exc.strerror or exc})")
+            return
+        warn_of_other_files_in_partial(out, replacing, "replaced")
 
     try:
         features, stage, readable, unreadable, n_reused, embedding_seconds = _embed_and_cluster(
@@ -846,10 +849,9 @@ def _cluster_folder(args, folder, out):
     except BaseException as exc:
         positions, embedded = getattr(exc, "embedded", ([], None))
         if positions and worth_keeping():
-            if not kept:
-                warn_of_other_files_in_partial(out, stamps, replaced=True)
             keep_partial_embeddings(out, embedded, record_of(positions), len(files),
-                                    isinstance(exc, KeyboardInterrupt), kept_as=kept[0] if kept else None)
+                                    isinstance(exc, KeyboardInterrupt), kept_as=kept[0] if kept else None,
+                                    replacing=other_files_in_partial(out, stamps))
         raise
     record = record_of(np.flatnonzero(readable)) if args.embeddings else None
     files = [path for path, keep in zip(files, readable) if keep]

@@ -2104,6 +2104,33 @@ def test_the_kept_embeddings_of_other_images_are_replaced_with_a_warning(capsys,
     assert err.count("8 of them") == 1
 
 
+def test_kept_embeddings_of_other_images_that_could_not_be_replaced_are_not_said_to_be(capsys, image_folder,
+                                                                                      tmp_path, monkeypatch):
+    import errno
+
+    from skdeepclust import _run_files
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patched:
+        _interrupt_clustering_of_the_images(patched)
+        assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+                    *TINY_ARGS)[0] == 130
+    other = _folder_of(tmp_path / "other", [np.full((24, 24, 3), value, np.uint8) for value in (0, 90, 180, 255)])
+    save = np.save
+
+    def disk_full_for_the_partial(path, array):
+        if os.path.basename(path) == "embeddings.partial.writing.npy":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(path, array)
+
+    monkeypatch.setattr(_run_files.np, "save", disk_full_for_the_partial)
+    status, _, err = _run(capsys, "cluster", str(other), "--n-clusters", "2", "--out", str(out), "--embeddings",
+                          *TINY_ARGS)
+    assert status == 0 and "replaced" not in err
+    assert err.splitlines()[-1] == (f"skdeepclust: warning: removed {out / 'embeddings.partial.npy'}, the embeddings "
+                                    "of a run stopped early, 8 of them of images this run did not cluster")
+
+
 def test_embeddings_kept_before_a_clustering_that_fails_are_not_written_twice(capsys, image_folder, tmp_path,
                                                                               monkeypatch):
     # A second copy of what may be gigabytes; where it did not fit, the command said it
@@ -3007,3 +3034,12 @@ with only_run_writing_into({str(tmp_path)!r}):
     finally:
         os.kill(worker, signal.SIGKILL)
         run.kill()
+
+
+def test_a_model_half_written_by_a_killed_run_is_removed_by_the_next(capsys, image_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    (out / "model.writing.joblib").write_bytes(b"half a model")  # as a kill during joblib.dump leaves it
+    assert _run(capsys, *argv)[0] == 0
+    assert sorted(path.name for path in out.iterdir()) == ["clusters.csv", "montage.png"]
