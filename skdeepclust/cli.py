@@ -590,6 +590,13 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (out / EMBEDDINGS_FILE).unlink()
             warn(f"removed {out / EMBEDDINGS_FILE} of an earlier run: its rows would not match "
                  f"the new {RESULTS_FILE} (--embeddings writes them anew)")
+    # The links before the model and montage: one of those that cannot be written
+    # (or Ctrl-C) leaves no links of the earlier run's clusters either.
+    if folders:
+        if (root := write_cluster_folders(out, files, labels)) is not None:
+            written.append(root)
+    elif earlier_run:
+        remove_earlier_cluster_folders(out)
     if model is not None:
         _write_model(out, model, stale_model)
         written.append(out / MODEL_FILE)
@@ -612,12 +619,8 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
         else:
             why = f"{exc.problem.rstrip('.')}, since it was embedded"
         warn(f"{MONTAGE_FILE} not written: {why}{removed}; {RESULTS_FILE} holds every image's cluster")
-    if folders:
-        if (root := write_cluster_folders(out, files, labels)) is not None:
-            written.append(root)
-    elif earlier_run:
-        remove_earlier_cluster_folders(out)
-    return written
+    order = [out / name for name in (RESULTS_FILE, EMBEDDINGS_FILE, MODEL_FILE, MONTAGE_FILE, CLUSTER_FOLDERS)]
+    return sorted(written, key=order.index)
 
 
 def _write_model(out, model, replaces_earlier):

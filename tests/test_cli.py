@@ -1372,7 +1372,8 @@ def test_a_model_that_cannot_be_written_takes_the_earlier_runs_with_it(capsys, i
 @pytest.mark.parametrize("save_model", [True, False])
 def test_a_montage_that_cannot_be_written_leaves_no_model_of_the_earlier_run(capsys, image_folder, tmp_path,
                                                                             monkeypatch, save_model):
-    # Its clusters were not those of the new clusters.csv, and assign would have used them.
+    # Its clusters were not those of the new clusters.csv, and assign would have used them;
+    # nor does it leave the earlier run's folders of links.
     import errno
 
     import joblib
@@ -1380,7 +1381,7 @@ def test_a_montage_that_cannot_be_written_leaves_no_model_of_the_earlier_run(cap
 
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--out", str(out), *TINY_ARGS]
-    assert _run(capsys, *argv, "--n-clusters", "2", "--save-model")[0] == 0
+    assert _run(capsys, *argv, "--n-clusters", "2", "--save-model", "--folders")[0] == 0
 
     def disk_full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
