@@ -8,7 +8,7 @@ import errno
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,9 @@ def _locked_file(path):
                 raise OutputFolderInUse("") from None
             if isinstance(exc, FileNotFoundError):
                 continue  # removed by the run that held it, as it ended
+            if isinstance(exc, OSError):  # no locks here: the file would only be left behind
+                with suppress(OSError):
+                    path.unlink()
             raise
         if (status.st_dev, status.st_ino) == (now.st_dev, now.st_ino):
             return handle
@@ -112,7 +115,8 @@ def only_run_writing_into(out):
     finally:
         _FOLDERS_HELD.discard(folder)
         if handle is not None:
-            path.unlink(missing_ok=True)
+            with suppress(OSError):  # a read-only --out, whose error the run reports
+                path.unlink(missing_ok=True)
             os.close(handle)
 
 

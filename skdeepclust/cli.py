@@ -609,15 +609,19 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     try:
         cluster_montage(files, labels, scores=confidence).save(out / MONTAGE_FILE)
         written.append(out / MONTAGE_FILE)
-    except (_MontageTooLarge, ImageFileError) as exc:
-        # Only so many clusters make a picture too large to open, and a file moved or
-        # damaged since it was embedded cannot be shown; the results stand.
+    except (_MontageTooLarge, ImageFileError, OSError) as exc:
+        # Only so many clusters make a picture too large to open, a file moved or damaged
+        # since it was embedded cannot be shown, and a full disk may take no picture; the
+        # results stand.
         removed = f", and the earlier run's {MONTAGE_FILE} removed" if stale_montage else ""
+        (out / MONTAGE_FILE).unlink(missing_ok=True)  # a picture cut short
         if isinstance(exc, _MontageTooLarge):
             why = (f"a row for each of the {len(np.unique(labels)):,} clusters would make it larger than PIL "
                    "opens (PIL.Image.MAX_IMAGE_PIXELS)")
-        else:
+        elif isinstance(exc, ImageFileError):
             why = f"{exc.problem.rstrip('.')}, since it was embedded"
+        else:
+            why = f"cannot write it ({write_failure(exc)})"
         warn(f"{MONTAGE_FILE} not written: {why}{removed}; {RESULTS_FILE} holds every image's cluster")
     order = [out / name for name in (RESULTS_FILE, EMBEDDINGS_FILE, MODEL_FILE, MONTAGE_FILE, CLUSTER_FOLDERS)]
     return sorted(written, key=order.index)
