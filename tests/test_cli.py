@@ -1389,7 +1389,7 @@ def test_a_montage_that_cannot_be_written_leaves_no_model_of_the_earlier_run(cap
     monkeypatch.setattr(Image.Image, "save", disk_full)
     status, _, err = _run(capsys, *argv, "--n-clusters", "3", *(["--save-model"] if save_model else []))
     assert status == 0, err  # the results stand, as where the montage would be too large
-    assert (f"skdeepclust: warning: montage.png not written: cannot write it (No space left on device; a full disk?), "
+    assert ("skdeepclust: warning: montage.png not written: cannot write it (No space left on device; a full disk?), "
             "and the "
             "earlier run's montage.png removed; clusters.csv holds every image's cluster") in err
     if save_model:
