@@ -38,6 +38,10 @@ _EMBEDDER_PARAMS = (
     "random_state",
     "verbose",
 )
+# How the embedder runs, not what it learned: read at each transform, as ImageEmbedder
+# reads its own, so that set_params after fit takes effect (a model fitted on a GPU is
+# moved to a CPU with set_params(device="cpu")).
+_RUNTIME_PARAMS = ("batch_size", "num_workers", "device", "precision", "compile", "verbose")
 
 
 class PretrainedFeatureClusterer(
@@ -88,6 +92,9 @@ class PretrainedFeatureClusterer(
         per core but one on a GPU (at most 16), and none on the CPU.
     device : str or torch.device, default="auto"
         Where the backbone (and torch clusterers) run; ``"auto"`` picks CUDA when present.
+        It is read at each ``predict`` and ``transform``, as are ``batch_size``,
+        ``num_workers``, ``precision``, ``compile`` and ``verbose``, so that
+        ``set_params(device="cpu")`` runs a model fitted on a GPU on a CPU.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Backbone compute precision; ``"auto"`` is bfloat16 on CUDA, float32 elsewhere.
     compile : bool or dict, default=False
@@ -272,6 +279,7 @@ class PretrainedFeatureClusterer(
 
     def _embed(self, X):
         check_is_fitted(self)
+        self.embedder_.set_params(**{name: getattr(self, name) for name in _RUNTIME_PARAMS})
         return self.embedder_.transform(X)
 
     def predict(self, X):

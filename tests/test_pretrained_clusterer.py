@@ -165,6 +165,28 @@ def test_every_embedder_parameter_is_a_parameter_of_the_composite(images):
     assert est.embedder_.get_params()["batch_size"] == 5
 
 
+def test_settings_of_how_to_run_set_after_fit_take_effect(labelled_images):
+    """A model fitted with device="cuda" and unpickled on a machine without one is
+    moved with set_params(device="cpu"), as the error about the device advises; the
+    setting stayed in the fitted embedder_ instead."""
+    import pickle
+
+    X, _ = labelled_images
+    est = PretrainedFeatureClusterer(**TINY, n_clusters=2, device="cpu").fit(X)
+    expected = est.predict(X)
+    est.set_params(device="cuda:7")  # a CUDA device that no machine here has
+    est.embedder_.set_params(device="cuda:7")  # as in a model fitted there
+    est = pickle.loads(pickle.dumps(est))
+    with pytest.raises(ValueError, match="cuda:7"):
+        est.predict(X)
+    est.set_params(device="cpu", batch_size=3)
+    np.testing.assert_array_equal(est.predict(X), expected)
+    assert est.embedder_.get_params()["batch_size"] == 3
+    est.set_params(batch_size=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        est.transform(X)
+
+
 @pytest.mark.parametrize(
     "params, match",
     [
