@@ -288,6 +288,16 @@ def test_a_module_backbone_leaves_numpys_global_stream_alone(images):
     np.testing.assert_array_equal(np.random.rand(3), expected)
 
 
+def test_a_timm_model_with_weights_leaves_numpys_global_stream_alone(tmp_path, images):
+    path = tmp_path / "w.safetensors"
+    save_file(_reference_vit().state_dict(), path)
+    np.random.seed(0)
+    expected = np.random.rand(3)
+    np.random.seed(0)
+    ImageEmbedder("test_vit", pretrained=path).fit(images)
+    np.testing.assert_array_equal(np.random.rand(3), expected)
+
+
 def test_a_timm_model_with_weights_is_still_seeded(tmp_path, images, monkeypatch):
     # Whatever of a model's initial state a checkpoint does not set must not depend
     # on the caller's random stream: random_state fixes it.

@@ -816,8 +816,12 @@ def build_backbone(backbone, pretrained, image_size, mean, std, interpolation, r
     if isinstance(pretrained, np.bool_):  # from an array of parameter values, e.g. a GridSearchCV grid
         pretrained = bool(pretrained)
     # A timm model is seeded even when a checkpoint replaces its weights: whatever of
-    # its initial state the checkpoint does not set stays repeatable. A module
-    # backbone comes with all of its own.
+    # its initial state the checkpoint does not set stays repeatable. With weights and
+    # no random_state, the seed is fixed rather than drawn from numpy's global stream,
+    # which scikit-learn leaves alone where nothing random is kept. A module backbone
+    # comes with all of its own.
+    if random_state is None and pretrained is not False:
+        random_state = 0
     with seeded_torch(random_state, seed=isinstance(backbone, str)), _float32_by_default():
         if isinstance(backbone, str):
             model = _load_timm_backbone(backbone, pretrained, image_size)
