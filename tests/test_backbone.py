@@ -318,9 +318,13 @@ def test_a_timm_model_with_weights_is_still_seeded(tmp_path, images, monkeypatch
     assert len(initial_draws) == 2 and initial_draws[0] == initial_draws[1]
 
 
-def test_a_module_in_another_dtype_is_told_to_be_float32(images):
+@pytest.mark.parametrize("architecture, dtype", [("test_vit", torch.float64), ("test_resnet", torch.float16),
+                                                 ("test_resnet", torch.bfloat16)])
+def test_a_module_in_another_dtype_is_told_to_be_float32(images, architecture, dtype):
+    # A convolution says "weight type (torch.HalfTensor)", a linear layer otherwise.
+    module = timm.create_model(architecture, pretrained=False, num_classes=0).to(dtype)
     with pytest.raises(ValueError, match=r"its weights must be float32 \(module.float\(\)\)"):
-        ImageEmbedder(_reference_vit().double()).fit(images)
+        ImageEmbedder(module).fit(images)
 
 
 def test_checkpoint_of_another_architecture_is_rejected(tmp_path):

@@ -10,7 +10,6 @@ import inspect
 import math
 import numbers
 import os
-import re
 import warnings
 
 import numpy as np
@@ -406,6 +405,14 @@ def _keeping_completed_features(sink):
         raise
 
 
+def _has_weights_other_than_float32(model):
+    """Whether a module holds floating-point weights or buffers of another dtype:
+    torch names the mismatch in words that differ by layer ("weight type
+    (torch.HalfTensor)", "expected mat1 and mat2 to have the same dtype")."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return any(tensor.is_floating_point() and tensor.dtype != torch.float32 for tensor in tensors)
+
+
 class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Turn images into L2-normalised feature vectors with a frozen pretrained backbone.
 
@@ -703,7 +710,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 # (or four) fails on them, and image_size is not the culprit then.
                 elif "channels" in str(exc):
                     fix = "it must take 3 input channels, as every image is given to it as RGB"
-                elif re.search(r"type.*\b(float|double|half|bfloat16)\b", str(exc), re.IGNORECASE):
+                elif _has_weights_other_than_float32(model):
                     fix = "its weights must be float32 (module.float()), as the images reach it in float32"
                 else:
                     fix = "check image_size"
