@@ -97,6 +97,34 @@ def test_other_self_supervised_checkpoint_formats(tmp_path, wrapped):
     _assert_weights_equal(embedder.model_, weights)
 
 
+@pytest.mark.parametrize("architecture", ["test_resnet", "test_convnext"])
+@pytest.mark.parametrize("prefix", ["model.", "net.backbone."])
+def test_a_lightning_checkpoint_loads_the_network_under_its_prefix(tmp_path, images, architecture, prefix):
+    # A LightningModule keeping the network as self.model saves it under "model.",
+    # beside its loss's and heads' tensors; the error blamed the architecture.
+    torch.manual_seed(6)
+    network = timm.create_model(architecture, pretrained=False, num_classes=0).eval()
+    checkpoint = {"epoch": 9, "state_dict": {**{prefix + k: v for k, v in network.state_dict().items()},
+                                             "criterion.weight": torch.ones(10),
+                                             "projector.0.weight": torch.ones(4, 4)}}
+    path = tmp_path / "epoch=9-step=90.ckpt"
+    torch.save(checkpoint, path)
+    _assert_weights_equal(ImageEmbedder(architecture, pretrained=path).fit(images).model_, network)
+    torch.manual_seed(7)
+    module = timm.create_model(architecture, pretrained=False, num_classes=0)
+    from_module = ImageEmbedder(module, pretrained=path).fit(images)
+    _assert_weights_equal(from_module.model_, network)
+
+
+def test_a_checkpoint_holding_the_network_under_two_prefixes_is_refused(tmp_path, images):
+    weights = _reference_vit(seed=6).state_dict()
+    path = tmp_path / "twice.ckpt"
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in weights.items()},
+                               **{f"ema_model.{k}": v for k, v in weights.items()}}}, path)
+    with pytest.raises(ValueError, match=r"under each of the prefixes 'ema_model.', 'model.': save the copy"):
+        ImageEmbedder("test_vit", pretrained=path).fit(images)
+
+
 def test_local_weights_are_not_kept_twice(tmp_path):
     path = tmp_path / "vit.safetensors"
     save_file(_reference_vit().state_dict(), path)

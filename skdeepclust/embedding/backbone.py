@@ -4,13 +4,14 @@ Weights come from timm's hub (``pretrained=True``), from a local checkpoint
 (``pretrained="/path/w.safetensors"``), or nowhere (``pretrained=False``: random
 weights, seeded). Local checkpoints are cleaned first, so that the original
 formats of self-supervised training code load too: DINO's ``teacher``/``student``
-dictionaries, ``backbone.`` and DDP ``module.`` prefixes, ``state_dict``/``model``
-wrappers, and classifier or projection heads that a feature extractor drops.
+dictionaries, ``backbone.`` and DDP ``module.`` prefixes, PyTorch Lightning's ``model.``,
+``state_dict``/``model`` wrappers, and classifier or projection heads that a feature extractor drops.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import copy
 import difflib
@@ -230,6 +231,40 @@ def clean_state_dict(checkpoint, source="checkpoint") -> dict:
     if not state_dict:
         raise ValueError(f"{source} holds no weight tensors.")
     return state_dict
+
+
+def without_wrapping_prefix(state_dict, own, source):
+    """``state_dict`` less a prefix that a training wrapper put before the network's
+    names, where the names fit the model (``own``, its state dict) only without it.
+
+    PyTorch Lightning saves the network a LightningModule keeps as ``self.model``
+    under ``model.``, beside its losses' and heads' own; other code uses ``net.``,
+    ``encoder.`` or deeper ones (``model.backbone.``). The prefix is taken off only
+    where the names under it fit at least half of the model's, and more of them than
+    the names as they are (timm's filters rename some layouts, so a partial fit of
+    those is left to the filter); two prefixes fitting as well are refused.
+    """
+    fits_as_is = sum(name in own for name in state_dict)
+    fits = collections.Counter()
+    for name in state_dict:
+        parts = name.split(".")
+        for depth in range(1, min(len(parts), 4)):
+            prefix = ".".join(parts[:depth]) + "."
+            fits[prefix] += name[len(prefix):] in own
+    best = max(fits.values(), default=0)
+    if best <= fits_as_is or 2 * best < len(own):
+        return state_dict
+    prefixes = sorted(prefix for prefix, count in fits.items() if count == best)
+    if len(prefixes) > 1:
+        chosen = prefixes[0]
+        raise ValueError(
+            f"The weights in {source} hold the network under each of the prefixes "
+            f"{', '.join(map(repr, prefixes))}: save the copy to use alone, e.g. "
+            f"{{name[{len(chosen)}:]: tensor for name, tensor in state_dict.items() "
+            f"if name.startswith({chosen!r})}}, and pass that file."
+        )
+    return {name[len(prefixes[0]):]: value for name, value in state_dict.items()
+            if name.startswith(prefixes[0])}
 
 
 def _drop_classifier(state_dict, model):
@@ -587,8 +622,8 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     # timm applies the model's own checkpoint filter (e.g. resampling a ViT's position
     # embedding to image_size) to a state dict given through the pretrained config.
     skeleton = _timm_skeleton(name, image_size)
-    state_dict = _drop_classifier(state_dict, skeleton)
     own, target = skeleton.state_dict(), f"backbone {name!r}"
+    state_dict = _drop_classifier(without_wrapping_prefix(state_dict, own, source), skeleton)
     _refuse_resampled_kernels(state_dict, own, target, source)
     try:
         with _checking_timm_load(skeleton):
@@ -694,7 +729,8 @@ def _load_timm_backbone(name, pretrained, image_size):
 def _load_module_backbone(module, pretrained):
     module = copy.deepcopy(module)  # the user's module is never moved, switched or loaded into
     if isinstance(pretrained, (str, os.PathLike)):
-        state_dict = _drop_classifier(read_checkpoint(pretrained), module)
+        state_dict = without_wrapping_prefix(read_checkpoint(pretrained), module.state_dict(), str(pretrained))
+        state_dict = _drop_classifier(state_dict, module)
         try:
             module.load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:

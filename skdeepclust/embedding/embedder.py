@@ -440,7 +440,8 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         A path: a local checkpoint (``.safetensors``, ``.pth``, ``.pt``, ``.bin``,
         ``.ckpt``, ``.pth.tar``),
         including training checkpoints such as DINO's (``teacher``/``student``,
-        ``backbone.`` and ``module.`` prefixes are handled; the teacher is used).
+        ``backbone.`` and ``module.`` prefixes, and PyTorch Lightning's ``model.``,
+        are handled; the teacher is used).
         Name the tag of the weights (``"vit_small_patch16_224.dino"``): it gives
         their preprocessing.
         ``False``: random weights, seeded by ``random_state``.
