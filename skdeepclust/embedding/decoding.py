@@ -29,8 +29,9 @@ JPEG_FULL_SIZE_LIMITS = 4
 # earlier revision made are not taken for this one's (the command's record of
 # embeddings and its saved models keep it). 1: JPEGs decoded at a reduced scale;
 # 2: any image of four times the model's input or more reduced by whole blocks first;
-# 3: transparent pixels shown on white.
-DECODING_REVISION = 3
+# 3: transparent pixels shown on white; 4: the resize's long side and the centre crop
+# placed as torchvision's (one pixel apart for some sizes).
+DECODING_REVISION = 4
 # What transparent pixels are shown on, as a browser shows them on a white page.
 TRANSPARENT_SHOWN_ON = (255, 255, 255)
 

@@ -84,6 +84,12 @@ def _interpolate(images, interpolation, **resize):
     return F.interpolate(images, mode=interpolation, **corners, **resize)
 
 
+def _centre_crop_start(length, kept):
+    """Where the centre ``kept`` pixels of ``length`` start: half the excess rounded
+    half to even, as torchvision's CenterCrop (in timm's evaluation transform) has it."""
+    return int(round((length - kept) / 2.0))
+
+
 def _source_window(length, factor, start, kept):
     """Source pixels ``[first, stop)`` that output pixels ``[start, start + kept)`` of
     an enlargement by ``factor`` are interpolated from, the filter's reach included."""
@@ -105,7 +111,7 @@ def _enlarge_kept_part(images, resized, target, interpolation):
         # One ulp up: torch sizes the output floor(length * factor), which the
         # rounded quotient would make out_length - 1 for some lengths (55 of 224).
         factor = math.nextafter(out_length / length, math.inf)
-        start = (out_length - kept) // 2  # where the whole image's centre crop starts
+        start = _centre_crop_start(out_length, kept)  # where the whole image's crop starts
         first, stop = _source_window(length, factor, start, kept)
         factors.append(factor)
         windows.append(slice(first, stop))
@@ -125,7 +131,12 @@ def _resize_and_center_crop(images, size, interpolation, resize_size=None):
     height, width = images.shape[-2:]
     if (height, width) != (target_h, target_w) or (cover_h, cover_w) != (target_h, target_w):
         scale = max(cover_h / height, cover_w / width)
-        resized = (max(cover_h, round(height * scale)), max(cover_w, round(width * scale)))
+        # The side that sets the scale is sized exactly, the other one truncated, as
+        # torchvision's Resize (in timm's evaluation transform) sizes them.
+        if cover_h * width >= cover_w * height:
+            resized = (cover_h, max(cover_w, cover_h * width // height))
+        else:
+            resized = (max(cover_h, cover_w * height // width), cover_w)
         if scale > 1 and resized[0] * resized[1] > OVERSIZE_AREA * cover_h * cover_w:
             # A strip of 1x2000 pixels enlarged whole would be 224x448000, nearly all
             # of it cropped away after.
@@ -133,8 +144,7 @@ def _resize_and_center_crop(images, size, interpolation, resize_size=None):
         else:
             images = _interpolate(images, interpolation, size=resized,
                                   antialias=interpolation != "nearest" and scale < 1)
-            top = (resized[0] - target_h) // 2
-            left = (resized[1] - target_w) // 2
+            top, left = _centre_crop_start(resized[0], target_h), _centre_crop_start(resized[1], target_w)
             images = images[..., top:top + target_h, left:left + target_w]
     if interpolation == "bicubic":
         images = images.clamp(0.0, 1.0)  # bicubic overshoots at edges
