@@ -193,7 +193,9 @@ def test_torch_tensor_input(images):
         (np.zeros((2, 8, 8, 3), bool), TypeError, "dtype bool"),
         (["/no/such/file.jpg"], ValueError, "not found"),
         ([1, 2], TypeError, "list of images"),
-        ("/no/such/folder", ValueError, "neither an existing folder"),
+        ("/no/such/folder", ValueError, r"neither an existing folder nor a list of images\.$"),
+        ("/no/such/folder/*.jpg", ValueError, r"A pattern is not expanded; .* sorted\(glob\.glob\(X\)\)\.$"),
+        ("~/no/such/folder", ValueError, r"Python does not expand '~'; pass os\.path\.expanduser\(X\)\.$"),
         (42, TypeError, "Cannot read images"),
     ],
 )

@@ -464,6 +464,15 @@ def _hint_for_item(item):
     return ""
 
 
+def _missing_path_hint(path):
+    """What a path that names nothing may have meant, as the shell would read it."""
+    if path.startswith("~") and os.path.expanduser(path) != path:
+        return " Python does not expand '~'; pass os.path.expanduser(X)."
+    if any(wildcard in path for wildcard in "*?["):
+        return " A pattern is not expanded; pass the files it matches, sorted(glob.glob(X))."
+    return ""
+
+
 def as_images(X):
     """Wrap any accepted image input; raises a clear error for anything else."""
     if isinstance(X, (ArrayImages, ImageList)):
@@ -491,7 +500,8 @@ def as_images(X):
                 f"X is the path of one file, {os.fspath(X)!r}; pass a list of paths, "
                 "e.g. [path], or the folder that holds the images."
             )
-        raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images.")
+        raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images."
+                         + _missing_path_hint(X))
     if isinstance(X, torch.Tensor):
         return ArrayImages(check_tensor_has_data(X, "The image tensor").detach())
     from PIL import Image
