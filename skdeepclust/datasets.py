@@ -22,7 +22,7 @@ from ._device import usable_cores
 from ._grouping import rows_of_each
 from ._progress import progress_bar
 from .embedding.decoding import decode_file, unreadable_file_reason
-from .embedding.image_files import ARCHIVE_SUFFIXES, find_image_files, is_hidden_name
+from .embedding.image_files import ARCHIVE_SUFFIXES, find_image_files, is_hidden_name, missing_path_hint
 
 # Files each thread of the readability check gets at least.
 FILES_PER_CHECK_THREAD = 256
@@ -109,9 +109,10 @@ def load_image_folder(root, *, max_per_class=None, skip_unreadable=False, random
     """
     if not isinstance(root, (str, bytes, os.PathLike)):
         raise ValueError(f"root must be the path of a folder; got {root!r}.")
-    root = Path(os.fsdecode(os.fspath(root)))
+    given, root = root, Path(os.fsdecode(os.fspath(root)))
     if not root.is_dir():
-        raise ValueError(f"root={str(root)!r} is not a folder.")
+        hint = "" if root.exists() else missing_path_hint(given, "root", takes_files=False)
+        raise ValueError(f"root={str(root)!r} is not a folder.{hint}")
     for name, flag in (("skip_unreadable", skip_unreadable), ("return_X_y", return_X_y)):
         if not isinstance(flag, (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False; got {flag!r}.")

@@ -19,6 +19,17 @@ from pathlib import Path
 from .._warnings import stacklevel_of_user_code
 
 
+def missing_path_hint(path, parameter, takes_files=True):
+    """What ``parameter``, a path that names nothing, may have meant, as a shell reads it."""
+    path = os.fsdecode(os.fspath(path))
+    if path.startswith("~") and os.path.expanduser(path) != path:
+        return f" Python does not expand '~'; pass os.path.expanduser({parameter})."
+    if any(wildcard in path for wildcard in "*?["):
+        return (f" A pattern is not expanded; pass the files it matches, sorted(glob.glob({parameter}))."
+                if takes_files else " A pattern is not expanded; pass one folder.")
+    return ""
+
+
 def _pillow_decodes_avif():
     # Pillow registers its AVIF plugin whether or not it was built with libavif, so
     # the registry cannot tell; the plugin's decoder, the extension module, can. Its

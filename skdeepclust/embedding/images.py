@@ -36,7 +36,13 @@ import torch
 from .._device import fork_safe_lock
 from .._validation import check_tensor_has_data, unmasked
 from .decoding import ImageFileError, decode_file, pil_image_to_rgb_array, unreadable_file_reason
-from .image_files import ARCHIVE_SUFFIXES, PLUGIN_IMAGE_EXTENSIONS, find_image_files, shown_paths
+from .image_files import (
+    ARCHIVE_SUFFIXES,
+    PLUGIN_IMAGE_EXTENSIONS,
+    find_image_files,
+    missing_path_hint,
+    shown_paths,
+)
 from .pixels import (
     channel_axis_is_last,
     channel_axis_of_one_image,
@@ -464,15 +470,6 @@ def _hint_for_item(item):
     return ""
 
 
-def _missing_path_hint(path):
-    """What a path that names nothing may have meant, as the shell would read it."""
-    if path.startswith("~") and os.path.expanduser(path) != path:
-        return " Python does not expand '~'; pass os.path.expanduser(X)."
-    if any(wildcard in path for wildcard in "*?["):
-        return " A pattern is not expanded; pass the files it matches, sorted(glob.glob(X))."
-    return ""
-
-
 def as_images(X):
     """Wrap any accepted image input; raises a clear error for anything else."""
     if isinstance(X, (ArrayImages, ImageList)):
@@ -501,7 +498,7 @@ def as_images(X):
                 "e.g. [path], or the folder that holds the images."
             )
         raise ValueError(f"X={os.fspath(X)!r} is neither an existing folder nor a list of images."
-                         + _missing_path_hint(X))
+                         + missing_path_hint(X, "X"))
     if isinstance(X, torch.Tensor):
         return ArrayImages(check_tensor_has_data(X, "The image tensor").detach())
     from PIL import Image
