@@ -118,7 +118,7 @@ def test_max_per_class_is_seeded(image_folder):
 def test_missing_or_empty_folder(tmp_path):
     with pytest.raises(ValueError, match=r"not a folder\.$"):
         load_image_folder(tmp_path / "nope")
-    with pytest.raises(ValueError, match=r"not a folder\. Python does not expand '~'; pass os\.path\.expanduser\(root\)"):
+    with pytest.raises(ValueError, match=r"not a folder\. Python does not expand '~'; pass os\.path\.expanduser"):
         load_image_folder("~/no/such/photos")
     with pytest.raises(ValueError, match=r"not a folder\. A pattern is not expanded; pass one folder\.$"):
         load_image_folder(str(tmp_path / "*"))
