@@ -93,14 +93,15 @@ def _is_missing(label):
 def labels_from_list(labels):
     """A list or tuple of labels as a numpy array; anything else as it is.
 
-    A list mixing strings and floats becomes an object array: numpy would turn
+    A list mixing strings and numbers becomes an object array: numpy would turn
     ``float("nan")`` beside strings into the string ``"nan"``, a class like any
-    other, which ``check_no_missing_labels`` could not tell from a real one.
+    other, which ``check_no_missing_labels`` could not tell from a real one, and
+    ``1`` beside ``"1"`` into the same class.
     """
     if not isinstance(labels, (list, tuple)):
         return labels
     converted = np.asarray(labels)
-    if converted.dtype.kind in "US" and any(isinstance(label, (float, np.floating)) for label in labels):
+    if converted.dtype.kind in "US" and any(isinstance(label, (numbers.Number, np.number)) for label in labels):
         return np.asarray(labels, dtype=object)
     return converted
 

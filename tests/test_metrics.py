@@ -76,6 +76,9 @@ def test_labels_of_types_that_do_not_sort_are_named():
     with pytest.raises(ValueError, match=r"y_true mixes values of types that do not sort \(int, str\); .*dtype=str"):
         cluster_accuracy(pd.Series([0, 0, "b", "b"], dtype=object), [0, 0, 1, 1])
     assert cluster_accuracy(np.asarray(pd.Series([0, 0, "b", "b"], dtype=object), dtype=str), [0, 0, 1, 1]) == 1.0
+    # In a list, numpy made strings of the numbers: 1 and "1" were one class.
+    with pytest.raises(ValueError, match=r"y_true mixes values of types that do not sort \(int, str\)"):
+        cluster_accuracy(["1", 1, "1"], [0, 1, 0])
 
 
 def test_weighted_accuracy_of_a_perfect_clustering_is_exactly_one():
