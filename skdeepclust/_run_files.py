@@ -32,6 +32,8 @@ MODEL_FORMAT_VERSION = 2
 # interpolation of its own (the model's, from timm).
 MODEL_EMBEDDER_KEYS = ("backbone", "pretrained", "image_size", "crop_pct", "mean", "std", "interpolation")
 _NEWER_EMBEDDER_KEYS = ("mean", "std", "interpolation")
+# Settings that records of embeddings gained later, None in those written before.
+_NEWER_SETTINGS = (*_NEWER_EMBEDDER_KEYS, "precision")
 
 
 # What in a local-dir: folder the model is made from: its config and weights. Notes,
@@ -139,6 +141,8 @@ def embedding_settings(embedder_params, random_state):
     under the same name are not taken for the old. The device, batch size and
     decoding workers are left out: they change the features by rounding at most
     (bfloat16 on a GPU), and embeddings made on a GPU are worth reusing on a CPU.
+    So is the precision ``"auto"``, which is that of the device; one given outright
+    is kept, as a user who compares precisions must not be given the same rows twice.
     """
     import timm
 
@@ -164,6 +168,7 @@ def embedding_settings(embedder_params, random_state):
         "image_size": embedder_params["image_size"],
         "crop_pct": embedder_params["crop_pct"],
         **{name: embedder_params.get(name) for name in _NEWER_EMBEDDER_KEYS},
+        "precision": None if embedder_params.get("precision", "auto") == "auto" else embedder_params["precision"],
         # Random weights are drawn from the seed.
         "random_state": random_state if pretrained is False else None,
     }
@@ -198,7 +203,7 @@ def _recorded_rows(record_path, array_path, settings):
         record = json.loads(record_path.read_text(encoding="utf-8"))
         stamps = [tuple(stamp) if stamp else None for stamp in record["files"]]
         # Records written before these settings existed had the model's own.
-        earlier_settings = {**dict.fromkeys(_NEWER_EMBEDDER_KEYS), **record["settings"]}
+        earlier_settings = {**dict.fromkeys(_NEWER_SETTINGS), **record["settings"]}
         if any(stamp is not None and not all(isinstance(part, (str, int)) for part in stamp)
                for stamp in stamps):
             raise ValueError("a file stamp is not a path and numbers")

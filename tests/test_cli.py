@@ -876,6 +876,7 @@ def test_a_rerun_that_reuses_every_row_loads_no_backbone(capsys, image_folder, t
     ("--crop-pct", "0.5"),
     ("--random-state", "1"),  # random weights come from the seed
     ("--backbone", "test_vit2"),
+    ("--precision", "bfloat16"),  # one given outright; "auto" is the device's, see below
 ])
 def test_a_rerun_with_other_embedding_settings_embeds_every_file(capsys, image_folder, tmp_path, monkeypatch,
                                                                  option, value):
@@ -888,6 +889,23 @@ def test_a_rerun_with_other_embedding_settings_embeds_every_file(capsys, image_f
     assert counts == [8]
     assert (f"the embeddings of an earlier run in {out} were not reused, as they were made with "
             f"another {option})") in stdout
+
+
+def test_embeddings_of_the_precision_auto_are_reused_whatever_the_device_made_them(
+        capsys, image_folder, tmp_path, monkeypatch):
+    # Embeddings made on a GPU (bfloat16) are worth reusing on a CPU; so are those of
+    # records written before the precision was kept.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    assert _run(capsys, *argv)[0] == 0
+    record = json.loads((out / "embeddings.json").read_text())
+    assert record["settings"]["precision"] is None
+    del record["settings"]["precision"]
+    (out / "embeddings.json").write_text(json.dumps(record))
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv, "--device", "cpu")
+    assert status == 0, err
+    assert counts == [] and "were not reused" not in stdout
 
 
 def test_embeddings_decoded_by_an_earlier_revision_are_not_reused(capsys, image_folder, tmp_path, monkeypatch):
