@@ -565,6 +565,25 @@ def test_a_single_empty_cluster_is_warned_of():
         FeatureClusterer(_LeavesLastClusterEmpty(), n_clusters=3).fit(X)
 
 
+@pytest.mark.parametrize("clusterer", ["torch_kmeans", "minibatch_kmeans", "gmm", "kmeans"])
+def test_clusters_left_empty_in_fit_are_never_predicted(clusterer):
+    # Six copies of one photo and another: three clusters asked for, two kept. The
+    # clusterers' own predict gave the empty cluster to new rows, and TorchKMeans gave
+    # the copies a twin of their centre, clusters that labels_ (clusters.csv) lack.
+    rng = np.random.default_rng(0)
+    photos = rng.normal(size=(2, 8))
+    X = photos[[0, 0, 0, 0, 0, 0, 1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = FeatureClusterer(clusterer, n_clusters=3, random_state=0, device="cpu").fit(X)
+    assert model.cluster_ids_.size == 2
+    np.testing.assert_array_equal(model.predict(X), model.labels_)
+    new = np.vstack([rng.normal(size=(200, 8)), photos + 0.01])
+    predicted = model.predict(new)
+    assert set(predicted) <= set(model.cluster_ids_)
+    np.testing.assert_array_equal(predicted[-2:], model.labels_[[0, 6]])
+
+
 def test_predict_uses_the_clusterers_own_predict():
     rng = np.random.default_rng(0)
     # A tight and a broad component: the nearest mean is not the likeliest component.

@@ -559,15 +559,35 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         Returns
         -------
         labels : ndarray of shape (n_samples,)
-            Cluster of each row (see the class Notes for clusterers without ``predict``).
+            Cluster of each row (see the class Notes for clusterers without ``predict``),
+            one of ``cluster_ids_``: a row the clusterer would give a cluster it left
+            empty in ``fit`` goes to the kept one it ranks first (the nearest centre,
+            or the likeliest component).
         """
         return self._predict_validated(self._validated(X))
 
     def _predict_validated(self, X):
-        if hasattr(self.clusterer_, "predict"):
-            return np.asarray(self.clusterer_.predict(X)).astype(np.int64, copy=False)
-        if self.cluster_ids_.size == 0:
-            return np.full(X.shape[0], -1, dtype=np.int64)
+        if not hasattr(self.clusterer_, "predict"):
+            if self.cluster_ids_.size == 0:
+                return np.full(X.shape[0], -1, dtype=np.int64)
+            return self.cluster_ids_[self._nearest_centre(X)]
+        labels = np.asarray(self.clusterer_.predict(X)).astype(np.int64, copy=True)
+        # A clusterer that left clusters empty in fit (MiniBatchKMeans or GaussianMixture
+        # on few rows, k-means on duplicate rows) may predict them: clusters that
+        # labels_, cluster_centers_ and the results of a run do not have.
+        outside = (labels >= 0) & ~np.isin(labels, self.cluster_ids_)
+        if outside.any() and self.cluster_ids_.size:
+            labels[outside] = self._nearest_kept_cluster(X[outside])
+        return labels
+
+    def _nearest_kept_cluster(self, X):
+        """The cluster of ``cluster_ids_`` the clusterer ranks first for each row of ``X``."""
+        centres = getattr(self.clusterer_, "cluster_centers_", None)
+        if isinstance(centres, np.ndarray) and centres.ndim == 2 and centres.shape[0] > self.cluster_ids_.max():
+            kept = centres[self.cluster_ids_].astype(X.dtype, copy=False)
+            return self.cluster_ids_[nearest_centres(X, kept, distances=False)[0]]
+        if hasattr(self.clusterer_, "predict_proba"):  # a mixture: a column per component
+            return self.cluster_ids_[self.clusterer_.predict_proba(X)[:, self.cluster_ids_].argmax(axis=1)]
         return self.cluster_ids_[self._nearest_centre(X)]
 
     def _validated(self, X):
