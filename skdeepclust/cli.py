@@ -408,22 +408,16 @@ def _trial_fit(stage, n_images):
 
 def _confidence(stage, features, labels):
     """Cluster probability when the clusterer gives one, else cosine similarity of
-    each image to the centre of its cluster in ``labels``."""
+    each image to the centre of its cluster in ``labels`` (one of the stage's
+    ``cluster_ids_``, as its ``labels_`` and ``predict`` give, or noise, -1)."""
     if hasattr(stage, "predict_proba"):
         return stage.predict_proba(features).max(axis=1)
     if stage.cluster_ids_.size == 0:
         return np.zeros(len(features))
-    centres = stage.cluster_centers_ / np.linalg.norm(stage.cluster_centers_, axis=1, keepdims=True)
+    norms = np.linalg.norm(stage.cluster_centers_, axis=1, keepdims=True)
+    centres = stage.cluster_centers_ / np.maximum(norms, np.finfo(np.float32).tiny)
     rows = np.searchsorted(stage.cluster_ids_, labels)
     similarity = np.einsum("ij,ij->i", features, centres[np.clip(rows, 0, len(centres) - 1)])
-    # predict may give a cluster that no training image fell in (k-means with empty clusters)
-    unknown = (labels >= 0) & ~np.isin(labels, stage.cluster_ids_)
-    own = getattr(stage.clusterer_, "cluster_centers_", None)
-    if unknown.any():
-        similarity[unknown] = 0.0
-        if own is not None and labels[unknown].max() < len(own):
-            theirs = own[labels[unknown]] / np.linalg.norm(own[labels[unknown]], axis=1, keepdims=True)
-            similarity[unknown] = np.einsum("ij,ij->i", features[unknown], theirs)
     return np.where(labels >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
 
 

@@ -645,6 +645,28 @@ def test_plain_module_with_local_weights(tmp_path, images):
     _assert_weights_equal(embedder.model_, trained)
 
 
+class _NothingOfDarkImages(nn.Module):
+    """Features only of what is brighter than mid grey, as a ReLU network at a size
+    too small for it (EfficientNet-Lite0 at 4 x 4 pixels) gives nothing of any image."""
+
+    def forward(self, x):
+        return torch.relu(x.mean(dim=(2, 3)))
+
+
+def test_features_all_zero_are_refused_for_every_image_and_warned_of_for_some():
+    dark, bright = np.full((3, 8, 8, 3), 40, np.uint8), np.full((2, 8, 8, 3), 220, np.uint8)
+    embedder = ImageEmbedder(_NothingOfDarkImages(), image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3).fit(dark)
+    with pytest.raises(ValueError, match=r"all zero for 3 of 3 images \(the first is image 0\), which no clusterer "
+                                         r"can tell apart. At 8 x 8 pixels .*; use a larger image_size\.$"):
+        embedder.transform(dark)
+    with pytest.warns(UserWarning, match=r"all zero for 3 of 5 images \(the first is image 2\)"):
+        features = embedder.transform(np.concatenate([bright, dark]))
+    assert features.shape == (5, 3) and np.isfinite(features).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        embedder.transform(bright)
+
+
 class _MixingRows(nn.Module):
     """Returns features for a batch that are not one row per image."""
 

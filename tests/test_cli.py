@@ -315,6 +315,22 @@ def test_soft_clusterer_confidence_is_a_probability(capsys, image_folder, tmp_pa
     assert min(confidences) >= 0.5  # the larger of two probabilities
 
 
+def test_confidence_is_a_number_for_images_whose_features_are_all_zero():
+    # A cluster of all-zero features has a zero centre: 'nan' went into clusters.csv.
+    import warnings
+
+    from skdeepclust import FeatureClusterer
+    from skdeepclust.cli import _confidence
+
+    features = np.vstack([np.zeros((3, 4), np.float32), np.eye(4, dtype=np.float32)[[0, 0, 0]]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stage = FeatureClusterer("kmeans", n_clusters=2, random_state=0).fit(features)
+        confidence = _confidence(stage, features, stage.labels_)
+    np.testing.assert_array_equal(confidence[:3], 0.0)
+    assert np.isfinite(confidence).all() and (confidence[3:] > 0).all()
+
+
 def _flat_folder(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     return tmp_path
