@@ -22,7 +22,29 @@ def test_links_to_one_folder_keep_the_first_by_name(tmp_path):
     root.mkdir()
     for name in ("kitties", "cats", "felines"):
         (root / name).symlink_to(real, target_is_directory=True)
-    assert find_image_files(root) == [str(root / "cats" / "1.png")]
+    with pytest.warns(UserWarning, match=r"^Skipped 2 link\(s\) to folders found already, so that each image is "
+                                         r"taken once, under its own folder: '.*/felines', '.*/kitties'\.$"):
+        assert find_image_files(root) == [str(root / "cats" / "1.png")]
+
+
+def test_a_link_to_a_folder_of_the_tree_leaves_its_images_under_that_folder(tmp_path):
+    # photos/cat/frogs -> ../frog sorts first: the frogs were found as photos/cat/frogs/*,
+    # photos/frog/ skipped without a word, and load_image_folder gave them the class cat.
+    for name in ("cat/1.png", "frog/2.png", "frog/deeper/3.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "cat" / "frogs").symlink_to(tmp_path / "frog", target_is_directory=True)
+    (tmp_path / "cat" / "deep-frogs").symlink_to(tmp_path / "frog" / "deeper", target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"Skipped 2 link\(s\) to folders found already, .*: "
+                                         r"'.*cat/deep-frogs', '.*cat/frogs'\.$"):
+        found = find_image_files(tmp_path)
+    assert found == [str(tmp_path / name) for name in ("cat/1.png", "frog/2.png", "frog/deeper/3.png")]
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (4, 4)).save(elsewhere / "4.png")
+    (tmp_path / "cat" / "more").symlink_to(elsewhere, target_is_directory=True)  # outside: followed
+    with pytest.warns(UserWarning, match="Skipped 2 link"):
+        assert str(tmp_path / "cat" / "more" / "4.png") in find_image_files(tmp_path)
 
 
 def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, monkeypatch):
@@ -132,7 +154,8 @@ def test_links_to_image_files_found_already_are_skipped_with_a_warning(tmp_path)
     (root / "favourites" / "c.png").symlink_to(tmp_path / "elsewhere" / "3.png")
     os.symlink(root / "favourites", root / "z-link-to-favourites")  # a folder met twice: walked once
     with pytest.warns(UserWarning, match=r"Skipped 2 link\(s\) to image files found already, so that each image "
-                                         r"is taken once: '.*favourites/a.png', '.*favourites/c.png'\."):
+                                         r"is taken once: '.*favourites/a.png', '.*favourites/c.png'\."), \
+            pytest.warns(UserWarning, match=r"Skipped 1 link\(s\) to folders found already, .*z-link-to-favourites"):
         assert find_image_files(root) == [str(root / "1.png"), str(root / "2.png"),
                                           str(root / "favourites" / "b.png")]
 

@@ -214,11 +214,17 @@ def find_image_files_with_left_out(folder, each_image_once=True):
     # Depth first, as os.walk goes, but on os.scandir's entries, which tell a file
     # from a folder without a stat of each file: a million files took 10.4 s with
     # os.walk and os.path.isfile, 3.7 s so.
-    pending = [os.fspath(folder)]
-    while pending:
+    pending, linked_folders, links_to_folders_found = [os.fspath(folder)], [], []
+    while pending or linked_folders:
+        if not pending:
+            # Links to folders are walked once every folder that is not one has been,
+            # so that a link inside the tree to one of its folders (photos/cat/frogs ->
+            # ../frog) does not take that folder's images under the link's path.
+            pending, linked_folders = sorted(linked_folders, reverse=True), []
         directory = pending.pop()
         real = os.path.realpath(directory)
-        if real in seen:  # a link back to a folder already walked
+        if real in seen:  # a link to a folder already walked, or back to one above it
+            links_to_folders_found.append(directory)
             continue
         seen.add(real)
         real_folders[directory] = real
@@ -241,10 +247,12 @@ def find_image_files_with_left_out(folder, each_image_once=True):
                     previews.append(entry.path)
                 continue
             if _entry_is(entry.is_dir):  # links to folders followed
-                if not in_photos_library or entry.name in _PHOTOS_LIBRARY_ORIGINALS:
-                    subfolders.append(entry.path)
-                else:
+                if in_photos_library and entry.name not in _PHOTOS_LIBRARY_ORIGINALS:
                     previews.append(entry.path)
+                elif entry.is_symlink():
+                    linked_folders.append(entry.path)
+                else:
+                    subfolders.append(entry.path)
             elif (extension := os.path.splitext(entry.name)[1].lower()) in other_photo_extensions:
                 unreadable_photos.append(entry.path)
             elif extension in extensions:
@@ -262,6 +270,13 @@ def find_image_files_with_left_out(folder, each_image_once=True):
         # whatever order the file system lists them in (the last pushed is walked first).
         pending.extend(sorted(subfolders, reverse=True))
     _warn_of_skipped_entries(unlisted, unreachable)
+    if links_to_folders_found:
+        warnings.warn(
+            f"Skipped {len(links_to_folders_found)} link(s) to folders found already, so that each image is "
+            f"taken once, under its own folder: {shown_paths(sorted(links_to_folders_found))}.",
+            UserWarning,
+            stacklevel=stacklevel_of_user_code(),
+        )
     _warn_of_unreadable_photos(sorted(unreadable_photos))
     _warn_of_photos_in_cloud(sorted(in_cloud))
     if not files:
