@@ -483,7 +483,11 @@ def _put_weights_at(model, weights):
     named = _named_weights(embedder)
     names_file, names_folder = named["pretrained"] is not None, named["backbone"] is not None
     if not names_file and not names_folder:
-        made_with = "random weights" if embedder["pretrained"] is False else "timm's own weights from the hub"
+        from .embedding.packaged_weights import PACKAGED_BACKBONES
+
+        made_with = ("random weights" if embedder["pretrained"] is False
+                     else "the weights packaged with skdeepclust" if embedder["backbone"] in PACKAGED_BACKBONES
+                     else "timm's own weights from the hub")
         raise UserError(f"--weights {weights}: the model was made with {made_with}, not with a weights "
                         "file or local-dir: folder; leave --weights out")
     given = weights

@@ -51,7 +51,7 @@ from ._run_files import (
     write_embeddings,
     write_failure,
 )
-from .clustering._registry import FINDS_ITS_CLUSTER_COUNT
+from .clustering._registry import CLUSTERER_NAMES, FINDS_ITS_CLUSTER_COUNT
 from .embedding.presets import SIMCLR_RESNET18_CIFAR10
 
 EXIT_USAGE = 2
@@ -95,7 +95,8 @@ _RECORD_OF_ARRAY = {EMBEDDINGS_FILE: EMBEDDINGS_RECORD, PARTIAL_FILE: PARTIAL_RE
 # Python values that the command spells as words, once their parameter is respelled.
 _VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
                            "--pretrained=False": "--pretrained none",
-                           **{f"--precision='{name}'": f"--precision {name}" for name in PRECISIONS}}
+                           **{f"--precision='{name}'": f"--precision {name}" for name in PRECISIONS},
+                           **{f"--clusterer='{name}'": f"--clusterer {name}" for name in CLUSTERER_NAMES}}
 
 
 _Clustered = collections.namedtuple("_Clustered", "features stage readable unreadable n_reused embedding_seconds")
@@ -1092,6 +1093,7 @@ def build_parser():
     demo.add_argument("--out", default="skdeepclust-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     demo.set_defaults(run=demo_command)
+    parser.subcommands = {"cluster": cluster, "assign": assign, "demo": demo}
     return parser
 
 
@@ -1113,7 +1115,10 @@ def _escaping_output():
 
 def main(argv=None):
     """Entry point of the ``skdeepclust`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unrecognized = parser.parse_known_args(argv)
+    if unrecognized:  # argparse's own error names the top command's --help, not the subcommand's
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unrecognized)}")
     from .embedding import PretrainedWeightsUnavailable  # after --help, which needs no torch
     from .embedding.backbone import _model_source
 

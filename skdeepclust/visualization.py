@@ -132,7 +132,8 @@ def cluster_montage(images, labels, *, n_per_cluster=8, thumbnail_size=48, score
     row_height = thumbnail_size + _GAP
     longest_row = max(len(members) for members in chosen.values())
     font = ImageFont.load_default()
-    captions = {cluster: ("noise" if cluster == -1 else f"cluster {cluster}", f"{sizes[cluster]} images")
+    captions = {cluster: ("noise" if cluster == -1 else f"cluster {cluster}",
+                          f"{sizes[cluster]} image" + ("" if sizes[cluster] == 1 else "s"))
                 for cluster in chosen}
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     widest = max(measure.textlength(text, font=font) for caption in captions.values() for text in caption)

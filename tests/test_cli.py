@@ -531,6 +531,16 @@ def test_option_values_are_checked_as_they_are_read(capsys, image_folder, option
                                        "(see skdeepclust cluster --help)\n")
 
 
+@pytest.mark.parametrize("argv", [["cluster", "photos", "more-photos", "--n-clusters", "2"],
+                                  ["assign", "new", "--model", "run", "--backbone", "test_vit"],
+                                  ["demo", "--bogus"]])
+def test_arguments_a_subcommand_does_not_take_point_at_its_own_help(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(f"(see skdeepclust {argv[0]} --help)\n")
+
+
 @pytest.mark.parametrize("value", ["1.5", "0.1", "most"])
 def test_crop_pct_must_be_a_share_or_model(capsys, image_folder, value):
     with pytest.raises(SystemExit) as exit_info:
@@ -1569,6 +1579,18 @@ def test_assign_takes_moved_weights_from_the_weights_option(capsys, image_folder
     assert status == 2
     assert err == (f"skdeepclust: error: --weights {moved}: the model was made with random weights, not "
                    "with a weights file or local-dir: folder; leave --weights out\n")
+
+
+@pytest.mark.parametrize("backbone, made_with", [
+    ("efficientnet_lite0.offline", "the weights packaged with skdeepclust"),
+    ("vit_small_patch16_224.dino", "timm's own weights from the hub"),
+])
+def test_weights_given_for_a_model_made_without_a_file_name_what_it_was_made_with(backbone, made_with):
+    from skdeepclust._cli_messages import UserError
+    from skdeepclust._run_files import _put_weights_at
+
+    with pytest.raises(UserError, match=f"the model was made with {made_with}, not with a weights file"):
+        _put_weights_at({"embedder": {"backbone": backbone, "pretrained": True}}, "w.safetensors")
 
 
 def test_assign_does_not_write_over_the_models_own_run(capsys, image_folder, tmp_path):

@@ -36,6 +36,20 @@ def test_long_string_labels_widen_the_label_column_instead_of_running_under_the_
     assert montage[4 + 20 + 8, first_tile + 8, 0] in 10 * np.arange(6)  # row 2 (sorted): a Chihuahua
 
 
+def test_captions_count_one_image_as_one(monkeypatch):
+    from PIL import ImageDraw
+
+    drawn, draw_text = [], ImageDraw.ImageDraw.text
+
+    def recording(self, xy, text, *args, **kwargs):
+        drawn.append(text)
+        return draw_text(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording)
+    cluster_montage(_colour_images()[:3], np.array([0, 1, 1]), thumbnail_size=16)
+    assert "1 image" in drawn and "2 images" in drawn and "1 images" not in drawn
+
+
 def test_scores_pick_the_most_confident_members():
     labels = np.zeros(12, dtype=int)
     scores = np.arange(12) / 12.0  # the last images are the most confident

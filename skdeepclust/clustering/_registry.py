@@ -81,7 +81,7 @@ def build_named_clusterer(name, *, n_clusters, random_state, device, verbose=0):
             raise ImportError(
                 f"clusterer={name!r} needs RAPIDS cuML, which is not installed. Install it "
                 "for your CUDA version (for example `pip install cuml-cu12`), or use "
-                "clusterer='kmeans'."
+                f"clusterer={name.removeprefix('cuml_')!r}."
             ) from exc
         raise
     cls = getattr(module, class_name)
