@@ -235,11 +235,20 @@ def _image_files(folder, out):
     """The image files under ``folder``, less those in ``out`` and in the output folders
     of earlier runs, so that a run writing its results inside ``folder`` does not
     cluster them in the next run; and why the search left out others, by file."""
-    from .embedding.image_files import find_image_files_with_left_out, without_links_to_files_found
+    from .embedding.image_files import (
+        find_image_files_with_left_out,
+        warn_of_links_to_folders_found,
+        without_links_to_files_found,
+    )
 
     _register_installed_pillow_plugins()
     # The links of an earlier run's by-cluster folder go with it, without a word.
-    files, left_out = find_image_files_with_left_out(folder, each_image_once=False)
+    files, left_out, links_to_folders = find_image_files_with_left_out(folder, each_image_once=False)
+    # Nor do the links to folders in those (a user's own in by-cluster, say).
+    below, out_prefix = len(os.path.join(str(folder), "")), os.path.join(os.path.realpath(out), "")
+    warn_of_links_to_folders_found([
+        link for link in links_to_folders if CLUSTER_FOLDERS not in link[below:].split(os.sep)
+        and not os.path.join(os.path.realpath(os.path.dirname(link)), "").startswith(out_prefix)])
     return without_links_to_files_found(_without_output_folders(folder, files, out)), left_out
 
 

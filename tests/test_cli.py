@@ -978,8 +978,8 @@ def test_the_device_and_batch_size_do_not_stop_the_reuse(capsys, image_folder, t
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
     assert _run(capsys, *argv)[0] == 0
     counts = _embedded_counts(monkeypatch)
-    assert _run(capsys, *argv, "--batch-size", "3", "--num-workers", "0", "--device", "cpu",
-                "--precision", "bfloat16")[0] == 0
+    # A --precision given outright does (test_a_rerun_with_other_embedding_settings_embeds_every_file).
+    assert _run(capsys, *argv, "--batch-size", "3", "--num-workers", "0", "--device", "cpu")[0] == 0
     assert counts == []
 
 
@@ -1852,22 +1852,22 @@ def test_a_run_that_found_no_clusters_saves_no_model(capsys, tmp_path):
     assert not (out / "model.joblib").exists() and (out / "clusters.csv").is_file()
 
 
-def test_confidence_of_a_cluster_that_no_training_image_fell_in_is_taken_against_its_own_centre():
+def test_an_image_nearest_a_cluster_left_empty_goes_to_a_cluster_of_the_run():
     from skdeepclust import FeatureClusterer
     from skdeepclust.cli import _confidence
 
-    # Duplicates leave k-means with an empty cluster, whose centre it still predicts with
-    # (here moved apart by hand: ties between duplicated centres go to the lower number).
+    # Duplicates leave k-means with an empty cluster, whose centre it still predicted with
+    # (here moved apart by hand), a cluster that the run's clusters.csv does not have.
     X = np.repeat(np.eye(3, 8, dtype=np.float32), 4, axis=0)
     with pytest.warns(Warning):
         stage = FeatureClusterer(n_clusters=4, random_state=0).fit(X)
     assert stage.cluster_ids_.tolist() == [0, 1, 2]
     stage.clusterer_.cluster_centers_[3] = 2.0 * np.eye(8, dtype=np.float32)[5]
-    new = np.eye(8, dtype=np.float32)[5:6] + 0.3 * np.eye(8, dtype=np.float32)[6:7]
+    new = np.eye(8, dtype=np.float32)[5:6] + 0.3 * np.eye(8, dtype=np.float32)[[0]]
     new /= np.linalg.norm(new)
     label = stage.predict(new)
-    assert label.tolist() == [3]
-    assert _confidence(stage, new, label)[0] == pytest.approx(float(new[0, 5]), abs=1e-6)
+    assert label.tolist() == [stage.labels_[0]]  # the cluster of the rows (1, 0, ...)
+    assert _confidence(stage, new, label)[0] == pytest.approx(float(new[0, 0]), abs=1e-6)
 
 
 def test_assign_finds_the_weights_of_a_project_moved_as_a_whole(capsys, image_folder, tmp_path_factory):

@@ -120,8 +120,7 @@ def test_no_n_features_in_from_image_axes(estimator, images):
 @pytest.mark.parametrize("estimator", IMAGE_ESTIMATORS, ids=IDS)
 def test_embedding_parameters_changed_after_fit_are_checked_when_used(estimator, images):
     estimator = clone(estimator).fit(images)
-    # PretrainedFeatureClusterer embeds with its fitted embedder_, not its own parameters.
-    embedder = getattr(estimator, "embedder_", estimator)
-    embedder.set_params(batch_size=-1)
+    # PretrainedFeatureClusterer hands its own to its fitted embedder_ at each call.
+    estimator.set_params(batch_size=-1)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         _output(estimator, images)

@@ -196,10 +196,12 @@ def find_image_files(folder) -> list:
 
 
 def find_image_files_with_left_out(folder, each_image_once=True):
-    """``find_image_files(folder)``, and the files the search left out with a warning
+    """``find_image_files(folder)``, the files the search left out with a warning
     (in formats Pillow cannot read here, not downloaded from iCloud, or out of reach),
-    a dict of why, by file, sorted. ``each_image_once=False`` keeps the links to files found already, for
-    :func:`without_links_to_files_found` to leave out once other files are."""
+    a dict of why, by file, sorted, and the links to folders it did not walk, as it
+    walked their folders. ``each_image_once=False`` keeps the links to files found already, for
+    :func:`without_links_to_files_found` to leave out once other files are, and leaves the
+    warning of those links to folders to :func:`warn_of_links_to_folders_found`."""
     folder = Path(os.fsdecode(os.fspath(folder)))  # a bytes path too, as the estimators take it
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder.")
@@ -270,13 +272,8 @@ def find_image_files_with_left_out(folder, each_image_once=True):
         # whatever order the file system lists them in (the last pushed is walked first).
         pending.extend(sorted(subfolders, reverse=True))
     _warn_of_skipped_entries(unlisted, unreachable)
-    if links_to_folders_found:
-        warnings.warn(
-            f"Skipped {len(links_to_folders_found)} link(s) to folders found already, so that each image is "
-            f"taken once, under its own folder: {shown_paths(sorted(links_to_folders_found))}.",
-            UserWarning,
-            stacklevel=stacklevel_of_user_code(),
-        )
+    if each_image_once:
+        warn_of_links_to_folders_found(links_to_folders_found)
     _warn_of_unreadable_photos(sorted(unreadable_photos))
     _warn_of_photos_in_cloud(sorted(in_cloud))
     if not files:
@@ -305,7 +302,19 @@ def find_image_files_with_left_out(folder, each_image_once=True):
                 for path in unreadable_photos}
     left_out.update(dict.fromkeys(in_cloud, "in iCloud, not downloaded"))
     left_out.update(dict.fromkeys(unreachable, "leads to no file that can be read"))
-    return files, dict(sorted(left_out.items()))
+    return files, dict(sorted(left_out.items())), sorted(links_to_folders_found)
+
+
+def warn_of_links_to_folders_found(links):
+    """Warn of the links to folders that the search did not walk, as it had walked
+    those folders (or walks them) under their own paths."""
+    if links:
+        warnings.warn(
+            f"Skipped {len(links)} link(s) to folders found already, so that each image is "
+            f"taken once, under its own folder: {shown_paths(sorted(links))}.",
+            UserWarning,
+            stacklevel=stacklevel_of_user_code(),
+        )
 
 
 def without_links_to_files_found(files, links=None, real_folders=None):
