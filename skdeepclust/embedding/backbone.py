@@ -812,9 +812,11 @@ def _check_patch_grid(model, image_size):
     fitting = tuple(max(patch, round(side / patch) * patch)
                     for side, patch in zip(image_size, patch_size))
     shown = fitting[0] if fitting[0] == fitting[1] else fitting
+    given = image_size[0] if image_size[0] == image_size[1] else image_size
+    patch = patch_size[0] if patch_size[0] == patch_size[1] else patch_size
     raise ValueError(
-        f"image_size={image_size} is not a multiple of the backbone's patch size "
-        f"{patch_size}, so the pixels past the last whole patch would be ignored. Use a "
+        f"image_size={given} is not a multiple of the backbone's patch size, "
+        f"{patch}, so the pixels past the last whole patch would be ignored. Use a "
         f"multiple of the patch size, e.g. image_size={shown}."
     )
 
