@@ -92,6 +92,10 @@ _ADVICE_IN_OPTION_WORDS = {"use TorchKMeans": ("clusterer", "use --clusterer tor
                            "use 'kmeans'": ("clusterer", "use --clusterer kmeans")}
 # The record a run writes beside each array of embeddings.
 _RECORD_OF_ARRAY = {EMBEDDINGS_FILE: EMBEDDINGS_RECORD, PARTIAL_FILE: PARTIAL_RECORD}
+# Words of the Python API in library messages, as the command says them.
+_LIBRARY_WORDS = {" (n_clusters_ holds the number kept)": "",
+                  ", and labels_ keep its numbering, with gaps": ", and the clusters keep their numbers, with gaps",
+                  "Possibly due to duplicate points in X": "Possibly due to duplicate images"}
 # Python values that the command spells as words, once their parameter is respelled.
 _VALUES_IN_OPTION_WORDS = {"--pretrained=True": "--pretrained hub",
                            "--pretrained=False": "--pretrained none",
@@ -127,6 +131,8 @@ def _in_option_words(message, options):
             message = message.replace(advice, in_option_words)
     for value, in_option_words in _VALUES_IN_OPTION_WORDS.items():
         message = re.sub(re.escape(value) + r"(?!\w)", in_option_words, message)
+    for words, in_command_words in _LIBRARY_WORDS.items():
+        message = message.replace(words, in_command_words)
     return message
 
 

@@ -672,6 +672,27 @@ def test_option_words_leave_paths_and_other_commands_options_alone():
         "200 images are fewer than --n-clusters=500; give more images or ask for fewer clusters.")
 
 
+def test_library_warnings_of_kept_clusters_read_in_the_commands_words():
+    import warnings
+
+    from sklearn.cluster import MiniBatchKMeans
+
+    from skdeepclust.cli import _in_option_words, build_parser
+    from skdeepclust.clustering import SCANClusterer
+    from skdeepclust.clustering._training import warn_if_clusters_pruned
+    from skdeepclust.clustering.feature_clusterer import _warn_of_empty_clusters
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        warn_if_clusters_pruned(SCANClusterer(n_clusters=3), 1)
+        _warn_of_empty_clusters(MiniBatchKMeans(n_clusters=3), np.array([0, 2]))
+    options = vars(build_parser().parse_args(["cluster", "photos"]))
+    pruned, gaps = (_in_option_words(str(warning.message), options) for warning in record)
+    assert "which were pruned. If you need exactly --n-clusters groups" in pruned and "n_clusters_" not in pruned
+    assert "no sample fell in the other 1, and the clusters keep their numbers, with gaps. If" in gaps
+    assert _in_option_words("Possibly due to duplicate points in X.", options) == "Possibly due to duplicate images."
+
+
 def test_an_installed_heif_plugin_is_registered_for_phone_photos(capsys, image_folder, tmp_path, monkeypatch,
                                                                    register_stand_in_heif):
     # In Python the user registers pillow-heif's opener; on the command line nobody can.
