@@ -832,8 +832,11 @@ def _cluster_folder(args, folder, out):
     settings = embedding_settings(embedder_params, args.random_state)
     # Stamped before the embedding: a file changed while it runs is embedded again next time.
     stamps = [file_stamp(path) for path in files]
-    # Without --embeddings, those of a run stopped early only: the same command goes on from there.
-    earlier_rows, changed_settings = earlier_embeddings(out, settings, partial_only=not args.embeddings)
+    # Without --embeddings too: the rows of an earlier run with it are reused before it
+    # is removed (an hour of embedding lost to a flag left out), and those of a run
+    # stopped early, which the same command goes on from.
+    earlier_rows, changed_settings = earlier_embeddings(
+        out, settings, partial_only=not args.embeddings and not is_our_record(out / EMBEDDINGS_RECORD))
     earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
     kept = []  # the identity of the partial embeddings written before the clustering
 

@@ -576,13 +576,15 @@ def test_files_the_embedder_cannot_decode_are_skipped_too(capsys, image_folder, 
     assert "skipped 1 unreadable file(s)" in stdout
 
 
-def test_a_rerun_without_embeddings_removes_the_earlier_ones(capsys, image_folder, tmp_path):
+def test_a_rerun_without_embeddings_removes_the_earlier_ones(capsys, image_folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
     assert _run(capsys, *argv, "--embeddings")[0] == 0
     (image_folder / "dark" / "0.png").unlink()
-    status, _, err = _run(capsys, *argv)
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
     assert status == 0
+    assert counts == [] and "7 embeddings of an earlier run reused" in stdout  # not made again first
     assert not (out / "embeddings.npy").exists()  # 8 rows beside a table of 7 would not match
     assert err.startswith(f"skdeepclust: warning: removed {out / 'embeddings.npy'} of an earlier run")
     # Lines end in "\n" alone, as pandas and the shell tools of the platform write them.
