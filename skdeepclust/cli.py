@@ -216,7 +216,13 @@ def _without_output_folders(folder, files, out):
         prefixes = tuple(directory + os.sep for directory in skipped_folders)
         files = [path for path in files if not path.startswith(prefixes)]
         if not files:
-            raise UserError(f"{folder} holds no images outside the output folders of earlier skdeepclust runs")
+            by_cluster = os.path.join(str(folder), CLUSTER_FOLDERS)
+            further = sorted(name for name in os.listdir(by_cluster)
+                             if os.path.isdir(os.path.join(by_cluster, name))) if os.path.isdir(by_cluster) else []
+            hint = (f"; to split one of its clusters further, pass that cluster's folder, such as "
+                    f"{os.path.join(by_cluster, further[0])}, with another --out" if further else "")
+            raise UserError(
+                f"{folder} holds no images outside the output folders of earlier skdeepclust runs{hint}")
     return files
 
 

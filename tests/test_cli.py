@@ -175,6 +175,21 @@ def test_a_folder_holding_only_earlier_output_is_a_mistake(capsys, tmp_path):
     ]
 
 
+def test_clustering_an_earlier_runs_output_folder_points_at_its_clusters_folders(capsys, image_folder, tmp_path):
+    run = tmp_path / "run"
+    assert _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(run), "--folders",
+                *TINY_ARGS)[0] == 0
+    status, _, err = _run(capsys, "cluster", str(run), "--n-clusters", "2", "--out", str(tmp_path / "again"),
+                          *TINY_ARGS)
+    assert status == 2
+    assert err.splitlines()[-1] == (
+        f"skdeepclust: error: {run} holds no images outside the output folders of earlier skdeepclust runs; to "
+        f"split one of its clusters further, pass that cluster's folder, such as {run / 'by-cluster' / 'cluster-0'}, "
+        "with another --out")
+    assert _run(capsys, "cluster", str(run / "by-cluster" / "cluster-0"), "--n-clusters", "1", "--out",
+                str(tmp_path / "again"), *TINY_ARGS)[0] == 0
+
+
 def test_file_names_that_are_not_utf8_are_written_as_their_bytes(capsys, image_folder, tmp_path):
     import os
 
