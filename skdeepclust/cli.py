@@ -163,6 +163,11 @@ def _holds_results_table(directory):
         return False
 
 
+def _holds_our_embeddings(out):
+    """Whether ``out`` holds the embeddings.npy of a run with --embeddings, with its record."""
+    return (out / EMBEDDINGS_FILE).is_file() and is_our_record(out / EMBEDDINGS_RECORD)
+
+
 def _without_output_folders(folder, files, out):
     """``files`` less those in ``out`` and in the output folders of earlier runs below ``folder``.
 
@@ -772,6 +777,11 @@ def _input_folder(path):
 def cluster_command(args):
     folder = _input_folder(args.path)
     _check_cluster_count_option(args.clusterer, args.n_clusters)
+    # Embeddings an earlier run wrote with --embeddings are kept up to date, as if it
+    # were given again: removed, they would cost the next run every image again, an
+    # hour of embedding lost to a flag left out.
+    args.embeddings_implied = bool(not args.embeddings and args.out and _holds_our_embeddings(Path(args.out)))
+    args.embeddings = args.embeddings or args.embeddings_implied
     with _output_folder(args.out, args.embeddings, args.save_model, args.folders, keeps_partial=True) as out:
         return _cluster_folder(args, folder, out)
 
@@ -838,11 +848,8 @@ def _cluster_folder(args, folder, out):
     settings = embedding_settings(embedder_params, args.random_state)
     # Stamped before the embedding: a file changed while it runs is embedded again next time.
     stamps = [file_stamp(path) for path in files]
-    # Without --embeddings too: the rows of an earlier run with it are reused before it
-    # is removed (an hour of embedding lost to a flag left out), and those of a run
-    # stopped early, which the same command goes on from.
-    earlier_rows, changed_settings = earlier_embeddings(
-        out, settings, partial_only=not args.embeddings and not is_our_record(out / EMBEDDINGS_RECORD))
+    # Without --embeddings, those of a run stopped early only: the same command goes on from there.
+    earlier_rows, changed_settings = earlier_embeddings(out, settings, partial_only=not args.embeddings)
     earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
     kept = []  # the identity of the partial embeddings written before the clustering
 
@@ -907,6 +914,9 @@ def _cluster_folder(args, folder, out):
     if args.eval:
         y = class_folder_labels(folder, files)[0]
         print(f"{_metrics_line(y, stage.labels_)}  (chance accuracy {_chance_accuracy(y, stage.labels_):.3f})")
+    if args.embeddings_implied:
+        print(f"({out / EMBEDDINGS_FILE} kept up to date, as an earlier run wrote it with --embeddings; "
+              "remove it to stop)")
     if not args.embeddings and embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING:
         print(f"(the embedding took {embedding_seconds:.0f} s: with --embeddings a rerun into {out} "
               "embeds only new and changed files, so that another --n-clusters or --clusterer takes seconds)")

@@ -591,33 +591,39 @@ def test_files_the_embedder_cannot_decode_are_skipped_too(capsys, image_folder, 
     assert "skipped 1 unreadable file(s)" in stdout
 
 
-def test_a_rerun_without_embeddings_removes_the_earlier_ones(capsys, image_folder, tmp_path, monkeypatch):
+def test_a_rerun_without_embeddings_keeps_the_earlier_ones_up_to_date(capsys, image_folder, tmp_path, monkeypatch):
+    # They were removed, after every image was embedded again: the flag left out cost it all.
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
     assert _run(capsys, *argv, "--embeddings")[0] == 0
     (image_folder / "dark" / "0.png").unlink()
     counts = _embedded_counts(monkeypatch)
     status, stdout, err = _run(capsys, *argv)
-    assert status == 0
-    assert counts == [] and "7 embeddings of an earlier run reused" in stdout  # not made again first
-    assert not (out / "embeddings.npy").exists()  # 8 rows beside a table of 7 would not match
-    assert err.startswith(f"skdeepclust: warning: removed {out / 'embeddings.npy'} of an earlier run")
+    assert status == 0 and err == ""
+    assert counts == [] and "7 embeddings of an earlier run reused" in stdout
+    assert (f"({out / 'embeddings.npy'} kept up to date, as an earlier run wrote it with --embeddings; "
+            "remove it to stop)") in stdout
+    assert len(np.load(out / "embeddings.npy")) == 7 == len(json.loads((out / "embeddings.json").read_text())["files"])
     # Lines end in "\n" alone, as pandas and the shell tools of the platform write them.
     assert b"\r" not in (out / "clusters.csv").read_bytes()
+    (out / "embeddings.npy").unlink()
+    assert _run(capsys, *argv)[0] == 0
+    assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
 
 
-def test_a_rerun_removes_the_embeddings_of_a_run_too_large_for_a_montage(capsys, image_folder, tmp_path,
-                                                                      monkeypatch):
-    # That run wrote no montage, and was not taken for a run of ours: its rows were kept.
+def test_a_rerun_keeps_the_embeddings_of_a_run_too_large_for_a_montage_up_to_date(capsys, image_folder, tmp_path,
+                                                                                monkeypatch):
+    # That run wrote no montage, and was not taken for a run of ours.
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
     with monkeypatch.context() as patched:
         patched.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
         assert _run(capsys, *argv, "--embeddings")[0] == 0
     assert not (out / "montage.png").exists() and (out / "embeddings.npy").exists()
-    status, _, err = _run(capsys, *argv)
-    assert status == 0 and not (out / "embeddings.npy").exists()
-    assert err.startswith(f"skdeepclust: warning: removed {out / 'embeddings.npy'} of an earlier run")
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0 and err == "" and counts == []
+    assert "kept up to date" in stdout and (out / "embeddings.npy").exists() and (out / "montage.png").exists()
 
 
 @pytest.mark.parametrize("name", ["montage.png", "clusters.csv"])
@@ -1116,14 +1122,6 @@ def test_unreadable_files_are_tried_again_and_not_recorded(capsys, image_folder,
     status, stdout, err = _run(capsys, *argv)
     assert status == 0 and counts == [1]
     assert "broken.png" in err and "8 embeddings of an earlier run reused" in stdout
-
-
-def test_a_rerun_without_embeddings_removes_their_record_too(capsys, image_folder, tmp_path):
-    out = tmp_path / "out"
-    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
-    assert _run(capsys, *argv, "--embeddings")[0] == 0
-    assert _run(capsys, *argv)[0] == 0
-    assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
 
 
 def test_ctrl_c_while_embedding_keeps_what_was_embedded_for_the_next_run(capsys, image_folder, tmp_path,
