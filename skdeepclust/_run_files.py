@@ -353,10 +353,13 @@ def keep_partial_embeddings(out, features, record, n_files, interrupted, kept_as
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
 
 
-def other_files_in_partial(out, stamps):
+def other_files_in_partial(out, stamps, partial=True):
     """How many files other than those of ``stamps`` the embeddings that a run
-    stopped early kept in ``out`` hold rows of (0 where there are none of ours)."""
-    array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
+    stopped early kept in ``out`` hold rows of (0 where there are none of ours);
+    ``partial=False``: those of embeddings.npy, of files that are still there (the
+    rows of files removed since are of no use)."""
+    array_path, record_path = (out / PARTIAL_FILE, out / PARTIAL_RECORD) if partial else (
+        out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
     if not (array_path.is_file() and is_our_record(record_path)):
         return 0
     try:
@@ -364,7 +367,8 @@ def other_files_in_partial(out, stamps):
     except (OSError, ValueError, TypeError, IndexError):
         return 0
     # By path: a file changed since (a chmod changes its ctime) was embedded anew.
-    return len(kept - {stamp[0] for stamp in stamps if stamp})
+    others = kept - {stamp[0] for stamp in stamps if stamp}
+    return len(others) if partial else sum(map(os.path.exists, others))
 
 
 def warn_of_other_files_in_partial(out, other_files, done):

@@ -887,6 +887,9 @@ def _cluster_folder(args, folder, out):
                                     replacing=other_files_in_partial(out, stamps))
         raise
     record = record_of(np.flatnonzero(readable)) if args.embeddings else None
+    # embeddings.npy holds the rows of one run's images: another folder clustered into
+    # the same --out replaces those of the first, which must not go without a word.
+    replaced_rows = other_files_in_partial(out, stamps, partial=False) if record is not None else 0
     files = [path for path, keep in zip(files, readable) if keep]
     model, model_withheld = None, None
     if args.save_model and stage.cluster_ids_.size == 0:
@@ -896,6 +899,9 @@ def _cluster_folder(args, folder, out):
         model = saved_model(embedder_params, args.random_state, stage, out)
     written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld,
                              folders=args.folders, partial_identity=kept[0] if kept else None)
+    if replaced_rows:
+        warn(f"replaced {out / EMBEDDINGS_FILE}, {replaced_rows:,} of whose rows were of images this run did not "
+             "cluster; give each folder of images its own --out to keep the embeddings of both")
     # Once their rows are in embeddings.npy, or in this run's results.
     remove_partial_embeddings(out, stamps)
     n_noise = int(np.sum(stage.labels_ < 0))

@@ -611,6 +611,18 @@ def test_a_rerun_without_embeddings_keeps_the_earlier_ones_up_to_date(capsys, im
     assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
 
 
+def test_another_folder_clustered_into_the_same_out_says_whose_embeddings_it_replaced(capsys, image_folder,
+                                                                                      tmp_path):
+    out = tmp_path / "out"
+    options = ["--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, "cluster", str(image_folder / "dark"), *options, "--embeddings")[0] == 0
+    status, _, err = _run(capsys, "cluster", str(image_folder / "bright"), *options)
+    assert status == 0
+    assert err == (f"skdeepclust: warning: replaced {out / 'embeddings.npy'}, 4 of whose rows were of images this "
+                   "run did not cluster; give each folder of images its own --out to keep the embeddings of both\n")
+    assert _run(capsys, "cluster", str(image_folder / "bright"), *options)[2] == ""
+
+
 def test_a_rerun_keeps_the_embeddings_of_a_run_too_large_for_a_montage_up_to_date(capsys, image_folder, tmp_path,
                                                                                 monkeypatch):
     # That run wrote no montage, and was not taken for a run of ours.
