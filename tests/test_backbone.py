@@ -288,6 +288,22 @@ def test_swin_checkpoint_in_its_original_layout_still_loads(tmp_path, with_class
     _assert_weights_equal(embedder.model_, swin)
 
 
+def test_an_original_sam_checkpoint_is_left_to_timms_filter(tmp_path):
+    # timm's SAM filter takes "image_encoder." off and renames mlp.lin to mlp.fc, but
+    # only where it sees the prefix: taking it off first broke the load (review).
+    torch.manual_seed(0)
+    name = "samvit_base_patch16_224"
+    sam = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    original = {"image_encoder." + key.replace("mlp.fc", "mlp.lin"): value.contiguous()
+                for key, value in sam.state_dict().items()}
+    original.update({"prompt_encoder.point_embeddings.0.weight": torch.zeros(1, 256),
+                     "mask_decoder.iou_token.weight": torch.zeros(1, 256)})
+    path = tmp_path / "sam_vit_b.safetensors"
+    save_file(original, path)
+    embedder = ImageEmbedder(name, pretrained=path).fit(np.zeros((1, 8, 8, 3), np.uint8))
+    _assert_weights_equal(embedder.model_, sam)
+
+
 @pytest.mark.parametrize("backbone", ["test_vit", "test_resnet"])
 def test_image_size_may_be_numpy_integers(backbone):
     """As GridSearchCV passes it from a numpy array of candidate sizes."""

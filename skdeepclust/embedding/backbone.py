@@ -235,7 +235,8 @@ def clean_state_dict(checkpoint, source="checkpoint") -> dict:
 
 def without_wrapping_prefix(state_dict, own, source):
     """``state_dict`` less a prefix that a training wrapper put before the network's
-    names, where the names fit the model (``own``, its state dict) only without it.
+    names, where the names fit the model (``own``, its state dict) only without it;
+    called once the names as they are have failed to load.
 
     PyTorch Lightning saves the network a LightningModule keeps as ``self.model``
     under ``model.``, beside its losses' and heads' own; other code uses ``net.``,
@@ -256,12 +257,10 @@ def without_wrapping_prefix(state_dict, own, source):
         return state_dict
     prefixes = sorted(prefix for prefix, count in fits.items() if count == best)
     if len(prefixes) > 1:
-        chosen = prefixes[0]
         raise ValueError(
             f"The weights in {source} hold the network under each of the prefixes "
-            f"{', '.join(map(repr, prefixes))}: save the copy to use alone, e.g. "
-            f"{{name[{len(chosen)}:]: tensor for name, tensor in state_dict.items() "
-            f"if name.startswith({chosen!r})}}, and pass that file."
+            f"{', '.join(map(repr, prefixes))}: save the copy to use alone, its names "
+            "without the prefix, and pass that file."
         )
     return {name[len(prefixes[0]):]: value for name, value in state_dict.items()
             if name.startswith(prefixes[0])}
@@ -619,11 +618,32 @@ def _warn_if_position_grid_differs(state_dict, own, model, target, source):
 
 
 def _create_timm_model_with_weights(name, image_size, state_dict, source):
-    # timm applies the model's own checkpoint filter (e.g. resampling a ViT's position
-    # embedding to image_size) to a state dict given through the pretrained config.
     skeleton = _timm_skeleton(name, image_size)
     own, target = skeleton.state_dict(), f"backbone {name!r}"
-    state_dict = _drop_classifier(without_wrapping_prefix(state_dict, own, source), skeleton)
+    try:
+        model, state_dict = _timm_model_loaded_with(name, image_size, skeleton, own, state_dict, target, source)
+    except ValueError:
+        # A wrapper's prefix goes only from names that do not fit as they are: timm's
+        # own filters take some off themselves (SAM's "image_encoder."), renaming what
+        # follows it.
+        unwrapped = without_wrapping_prefix(state_dict, own, source)
+        if unwrapped is state_dict:
+            raise
+        model, state_dict = _timm_model_loaded_with(name, image_size, skeleton, own, unwrapped, target, source)
+    if image_size is None:
+        _warn_if_position_grid_differs(state_dict, own, skeleton, target, source)
+    # timm keeps the overlay in the model's config: a second copy of every weight,
+    # in memory, in each device copy and in every pickle.
+    model.pretrained_cfg.pop("state_dict", None)
+    return model
+
+
+def _timm_model_loaded_with(name, image_size, skeleton, own, state_dict, target, source):
+    """The timm model ``name`` loaded with ``state_dict``, less its classifier, and
+    that state dict; a ValueError that names the mismatch where it does not fit."""
+    # timm applies the model's own checkpoint filter (e.g. resampling a ViT's position
+    # embedding to image_size) to a state dict given through the pretrained config.
+    state_dict = _drop_classifier(state_dict, skeleton)
     _refuse_resampled_kernels(state_dict, own, target, source)
     try:
         with _checking_timm_load(skeleton):
@@ -641,12 +661,7 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
         reason = (_other_extra_tokens(state_dict, own)
                   or (exc if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"))
         raise _mismatch_error(reason, target, source) from exc
-    if image_size is None:
-        _warn_if_position_grid_differs(state_dict, own, skeleton, target, source)
-    # timm keeps the overlay in the model's config: a second copy of every weight,
-    # in memory, in each device copy and in every pickle.
-    model.pretrained_cfg.pop("state_dict", None)
-    return model
+    return model, state_dict
 
 
 def _load_sourced_timm_backbone(name, source, pretrained, image_size):
@@ -729,12 +744,17 @@ def _load_timm_backbone(name, pretrained, image_size):
 def _load_module_backbone(module, pretrained):
     module = copy.deepcopy(module)  # the user's module is never moved, switched or loaded into
     if isinstance(pretrained, (str, os.PathLike)):
-        state_dict = without_wrapping_prefix(read_checkpoint(pretrained), module.state_dict(), str(pretrained))
-        state_dict = _drop_classifier(state_dict, module)
+        checkpoint, target = read_checkpoint(pretrained), f"the given {type(module).__name__}"
         try:
-            module.load_state_dict(state_dict, strict=True)
+            module.load_state_dict(_drop_classifier(checkpoint, module), strict=True)
         except RuntimeError as exc:
-            raise _mismatch_error(exc, f"the given {type(module).__name__}", str(pretrained)) from exc
+            unwrapped = without_wrapping_prefix(checkpoint, module.state_dict(), str(pretrained))
+            if unwrapped is checkpoint:
+                raise _mismatch_error(exc, target, str(pretrained)) from exc
+            try:  # over every weight that the failed load set
+                module.load_state_dict(_drop_classifier(unwrapped, module), strict=True)
+            except RuntimeError as unwrapped_exc:
+                raise _mismatch_error(unwrapped_exc, target, str(pretrained)) from unwrapped_exc
     return module
 
 
