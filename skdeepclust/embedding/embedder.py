@@ -131,12 +131,14 @@ def _resize_and_center_crop(images, size, interpolation, resize_size=None):
     height, width = images.shape[-2:]
     if (height, width) != (target_h, target_w) or (cover_h, cover_w) != (target_h, target_w):
         scale = max(cover_h / height, cover_w / width)
-        # The side that sets the scale is sized exactly, the other one truncated, as
-        # torchvision's Resize (in timm's evaluation transform) sizes them.
-        if cover_h * width >= cover_w * height:
-            resized = (cover_h, max(cover_w, cover_h * width // height))
-        else:
-            resized = (max(cover_h, cover_w * height // width), cover_w)
+        if cover_h == cover_w:
+            # The short side sized exactly, the long one truncated, as torchvision's
+            # Resize of the short side (in timm's evaluation transform) sizes them.
+            resized = ((cover_h, max(cover_w, cover_h * width // height)) if height <= width
+                       else (max(cover_h, cover_w * height // width), cover_w))
+        else:  # as timm's ResizeKeepRatio, which it uses for other shapes, to the last bit
+            ratio = min(height / cover_h, width / cover_w)
+            resized = (max(cover_h, round(height / ratio)), max(cover_w, round(width / ratio)))
         if scale > 1 and resized[0] * resized[1] > OVERSIZE_AREA * cover_h * cover_w:
             # A strip of 1x2000 pixels enlarged whole would be 224x448000, nearly all
             # of it cropped away after.
