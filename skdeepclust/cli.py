@@ -323,6 +323,7 @@ def _embed_and_cluster(files, embedder_params, clusterer, n_clusters, random_sta
         if not readable.all():
             features = features[readable]
             _check_image_count(stage, clusterer, len(features))
+        _check_features_not_all_zero(features, [file for file, kept in zip(files, readable) if kept])
         if keep is not None and to_embed:
             keep(np.flatnonzero(readable).tolist(), features)
         stage.fit(features)
@@ -446,6 +447,26 @@ def _confidence(stage, features, labels):
     rows = np.searchsorted(stage.cluster_ids_, labels)
     similarity = np.einsum("ij,ij->i", features, centres[np.clip(rows, 0, len(centres) - 1)])
     return np.where(labels >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
+
+
+def _check_features_not_all_zero(features, files):
+    """Refuse a run whose every image has all-zero features, and warn of some: no
+    clusterer tells such images apart (ImageEmbedder's own warning, which counts the
+    images of one call, is silenced for this one, which names the files)."""
+    from .embedding.image_files import shown_paths
+
+    zero_rows = ~features.any(axis=1)
+    if not zero_rows.any():
+        return
+    message = (f"the backbone gave features that are all zero, which no clusterer can tell apart, for "
+               f"{'every one' if zero_rows.all() else zero_rows.sum()} of the {len(files)} images "
+               f"({shown_paths([file for file, zero in zip(files, zero_rows) if zero])}): its layers may leave "
+               "nothing of images this small; use a larger --image-size")
+    if zero_rows.all():
+        error = UserError(message)
+        error.embedded = ([], None)  # rows that are worth nothing are not kept for a next run
+        raise error
+    warn(message)
 
 
 def _chance_accuracy(y, labels, draws=50):
@@ -816,6 +837,7 @@ def _assign_folder(args, folder, out, model):
     if not readable.any():
         raise UserError(f"none of the {len(files)} image files could be read")
     files, features = [path for path, keep in zip(files, readable) if keep], features[readable]
+    _check_features_not_all_zero(features, files)
     labels = stage.predict(features)
     written = _write_results(out, files, stage, features, None, labels=labels, folders=args.folders)
     print(f"{counted(len(files), 'image')} assigned to the {counted(len(stage.cluster_ids_), 'cluster')} of "
@@ -1167,6 +1189,8 @@ def main(argv=None):
             warnings.showwarning = _library_warning_printer(vars(args))
             # The command's own summary says so, "in 0 clusters, 6 left out as noise".
             warnings.filterwarnings("ignore", message=r"\w+ found no cluster: it marked all")
+            # The command names the files whose features are all zero (_check_features_not_all_zero).
+            warnings.filterwarnings("ignore", message=r"The backbone .* returned features that are all zero")
             return args.run(args)
     except PretrainedWeightsUnavailable as exc:
         if _model_source(exc.backbone) == "hf-hub":  # its architecture is on the hub too

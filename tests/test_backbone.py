@@ -669,10 +669,11 @@ class _NothingOfDarkImages(nn.Module):
         return torch.relu(x.mean(dim=(2, 3)))
 
 
-def test_features_all_zero_are_refused_for_every_image_and_warned_of_for_some():
+def test_features_all_zero_are_warned_of():
+    # EfficientNet-Lite0 at 4 x 4 pixels gave zeros for every image, clustered without a word.
     dark, bright = np.full((3, 8, 8, 3), 40, np.uint8), np.full((2, 8, 8, 3), 220, np.uint8)
     embedder = ImageEmbedder(_NothingOfDarkImages(), image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3).fit(dark)
-    with pytest.raises(ValueError, match=r"all zero for 3 of 3 images \(the first is image 0\), which no clusterer "
+    with pytest.warns(UserWarning, match=r"all zero for 3 of 3 images \(the first is image 0\), which no clusterer "
                                          r"can tell apart. At 8 x 8 pixels .*; use a larger image_size\.$"):
         embedder.transform(dark)
     with pytest.warns(UserWarning, match=r"all zero for 3 of 5 images \(the first is image 2\)"):

@@ -330,6 +330,35 @@ def test_soft_clusterer_confidence_is_a_probability(capsys, image_folder, tmp_pa
     assert min(confidences) >= 0.5  # the larger of two probabilities
 
 
+def test_images_whose_features_are_all_zero_are_named_and_a_run_of_nothing_else_refused(capsys, image_folder, tmp_path,
+                                                                                          monkeypatch):
+    # EfficientNet-Lite0 at --image-size 4 gave zeros for every image: "8 images in 1
+    # cluster", exit 0. ImageEmbedder's own warning counts the images of one call.
+    from skdeepclust import cli
+
+    embed_readable, zeroed = cli._embed_readable, []
+
+    def zeroing(embedder, files):
+        features, *rest = embed_readable(embedder, files)
+        features[[position for position, path in enumerate(files) if any(part in path for part in zeroed)]] = 0
+        return (features, *rest)
+
+    monkeypatch.setattr(cli, "_embed_readable", zeroing)
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS]
+    zeroed.append("0.png")
+    status, _, err = _run(capsys, *argv)
+    assert status == 0
+    assert err == ("skdeepclust: warning: the backbone gave features that are all zero, which no clusterer can tell "
+                   f"apart, for 1 of the 8 images ('{image_folder / 'dark' / '0.png'}'): its layers may leave nothing "
+                   "of images this small; use a larger --image-size\n")
+    zeroed.append("")  # every file
+    status, _, err = _run(capsys, *argv, "--image-size", "48")
+    assert status == 2 and err.startswith("skdeepclust: error: the backbone gave features that are all zero, which "
+                                          "no clusterer can tell apart, for every one of the 8 images (")
+    assert not (out / "embeddings.partial.npy").exists()
+
+
 def test_confidence_is_a_number_for_images_whose_features_are_all_zero():
     # A cluster of all-zero features has a zero centre: 'nan' went into clusters.csv.
     import warnings

@@ -263,22 +263,20 @@ def _check_finite(features, backbone, dtype):
     )
 
 
-def _check_not_all_zero(features, backbone, input_size):
-    """Refuse features that are all zero for every image, and warn of those of some:
-    no clusterer tells such images apart, whatever they show."""
+def _warn_of_features_all_zero(features, backbone, input_size):
+    """Warn of images whose features are all zero, which no clusterer tells apart,
+    whatever they show. A warning, not an error, even where every row of a call is
+    zero: it may embed a few images of a larger set (a predict of one image)."""
     zero_rows = ~features.any(axis=1)
-    if not zero_rows.any():
-        return
-    first = np.flatnonzero(zero_rows)[0]
-    message = (
-        f"The backbone {backbone} returned features that are all zero for {zero_rows.sum()} of "
-        f"{features.shape[0]} images (the first is image {first}), which no clusterer can tell apart. "
-        f"At {input_size[0]} x {input_size[1]} pixels its layers may leave nothing of an image; "
-        "use a larger image_size."
-    )
-    if zero_rows.all():
-        raise ValueError(message)
-    warnings.warn(message, UserWarning, stacklevel=stacklevel_of_user_code())
+    if zero_rows.any():
+        warnings.warn(
+            f"The backbone {backbone} returned features that are all zero for {zero_rows.sum()} of "
+            f"{features.shape[0]} images (the first is image {np.flatnonzero(zero_rows)[0]}), which no "
+            f"clusterer can tell apart. At {input_size[0]} x {input_size[1]} pixels its layers may leave "
+            "nothing of an image; use a larger image_size.",
+            UserWarning,
+            stacklevel=stacklevel_of_user_code(),
+        )
 
 
 def _is_positive_int(value):
@@ -922,7 +920,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                     progress.update(output.shape[0])
         features = sink.result()
         _check_finite(features, self._backbone_name(), runtime.dtype)
-        _check_not_all_zero(features, self._backbone_name(), self.preprocessing_.input_size)
+        _warn_of_features_all_zero(features, self._backbone_name(), self.preprocessing_.input_size)
         return features
 
     def _forward(self, runtime, chunk, forward_size):
