@@ -439,7 +439,9 @@ def _confidence(stage, features, labels):
     each image to the centre of its cluster in ``labels`` (one of the stage's
     ``cluster_ids_``, as its ``labels_`` and ``predict`` give, or noise, -1)."""
     if hasattr(stage, "predict_proba"):
-        return stage.predict_proba(features).max(axis=1)
+        # The probability of the cluster given, a column for each (the largest but for
+        # a row that predict moved off a cluster the fit left empty).
+        return stage.predict_proba(features)[np.arange(len(labels)), labels]
     if stage.cluster_ids_.size == 0:
         return np.zeros(len(features))
     norms = np.linalg.norm(stage.cluster_centers_, axis=1, keepdims=True)

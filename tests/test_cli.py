@@ -924,6 +924,25 @@ def test_cli_confidence_of_a_soft_clusterer_is_its_largest_probability(capsys, t
     np.testing.assert_allclose(confidence, expected.max(axis=1), atol=1e-4)
 
 
+def test_confidence_of_a_row_moved_off_an_empty_component_is_that_of_its_own_cluster():
+    # A GaussianMixture fitted on copies of two photos leaves a component empty, and
+    # predict moves rows off it: their largest probability was that of no cluster of the run.
+    import warnings
+
+    from skdeepclust import FeatureClusterer
+    from skdeepclust.cli import _confidence
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2, 8))[[0, 0, 0, 0, 0, 0, 1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stage = FeatureClusterer("gmm", n_clusters=3, random_state=0).fit(X)
+    new = rng.normal(size=(200, 8))
+    labels, proba = stage.predict(new), stage.predict_proba(new)
+    assert (proba.argmax(axis=1) != labels).any()  # rows that predict moved
+    np.testing.assert_array_equal(_confidence(stage, new, labels), proba[np.arange(200), labels])
+
+
 def _embedded_counts(monkeypatch):
     """Patch ImageEmbedder.fit_transform to note how many images each call embeds."""
     from skdeepclust import ImageEmbedder

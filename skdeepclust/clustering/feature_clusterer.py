@@ -615,7 +615,9 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
             Column ``j`` is the probability of cluster ``j``; each row sums to 1.
             GaussianMixture gives a column per component; the torch heads one per
             cluster they kept (``clusterer_.n_clusters_``, which may be fewer than
-            ``n_clusters``: they prune clusters that no training row picks).
+            ``n_clusters``: they prune clusters that no training row picks). Its
+            largest column is ``predict``'s cluster but for a row that ``predict``
+            moves off a component the fit left empty.
         """
         X = self._validated(X)
         return self.clusterer_.predict_proba(X)
