@@ -615,6 +615,18 @@ class _TinyCNN(nn.Module):
         return x.mean(dim=(2, 3)) if self.pooled else x
 
 
+class _SizedWithADoubleConstant(nn.Module):
+    """Built for 16 x 16 inputs, with a float64 constant that the images never meet."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 16 * 16, 4)
+        self.register_buffer("temperature", torch.tensor(0.07, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) / self.temperature.float()
+
+
 class _OutOfMemory(nn.Module):
     def forward(self, x):  # what torch's CPU allocator raises for an image_size far too large
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
@@ -627,6 +639,7 @@ class _OutOfMemory(nn.Module):
     (_OutOfMemory(), 16, "more than this machine's memory holds for one image; lower image_size"),
     (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 2)), 20,
      "check image_size"),
+    (_SizedWithADoubleConstant(), 20, "check image_size"),  # not "its weights must be float32"
 ])
 def test_a_backbone_that_fails_on_the_probe_is_told_why(images, module, image_size, match):
     with pytest.raises(ValueError, match=match):

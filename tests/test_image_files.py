@@ -23,7 +23,8 @@ def test_links_to_one_folder_keep_the_first_by_name(tmp_path):
     for name in ("kitties", "cats", "felines"):
         (root / name).symlink_to(real, target_is_directory=True)
     with pytest.warns(UserWarning, match=r"^Skipped 2 link\(s\) to folders found already, so that each image is "
-                                         r"taken once, under its own folder: '.*/felines', '.*/kitties'\.$"):
+                                         r"taken once, under its folder's own path or the shallowest link to it: "
+                                         r"'.*/felines', '.*/kitties'\.$"):
         assert find_image_files(root) == [str(root / "cats" / "1.png")]
 
 
@@ -45,6 +46,21 @@ def test_a_link_to_a_folder_of_the_tree_leaves_its_images_under_that_folder(tmp_
     (tmp_path / "cat" / "more").symlink_to(elsewhere, target_is_directory=True)  # outside: followed
     with pytest.warns(UserWarning, match="Skipped 2 link"):
         assert str(tmp_path / "cat" / "more" / "4.png") in find_image_files(tmp_path)
+
+
+def test_of_links_to_one_folder_the_shallowest_is_walked(tmp_path):
+    # A class folder that is itself a link, subset/frog -> store/frog, lost its images
+    # to subset/cat/frogs -> store/frog, walked first by name (review).
+    store, subset = tmp_path / "store", tmp_path / "subset"
+    for name in ("frog/2.png", "frog/3.png"):
+        (store / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(store / name)
+    (subset / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(subset / "cat" / "1.png")
+    (subset / "frog").symlink_to(store / "frog", target_is_directory=True)
+    (subset / "cat" / "frogs").symlink_to(store / "frog", target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"Skipped 1 link\(s\) to folders found already, .*: '.*cat/frogs'\.$"):
+        assert find_image_files(subset) == [str(subset / name) for name in ("cat/1.png", "frog/2.png", "frog/3.png")]
 
 
 def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, monkeypatch):

@@ -434,10 +434,10 @@ def _keeping_completed_features(sink):
 
 
 def _has_weights_other_than_float32(model):
-    """Whether a module holds floating-point weights or buffers of another dtype:
-    torch names the mismatch in words that differ by layer ("weight type
-    (torch.HalfTensor)", "expected mat1 and mat2 to have the same dtype")."""
-    tensors = list(model.parameters()) + list(model.buffers())
+    """Whether a module holds floating-point weights of another dtype (its buffers
+    where it has no weights): torch names the mismatch in words that differ by layer
+    ("weight type (torch.HalfTensor)", "expected mat1 and mat2 to have the same dtype")."""
+    tensors = list(model.parameters()) or list(model.buffers())
     return any(tensor.is_floating_point() and tensor.dtype != torch.float32 for tensor in tensors)
 
 

@@ -221,8 +221,11 @@ def find_image_files_with_left_out(folder, each_image_once=True):
         if not pending:
             # Links to folders are walked once every folder that is not one has been,
             # so that a link inside the tree to one of its folders (photos/cat/frogs ->
-            # ../frog) does not take that folder's images under the link's path.
-            pending, linked_folders = sorted(linked_folders, reverse=True), []
+            # ../frog) does not take that folder's images under the link's path; and
+            # the shallowest first, so that of a class folder that is a link and a
+            # link inside another class to the same folder, the class folder wins.
+            pending = sorted(linked_folders, key=lambda link: (link.count(os.sep), link), reverse=True)
+            linked_folders = []
         directory = pending.pop()
         real = os.path.realpath(directory)
         if real in seen:  # a link to a folder already walked, or back to one above it
@@ -310,8 +313,8 @@ def warn_of_links_to_folders_found(links):
     those folders (or walks them) under their own paths."""
     if links:
         warnings.warn(
-            f"Skipped {len(links)} link(s) to folders found already, so that each image is "
-            f"taken once, under its own folder: {shown_paths(sorted(links))}.",
+            f"Skipped {len(links)} link(s) to folders found already, so that each image is taken once, "
+            f"under its folder's own path or the shallowest link to it: {shown_paths(sorted(links))}.",
             UserWarning,
             stacklevel=stacklevel_of_user_code(),
         )
