@@ -92,9 +92,10 @@ class PretrainedFeatureClusterer(
         per core but one on a GPU (at most 16), and none on the CPU.
     device : str or torch.device, default="auto"
         Where the backbone (and torch clusterers) run; ``"auto"`` picks CUDA when present.
-        It is read at each ``predict`` and ``transform``, as are ``batch_size``,
-        ``num_workers``, ``precision``, ``compile`` and ``verbose``, so that
-        ``set_params(device="cpu")`` runs a model fitted on a GPU on a CPU.
+        The backbone's is read at each ``predict`` and ``transform`` (the torch
+        clusterers predict on the CPU), as are ``batch_size``, ``num_workers``,
+        ``precision``, ``compile`` and ``verbose``, so that ``set_params(device="cpu")``
+        runs a model fitted on a GPU on a CPU.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Backbone compute precision; ``"auto"`` is bfloat16 on CUDA, float32 elsewhere.
     compile : bool or dict, default=False
