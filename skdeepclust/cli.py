@@ -164,8 +164,12 @@ def _holds_results_table(directory):
 
 
 def _holds_our_embeddings(out):
-    """Whether ``out`` holds the embeddings.npy of a run with --embeddings, with its record."""
-    return (out / EMBEDDINGS_FILE).is_file() and is_our_record(out / EMBEDDINGS_RECORD)
+    """Whether ``out`` holds the embeddings.npy of a run with --embeddings, with its
+    record, both of which this run may write (read-only ones are left to the checks
+    of a run that asks for them)."""
+    files = (out / EMBEDDINGS_FILE, out / EMBEDDINGS_RECORD)
+    return (files[0].is_file() and is_our_record(files[1])
+            and all(os.access(path, os.W_OK) for path in files))
 
 
 def _without_output_folders(folder, files, out):
@@ -581,7 +585,7 @@ def _output_folder(path, save_embeddings, save_model=False, folders=False, keeps
 
 
 def _write_results(out, files, stage, features, embedding_record, model=None, labels=None,
-                   model_withheld=None, folders=False, partial_identity=None):
+                   model_withheld=None, folders=False, partial_identity=None, keep_earlier_embeddings=False):
     """Write the results into ``out``; returns the paths of the files written.
 
     ``embedding_record`` (settings and file stamps, as ``earlier_embeddings`` reads
@@ -591,6 +595,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     ``stage.labels_``. ``folders`` asks for OUT/by-cluster, whose earlier run's
     links go otherwise. ``partial_identity``: that of the partial embeddings this run
     wrote before the clustering, which then become embeddings.npy.
+    ``keep_earlier_embeddings``: leave an earlier run's embeddings.npy as it is.
     """
     from .embedding.decoding import ImageFileError
     from .visualization import _MontageTooLarge, cluster_montage
@@ -628,7 +633,7 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
             (out / name).unlink()
     # Only an array with its record: one without is the user's own.
     record = out / EMBEDDINGS_RECORD
-    if embedding_record is None and earlier_run and is_our_record(record):
+    if embedding_record is None and earlier_run and is_our_record(record) and not keep_earlier_embeddings:
         record.unlink()
         if (out / EMBEDDINGS_FILE).is_file():
             (out / EMBEDDINGS_FILE).unlink()
@@ -874,6 +879,12 @@ def _cluster_folder(args, folder, out):
     stamps = [file_stamp(path) for path in files]
     # Without --embeddings, those of a run stopped early only: the same command goes on from there.
     earlier_rows, changed_settings = earlier_embeddings(out, settings, partial_only=not args.embeddings)
+    # Made with other settings, an earlier run's embeddings are left as they are by a
+    # run not given --embeddings: a quick try of another --image-size must not cost the
+    # slow run's rows.
+    keeps_earlier_embeddings = args.embeddings_implied and bool(changed_settings)
+    if keeps_earlier_embeddings:
+        args.embeddings = args.embeddings_implied = False
     earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
     kept = []  # the identity of the partial embeddings written before the clustering
 
@@ -922,7 +933,8 @@ def _cluster_folder(args, folder, out):
     elif args.save_model:
         model = saved_model(embedder_params, args.random_state, stage, out)
     written = _write_results(out, files, stage, features, record, model, model_withheld=model_withheld,
-                             folders=args.folders, partial_identity=kept[0] if kept else None)
+                             folders=args.folders, partial_identity=kept[0] if kept else None,
+                             keep_earlier_embeddings=keeps_earlier_embeddings)
     if replaced_rows:
         warn(f"replaced {out / EMBEDDINGS_FILE}, {replaced_rows:,} of whose rows were of images this run did not "
              "cluster; give each folder of images its own --out to keep the embeddings of both")
@@ -947,6 +959,9 @@ def _cluster_folder(args, folder, out):
     if args.embeddings_implied:
         print(f"({out / EMBEDDINGS_FILE} kept up to date, as an earlier run wrote it with --embeddings; "
               "remove it to stop)")
+    elif keeps_earlier_embeddings:
+        print(f"({out / EMBEDDINGS_FILE} left as it was, for a run with its settings: it does not hold this "
+              "run's features, and --embeddings would replace it)")
     if not args.embeddings and embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING:
         print(f"(the embedding took {embedding_seconds:.0f} s: with --embeddings a rerun into {out} "
               "embeds only new and changed files, so that another --n-clusters or --clusterer takes seconds)")

@@ -640,6 +640,22 @@ def test_a_rerun_without_embeddings_keeps_the_earlier_ones_up_to_date(capsys, im
     assert not (out / "embeddings.npy").exists() and not (out / "embeddings.json").exists()
 
 
+def test_a_rerun_of_other_settings_without_embeddings_leaves_the_earlier_ones(capsys, image_folder, tmp_path,
+                                                                              monkeypatch):
+    # A quick try of another --image-size replaced the slow run's rows with its own (review).
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), *TINY_ARGS]
+    assert _run(capsys, *argv, "--embeddings")[0] == 0
+    before = (out / "embeddings.npy").read_bytes(), (out / "embeddings.json").read_bytes()
+    status, stdout, err = _run(capsys, *argv, "--image-size", "48")
+    assert status == 0 and err == ""
+    assert (f"({out / 'embeddings.npy'} left as it was, for a run with its settings: it does not hold this run's "
+            "features, and --embeddings would replace it)") in stdout
+    assert ((out / "embeddings.npy").read_bytes(), (out / "embeddings.json").read_bytes()) == before
+    counts = _embedded_counts(monkeypatch)
+    assert _run(capsys, *argv)[0] == 0 and counts == []
+
+
 def test_another_folder_clustered_into_the_same_out_says_whose_embeddings_it_replaced(capsys, image_folder,
                                                                                       tmp_path):
     out = tmp_path / "out"
