@@ -116,6 +116,21 @@ def test_a_lightning_checkpoint_loads_the_network_under_its_prefix(tmp_path, ima
     _assert_weights_equal(from_module.model_, network)
 
 
+def test_a_checkpoint_that_fits_neither_with_nor_without_its_prefix_tells_why_as_it_is(tmp_path, images):
+    # The error of the second try, without the prefix, hid that of the names as they
+    # are, which timm's SAM filter renames: its real cause (second review).
+    torch.manual_seed(6)
+    weights = timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict()
+    weights["bn1.weight"] = torch.ones(3)  # one tensor of the wrong shape, under the prefix as well
+    path = tmp_path / "epoch=1.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in weights.items()}}, path)
+    for backbone in ("test_resnet", timm.create_model("test_resnet", pretrained=False, num_classes=0)):
+        with pytest.raises(ValueError, match=r"do not fit .*: Error\(s\) in loading state_dict .*Missing key.* Without "
+                                             r"the prefix 'model\.', which most names carry: .*size mismatch for "
+                                             r"bn1\.weight"):
+            ImageEmbedder(backbone, pretrained=path).fit(images)
+
+
 def test_a_checkpoint_holding_the_network_under_two_prefixes_is_refused(tmp_path, images):
     weights = _reference_vit(seed=6).state_dict()
     path = tmp_path / "twice.ckpt"

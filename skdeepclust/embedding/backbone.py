@@ -235,8 +235,9 @@ def clean_state_dict(checkpoint, source="checkpoint") -> dict:
 
 def without_wrapping_prefix(state_dict, own, source):
     """``state_dict`` less a prefix that a training wrapper put before the network's
-    names, where the names fit the model (``own``, its state dict) only without it;
-    called once the names as they are have failed to load.
+    names, where the names fit the model (``own``, its state dict) only without it,
+    and that prefix (None where none goes); called once the names as they are have
+    failed to load.
 
     PyTorch Lightning saves the network a LightningModule keeps as ``self.model``
     under ``model.``, beside its losses' and heads' own; other code uses ``net.``,
@@ -254,7 +255,7 @@ def without_wrapping_prefix(state_dict, own, source):
             fits[prefix] += name[len(prefix):] in own
     best = max(fits.values(), default=0)
     if best <= fits_as_is or 2 * best < len(own):
-        return state_dict
+        return state_dict, None
     prefixes = sorted(prefix for prefix, count in fits.items() if count == best)
     if len(prefixes) > 1:
         raise ValueError(
@@ -263,7 +264,15 @@ def without_wrapping_prefix(state_dict, own, source):
             "without the prefix, and pass that file."
         )
     return {name[len(prefixes[0]):]: value for name, value in state_dict.items()
-            if name.startswith(prefixes[0])}
+            if name.startswith(prefixes[0])}, prefixes[0]
+
+
+def _not_without_prefix_either(as_they_are, prefix, without_prefix):
+    """The error of names that fit neither as they are nor without ``prefix``: both
+    reasons, as either may be the one to mend (a filter of timm's takes SAM's
+    ``image_encoder.`` off itself; PyTorch Lightning's ``model.`` hides a mismatch)."""
+    reason = str(without_prefix).split(": ", 1)[-1]  # less "The weights in ... do not fit ...: "
+    return ValueError(f"{as_they_are} Without the prefix {prefix!r}, which most names carry: {reason}")
 
 
 def _drop_classifier(state_dict, model):
@@ -622,14 +631,17 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     own, target = skeleton.state_dict(), f"backbone {name!r}"
     try:
         model, state_dict = _timm_model_loaded_with(name, image_size, skeleton, own, state_dict, target, source)
-    except ValueError:
+    except ValueError as as_they_are:
         # A wrapper's prefix goes only from names that do not fit as they are: timm's
         # own filters take some off themselves (SAM's "image_encoder."), renaming what
-        # follows it.
-        unwrapped = without_wrapping_prefix(state_dict, own, source)
-        if unwrapped is state_dict:
+        # follows it. Where neither fits, the names as they are tell why.
+        unwrapped, prefix = without_wrapping_prefix(state_dict, own, source)
+        if prefix is None:
             raise
-        model, state_dict = _timm_model_loaded_with(name, image_size, skeleton, own, unwrapped, target, source)
+        try:
+            model, state_dict = _timm_model_loaded_with(name, image_size, skeleton, own, unwrapped, target, source)
+        except ValueError as without_prefix:
+            raise _not_without_prefix_either(as_they_are, prefix, without_prefix) from without_prefix.__cause__
     if image_size is None:
         _warn_if_position_grid_differs(state_dict, own, skeleton, target, source)
     # timm keeps the overlay in the model's config: a second copy of every weight,
@@ -748,13 +760,14 @@ def _load_module_backbone(module, pretrained):
         try:
             module.load_state_dict(_drop_classifier(checkpoint, module), strict=True)
         except RuntimeError as exc:
-            unwrapped = without_wrapping_prefix(checkpoint, module.state_dict(), str(pretrained))
-            if unwrapped is checkpoint:
+            unwrapped, prefix = without_wrapping_prefix(checkpoint, module.state_dict(), str(pretrained))
+            if prefix is None:
                 raise _mismatch_error(exc, target, str(pretrained)) from exc
             try:  # over every weight that the failed load set
                 module.load_state_dict(_drop_classifier(unwrapped, module), strict=True)
-            except RuntimeError as unwrapped_exc:
-                raise _mismatch_error(unwrapped_exc, target, str(pretrained)) from unwrapped_exc
+            except RuntimeError as without_prefix:
+                raise _not_without_prefix_either(_mismatch_error(exc, target, str(pretrained)), prefix,
+                                                 _mismatch_error(without_prefix, target, str(pretrained))) from exc
     return module
 
 
