@@ -363,12 +363,19 @@ def other_files_in_partial(out, stamps, partial=True):
     if not (array_path.is_file() and is_our_record(record_path)):
         return 0
     try:
-        kept = {stamp[0] for stamp in json.loads(record_path.read_text(encoding="utf-8"))["files"] if stamp}
+        recorded = [stamp for stamp in json.loads(record_path.read_text(encoding="utf-8"))["files"] if stamp]
+        kept = {stamp[0] for stamp in recorded}
     except (OSError, ValueError, TypeError, IndexError):
         return 0
     # By path: a file changed since (a chmod changes its ctime) was embedded anew.
     others = kept - {stamp[0] for stamp in stamps if stamp}
-    return len(others) if partial else sum(map(os.path.exists, others))
+    if partial:
+        return len(others)
+    # Nor those of this run's files reached by another path (a link to the folder):
+    # the same size, modification time and inode.
+    identities = {tuple(stamp[1:4]) for stamp in stamps if stamp}
+    return sum(1 for stamp in recorded if stamp[0] in others and tuple(stamp[1:4]) not in identities
+               and os.path.exists(stamp[0]))
 
 
 def warn_of_other_files_in_partial(out, other_files, done):

@@ -455,20 +455,24 @@ def _confidence(stage, features, labels):
     return np.where(labels >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
 
 
-def _check_features_not_all_zero(features, files):
-    """Refuse a run whose every image has all-zero features, and warn of some: no
-    clusterer tells such images apart (ImageEmbedder's own warning, which counts the
-    images of one call, is silenced for this one, which names the files)."""
+def _check_features_not_all_zero(features, files, assigning=False):
+    """Refuse a clustering whose every image has all-zero features, and warn of some
+    (and of any that ``assign`` embeds, which may be one image): no clusterer tells
+    such images apart (ImageEmbedder's own warning, which counts the images of one
+    call, is silenced for this one, which names the files)."""
     from .embedding.image_files import shown_paths
 
     zero_rows = ~features.any(axis=1)
     if not zero_rows.any():
         return
+    counted_images = ("the one image" if len(files) == 1 else
+                      f"{'every one' if zero_rows.all() else zero_rows.sum()} of the {len(files)} images")
+    advice = ("the model's --image-size is fixed: cluster with a larger one to assign such images" if assigning
+              else "use a larger --image-size")
     message = (f"the backbone gave features that are all zero, which no clusterer can tell apart, for "
-               f"{'every one' if zero_rows.all() else zero_rows.sum()} of the {len(files)} images "
-               f"({shown_paths([file for file, zero in zip(files, zero_rows) if zero])}): its layers may leave "
-               "nothing of images this small; use a larger --image-size")
-    if zero_rows.all():
+               f"{counted_images} ({shown_paths([file for file, zero in zip(files, zero_rows) if zero])}): its "
+               f"layers may leave nothing of images this small; {advice}")
+    if zero_rows.all() and not assigning:
         error = UserError(message)
         error.embedded = ([], None)  # rows that are worth nothing are not kept for a next run
         raise error
@@ -844,7 +848,7 @@ def _assign_folder(args, folder, out, model):
     if not readable.any():
         raise UserError(f"none of the {len(files)} image files could be read")
     files, features = [path for path, keep in zip(files, readable) if keep], features[readable]
-    _check_features_not_all_zero(features, files)
+    _check_features_not_all_zero(features, files, assigning=True)
     labels = stage.predict(features)
     written = _write_results(out, files, stage, features, None, labels=labels, folders=args.folders)
     print(f"{counted(len(files), 'image')} assigned to the {counted(len(stage.cluster_ids_), 'cluster')} of "
@@ -1120,7 +1124,8 @@ def build_parser():
                          help="seed of the clusterer and of random weights (default: %(default)s)")
     cluster.add_argument("--out", default="skdeepclust-out", help="output folder (default: %(default)s)")
     cluster.add_argument("--embeddings", action="store_true",
-                         help="also write OUT/embeddings.npy, and reuse the rows of unchanged files "
+                         help="also write OUT/embeddings.npy, which later runs into OUT keep up to date, "
+                         "with this option or without (but for other settings), and reuse the rows of unchanged files "
                          "that an earlier run with the same backbone, weights and preprocessing wrote "
                          "there (a run stopped by Ctrl-C or an error keeps what it embedded for the next "
                          "run, with this option or, once it has run for a minute, without)")

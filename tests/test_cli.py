@@ -359,6 +359,17 @@ def test_images_whose_features_are_all_zero_are_named_and_a_run_of_nothing_else_
     assert not (out / "embeddings.partial.npy").exists()
 
 
+def test_assign_warns_of_images_whose_features_are_all_zero_even_alone(capsys):
+    # One such image assigned alone was refused, with it and a photo a warning (second review).
+    from skdeepclust.cli import _check_features_not_all_zero
+
+    _check_features_not_all_zero(np.zeros((1, 4), np.float32), ["blank.png"], assigning=True)
+    assert capsys.readouterr().err == (
+        "skdeepclust: warning: the backbone gave features that are all zero, which no clusterer can tell apart, "
+        "for the one image ('blank.png'): its layers may leave nothing of images this small; the model's "
+        "--image-size is fixed: cluster with a larger one to assign such images\n")
+
+
 def test_confidence_is_a_number_for_images_whose_features_are_all_zero():
     # A cluster of all-zero features has a zero centre: 'nan' went into clusters.csv.
     import warnings
@@ -666,6 +677,10 @@ def test_another_folder_clustered_into_the_same_out_says_whose_embeddings_it_rep
     assert err == (f"skdeepclust: warning: replaced {out / 'embeddings.npy'}, 4 of whose rows were of images this "
                    "run did not cluster; give each folder of images its own --out to keep the embeddings of both\n")
     assert _run(capsys, "cluster", str(image_folder / "bright"), *options)[2] == ""
+    # The same images through a link to their folder are no other images (second review).
+    (tmp_path / "linked").symlink_to(image_folder / "bright", target_is_directory=True)
+    status, _, err = _run(capsys, "cluster", str(tmp_path / "linked"), *options)
+    assert status == 0 and err == ""
 
 
 def test_a_rerun_keeps_the_embeddings_of_a_run_too_large_for_a_montage_up_to_date(capsys, image_folder, tmp_path,

@@ -61,6 +61,12 @@ def test_of_links_to_one_folder_the_shallowest_is_walked(tmp_path):
     (subset / "cat" / "frogs").symlink_to(store / "frog", target_is_directory=True)
     with pytest.warns(UserWarning, match=r"Skipped 1 link\(s\) to folders found already, .*: '.*cat/frogs'\.$"):
         assert find_image_files(subset) == [str(subset / name) for name in ("cat/1.png", "frog/2.png", "frog/3.png")]
+    # The shallowest path, not the first link: animals/frog, through a link to the
+    # whole store, came before the link frog, as deep as animals (second review).
+    (subset / "cat" / "frogs").unlink()
+    (subset / "animals").symlink_to(store, target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"Skipped 1 link\(s\) to folders found already, .*: '.*animals/frog'\.$"):
+        assert find_image_files(subset) == [str(subset / name) for name in ("cat/1.png", "frog/2.png", "frog/3.png")]
 
 
 def test_folders_that_cannot_be_listed_and_links_to_nothing_are_named(tmp_path, monkeypatch):

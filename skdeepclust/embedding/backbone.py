@@ -15,6 +15,7 @@ import collections
 import contextlib
 import copy
 import difflib
+import gc
 import json
 import math
 import numbers
@@ -631,13 +632,17 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
     own, target = skeleton.state_dict(), f"backbone {name!r}"
     try:
         model, state_dict = _timm_model_loaded_with(name, image_size, skeleton, own, state_dict, target, source)
-    except ValueError as as_they_are:
+        as_they_are = None
+    except ValueError as exc:
         # A wrapper's prefix goes only from names that do not fit as they are: timm's
         # own filters take some off themselves (SAM's "image_encoder."), renaming what
-        # follows it. Where neither fits, the names as they are tell why.
+        # follows it.
         unwrapped, prefix = without_wrapping_prefix(state_dict, own, source)
         if prefix is None:
             raise
+        as_they_are = str(exc)  # the message alone: the error's frames hold the model that failed
+    if as_they_are is not None:
+        gc.collect()  # the failed build's frames and model, held in reference cycles until then
         try:
             model, state_dict = _timm_model_loaded_with(name, image_size, skeleton, own, unwrapped, target, source)
         except ValueError as without_prefix:

@@ -11,6 +11,7 @@ what would make them readable.
 from __future__ import annotations
 
 import collections
+import heapq
 import importlib.util
 import os
 import warnings
@@ -216,17 +217,15 @@ def find_image_files_with_left_out(folder, each_image_once=True):
     # Depth first, as os.walk goes, but on os.scandir's entries, which tell a file
     # from a folder without a stat of each file: a million files took 10.4 s with
     # os.walk and os.path.isfile, 3.7 s so.
-    pending, linked_folders, links_to_folders_found = [os.fspath(folder)], [], []
-    while pending or linked_folders:
-        if not pending:
-            # Links to folders are walked once every folder that is not one has been,
-            # so that a link inside the tree to one of its folders (photos/cat/frogs ->
-            # ../frog) does not take that folder's images under the link's path; and
-            # the shallowest first, so that of a class folder that is a link and a
-            # link inside another class to the same folder, the class folder wins.
-            pending = sorted(linked_folders, key=lambda link: (link.count(os.sep), link), reverse=True)
-            linked_folders = []
-        directory = pending.pop()
+    pending, through_links, links_to_folders_found = [os.fspath(folder)], [], []
+    while pending or through_links:
+        # Folders reached through links are walked once every other folder has been, the
+        # shallowest path first: so that a link inside the tree to one of its folders
+        # (photos/cat/frogs -> ../frog) does not take that folder's images under the link's
+        # path, and of a class folder that is a link and a link inside another class to
+        # the same folder, the class folder wins.
+        reached_through_link = not pending
+        directory = pending.pop() if pending else heapq.heappop(through_links)[1]
         real = os.path.realpath(directory)
         if real in seen:  # a link to a folder already walked, or back to one above it
             links_to_folders_found.append(directory)
@@ -254,8 +253,8 @@ def find_image_files_with_left_out(folder, each_image_once=True):
             if _entry_is(entry.is_dir):  # links to folders followed
                 if in_photos_library and entry.name not in _PHOTOS_LIBRARY_ORIGINALS:
                     previews.append(entry.path)
-                elif entry.is_symlink():
-                    linked_folders.append(entry.path)
+                elif entry.is_symlink() or reached_through_link:
+                    heapq.heappush(through_links, (entry.path.count(os.sep), entry.path))
                 else:
                     subfolders.append(entry.path)
             elif (extension := os.path.splitext(entry.name)[1].lower()) in other_photo_extensions:
