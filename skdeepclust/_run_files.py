@@ -353,7 +353,7 @@ def keep_partial_embeddings(out, features, record, n_files, interrupted, kept_as
           f"{out / PARTIAL_FILE}; {again} goes on from there", file=sys.stderr)
 
 
-def other_files_in_partial(out, stamps, partial=True):
+def rows_of_other_files(out, stamps, partial=True):
     """How many files other than those of ``stamps`` the embeddings that a run
     stopped early kept in ``out`` hold rows of (0 where there are none of ours);
     ``partial=False``: those of embeddings.npy, of files that are still there (the
@@ -396,7 +396,7 @@ def remove_partial_embeddings(out, stamps):
     array_path, record_path = out / PARTIAL_FILE, out / PARTIAL_RECORD
     if not (array_path.is_file() and is_our_record(record_path)):
         return
-    warn_of_other_files_in_partial(out, other_files_in_partial(out, stamps), "removed")
+    warn_of_other_files_in_partial(out, rows_of_other_files(out, stamps), "removed")
     record_path.unlink()
     array_path.unlink()
 

@@ -44,8 +44,8 @@ from ._run_files import (
     keep_partial_embeddings,
     load_model,
     only_run_writing_into,
-    other_files_in_partial,
     remove_partial_embeddings,
+    rows_of_other_files,
     saved_model,
     warn_of_other_files_in_partial,
     write_embeddings,
@@ -812,10 +812,10 @@ def cluster_command(args):
     # Embeddings an earlier run wrote with --embeddings are kept up to date, as if it
     # were given again: removed, they would cost the next run every image again, an
     # hour of embedding lost to a flag left out.
-    args.embeddings_implied = bool(not args.embeddings and args.out and _holds_our_embeddings(Path(args.out)))
-    args.embeddings = args.embeddings or args.embeddings_implied
-    with _output_folder(args.out, args.embeddings, args.save_model, args.folders, keeps_partial=True) as out:
-        return _cluster_folder(args, folder, out)
+    embeddings_implied = bool(not args.embeddings and args.out and _holds_our_embeddings(Path(args.out)))
+    with _output_folder(args.out, args.embeddings or embeddings_implied, args.save_model, args.folders,
+                        keeps_partial=True) as out:
+        return _cluster_folder(args, folder, out, embeddings_implied)
 
 
 def assign_command(args):
@@ -857,7 +857,9 @@ def _assign_folder(args, folder, out, model):
     return 0
 
 
-def _cluster_folder(args, folder, out):
+def _cluster_folder(args, folder, out, embeddings_implied=False):
+    """``cluster`` into ``out``; ``embeddings_implied``: ``out`` holds an earlier run's
+    embeddings.npy, kept up to date as if --embeddings were given, but for other settings."""
     from .datasets import class_folder_labels
 
     files, left_out = _image_files(folder, out)
@@ -882,13 +884,13 @@ def _cluster_folder(args, folder, out):
     # Stamped before the embedding: a file changed while it runs is embedded again next time.
     stamps = [file_stamp(path) for path in files]
     # Without --embeddings, those of a run stopped early only: the same command goes on from there.
-    earlier_rows, changed_settings = earlier_embeddings(out, settings, partial_only=not args.embeddings)
+    earlier_rows, changed_settings = earlier_embeddings(
+        out, settings, partial_only=not (args.embeddings or embeddings_implied))
     # Made with other settings, an earlier run's embeddings are left as they are by a
     # run not given --embeddings: a quick try of another --image-size must not cost the
     # slow run's rows.
-    keeps_earlier_embeddings = args.embeddings_implied and bool(changed_settings)
-    if keeps_earlier_embeddings:
-        args.embeddings = args.embeddings_implied = False
+    keeps_earlier_embeddings = embeddings_implied and bool(changed_settings)
+    writes_embeddings = args.embeddings or (embeddings_implied and not changed_settings)
     earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
     kept = []  # the identity of the partial embeddings written before the clustering
 
@@ -898,13 +900,13 @@ def _cluster_folder(args, folder, out):
     def worth_keeping():
         # Unasked too, where they took long to make: a clustering that runs for hours
         # (or is killed) would lose the hour of embedding before it.
-        return (args.embeddings or any(row is not None for row in earlier_features)
+        return (writes_embeddings or any(row is not None for row in earlier_features)
                 or time.perf_counter() - start >= EMBEDDING_SECONDS_WORTH_KEEPING)
 
     def keep_before_clustering(positions, embedded):
         if not worth_keeping():
             return
-        replacing = other_files_in_partial(out, stamps)
+        replacing = rows_of_other_files(out, stamps)
         try:
             kept.append(write_embeddings(out, embedded, record_of(positions), partial=True))
         except OSError as exc:  # the clustering may still succeed
@@ -923,12 +925,12 @@ def _cluster_folder(args, folder, out):
         if positions and worth_keeping():
             keep_partial_embeddings(out, embedded, record_of(positions), len(files),
                                     isinstance(exc, KeyboardInterrupt), kept_as=kept[0] if kept else None,
-                                    replacing=other_files_in_partial(out, stamps))
+                                    replacing=rows_of_other_files(out, stamps))
         raise
-    record = record_of(np.flatnonzero(readable)) if args.embeddings else None
+    record = record_of(np.flatnonzero(readable)) if writes_embeddings else None
     # embeddings.npy holds the rows of one run's images: another folder clustered into
     # the same --out replaces those of the first, which must not go without a word.
-    replaced_rows = other_files_in_partial(out, stamps, partial=False) if record is not None else 0
+    replaced_rows = rows_of_other_files(out, stamps, partial=False) if record is not None else 0
     files = [path for path, keep in zip(files, readable) if keep]
     model, model_withheld = None, None
     if args.save_model and stage.cluster_ids_.size == 0:
@@ -960,13 +962,13 @@ def _cluster_folder(args, folder, out):
     if args.eval:
         y = class_folder_labels(folder, files)[0]
         print(f"{_metrics_line(y, stage.labels_)}  (chance accuracy {_chance_accuracy(y, stage.labels_):.3f})")
-    if args.embeddings_implied:
+    if writes_embeddings and not args.embeddings:
         print(f"({out / EMBEDDINGS_FILE} kept up to date, as an earlier run wrote it with --embeddings; "
               "remove it to stop)")
     elif keeps_earlier_embeddings:
         print(f"({out / EMBEDDINGS_FILE} left as it was, for a run with its settings: it does not hold this "
               "run's features, and --embeddings would replace it)")
-    if not args.embeddings and embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING:
+    if not writes_embeddings and embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING:
         print(f"(the embedding took {embedding_seconds:.0f} s: with --embeddings a rerun into {out} "
               "embeds only new and changed files, so that another --n-clusters or --clusterer takes seconds)")
     if embedding_seconds >= EMBEDDING_SECONDS_WORTH_KEEPING and _float32_where_bfloat16_is_native(args):
