@@ -143,11 +143,15 @@ def embedding_settings(embedder_params, random_state):
     (bfloat16 on a GPU), and embeddings made on a GPU are worth reusing on a CPU.
     So is the precision ``"auto"``, which is that of the device; one given outright
     is kept, as a user who compares precisions must not be given the same rows twice.
+    The dtype the backbone computes in is kept beside it, so that a precision given
+    outright reuses the rows of another run that computed in that dtype.
     """
     import timm
 
     from . import __version__
+    from ._device import resolve_device
     from .embedding.decoding import DECODING_REVISION
+    from .embedding.embedder import compute_dtype
 
     def stamped(path):
         path = os.fspath(path)
@@ -156,6 +160,7 @@ def embedding_settings(embedder_params, random_state):
         return file_stamp(path)
 
     backbone, pretrained = embedder_params["backbone"], embedder_params["pretrained"]
+    precision = embedder_params.get("precision", "auto")
     source, _, rest = backbone.partition(":")
     settings = {
         "skdeepclust": __version__,
@@ -168,7 +173,9 @@ def embedding_settings(embedder_params, random_state):
         "image_size": embedder_params["image_size"],
         "crop_pct": embedder_params["crop_pct"],
         **{name: embedder_params.get(name) for name in _NEWER_EMBEDDER_KEYS},
-        "precision": None if embedder_params.get("precision", "auto") == "auto" else embedder_params["precision"],
+        "precision": None if precision == "auto" else precision,
+        "computed_in": str(compute_dtype(resolve_device(embedder_params.get("device", "auto")), precision)
+                           ).removeprefix("torch."),
         # Random weights are drawn from the seed.
         "random_state": random_state if pretrained is False else None,
     }
@@ -218,12 +225,29 @@ def _recorded_rows(record_path, array_path, settings):
         warn(f"cannot reuse {array_path}: its {features.shape} {features.dtype} array does not "
              f"hold the {len(stamps)} float32 rows that {record_path} lists; every image is embedded anew")
         return {}, []
-    if earlier_settings != settings:
-        changed = [name for name in settings if earlier_settings.get(name) != settings[name]]
-        if "pretrained" in changed:  # the seed is recorded for random weights only
-            changed = [name for name in changed if name != "random_state"]
-        return {}, changed or ["settings"]
+    changed = _changed_settings(earlier_settings, settings)
+    if changed:
+        return {}, changed
     return {stamp: row for stamp, row in zip(stamps, features) if stamp is not None}, []
+
+
+def _changed_settings(earlier, now):
+    """The names of the embedding settings by which ``earlier`` differs from ``now``,
+    empty where rows made with ``earlier`` are reused.
+
+    ``computed_in`` is no setting of its own: it stands in for the precision where
+    either run gave one outright, so that ``--precision float32`` reuses the rows
+    of a run whose ``auto`` computed in float32, and the other way round.
+    """
+    if earlier == now:
+        return []
+    changed = [name for name in now if name != "computed_in" and earlier.get(name) != now[name]]
+    if "pretrained" in changed:  # the seed is recorded for random weights only
+        changed = [name for name in changed if name != "random_state"]
+    if "precision" in changed and earlier.get("computed_in") == now["computed_in"]:
+        changed.remove("precision")
+    # Else only settings this version does not know differ: a newer one wrote the record.
+    return changed or (["settings"] if set(earlier) - set(now) else [])
 
 
 def is_our_model(path):

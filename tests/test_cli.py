@@ -1069,6 +1069,25 @@ def test_embeddings_of_the_precision_auto_are_reused_whatever_the_device_made_th
     assert counts == [] and "were not reused" not in stdout
 
 
+@pytest.mark.parametrize("first, then", [(None, "float32"), ("float32", None)])
+def test_a_precision_given_outright_reuses_the_rows_of_a_run_that_computed_in_it(
+        capsys, image_folder, tmp_path, monkeypatch, first, then):
+    # auto on a CPU computes in float32: that run's rows are the ones float32 would give.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS,
+            "--device", "cpu"]
+    assert _run(capsys, *argv, *(["--precision", first] if first else []))[0] == 0
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv, *(["--precision", then] if then else []))
+    assert status == 0, err
+    assert counts == [] and "were not reused" not in stdout
+    assert json.loads((out / "embeddings.json").read_text())["settings"]["precision"] == then
+    # bfloat16 computes otherwise, whichever way the earlier run was given its precision.
+    status, stdout, err = _run(capsys, *argv, "--precision", "bfloat16")
+    assert status == 0, err
+    assert counts == [8] and "made with another --precision)" in stdout
+
+
 def test_embeddings_decoded_by_an_earlier_revision_are_not_reused(capsys, image_folder, tmp_path, monkeypatch):
     # The package's version stays between releases while its decoding changes.
     out = tmp_path / "out"
