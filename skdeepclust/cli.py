@@ -818,19 +818,25 @@ def cluster_command(args):
         return _cluster_folder(args, folder, out, embeddings_implied)
 
 
+def _refuse_the_out_of_a_cluster_run(path, command):
+    """Refuse an --out holding what only ``cluster`` writes, and ``command`` would
+    remove: a model or embeddings, which may have taken hours."""
+    out = Path(path)
+    kept = [name for name in (MODEL_FILE, EMBEDDINGS_FILE) if (out / name).exists()]
+    if kept and _holds_results_table(out):
+        raise UserError(f"--out {path} holds the output of a cluster run (its {RESULTS_FILE} and "
+                        f"{listed(kept)}), which {command} would overwrite or remove; choose another --out")
+
+
 def assign_command(args):
     folder = _input_folder(args.path)
     model_path, model = load_model(args.model, args.weights)
     if not args.out:
         raise UserError("--out is empty; give a folder ('.' for the current folder)")
-    out = Path(args.out)
-    kept = [name for name in (MODEL_FILE, EMBEDDINGS_FILE) if (out / name).exists()]
-    if out.resolve() == model_path.resolve().parent:
+    if Path(args.out).resolve() == model_path.resolve().parent:
         raise UserError(f"--out {args.out} holds the model's own run, whose {RESULTS_FILE} would be "
                         "overwritten; choose another --out")
-    if kept and _holds_results_table(out):
-        raise UserError(f"--out {args.out} holds the output of a cluster run (its {RESULTS_FILE} and "
-                        f"{listed(kept)}), which assign would overwrite or remove; choose another --out")
+    _refuse_the_out_of_a_cluster_run(args.out, "assign")
     with _output_folder(args.out, save_embeddings=False, folders=args.folders) as out:
         return _assign_folder(args, folder, out, model)
 
@@ -1013,6 +1019,8 @@ def _find_shared(explicit):
 
 
 def demo_command(args):
+    if args.out:  # an empty one is refused by _output_folder
+        _refuse_the_out_of_a_cluster_run(args.out, "demo")
     shared = _find_shared(args.shared)
     if shared is None or not (shared / CIFAR10_ARCHIVE).is_file():
         raise UserError(

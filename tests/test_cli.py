@@ -555,6 +555,24 @@ def test_demo_without_its_photos_says_where_to_point(capsys, tmp_path):
     assert status == 2 and "SKDEEPCLUST_SHARED" in err
 
 
+@pytest.mark.parametrize("command", ["assign", "demo"])
+def test_assign_and_demo_refuse_the_out_of_a_cluster_run_with_embeddings(capsys, image_folder, tmp_path,
+                                                                         command):
+    # They would remove its embeddings.npy, which may have taken hours, and demo would
+    # then have advised an --embeddings it does not have.
+    model_run, out = tmp_path / "model_run", tmp_path / "out"
+    for folder, option in ((model_run, "--save-model"), (out, "--embeddings")):
+        argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(folder), option, *TINY_ARGS]
+        assert _run(capsys, *argv)[0] == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    more = ["assign", str(image_folder), "--model", str(model_run)] if command == "assign" else ["demo"]
+    status, _, err = _run(capsys, *more, "--out", str(out), "--quiet")
+    assert status == 2
+    assert err.strip() == (f"skdeepclust: error: --out {out} holds the output of a cluster run (its clusters.csv "
+                           f"and embeddings.npy), which {command} would overwrite or remove; choose another --out")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
 def test_speed_flags_reach_the_embedder(capsys, image_folder, tmp_path, monkeypatch):
     import torch
 
