@@ -245,6 +245,25 @@ def test_a_named_density_clusterer_that_finds_only_noise_says_so():
         FeatureClusterer(DBSCAN(eps=0.3)).fit(uniform / np.linalg.norm(uniform, axis=1, keepdims=True) * 0.01)
 
 
+@pytest.mark.parametrize("n_features, memory, algorithm", [
+    (64, 2 ** 40, "brute"),  # its trees are slow in many dimensions
+    (8, 2 ** 40, "auto"),  # and fast in few
+    (64, 2 * 16 * 300 ** 2 - 1, "auto"),  # two n x n float64 matrices must fit in half the memory
+    (64, None, "auto"),  # memory unknown
+])
+def test_named_hdbscan_computes_every_distance_where_that_pays_and_fits(monkeypatch, n_features, memory,
+                                                                       algorithm):
+    import skdeepclust._device as device_module
+
+    monkeypatch.setattr(device_module, "available_memory", lambda: memory)
+    X, _ = make_blobs(n_samples=300, n_features=n_features, centers=3, random_state=0)
+    fitted = FeatureClusterer("hdbscan").fit(X)
+    assert fitted.clusterer_.algorithm == algorithm
+    np.testing.assert_array_equal(fitted.labels_, HDBSCAN(copy=True).fit_predict(X))
+    # An instance keeps its own algorithm.
+    assert FeatureClusterer(HDBSCAN(copy=True)).fit(X).clusterer_.algorithm == "auto"
+
+
 def test_label_free_score_prefers_the_true_number_of_clusters(blobs):
     X, _ = blobs
     search = GridSearchCV(
