@@ -1191,6 +1191,27 @@ def build_parser():
     return parser
 
 
+# torch's notice when --compile loads its C++ toolchain on a machine with a CUDA
+# toolkit but no GPU, "No CUDA runtime is found, using CUDA_HOME=...", which --quiet
+# leaves out: it says nothing the user can act on.
+TORCH_TOOLCHAIN_LOGGER = "torch.utils.cpp_extension"
+
+
+@contextlib.contextmanager
+def _torch_notices_left_out(quiet):
+    """With ``quiet``, torch's toolchain notices are left out while the command runs."""
+    import logging
+
+    logger = logging.getLogger(TORCH_TOOLCHAIN_LOGGER)
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 @contextlib.contextmanager
 def _escaping_output():
     """stdout and stderr writing what their encoding cannot (such as a file name's
@@ -1217,7 +1238,7 @@ def main(argv=None):
     from .embedding.backbone import _model_source
 
     try:
-        with warnings.catch_warnings(), _escaping_output():
+        with warnings.catch_warnings(), _escaping_output(), _torch_notices_left_out(getattr(args, "quiet", False)):
             warnings.showwarning = _library_warning_printer(vars(args))
             # The command's own summary says so, "in 0 clusters, 6 left out as noise".
             warnings.filterwarnings("ignore", message=r"\w+ found no cluster: it marked all")

@@ -573,6 +573,26 @@ def test_assign_and_demo_refuse_the_out_of_a_cluster_run_with_embeddings(capsys,
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_leaves_out_torchs_toolchain_notice(capsys, image_folder, tmp_path, monkeypatch, caplog, quiet):
+    # torch logs it when --compile loads its C++ toolchain on a machine with a CUDA toolkit but no GPU.
+    import logging
+
+    import torch
+
+    def compile_noting(model, **options):
+        logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='/x'")
+        return model
+
+    monkeypatch.setattr(torch, "compile", compile_noting)
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), "--compile",
+            *[arg for arg in TINY_ARGS if quiet or arg != "--quiet"]]
+    with caplog.at_level(logging.WARNING):
+        assert _run(capsys, *argv)[0] == 0
+    assert ("No CUDA runtime is found" in caplog.text) != quiet
+    assert logging.getLogger("torch.utils.cpp_extension").level == logging.NOTSET  # as it was
+
+
 def test_speed_flags_reach_the_embedder(capsys, image_folder, tmp_path, monkeypatch):
     import torch
 
