@@ -442,6 +442,33 @@ def test_a_headless_fcmae_checkpoint_still_loads(tmp_path):
         torch.testing.assert_close(loaded[key], value, msg=key)
 
 
+@pytest.mark.parametrize("architecture", ["levit_128s", "repvit_m0_9"])
+def test_timms_own_checkpoint_with_a_batchnorm_linear_classifier_loads(tmp_path, images, architecture):
+    # timm names only the Linear of these BatchNorm + Linear classifiers (head.linear,
+    # head.head.l, and their distillation twins); their BatchNorms must go with it.
+    torch.manual_seed(0)
+    full = timm.create_model(architecture, pretrained=False).state_dict()
+    assert any(".bn." in key for key in full if key.startswith("head"))
+    path = tmp_path / "full.pth"
+    torch.save(full, path)
+    model = ImageEmbedder(architecture, pretrained=path).fit(images).model_
+    _assert_weights_equal(model, {key: value for key, value in full.items() if not key.startswith("head")})
+
+
+def test_what_the_headless_model_has_beside_its_classifier_still_loads_strictly(tmp_path, images):
+    # ConvNeXt's head.norm sits beside its classifier, head.fc, and is kept by the model
+    weights = timm.create_model("test_convnext", pretrained=False).state_dict()
+    path = tmp_path / "wider_norm.safetensors"
+    save_file({**weights, "head.norm.weight": torch.ones(weights["head.norm.weight"].shape[0] + 1)}, path)
+    with pytest.raises(ValueError, match=r"do not fit backbone 'test_convnext': .*size mismatch for head\.norm"):
+        ImageEmbedder("test_convnext", pretrained=path).fit(images)
+    # and a checkpoint of a LeViT of another width is still refused, its head.bn dropped or not
+    levit = tmp_path / "levit_128.pth"
+    torch.save(timm.create_model("levit_128", pretrained=False).state_dict(), levit)
+    with pytest.raises(ValueError, match=r"do not fit backbone 'levit_128s': .*\"stages\."):
+        ImageEmbedder("levit_128s", pretrained=levit).fit(images)
+
+
 @pytest.mark.parametrize(
     "name, content, match",
     [

@@ -280,13 +280,17 @@ def _drop_classifier(state_dict, model):
     """Remove classifier weights: the feature extractor is built without a classifier.
 
     Everything under the classifier's name goes, unless the model has it: MoCo v3 keeps
-    a projection MLP there (``head.0.weight``, ...), not just ``head.weight``. So do
-    the training heads of ``_TRAINING_HEADS``.
+    a projection MLP there (``head.0.weight``, ...), not just ``head.weight``. So does
+    what the model lacks under the classifier's parent module: timm names only the
+    Linear of LeViT's, RepViT's and EfficientViT-MSRA's BatchNorm + Linear classifiers
+    (``head.linear``), and the headless model has no ``head.bn`` either. So do the
+    training heads of ``_TRAINING_HEADS``.
     """
     classifiers = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     if isinstance(classifiers, str):
         classifiers = (classifiers,)
-    prefixes = tuple(f"{name}." for name in classifiers) + _TRAINING_HEADS
+    parents = tuple(name.rsplit(".", 1)[0] for name in classifiers if "." in name)
+    prefixes = tuple(f"{name}." for name in classifiers + parents) + _TRAINING_HEADS
     own = model.state_dict().keys()
     return {name: value for name, value in state_dict.items()
             if not (name.startswith(prefixes) and name not in own)}
