@@ -1,5 +1,6 @@
 import argparse
 import pickle
+import re
 import time
 import warnings
 
@@ -193,6 +194,28 @@ def test_an_image_size_too_small_for_the_relative_position_tables_is_a_clear_err
     with pytest.raises(ValueError, match=r"^The backbone test_vit_relpos cannot be built for image_size=.*"
                                          r"choose a larger image_size\.$"):
         ImageEmbedder("test_vit_relpos", pretrained=False, image_size=8).fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("architecture, image_size, reason, working", [
+    ("xcit_nano_12_p16_224", 50, "AssertionError: `patch_size` should divide image dimensions evenly", 64),
+    # timm's hybrid ViT asserts without a message
+    ("vit_tiny_r_s16_p8_224", (48, 80), "AssertionError", (64, 96)),
+])
+def test_an_image_size_that_timm_asserts_against_as_it_builds_is_a_clear_error(images, architecture, image_size,
+                                                                                 reason, working):
+    expected = (f"The backbone {architecture} cannot be built for image_size={image_size} ({reason}); use "
+                f"image_size={working} or image_size=224 (its default), or leave image_size unset.")
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        ImageEmbedder(architecture, pretrained=False, image_size=image_size).fit(images)
+    # the size advised works
+    assert ImageEmbedder(architecture, pretrained=False, image_size=working).fit(images).embedding_dim_ > 0
+
+
+def test_an_image_size_that_a_timm_model_asserts_against_as_it_runs_names_its_default(images):
+    with pytest.raises(ValueError, match=r"^The backbone halonet_h1 fails on a \(1, 3, 64, 64\) input "
+                                         r"\(AssertionError\); use image_size=256 \(its default\), "
+                                         r"or leave image_size unset\.$"):
+        ImageEmbedder("halonet_h1", pretrained=False, image_size=64).fit(images)
 
 
 def test_patch_grid_rule_spares_overlapping_patches_and_the_models_own_size():

@@ -421,7 +421,71 @@ def _create_timm_model(name, image_size, **kwargs):
                 f"The backbone {name} cannot be built for image_size={image_size} "
                 f"(RuntimeError: {exc}); choose a larger image_size."
             ) from exc
+        except AssertionError as exc:
+            # Patch grids that must divide the size (XCiT, Twins, NesT, hybrid ViTs) or be
+            # square (MViTv2) are asserted as the model is built, some without a message.
+            # Where it builds at this size without weights, the weights' filter asserted.
+            if kwargs.get("pretrained") and _runs_at(name, image_size, forward=False):
+                raise
+            raise ImageSizeError(
+                f"The backbone {name} cannot be built for image_size={_shown_size(image_size)} "
+                f"({_error_text(exc)}); {_image_size_advice(name, image_size)}."
+            ) from exc
     return timm.create_model(name, num_classes=0, **kwargs)
+
+
+def _shown_size(size):
+    """A (height, width) as image_size is best written: one int where it is square."""
+    return size[0] if size[0] == size[1] else tuple(size)
+
+
+def _error_text(exc):
+    """``exc`` as "Type: message", or its type alone where it has no message (timm's bare asserts)."""
+    return f"{type(exc).__name__}: {str(exc).rstrip('.')}" if str(exc) else type(exc).__name__
+
+
+def _runs_at(name, image_size, forward=True):
+    """Whether the timm model ``name`` builds at ``image_size`` and, with ``forward``, runs
+    on a (1, 3, H, W) input there; on the meta device, which computes shapes alone."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            try:
+                model = timm.create_model(name, num_classes=0, img_size=image_size, pretrained=False)
+            except TypeError:  # a convolutional model, which takes any size
+                model = timm.create_model(name, num_classes=0, pretrained=False)
+            if forward:
+                with torch.inference_mode():
+                    model.eval()(torch.zeros((1, 3, *image_size)))
+    except Exception:  # whatever fails, the size is not one to advise
+        return False
+    return True
+
+
+def _image_size_advice(name, image_size, default_size=None):
+    """What to do about an ``image_size`` at which the timm model ``name`` fails: the
+    model's default size (``default_size``, else its registered config's), and the
+    nearest multiple of 32 at or above ``image_size`` (or a square one) where the model
+    builds and runs, as found on the meta device for a name in timm's registry."""
+    import timm
+    import timm.models
+
+    registered = timm.is_model(name) and _model_source(name) is None
+    if default_size is None and registered:
+        config = timm.models.get_pretrained_cfg(name)
+        default_size = tuple(config.input_size[1:]) if config is not None and config.input_size else None
+    default_size = tuple(default_size) if default_size else None
+    rounded = tuple(max(32, math.ceil(side / 32) * 32) for side in image_size)
+    candidates = [size for size in dict.fromkeys((rounded, (max(rounded),) * 2))
+                  if size not in (tuple(image_size), default_size)]
+    works = next((size for size in candidates if registered and _runs_at(name, size)), None)
+    sizes = [f"image_size={_shown_size(size)}" for size in (works,) if size]
+    if default_size:
+        sizes.append(f"image_size={_shown_size(default_size)} (its default)")
+    if not sizes:
+        return "leave image_size unset, for the model's own size"
+    return f"use {' or '.join(sizes)}, or leave image_size unset"
 
 
 def _timm_skeleton(name, image_size):
