@@ -478,6 +478,22 @@ def test_timms_own_checkpoint_with_a_batchnorm_linear_classifier_loads(tmp_path,
     _assert_weights_equal(model, {key: value for key, value in full.items() if not key.startswith("head")})
 
 
+def test_a_checkpoint_whose_input_sized_tensors_timm_does_not_resample_names_its_size(tmp_path, images):
+    # LeViT's attention biases are sized by the input; refused at another image_size,
+    # the checkpoint is not of another architecture.
+    path = tmp_path / "levit.pth"
+    torch.save(timm.create_model("levit_128s", pretrained=False).state_dict(), path)
+    with pytest.raises(ValueError, match=r"fit backbone 'levit_128s' at image_size=224, its default, but not at "
+                                         r"image_size=64: the shapes of stages\.0\.blocks\.0\.attn\.attention_biases, "
+                                         r".* Use image_size=224 or leave image_size unset\.$"):
+        ImageEmbedder("levit_128s", pretrained=path, image_size=64).fit(images)
+    # a checkpoint of another LeViT at that size is still blamed on the architecture
+    other = tmp_path / "levit_128.pth"
+    torch.save(timm.create_model("levit_128", pretrained=False).state_dict(), other)
+    with pytest.raises(ValueError, match="Check that the backbone architecture matches the checkpoint"):
+        ImageEmbedder("levit_128s", pretrained=other, image_size=64).fit(images)
+
+
 def test_what_the_headless_model_has_beside_its_classifier_still_loads_strictly(tmp_path, images):
     # ConvNeXt's head.norm sits beside its classifier, head.fc, and is kept by the model
     weights = timm.create_model("test_convnext", pretrained=False).state_dict()

@@ -695,6 +695,32 @@ def _warn_if_position_grid_differs(state_dict, own, model, target, source):
     )
 
 
+def _fits_only_at_the_default_size(name, image_size, state_dict, skeleton, target, source):
+    """The error for a checkpoint that fits the timm model ``name`` at its default size
+    but not at ``image_size``, or None: every tensor that does not fit is one whose shape
+    the input size sets (LeViT's and EfficientFormerV2's attention biases, Hiera's
+    position embedding), which timm's filter resamples for ViTs but not for these."""
+    if image_size is None:
+        return None
+    state_dict, own = _drop_classifier(state_dict, skeleton), skeleton.state_dict()
+    default_skeleton = _timm_skeleton(name, None)
+    default_own = default_skeleton.state_dict()
+    if state_dict.keys() != own.keys() or own.keys() != default_own.keys():
+        return None
+    sized = [key for key, value in state_dict.items() if value.shape != own[key].shape]
+    if not sized or any(state_dict[key].shape != default_own[key].shape for key in sized):
+        return None
+    default_size = (default_skeleton.pretrained_cfg or {}).get("input_size")
+    default = f"image_size={_shown_size(default_size[1:])}" if default_size else "its default size"
+    shown = ", ".join(sized[:3]) + (f" and {len(sized) - 3} more" if len(sized) > 3 else "")
+    return ValueError(
+        f"The weights in {source} fit {target} at {default}, its default, but not at "
+        f"image_size={_shown_size(image_size)}: the shapes of {shown} follow the input size, and "
+        "timm does not resample them for this model, so these weights run only at the size they "
+        f"were trained at. Use {default} or leave image_size unset."
+    )
+
+
 def _create_timm_model_with_weights(name, image_size, state_dict, source):
     skeleton = _timm_skeleton(name, image_size)
     own, target = skeleton.state_dict(), f"backbone {name!r}"
@@ -707,7 +733,7 @@ def _create_timm_model_with_weights(name, image_size, state_dict, source):
         # follows it.
         unwrapped, prefix = without_wrapping_prefix(state_dict, own, source)
         if prefix is None:
-            raise
+            raise _fits_only_at_the_default_size(name, image_size, state_dict, skeleton, target, source) or exc
         as_they_are = str(exc)  # the message alone: the error's frames hold the model that failed
     if as_they_are is not None:
         gc.collect()  # the failed build's frames and model, held in reference cycles until then
