@@ -429,7 +429,7 @@ def _create_timm_model(name, image_size, **kwargs):
                 raise
             raise ImageSizeError(
                 f"The backbone {name} cannot be built for image_size={_shown_size(image_size)} "
-                f"({_error_text(exc)}); {_image_size_advice(name, image_size)}."
+                f"({error_text(exc)}); {image_size_advice(name, image_size)}."
             ) from exc
     return timm.create_model(name, num_classes=0, **kwargs)
 
@@ -439,7 +439,7 @@ def _shown_size(size):
     return size[0] if size[0] == size[1] else tuple(size)
 
 
-def _error_text(exc):
+def error_text(exc):
     """``exc`` as "Type: message", or its type alone where it has no message (timm's bare asserts)."""
     return f"{type(exc).__name__}: {str(exc).rstrip('.')}" if str(exc) else type(exc).__name__
 
@@ -463,7 +463,7 @@ def _runs_at(name, image_size, forward=True):
     return True
 
 
-def _image_size_advice(name, image_size, default_size=None):
+def image_size_advice(name, image_size, default_size=None):
     """What to do about an ``image_size`` at which the timm model ``name`` fails: the
     model's default size (``default_size``, else its registered config's), and the
     nearest multiple of 32 at or above ``image_size`` (or a square one) where the model

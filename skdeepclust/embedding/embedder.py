@@ -28,7 +28,7 @@ from .._device import (
 from .._progress import progress_bar
 from .._validation import check_verbose
 from .._warnings import stacklevel_of_user_code
-from .backbone import _error_text, _image_size_advice, build_backbone
+from .backbone import error_text, image_size_advice, build_backbone
 from .images import as_images
 
 # Threads sharing one fitted embedder (a server's) would otherwise each copy its
@@ -744,13 +744,13 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 elif self.image_size is not None and isinstance(self.backbone, str):
                     # a timm model at a size of the user's: name one it runs at
                     default_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-                    fix = _image_size_advice(self.backbone, preprocessing.input_size,
+                    fix = image_size_advice(self.backbone, preprocessing.input_size,
                                              default_size[1:] if default_size else None)
                 else:
                     fix = "check image_size"
                 raise ValueError(
                     f"The backbone {backbone_name} fails on a {probe_shape} input "
-                    f"({_error_text(exc)}); {fix}."
+                    f"({error_text(exc)}); {fix}."
                 ) from exc
         self.model_ = model
         self.preprocessing_ = preprocessing
