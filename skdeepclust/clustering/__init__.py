@@ -10,6 +10,7 @@ __getattr__, __dir__ = lazy_namespace(__name__, {
     "TorchKMeans": "kmeans",
     "select_n_clusters": "model_selection",
     "mine_nearest_neighbors": "neighbors",
+    "NeighborSmoother": "smoothing",
     "SCANClusterer": "scan",
     "TEMIClusterer": "temi",
 }, globals())
@@ -17,6 +18,7 @@ __getattr__, __dir__ = lazy_namespace(__name__, {
 __all__ = [
     "DebiasedClusterer",
     "FeatureClusterer",
+    "NeighborSmoother",
     "SCANClusterer",
     "TEMIClusterer",
     "TorchKMeans",

@@ -33,24 +33,28 @@ def default_chunk_size(n_samples, device):
     return max(1, min(n_samples, block // n_samples))
 
 
-def topk_cosine_neighbors(unit_features, n_neighbors, chunk_size=None):
-    """k nearest neighbours of each row of an L2-normalised torch matrix, itself excluded.
+def topk_cosine_neighbors(unit_features, n_neighbors, chunk_size=None, keys=None):
+    """k nearest neighbours of each row of an L2-normalised torch matrix, itself excluded;
+    or, given ``keys`` (L2-normalised too), its k nearest rows of ``keys``.
 
     Returns ``(indices, similarities)``, both of shape (n_samples, n_neighbors), on
     the matrix's device, nearest first. ``chunk_size=None`` chooses it by
     :func:`default_chunk_size`.
     """
     n_samples = unit_features.shape[0]
+    excludes_itself = keys is None
+    keys = unit_features if keys is None else keys
     if chunk_size is None:
-        chunk_size = default_chunk_size(n_samples, unit_features.device)
+        chunk_size = default_chunk_size(keys.shape[0], unit_features.device)
     all_indices, all_similarities = [], []
     for start in range(0, n_samples, chunk_size):
         queries = unit_features[start:start + chunk_size]
-        similarities = queries @ unit_features.T
-        rows = torch.arange(queries.shape[0], device=unit_features.device)
-        # Excluding a sample by its index, not by its top rank: with duplicate rows
-        # the sample itself need not come first.
-        similarities[rows, rows + start] = -torch.inf
+        similarities = queries @ keys.T
+        if excludes_itself:
+            rows = torch.arange(queries.shape[0], device=unit_features.device)
+            # Excluding a sample by its index, not by its top rank: with duplicate rows
+            # the sample itself need not come first.
+            similarities[rows, rows + start] = -torch.inf
         values, indices = similarities.topk(n_neighbors, dim=1)
         # Freed now, not when the next chunk's block replaces it: two blocks would
         # exist at once otherwise.
