@@ -184,6 +184,12 @@ def test_image_size_off_the_patch_grid_is_refused(image_size, match):
             np.zeros((1, 40, 40, 3), np.uint8))
 
 
+def test_an_mlp_mixers_patch_grid_is_checked_too():
+    # Its patch embedding is called stem; at 50 it ignored the last 2 rows and columns.
+    with pytest.raises(ValueError, match=r"^image_size=50 is not a multiple of the backbone's patch size, 16, "):
+        ImageEmbedder("gmlp_ti16_224", pretrained=False, image_size=50).fit(np.zeros((1, 50, 50, 3), np.uint8))
+
+
 needs_test_vit_relpos = pytest.mark.skipif(not timm.is_model("test_vit_relpos"),
                                            reason=f"timm {timm.__version__} has no test_vit_relpos")
 

@@ -929,8 +929,9 @@ def _warn_if_normalisation_is_a_guess(name, source):
 
 def _check_patch_grid(model, image_size):
     """Refuse a user's ``image_size`` that a ViT would cut short: a patch embedding
-    whose patches do not overlap ignores the pixels past its last whole patch."""
-    patch_embed = getattr(model, "patch_embed", None)
+    whose patches do not overlap ignores the pixels past its last whole patch.
+    MLP-Mixer and gMLP call theirs ``stem``."""
+    patch_embed = getattr(model, "patch_embed", None) or getattr(model, "stem", None)
     projection = getattr(patch_embed, "proj", None)
     if (image_size is None or not isinstance(projection, torch.nn.Conv2d)
             or getattr(patch_embed, "dynamic_img_pad", False)):
