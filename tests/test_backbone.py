@@ -667,16 +667,30 @@ def test_behind_a_proxy_the_hub_is_not_declared_unreachable(monkeypatch):
     assert _host_is_reachable("huggingface.co")  # only the proxy can tell
 
 
-@needs_test_vit_relpos
-def test_an_image_size_too_small_is_not_blamed_on_the_hub(images):
+def test_an_image_size_that_cannot_be_built_is_not_blamed_on_the_hub(images):
+    # test_vit_relpos, which has no pretrained weights, is refused for that now.
     with pytest.raises(ValueError, match="cannot be built for image_size=") as info:
-        ImageEmbedder("test_vit_relpos", pretrained=True, image_size=8).fit(images)
+        ImageEmbedder("xcit_nano_12_p16_224", pretrained=True, image_size=50).fit(images)
     assert "offline" not in str(info.value)
 
 
-def test_unknown_backbone_suggests_names(images):
-    with pytest.raises(ValueError, match="Unknown backbone 'vit_smal_patch16_224'.*vit_small_patch16_224"):
-        ImageEmbedder("vit_smal_patch16_224", pretrained=False).fit(images)
+@pytest.mark.parametrize("name", ["vit_smal_patch16_224", "VIT_SMALL_PATCH16_224"])
+def test_unknown_backbone_suggests_names(images, name):
+    with pytest.raises(ValueError, match=f"Unknown backbone '{name}'.*'vit_small_patch16_224'"):
+        ImageEmbedder(name, pretrained=False).fit(images)
+
+
+def test_pretrained_weights_of_an_architecture_timm_has_none_of_are_not_blamed_on_the_machine(images, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    with pytest.raises(ValueError, match=r"^timm has no pretrained weights of 'convnext_atto_rms', only its "
+                                         r"architecture \(timm.list_pretrained\('convnext_atto_rms\.\*'\) lists "
+                                         r"none\)\. Pass pretrained=False for random weights, or a weights file"):
+        ImageEmbedder("convnext_atto_rms", pretrained=True).fit(images)
 
 
 @pytest.mark.parametrize(

@@ -312,6 +312,20 @@ def _mismatch_error(reason, target, source):
     )
 
 
+def _check_timm_has_weights(name):
+    """Refuse ``pretrained=True`` for an architecture that timm has no weights of, which
+    the hub was asked for and the error blamed on the machine being offline."""
+    import timm
+
+    architecture = _architecture_name(name)
+    if not timm.list_pretrained(f"{architecture}.*"):
+        raise ValueError(
+            f"timm has no pretrained weights of {architecture!r}, only its architecture "
+            f"(timm.list_pretrained('{architecture}.*') lists none). Pass pretrained=False for "
+            "random weights, or a weights file of your own, pretrained='/path/to/weights.safetensors'."
+        )
+
+
 def _check_timm_name(name):
     import timm
 
@@ -319,7 +333,8 @@ def _check_timm_name(name):
         _check_timm_tag(name)
         return
     known = timm.list_models() + list(PACKAGED_BACKBONES)
-    suggestions = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    # timm's names are lower case: 'VIT_SMALL_PATCH16_224' matched none of them.
+    suggestions = difflib.get_close_matches(name.lower(), known, n=5, cutoff=0.6)
     hint = f" Did you mean one of {suggestions}?" if suggestions else ""
     if "/" in name or "\\" in name or ":" in name:
         hint += (" A model on the Hugging Face Hub is named 'hf-hub:OWNER/REPOSITORY', a "
@@ -835,6 +850,7 @@ def _load_timm_backbone(name, pretrained, image_size):
     if pretrained is False:
         return _create_timm_model(name, image_size, pretrained=False)
     if pretrained is True:
+        _check_timm_has_weights(name)
         url = _uncached_url_weights(name)
         if url is not None and not _host_is_reachable(urlparse(url).hostname):
             raise PretrainedWeightsUnavailable(
