@@ -60,6 +60,10 @@ def test_too_many_neighbours_for_the_samples_names_the_fix():
     with pytest.raises(ValueError, match=r"n_neighbors=10 needs at least 11 samples to fit; got n_samples=8\. "
                                          "Ask for fewer neighbours or fit on more samples"):
         NeighborSmoother(device="cpu").fit(np.ones((8, 3)))
+    with pytest.raises(ValueError, match=r"^n_neighbors must be an integer >= 1; got 0\.$"):
+        NeighborSmoother(n_neighbors=0).fit(np.eye(4))
+    with pytest.raises(ValueError, match=r"^n_steps must be an integer >= 0; got 1\.5\.$"):
+        NeighborSmoother(n_neighbors=2, n_steps=1.5).fit(np.eye(4))
     with pytest.raises(ValueError, match="device='nope' is not a device name"):
         NeighborSmoother(n_neighbors=2, device="nope").fit(np.eye(4))
 

@@ -9,15 +9,13 @@ images agrees with ``fit_transform`` of the ones fitted.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._device import host_array, parsed_device, resolve_device
+from .._validation import check_int
 from ._training import normalize_rows
 from .neighbors import topk_cosine_neighbors
 
@@ -93,12 +91,6 @@ class NeighborSmoother(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     (60,)
     """
 
-    _parameter_constraints = {
-        "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
-        "device": [StrOptions({"auto"}), str, torch.device],
-    }
-
     def __init__(self, n_neighbors=10, n_steps=2, device="auto"):
         self.n_neighbors = n_neighbors
         self.n_steps = n_steps
@@ -164,7 +156,8 @@ class NeighborSmoother(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self._smoothed(self._nearest_fitted(unit))
 
     def _fit(self, X):
-        self._validate_params()
+        check_int("n_neighbors", self.n_neighbors)
+        check_int("n_steps", self.n_steps, minimum=0)
         parsed_device(self.device)
         X = validate_data(self, host_array(X, "X"), dtype=[np.float64, np.float32], ensure_min_samples=2)
         if self.n_neighbors > X.shape[0] - 1:
