@@ -27,7 +27,8 @@ PARTIAL_RECORD = "embeddings.partial.json"
 # With --save-model: what ``assign`` needs to put new images into this run's clusters.
 MODEL_FILE = "model.joblib"
 MODEL_FORMAT = "skdeepclust cluster model"
-MODEL_FORMAT_VERSION = 2
+MODEL_FORMAT_VERSION = 3
+# Version 3 added the NeighborSmoother of a --smooth run (None for others).
 # The embedding settings a model keeps; version 1 had no normalisation or
 # interpolation of its own (the model's, from timm).
 MODEL_EMBEDDER_KEYS = ("backbone", "pretrained", "image_size", "crop_pct", "mean", "std", "interpolation")
@@ -425,8 +426,9 @@ def remove_partial_embeddings(out, stamps):
     array_path.unlink()
 
 
-def saved_model(embedder_params, random_state, stage, out):
-    """What ``assign`` needs: the embedding settings and the fitted clustering stage.
+def saved_model(embedder_params, random_state, stage, out, smoother=None):
+    """What ``assign`` needs: the embedding settings, the fitted NeighborSmoother of a
+    --smooth run (None otherwise) and the fitted clustering stage.
 
     The weights are named, not copied: a checkpoint file (or ``local-dir:``
     folder) by its absolute path and its path from ``out``, where the model lies,
@@ -448,7 +450,7 @@ def saved_model(embedder_params, random_state, stage, out):
     return {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "skdeepclust": __version__,
             "timm": timm.__version__, "decoding": DECODING_REVISION, "embedder": kept,
             "weights_digest": _weights_digest(kept),
-            "weights_from_model": relative, "random_state": random_state, "stage": stage}
+            "weights_from_model": relative, "random_state": random_state, "smoother": smoother, "stage": stage}
 
 
 def _named_weights(embedder):
@@ -564,16 +566,19 @@ def load_model(path, weights=None):
     if not (isinstance(model, dict) and model.get("format") == MODEL_FORMAT):
         raise UserError(f"--model {path}: not a model that 'skdeepclust cluster --save-model' wrote")
     from . import __version__
-    from .clustering import FeatureClusterer
+    from .clustering import FeatureClusterer, NeighborSmoother
 
     written_by = model.get("skdeepclust", "an unknown version")
     embedder = model.get("embedder")
     if model.get("format_version") == 1 and isinstance(embedder, dict):
         embedder.update({name: None for name in _NEWER_EMBEDDER_KEYS if name not in embedder})
-        model["format_version"] = MODEL_FORMAT_VERSION
+        model["format_version"] = 2
+    if model.get("format_version") == 2:  # written before --smooth
+        model.update(format_version=MODEL_FORMAT_VERSION, smoother=None)
     if (model.get("format_version") != MODEL_FORMAT_VERSION or not isinstance(embedder, dict)
             or set(embedder) != set(MODEL_EMBEDDER_KEYS)
             or not isinstance(model.get("stage"), FeatureClusterer)
+            or not isinstance(model.get("smoother", ()), (NeighborSmoother, type(None)))
             or not hasattr(model["stage"], "cluster_ids_") or "random_state" not in model):
         raise UserError(f"--model {path}: written by skdeepclust {written_by}, in a form that skdeepclust "
                         f"{__version__} does not read; run cluster --save-model again with this version")

@@ -1635,7 +1635,7 @@ def _cluster_and_save_model(capsys, folder, out, *options):
 
 
 @pytest.mark.parametrize("options", [("--n-clusters", "2"), ("--clusterer", "hdbscan"),
-                                     ("--n-clusters", "2", "--clusterer", "scan")])
+                                     ("--n-clusters", "2", "--clusterer", "scan"), ("--n-clusters", "2", "--smooth")])
 def test_assign_puts_images_into_the_clusters_of_a_saved_run(capsys, tmp_path, options):
     from conftest import two_tone_images
 
@@ -1656,6 +1656,46 @@ def test_assign_puts_images_into_the_clusters_of_a_saved_run(capsys, tmp_path, o
             assert float(assigned_row["confidence"]) == pytest.approx(float(run_row["confidence"]), abs=2e-4)
         assert int(assigned_row["cluster"]) >= 0
     assert (tmp_path / "assigned" / "montage.png").is_file()
+
+
+def test_smooth_clusters_the_smoothed_features_and_keeps_the_smoother_for_assign(capsys, tmp_path):
+    import joblib
+    from conftest import two_tone_images
+
+    from skdeepclust.clustering import NeighborSmoother
+
+    folder = _folder_of(tmp_path / "data", two_tone_images(n_per_group=8)[0])
+    _cluster_and_save_model(capsys, folder, tmp_path / "run", "--n-clusters", "2", "--smooth", "--embeddings")
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    smoother, stage = model["smoother"], model["stage"]
+    assert isinstance(smoother, NeighborSmoother) and smoother.get_params()["n_neighbors"] == 10
+    # embeddings.npy keeps the features as the backbone gave them; the clusters are of the smoothed ones.
+    embeddings = np.load(tmp_path / "run" / "embeddings.npy")
+    np.testing.assert_allclose(smoother.fit_features_, embeddings, atol=1e-6)
+    smoothed = smoother.transform(embeddings)
+    for cluster, centre in zip(stage.cluster_ids_, stage.cluster_centers_):
+        np.testing.assert_allclose(centre, smoothed[stage.labels_ == cluster].mean(axis=0), atol=1e-5)
+    assert model["format_version"] == 3
+
+
+def test_smooth_with_a_head_that_finds_neighbours_itself_warns(capsys, tmp_path):
+    from conftest import two_tone_images
+
+    folder = _folder_of(tmp_path / "data", two_tone_images(n_per_group=8)[0])
+    status, _, err = _run(capsys, "cluster", str(folder), "--n-clusters", "2", "--clusterer", "temi", "--smooth",
+                          "--out", str(tmp_path / "o"), *TINY_ARGS)
+    assert status == 0, err
+    assert ("skdeepclust: warning: --smooth is for kmeans, agglomerative and gmm: --clusterer temi finds each "
+            "image's neighbours itself") in err
+
+
+def test_smooth_refuses_too_few_images_before_the_embedding(capsys, image_folder, tmp_path, monkeypatch):
+    counts = _embedded_counts(monkeypatch)
+    status, _, err = _run(capsys, "cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"),
+                          "--smooth", *TINY_ARGS)
+    assert status == 2 and counts == []
+    assert err.strip() == ("skdeepclust: error: --smooth averages each image with its 10 nearest others, so it "
+                           "needs at least 11 images; got 8")
 
 
 def test_assign_gives_new_images_the_clusters_the_saved_clusterer_predicts(capsys, image_folder, tmp_path):
@@ -1899,7 +1939,8 @@ def test_a_users_own_embeddings_array_is_neither_removed_nor_overwritten(capsys,
 @pytest.mark.parametrize("spoil, message", [
     (lambda model: model.pop("stage"), "in a form that skdeepclust "),
     (lambda model: model["embedder"].update(colour_space="lab"), "does not read"),
-    (lambda model: model.update(format_version=3), "does not read"),
+    (lambda model: model.update(format_version=4), "does not read"),
+    (lambda model: model.pop("smoother"), "does not read"),
     (lambda model: model["stage"].__dict__.pop("cluster_ids_"), "does not read"),
 ])
 def test_assign_refuses_a_model_in_another_form_in_one_line(capsys, image_folder, tmp_path, spoil, message):
