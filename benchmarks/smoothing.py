@@ -10,6 +10,7 @@ runs smoothing beat the plain features, seed for seed.
 
     python benchmarks/smoothing.py              # CPU: about 15 minutes on 2 cores, embedding included
     python benchmarks/smoothing.py --backbones simclr --sizes 2000 --samples 3
+    python benchmarks/smoothing.py --clusterer temi --backbones simclr --sizes 10000 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ def main(argv=None):
                         default=["simclr", "efficientnet"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 10000])
     parser.add_argument("--samples", type=int, default=5, help="random samples per size (one at 10,000)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="k-means seeds on each sample")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="clusterer seeds on each sample")
+    parser.add_argument("--clusterer", default="kmeans", help="a FeatureClusterer name (default: %(default)s)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
-    print(f"k-means (k={N_CLASSES}, n_init=10) on the features as they come and after NeighborSmoother(); "
+    print(f"{args.clusterer} (k={N_CLASSES}) on the features as they come and after NeighborSmoother(); "
           "mean ± std over samples and seeds; 'wins': runs in which smoothing scored higher")
     header = (f"{'backbone':<13} {'n':>6} {'runs':>5} {'accuracy plain':>15} {'smoothed':>15} {'wins':>6}"
               f" {'NMI plain':>15} {'smoothed':>15} {'wins':>6}")
@@ -51,11 +53,13 @@ def main(argv=None):
             for sample in range(n_samples):
                 rows = np.random.default_rng(sample).permutation(len(labels))[:size]
                 X, y = features[rows], labels[rows]
-                # The smoothing does not depend on the k-means seed: done once per sample.
+                # The smoothing does not depend on the clusterer's seed: done once per sample.
                 smoothed = NeighborSmoother(device=device).fit_transform(X)
                 for seed in args.seeds:
-                    plain_labels = FeatureClusterer(n_clusters=N_CLASSES, random_state=seed).fit_predict(X)
-                    smoothed_labels = FeatureClusterer(n_clusters=N_CLASSES, random_state=seed).fit_predict(smoothed)
+                    plain_labels, smoothed_labels = (
+                        FeatureClusterer(args.clusterer, n_clusters=N_CLASSES, device=device,
+                                         random_state=seed).fit_predict(rows_given)
+                        for rows_given in (X, smoothed))
                     runs.append([score(y, found) for found in (plain_labels, smoothed_labels)
                                  for score in (cluster_accuracy, normalized_mutual_info_score)])
             runs = np.array(runs)

@@ -821,7 +821,7 @@ def _input_folder(path):
 
 
 # The heads mine neighbours themselves: smoothed first, their features held less
-# (TEMI 0.595 -> 0.527 on all 10,000 SimCLR features of CIFAR-10, SCAN 0.587 -> 0.577).
+# (TEMI 0.593 -> 0.504 on all 10,000 SimCLR features of CIFAR-10, benchmarks/smoothing.py).
 HEADS_THAT_FIND_NEIGHBOURS = ("scan", "temi", "debiased")
 
 

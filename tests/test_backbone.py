@@ -680,6 +680,20 @@ def test_unknown_backbone_suggests_names(images, name):
         ImageEmbedder(name, pretrained=False).fit(images)
 
 
+def test_a_deprecated_name_whose_new_name_has_weights_is_not_refused_for_pretrained_true():
+    from skdeepclust.embedding.backbone import _check_timm_has_weights
+
+    _check_timm_has_weights("convnext_tiny_in22ft1k")  # timm maps it to convnext_tiny.fb_in22k_ft_in1k
+
+
+def test_a_layer_beside_the_classifier_that_the_model_lacks_is_refused_not_dropped(images, tmp_path):
+    # A pre-logits MLP is part of the features; only a norm beside the classifier (LeViT's head.bn) is dropped.
+    path = tmp_path / "with_pre_logits.pth"
+    torch.save(timm.create_model("convnext_atto", head_hidden_size=64).state_dict(), path)
+    with pytest.raises(ValueError, match=r"do not fit backbone 'convnext_atto'.*head\.pre_logits\.fc"):
+        ImageEmbedder("convnext_atto", pretrained=str(path)).fit(images)
+
+
 def test_pretrained_weights_of_an_architecture_timm_has_none_of_are_not_blamed_on_the_machine(images, monkeypatch):
     import huggingface_hub
 

@@ -280,20 +280,27 @@ def _drop_classifier(state_dict, model):
     """Remove classifier weights: the feature extractor is built without a classifier.
 
     Everything under the classifier's name goes, unless the model has it: MoCo v3 keeps
-    a projection MLP there (``head.0.weight``, ...), not just ``head.weight``. So does
-    what the model lacks under the classifier's parent module: timm names only the
-    Linear of LeViT's, RepViT's and EfficientViT-MSRA's BatchNorm + Linear classifiers
-    (``head.linear``), and the headless model has no ``head.bn`` either. So do the
-    training heads of ``_TRAINING_HEADS``.
+    a projection MLP there (``head.0.weight``, ...), not just ``head.weight``. So do the
+    training heads of ``_TRAINING_HEADS``, and the norm beside the classifier that the
+    model lacks: timm names only the Linear of LeViT's, RepViT's and EfficientViT-MSRA's
+    BatchNorm + Linear classifiers (``head.linear``), and the headless model has no
+    ``head.bn`` either. Only tensors of at most one dimension (a norm's) go there: a
+    layer the model lacks beside the classifier, such as a ConvNeXt's pre-logits MLP
+    (``head.pre_logits.fc.weight``), is part of the features, and is refused.
     """
     classifiers = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     if isinstance(classifiers, str):
         classifiers = (classifiers,)
-    parents = tuple(name.rsplit(".", 1)[0] for name in classifiers if "." in name)
-    prefixes = tuple(f"{name}." for name in classifiers + parents) + _TRAINING_HEADS
+    parents = tuple(f"{name.rsplit('.', 1)[0]}." for name in classifiers if "." in name)
+    prefixes = tuple(f"{name}." for name in classifiers) + _TRAINING_HEADS
     own = model.state_dict().keys()
-    return {name: value for name, value in state_dict.items()
-            if not (name.startswith(prefixes) and name not in own)}
+
+    def dropped(name, value):
+        if name in own:
+            return False
+        return name.startswith(prefixes) or (name.startswith(parents) and getattr(value, "ndim", 0) <= 1)
+
+    return {name: value for name, value in state_dict.items() if not dropped(name, value)}
 
 
 def _mismatch_error(reason, target, source):
@@ -318,6 +325,9 @@ def _check_timm_has_weights(name):
     import timm
 
     architecture = _architecture_name(name)
+    # A deprecated name (convnext_tiny_in22ft1k) stands for a tagged one that has weights.
+    if architecture in getattr(timm.models, "get_deprecated_models", dict)():
+        return
     if not timm.list_pretrained(f"{architecture}.*"):
         raise ValueError(
             f"timm has no pretrained weights of {architecture!r}, only its architecture "
@@ -946,7 +956,7 @@ def _warn_if_normalisation_is_a_guess(name, source):
 def _check_patch_grid(model, image_size):
     """Refuse a user's ``image_size`` that a ViT would cut short: a patch embedding
     whose patches do not overlap ignores the pixels past its last whole patch.
-    MLP-Mixer and gMLP call theirs ``stem``."""
+    MLP-Mixer, gMLP, Sequencer and FocalNet call theirs ``stem``."""
     patch_embed = getattr(model, "patch_embed", None) or getattr(model, "stem", None)
     projection = getattr(patch_embed, "proj", None)
     if (image_size is None or not isinstance(projection, torch.nn.Conv2d)
