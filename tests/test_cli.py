@@ -587,10 +587,18 @@ def test_quiet_leaves_out_torchs_toolchain_notice(capsys, image_folder, tmp_path
     monkeypatch.setattr(torch, "compile", compile_noting)
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(tmp_path / "o"), "--compile",
             *[arg for arg in TINY_ARGS if quiet or arg != "--quiet"]]
-    with caplog.at_level(logging.WARNING):
+    # On the logger itself: torch's logging set up by an earlier test may stop it propagating.
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever torch's logging set
+    logger.addHandler(caplog.handler)
+    try:
         assert _run(capsys, *argv)[0] == 0
+        assert logger.level == logging.WARNING  # as it was before the command
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(level)
     assert ("No CUDA runtime is found" in caplog.text) != quiet
-    assert logging.getLogger("torch.utils.cpp_extension").level == logging.NOTSET  # as it was
 
 
 def test_speed_flags_reach_the_embedder(capsys, image_folder, tmp_path, monkeypatch):
