@@ -187,13 +187,21 @@ def earlier_embeddings(out, settings, partial_only=False):
     """The features that earlier runs wrote to ``out`` with ``settings``, by file stamp;
     ``partial_only``: only those of a run stopped early (for a run without --embeddings).
 
-    Returns the rows (a dict, empty where there are none to reuse) and, where that
-    run had other settings, their names, for the command's summary.
+    Returns the rows (a dict, empty where there are none to reuse); where that run
+    had other settings, their names, for the command's summary; and the settings
+    to record for these rows with the new ones: ``settings``, but where a reused row
+    was computed in another dtype (``precision="auto"`` on a GPU, then on a CPU) or
+    in one not recorded, ``computed_in`` None, so that a later run given a
+    precision outright does not take them for its own.
     """
-    rows, changed = ({}, []) if partial_only else _recorded_rows(out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE,
-                                                                 settings)
-    partial_rows, partial_changed = _recorded_rows(out / PARTIAL_RECORD, out / PARTIAL_FILE, settings)
-    return {**rows, **partial_rows}, changed or partial_changed
+    rows, changed, computed_in = ({}, [], None) if partial_only else _recorded_rows(
+        out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE, settings)
+    partial_rows, partial_changed, partial_computed_in = _recorded_rows(out / PARTIAL_RECORD, out / PARTIAL_FILE,
+                                                                        settings)
+    mixed = any(source_rows and source_computed_in != settings["computed_in"]
+                for source_rows, source_computed_in in ((rows, computed_in), (partial_rows, partial_computed_in)))
+    return ({**rows, **partial_rows}, changed or partial_changed,
+            {**settings, "computed_in": None} if mixed else settings)
 
 
 def _array_stamp(path):
@@ -204,9 +212,10 @@ def _array_stamp(path):
 
 
 def _recorded_rows(record_path, array_path, settings):
-    """The rows of one array and its record, as ``earlier_embeddings`` returns them."""
+    """The rows of one array and its record, as ``earlier_embeddings`` returns them,
+    and the dtype the record says they were computed in."""
     if not (record_path.is_file() and array_path.is_file()):
-        return {}, []
+        return {}, [], None
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         stamps = [tuple(stamp) if stamp else None for stamp in record["files"]]
@@ -221,15 +230,16 @@ def _recorded_rows(record_path, array_path, settings):
     except (OSError, ValueError, KeyError, TypeError) as exc:
         warn(f"cannot reuse {array_path}: its record {record_path} is unreadable ({exc}); "
              "every image is embedded anew")
-        return {}, []
+        return {}, [], None
     if features.ndim != 2 or features.dtype != np.float32 or len(features) != len(stamps):
         warn(f"cannot reuse {array_path}: its {features.shape} {features.dtype} array does not "
              f"hold the {len(stamps)} float32 rows that {record_path} lists; every image is embedded anew")
-        return {}, []
+        return {}, [], None
     changed = _changed_settings(earlier_settings, settings)
     if changed:
-        return {}, changed
-    return {stamp: row for stamp, row in zip(stamps, features) if stamp is not None}, []
+        return {}, changed, None
+    rows = {stamp: row for stamp, row in zip(stamps, features) if stamp is not None}
+    return rows, [], earlier_settings.get("computed_in")
 
 
 def _changed_settings(earlier, now):

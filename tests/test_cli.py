@@ -1134,6 +1134,27 @@ def test_a_precision_given_outright_reuses_the_rows_of_a_run_that_computed_in_it
     assert counts == [8] and "made with another --precision)" in stdout
 
 
+def test_rows_reused_from_a_run_that_computed_in_another_dtype_are_not_taken_for_a_precision_given_outright(
+        capsys, image_folder, tmp_path, monkeypatch):
+    # precision "auto" computes in bfloat16 on a GPU and float32 on a CPU; the CPU run
+    # that reuses the GPU's rows must not record them as float32 ones.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS,
+            "--device", "cpu"]
+    assert _run(capsys, *argv)[0] == 0
+    record = json.loads((out / "embeddings.json").read_text())
+    record["settings"]["computed_in"] = "bfloat16"  # as a GPU run's record says
+    (out / "embeddings.json").write_text(json.dumps(record))
+    counts = _embedded_counts(monkeypatch)
+    status, stdout, err = _run(capsys, *argv)
+    assert status == 0, err
+    assert counts == [] and "were not reused" not in stdout
+    assert json.loads((out / "embeddings.json").read_text())["settings"]["computed_in"] is None
+    status, stdout, err = _run(capsys, *argv, "--precision", "float32")
+    assert status == 0, err
+    assert counts == [8] and "made with another --precision)" in stdout
+
+
 def test_embeddings_decoded_by_an_earlier_revision_are_not_reused(capsys, image_folder, tmp_path, monkeypatch):
     # The package's version stays between releases while its decoding changes.
     out = tmp_path / "out"
