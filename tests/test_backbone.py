@@ -224,6 +224,16 @@ def test_an_image_size_that_a_timm_model_asserts_against_as_it_runs_names_its_de
         ImageEmbedder("halonet_h1", pretrained=False, image_size=64).fit(images)
 
 
+def test_an_image_size_too_small_for_a_deep_stem_names_the_smallest_size_that_runs(images):
+    # Inception's stem needs 75 pixels; neither the size rounded up to 32 nor its square runs.
+    with pytest.raises(ValueError, match=r"^The backbone inception_v3 fails on a \(1, 3, 64, 64\) input "
+                                         r"\(RuntimeError: .*Kernel size can't be greater than actual input size\); "
+                                         r"use image_size=96 or image_size=299 \(its default\), "
+                                         r"or leave image_size unset\.$"):
+        ImageEmbedder("inception_v3", pretrained=False, image_size=64).fit(images)
+    assert ImageEmbedder("inception_v3", pretrained=False, image_size=96).fit(images).embedding_dim_ == 2048
+
+
 def test_patch_grid_rule_spares_overlapping_patches_and_the_models_own_size():
     from skdeepclust.embedding.backbone import _check_patch_grid
 

@@ -505,12 +505,30 @@ def image_size_advice(name, image_size, default_size=None):
     candidates = [size for size in dict.fromkeys((rounded, (max(rounded),) * 2))
                   if size not in (tuple(image_size), default_size)]
     works = next((size for size in candidates if registered and _runs_at(name, size)), None)
+    if works is None and registered and default_size and image_size[0] == image_size[1]:
+        works = _smallest_square_size_that_runs(name, rounded[0], min(default_size))
     sizes = [f"image_size={_shown_size(size)}" for size in (works,) if size]
     if default_size:
         sizes.append(f"image_size={_shown_size(default_size)} (its default)")
     if not sizes:
         return "leave image_size unset, for the model's own size"
     return f"use {' or '.join(sizes)}, or leave image_size unset"
+
+
+def _smallest_square_size_that_runs(name, smallest, below):
+    """The smallest square size, a multiple of 32 from ``smallest`` and under ``below``,
+    at which the timm model ``name`` runs, or None: a model too deep for a small input
+    (Inception's stem needs 75 pixels) runs from some size on, so a bisection finds it in
+    a few probes on the meta device."""
+    sides = list(range(smallest, below, 32))
+    low, high = 0, len(sides)  # sides[high:] run, as far as the probes tell
+    while low < high:
+        middle = (low + high) // 2
+        if _runs_at(name, (sides[middle],) * 2):
+            high = middle
+        else:
+            low = middle + 1
+    return (sides[high],) * 2 if high < len(sides) else None
 
 
 def _timm_skeleton(name, image_size):
