@@ -15,7 +15,7 @@ from sklearn.cluster import (
     SpectralClustering,
 )
 from sklearn.datasets import make_blobs
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, EfficiencyWarning
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
@@ -257,8 +257,20 @@ def test_named_hdbscan_computes_every_distance_where_that_pays_and_fits(monkeypa
 
     monkeypatch.setattr(device_module, "available_memory", lambda: memory)
     X, _ = make_blobs(n_samples=300, n_features=n_features, centers=3, random_state=0)
-    fitted = FeatureClusterer("hdbscan").fit(X)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fitted = FeatureClusterer("hdbscan").fit(X)
     assert fitted.clusterer_.algorithm == algorithm
+    # Where memory alone keeps brute force out, the labels may depend on it: the user is told.
+    memory_decided = n_features > 32 and memory is not None and algorithm == "auto"
+    assert [str(w.message) for w in caught if issubclass(w.category, EfficiencyWarning)] == (
+        ["HDBSCAN uses its search trees for these 300 rows of 64 dimensions: computing every distance "
+         "(algorithm='brute', faster here) would take 0.00134 GiB, more than half the 0.00268 GiB of "
+         "memory available. "
+         "The trees are slower in many dimensions, and where distances tie they may find other clusters than "
+         "brute force would on a machine with more memory. For the same labels everywhere, pass "
+         "HDBSCAN(algorithm=...) as the clusterer; for speed, reduce the dimensions first (PCA)."]
+        if memory_decided else [])
     np.testing.assert_array_equal(fitted.labels_, HDBSCAN(copy=True).fit_predict(X))
     # An instance keeps its own algorithm.
     assert FeatureClusterer(HDBSCAN(copy=True)).fit(X).clusterer_.algorithm == "auto"

@@ -385,8 +385,10 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         and never modified. ``"hdbscan"`` computes every distance (its
         ``algorithm="brute"``) for features of more than 32 dimensions where that
         fits in half the memory available, as its search trees are slower there
-        (42 s against 2 s for 5,000 rows of 512 dimensions); an ``HDBSCAN()``
-        instance keeps its own algorithm.
+        (42 s against 2 s for 5,000 rows of 512 dimensions); where it does not fit,
+        an ``EfficiencyWarning`` says so, since the two may break ties between equal
+        distances differently and find other clusters. An ``HDBSCAN()`` instance
+        keeps its own algorithm.
     n_clusters : int or None, default=None
         Number of clusters. ``None`` keeps the clusterer's own setting (8 for
         ``"kmeans"``, as in scikit-learn). For a clusterer that finds the number
