@@ -188,20 +188,29 @@ def earlier_embeddings(out, settings, partial_only=False):
     ``partial_only``: only those of a run stopped early (for a run without --embeddings).
 
     Returns the rows (a dict, empty where there are none to reuse); where that run
-    had other settings, their names, for the command's summary; and the settings
-    to record for these rows with the new ones: ``settings``, but where a reused row
-    was computed in another dtype (``precision="auto"`` on a GPU, then on a CPU) or
-    in one not recorded, ``computed_in`` None, so that a later run given a
-    precision outright does not take them for its own.
+    had other settings, their names, for the command's summary; and the dtype the
+    rows were computed in (its ``computed_in`` setting), None where the records
+    that gave them differ or do not say.
     """
     rows, changed, computed_in = ({}, [], None) if partial_only else _recorded_rows(
         out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE, settings)
     partial_rows, partial_changed, partial_computed_in = _recorded_rows(out / PARTIAL_RECORD, out / PARTIAL_FILE,
                                                                         settings)
-    mixed = any(source_rows and source_computed_in != settings["computed_in"]
-                for source_rows, source_computed_in in ((rows, computed_in), (partial_rows, partial_computed_in)))
-    return ({**rows, **partial_rows}, changed or partial_changed,
-            {**settings, "computed_in": None} if mixed else settings)
+    dtypes = {dtype for source, dtype in ((rows, computed_in), (partial_rows, partial_computed_in)) if source}
+    return {**rows, **partial_rows}, changed or partial_changed, dtypes.pop() if len(dtypes) == 1 else None
+
+
+def settings_of_rows(settings, reused, computed_in):
+    """The settings to record for rows of which those marked in ``reused`` come from
+    earlier runs, computed in ``computed_in``, and the others were made with ``settings``.
+
+    Rows keep the dtype they were computed in (``precision="auto"`` computes in
+    bfloat16 on a GPU and float32 on a CPU); beside new rows of another it is unknown,
+    None, so that a later run given a precision outright takes none of them for its own.
+    """
+    if not any(reused) or computed_in == settings["computed_in"]:
+        return settings
+    return {**settings, "computed_in": computed_in if all(reused) else None}
 
 
 def _array_stamp(path):

@@ -47,6 +47,7 @@ from ._run_files import (
     remove_partial_embeddings,
     rows_of_other_files,
     saved_model,
+    settings_of_rows,
     warn_of_other_files_in_partial,
     write_embeddings,
     write_failure,
@@ -915,7 +916,7 @@ def _cluster_folder(args, folder, out, embeddings_implied=False):
     # Stamped before the embedding: a file changed while it runs is embedded again next time.
     stamps = [file_stamp(path) for path in files]
     # Without --embeddings, those of a run stopped early only: the same command goes on from there.
-    earlier_rows, changed_settings, settings_with_earlier_rows = earlier_embeddings(
+    earlier_rows, changed_settings, earlier_computed_in = earlier_embeddings(
         out, settings, partial_only=not (args.embeddings or embeddings_implied))
     # Made with other settings, an earlier run's embeddings are left as they are by a
     # run not given --embeddings: a quick try of another --image-size must not cost the
@@ -923,12 +924,12 @@ def _cluster_folder(args, folder, out, embeddings_implied=False):
     keeps_earlier_embeddings = embeddings_implied and bool(changed_settings)
     writes_embeddings = args.embeddings or (embeddings_implied and not changed_settings)
     earlier_features = [earlier_rows.get(stamp) if stamp else None for stamp in stamps]
-    if any(row is not None for row in earlier_features):
-        settings = settings_with_earlier_rows
     kept = []  # the identity of the partial embeddings written before the clustering
 
     def record_of(positions):
-        return {"settings": settings, "files": [stamps[position] for position in positions]}
+        reused = [earlier_features[position] is not None for position in positions]
+        return {"settings": settings_of_rows(settings, reused, earlier_computed_in),
+                "files": [stamps[position] for position in positions]}
 
     def worth_keeping():
         # Unasked too, where they took long to make: a clustering that runs for hours

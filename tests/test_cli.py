@@ -1149,10 +1149,35 @@ def test_rows_reused_from_a_run_that_computed_in_another_dtype_are_not_taken_for
     status, stdout, err = _run(capsys, *argv)
     assert status == 0, err
     assert counts == [] and "were not reused" not in stdout
-    assert json.loads((out / "embeddings.json").read_text())["settings"]["computed_in"] is None
+    # Every row is still the GPU's: a precision given outright finds them as they are.
+    assert json.loads((out / "embeddings.json").read_text())["settings"]["computed_in"] == "bfloat16"
     status, stdout, err = _run(capsys, *argv, "--precision", "float32")
     assert status == 0, err
     assert counts == [8] and "made with another --precision)" in stdout
+    assert _run(capsys, *argv, "--precision", "bfloat16")[0] == 0
+    assert counts == [8, 8]  # the float32 run kept them as they were
+
+
+def test_rows_of_two_dtypes_in_one_record_are_reused_by_precision_auto_alone(
+        capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS,
+            "--device", "cpu"]
+    assert _run(capsys, *argv)[0] == 0
+    record = json.loads((out / "embeddings.json").read_text())
+    record["settings"]["computed_in"] = "bfloat16"  # as a GPU run's record says
+    (out / "embeddings.json").write_text(json.dumps(record))
+    (image_folder / "dark" / "0.png").unlink()
+    Image.new("RGB", (16, 16), (90, 20, 200)).save(image_folder / "dark" / "new.png")
+    counts = _embedded_counts(monkeypatch)
+    assert _run(capsys, *argv)[0] == 0  # 7 rows reused, 1 embedded in float32
+    assert counts == [1]
+    assert json.loads((out / "embeddings.json").read_text())["settings"]["computed_in"] is None
+    for precision in ("bfloat16", "float32"):
+        status, stdout, err = _run(capsys, *argv, "--precision", precision)
+        assert status == 0, err
+        assert "made with another --precision)" in stdout
+    assert counts == [1, 8, 8]
 
 
 def test_embeddings_decoded_by_an_earlier_revision_are_not_reused(capsys, image_folder, tmp_path, monkeypatch):
