@@ -467,6 +467,13 @@ def _confidence(stage, features, labels):
     return np.where(labels >= 0, np.clip(similarity, 0.0, 1.0), 0.0)
 
 
+def _cosine_similarity(rows, other_rows):
+    """The cosine similarity of each row to the same row of ``other_rows``, at least 0."""
+    tiny = np.finfo(np.float32).tiny
+    norms = np.maximum(np.linalg.norm(rows, axis=1) * np.linalg.norm(other_rows, axis=1), tiny)
+    return np.clip(np.einsum("ij,ij->i", rows, other_rows) / norms, 0.0, 1.0)
+
+
 def _check_features_not_all_zero(features, files, assigning=False):
     """Refuse a clustering whose every image has all-zero features, and warn of some
     (and of any that ``assign`` embeds, which may be one image): no clusterer tells
@@ -620,7 +627,13 @@ def _write_results(out, files, stage, features, embedding_record, model=None, la
     from .visualization import _MontageTooLarge, cluster_montage
 
     labels = stage.labels_ if labels is None else labels
-    confidence = _confidence(stage, features if stage_features is None else stage_features, labels)
+    if stage_features is None or stage_features is features:
+        confidence = _confidence(stage, features, labels)
+    else:
+        # A smoothed row is the mean of the image's neighbours, so it fits its cluster
+        # whatever the image is: an image unlike those it was averaged with (noise, a
+        # flat colour) would score 0.99. How far it agrees with them counts too.
+        confidence = _confidence(stage, stage_features, labels) * _cosine_similarity(features, stage_features)
     earlier_run = _holds_results_table(out)
     # The table goes in under its own name once the embeddings, the largest file, are
     # written: a write of them that fails (a full disk) leaves the earlier run's table,
@@ -879,6 +892,10 @@ def _assign_folder(args, folder, out, model):
     files, features = [path for path, keep in zip(files, readable) if keep], features[readable]
     _check_features_not_all_zero(features, files, assigning=True)
     # A model of a --smooth run smooths new images over the images it clustered.
+    if smoother is not None:
+        # The model's own copy, just loaded: the cluster run's device (a GPU) may be
+        # missing here, and --device is this run's.
+        smoother.set_params(device=args.device)
     stage_features = features if smoother is None else smoother.transform(features)
     labels = stage.predict(stage_features)
     written = _write_results(out, files, stage, features, None, labels=labels, folders=args.folders,
@@ -1120,7 +1137,8 @@ def build_parser():
         description="Cluster the images under PATH (nested folders allowed) and write "
         "OUT/clusters.csv (file, cluster, confidence) and OUT/montage.png. Confidence is the "
         "cluster probability for clusterers that give one, else the cosine similarity of the "
-        "image to its cluster's centre. The files are named as found under PATH, so relative "
+        "image to its cluster's centre; with --smooth, that of the smoothed features, times the "
+        "cosine similarity of the image to them. The files are named as found under PATH, so relative "
         "to the current folder when PATH is. Hidden files, OUT and, with a warning, folders "
         "under PATH that hold an earlier run's clusters.csv and montage.png are not clustered.",
     )

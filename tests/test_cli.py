@@ -1730,6 +1730,21 @@ def test_smooth_clusters_the_smoothed_features_and_keeps_the_smoother_for_assign
     for cluster, centre in zip(stage.cluster_ids_, stage.cluster_centers_):
         np.testing.assert_allclose(centre, smoothed[stage.labels_ == cluster].mean(axis=0), atol=1e-5)
     assert model["format_version"] == 3
+    # The confidence is the smoothed row's similarity to its cluster's centre times the
+    # image's to its smoothed row: an image unlike its neighbours would score high otherwise.
+    with open(tmp_path / "run" / "clusters.csv") as table:
+        confidence = [float(row["confidence"]) for row in csv.DictReader(table)]
+    centres = stage.cluster_centers_ / np.linalg.norm(stage.cluster_centers_, axis=1, keepdims=True)
+    to_centre = np.einsum("ij,ij->i", smoothed, centres[np.searchsorted(stage.cluster_ids_, stage.labels_)])
+    to_smoothed = np.einsum("ij,ij->i", embeddings, smoothed) / np.linalg.norm(embeddings, axis=1)
+    np.testing.assert_allclose(confidence, np.clip(to_centre, 0, 1) * np.clip(to_smoothed, 0, 1), atol=2e-4)
+    assert max(confidence) < 0.999
+    # The smoother runs on assign's --device, not on the cluster run's (a GPU, say).
+    model["smoother"].set_params(device="cuda")
+    joblib.dump(model, tmp_path / "run" / "model.joblib")
+    status, _, err = _run(capsys, "assign", str(folder), "--model", str(tmp_path / "run"),
+                          "--out", str(tmp_path / "assigned"), "--device", "cpu", "--quiet")
+    assert status == 0, err
 
 
 def test_smooth_with_a_head_that_finds_neighbours_itself_warns(capsys, tmp_path):

@@ -78,6 +78,13 @@ class NeighborSmoother(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     the number of rows (1.9 s for 10,000 rows of 512 dimensions on one CPU
     thread), and the fitted rows are kept, as the model's memory.
 
+    Tune ``n_neighbors`` and ``n_steps`` with labels (a labelled sample, and
+    ``scoring=`` :data:`~skdeepclust.metrics.CLUSTERING_SCORERS` or ``score(X, y)``).
+    Without labels a pipeline's score is the silhouette of the smoothed rows,
+    which smoothing raises by construction: on 1,000 SimCLR features of CIFAR-10
+    photos (``n_neighbors=50``), a label-free search over ``n_steps`` picked 20,
+    silhouette 0.672 and accuracy 0.360, against 0.543 at 2.
+
     Examples
     --------
     >>> import numpy as np
