@@ -188,29 +188,33 @@ def earlier_embeddings(out, settings, partial_only=False):
     ``partial_only``: only those of a run stopped early (for a run without --embeddings).
 
     Returns the rows (a dict, empty where there are none to reuse); where that run
-    had other settings, their names, for the command's summary; and the dtype the
-    rows were computed in (its ``computed_in`` setting), None where the records
-    that gave them differ or do not say.
+    had other settings, their names, for the command's summary; and the dtype each
+    row was computed in (its record's ``computed_in``, None where it does not say),
+    by file stamp.
     """
     rows, changed, computed_in = ({}, [], None) if partial_only else _recorded_rows(
         out / EMBEDDINGS_RECORD, out / EMBEDDINGS_FILE, settings)
     partial_rows, partial_changed, partial_computed_in = _recorded_rows(out / PARTIAL_RECORD, out / PARTIAL_FILE,
                                                                         settings)
-    dtypes = {dtype for source, dtype in ((rows, computed_in), (partial_rows, partial_computed_in)) if source}
-    return {**rows, **partial_rows}, changed or partial_changed, dtypes.pop() if len(dtypes) == 1 else None
+    dtypes = {**dict.fromkeys(rows, computed_in), **dict.fromkeys(partial_rows, partial_computed_in)}
+    return {**rows, **partial_rows}, changed or partial_changed, dtypes
 
 
-def settings_of_rows(settings, reused, computed_in):
-    """The settings to record for rows of which those marked in ``reused`` come from
-    earlier runs, computed in ``computed_in``, and the others were made with ``settings``.
+def settings_of_rows(settings, reused_dtypes, n_new):
+    """The settings to record for rows of which earlier runs computed some, in the
+    dtypes ``reused_dtypes`` (None where unknown), and this run ``n_new``.
 
     Rows keep the dtype they were computed in (``precision="auto"`` computes in
-    bfloat16 on a GPU and float32 on a CPU); beside new rows of another it is unknown,
-    None, so that a later run given a precision outright takes none of them for its own.
+    bfloat16 on a GPU and float32 on a CPU); where they are of several, or of one
+    not known, it is None, so that a later run given a precision outright takes
+    none of them for its own.
     """
-    if not any(reused) or computed_in == settings["computed_in"]:
+    if settings["precision"] is not None:
+        return settings  # rows reused under a precision given outright were computed in it
+    dtypes = set(reused_dtypes) | ({settings["computed_in"]} if n_new else set())
+    if not dtypes or dtypes == {settings["computed_in"]}:
         return settings
-    return {**settings, "computed_in": computed_in if all(reused) else None}
+    return {**settings, "computed_in": dtypes.pop() if len(dtypes) == 1 else None}
 
 
 def _array_stamp(path):

@@ -944,8 +944,9 @@ def _cluster_folder(args, folder, out, embeddings_implied=False):
     kept = []  # the identity of the partial embeddings written before the clustering
 
     def record_of(positions):
-        reused = [earlier_features[position] is not None for position in positions]
-        return {"settings": settings_of_rows(settings, reused, earlier_computed_in),
+        reused_dtypes = [earlier_computed_in[stamps[position]] for position in positions
+                         if earlier_features[position] is not None]
+        return {"settings": settings_of_rows(settings, reused_dtypes, len(positions) - len(reused_dtypes)),
                 "files": [stamps[position] for position in positions]}
 
     def worth_keeping():

@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -1134,28 +1135,37 @@ def test_a_precision_given_outright_reuses_the_rows_of_a_run_that_computed_in_it
     assert counts == [8] and "made with another --precision)" in stdout
 
 
-def test_rows_reused_from_a_run_that_computed_in_another_dtype_are_not_taken_for_a_precision_given_outright(
-        capsys, image_folder, tmp_path, monkeypatch):
+def _as_a_gpu_run_recorded(out, precision=None):
+    """Make out's embeddings record say what a GPU run's says: rows computed in bfloat16."""
+    record = json.loads((out / "embeddings.json").read_text())
+    record["settings"].update(computed_in="bfloat16", precision=precision)
+    (out / "embeddings.json").write_text(json.dumps(record))
+
+
+def _recorded_dtype(out):
+    return json.loads((out / "embeddings.json").read_text())["settings"]["computed_in"]
+
+
+def test_reused_rows_keep_the_dtype_they_were_computed_in(capsys, image_folder, tmp_path, monkeypatch):
     # precision "auto" computes in bfloat16 on a GPU and float32 on a CPU; the CPU run
     # that reuses the GPU's rows must not record them as float32 ones.
     out = tmp_path / "out"
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS,
             "--device", "cpu"]
     assert _run(capsys, *argv)[0] == 0
-    record = json.loads((out / "embeddings.json").read_text())
-    record["settings"]["computed_in"] = "bfloat16"  # as a GPU run's record says
-    (out / "embeddings.json").write_text(json.dumps(record))
+    _as_a_gpu_run_recorded(out)
     counts = _embedded_counts(monkeypatch)
     status, stdout, err = _run(capsys, *argv)
     assert status == 0, err
     assert counts == [] and "were not reused" not in stdout
-    # Every row is still the GPU's: a precision given outright finds them as they are.
-    assert json.loads((out / "embeddings.json").read_text())["settings"]["computed_in"] == "bfloat16"
+    assert _recorded_dtype(out) == "bfloat16"
+    # A precision given outright finds them as they are: bfloat16 reuses them ...
+    assert _run(capsys, *argv, "--precision", "bfloat16")[0] == 0
+    assert counts == [] and _recorded_dtype(out) == "bfloat16"
+    # ... and float32 does not.
     status, stdout, err = _run(capsys, *argv, "--precision", "float32")
     assert status == 0, err
     assert counts == [8] and "made with another --precision)" in stdout
-    assert _run(capsys, *argv, "--precision", "bfloat16")[0] == 0
-    assert counts == [8, 8]  # the float32 run kept them as they were
 
 
 def test_rows_of_two_dtypes_in_one_record_are_reused_by_precision_auto_alone(
@@ -1164,20 +1174,61 @@ def test_rows_of_two_dtypes_in_one_record_are_reused_by_precision_auto_alone(
     argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS,
             "--device", "cpu"]
     assert _run(capsys, *argv)[0] == 0
-    record = json.loads((out / "embeddings.json").read_text())
-    record["settings"]["computed_in"] = "bfloat16"  # as a GPU run's record says
-    (out / "embeddings.json").write_text(json.dumps(record))
+    _as_a_gpu_run_recorded(out)
     (image_folder / "dark" / "0.png").unlink()
     Image.new("RGB", (16, 16), (90, 20, 200)).save(image_folder / "dark" / "new.png")
     counts = _embedded_counts(monkeypatch)
     assert _run(capsys, *argv)[0] == 0  # 7 rows reused, 1 embedded in float32
-    assert counts == [1]
-    assert json.loads((out / "embeddings.json").read_text())["settings"]["computed_in"] is None
+    assert counts == [1] and _recorded_dtype(out) is None
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("embeddings.json", "embeddings.npy"):
+        shutil.copy2(out / name, mixed / name)  # with its time, which the record keeps
+    assert _run(capsys, *argv)[0] == 0
+    assert counts == [1] and _recorded_dtype(out) is None
     for precision in ("bfloat16", "float32"):
+        for name in ("embeddings.json", "embeddings.npy"):  # each precision meets the mixed record
+            shutil.copy2(mixed / name, out / name)
         status, stdout, err = _run(capsys, *argv, "--precision", precision)
         assert status == 0, err
         assert "made with another --precision)" in stdout
     assert counts == [1, 8, 8]
+
+
+def test_rows_reused_under_a_precision_given_outright_are_recorded_in_it(
+        capsys, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings", *TINY_ARGS,
+            "--device", "cpu"]
+    assert _run(capsys, *argv, "--precision", "float32")[0] == 0
+    record = json.loads((out / "embeddings.json").read_text())
+    del record["settings"]["computed_in"]  # as a record of a version that kept the precision alone
+    (out / "embeddings.json").write_text(json.dumps(record))
+    counts = _embedded_counts(monkeypatch)
+    assert _run(capsys, *argv, "--precision", "float32")[0] == 0
+    assert counts == [] and _recorded_dtype(out) == "float32"
+    assert _run(capsys, *argv)[0] == 0  # auto on a CPU computes in float32 too
+    assert counts == []
+
+
+def test_the_dtype_recorded_is_that_of_the_rows_reused_not_of_every_earlier_record(
+        capsys, image_folder, tmp_path, monkeypatch):
+    # A GPU run's rows of files changed since, beside float32 rows of a run stopped early.
+    out = tmp_path / "out"
+    argv = ["cluster", str(image_folder), "--n-clusters", "2", "--out", str(out), "--embeddings",
+            "--batch-size", "2", *TINY_ARGS, "--device", "cpu"]
+    assert _run(capsys, *argv)[0] == 0
+    _as_a_gpu_run_recorded(out)
+    for path in [*image_folder.glob("dark/*"), *image_folder.glob("bright/*")]:
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10 ** 9))
+    with monkeypatch.context() as patched:
+        interrupt_embedding_at(patched, 3)
+        assert _run(capsys, *argv)[0] == 130
+    counts = _embedded_counts(monkeypatch)
+    assert _run(capsys, *argv)[0] == 0
+    assert counts == [4] and _recorded_dtype(out) == "float32"  # 4 rows of the stopped run, 4 new
+    assert _run(capsys, *argv, "--precision", "float32")[0] == 0
+    assert counts == [4]
 
 
 def test_embeddings_decoded_by_an_earlier_revision_are_not_reused(capsys, image_folder, tmp_path, monkeypatch):

@@ -264,12 +264,10 @@ def test_named_hdbscan_computes_every_distance_where_that_pays_and_fits(monkeypa
     # Where memory alone keeps brute force out, the labels may depend on it: the user is told.
     memory_decided = n_features > 32 and memory is not None and algorithm == "auto"
     assert [str(w.message) for w in caught if issubclass(w.category, EfficiencyWarning)] == (
-        ["HDBSCAN uses its search trees for these 300 rows of 64 dimensions: computing every distance "
-         "(algorithm='brute', faster here) would take 0.00134 GiB, more than half the 0.00268 GiB of "
-         "memory available. "
-         "The trees are slower in many dimensions, and where distances tie they may find other clusters than "
-         "brute force would on a machine with more memory. For the same labels everywhere, pass "
-         "HDBSCAN(algorithm=...) as the clusterer; for speed, reduce the dimensions first (PCA)."]
+        ["HDBSCAN runs on its search trees: computing every distance (algorithm='brute'), faster in many "
+         "dimensions, would take more than half the memory available. The trees are slower there, and where "
+         "distances tie they may find other clusters than brute force finds on a machine with more memory. "
+         "In Python, a clusterer HDBSCAN(algorithm=...) of one's own gives the same labels everywhere."]
         if memory_decided else [])
     np.testing.assert_array_equal(fitted.labels_, HDBSCAN(copy=True).fit_predict(X))
     # An instance keeps its own algorithm.

@@ -65,18 +65,18 @@ def fit_to_data_shape(name, estimator, n_samples, n_features):
     if name == "spectral":  # its k-NN graph needs fewer neighbours than samples
         estimator.set_params(n_neighbors=max(1, min(estimator.n_neighbors, n_samples - 1)))
     if name == "hdbscan" and n_features >= HDBSCAN_BRUTE_MIN_FEATURES:
-        available, needed = available_memory(), 2 * 8 * n_samples ** 2
-        if available is not None and needed <= HDBSCAN_BRUTE_MEMORY_SHARE * available:
+        available = available_memory()
+        if available is not None and 2 * 8 * n_samples ** 2 <= HDBSCAN_BRUTE_MEMORY_SHARE * available:
             estimator.set_params(algorithm="brute")
         elif available is not None:
-            # The labels, not only the time, then depend on the machine's memory.
+            # The labels, not only the time, then depend on the machine's memory. One
+            # text, which Python shows once per place however many fits (a search) warn.
             warnings.warn(
-                f"HDBSCAN uses its search trees for these {n_samples:,} rows of {n_features} dimensions: "
-                f"computing every distance (algorithm='brute', faster here) would take {needed / 2 ** 30:.3g} GiB, "
-                f"more than half the {available / 2 ** 30:.3g} GiB of memory available. The trees are slower in "
-                "many dimensions, and where distances tie they may find other clusters than brute force "
-                "would on a machine with more memory. For the same labels everywhere, pass "
-                "HDBSCAN(algorithm=...) as the clusterer; for speed, reduce the dimensions first (PCA).",
+                "HDBSCAN runs on its search trees: computing every distance (algorithm='brute'), faster "
+                "in many dimensions, would take more than half the memory available. The trees are slower "
+                "there, and where distances tie they may find other clusters than brute force finds on a "
+                "machine with more memory. In Python, a clusterer HDBSCAN(algorithm=...) of one's own "
+                "gives the same labels everywhere.",
                 EfficiencyWarning,
                 stacklevel=stacklevel_of_user_code(),
             )

@@ -506,7 +506,8 @@ def image_size_advice(name, image_size, default_size=None):
                   if size not in (tuple(image_size), default_size)]
     works = next((size for size in candidates if registered and _runs_at(name, size)), None)
     if works is None and registered and default_size and image_size[0] == image_size[1]:
-        works = _smallest_square_size_that_runs(name, rounded[0], min(default_size))
+        # The rounded size has failed already, as a candidate or as the user's own.
+        works = _smallest_square_size_that_runs(name, rounded[0] + 32, min(default_size))
     sizes = [f"image_size={_shown_size(size)}" for size in (works,) if size]
     if default_size:
         sizes.append(f"image_size={_shown_size(default_size)} (its default)")
@@ -519,7 +520,8 @@ def _smallest_square_size_that_runs(name, smallest, below):
     """The smallest square size, a multiple of 32 from ``smallest`` and under ``below``,
     at which the timm model ``name`` runs, or None: a model too deep for a small input
     (Inception's stem needs 75 pixels) runs from some size on, so a bisection finds it in
-    a few probes on the meta device."""
+    a few probes on the meta device. Where a model runs at some sizes only (a halo
+    attention's blocks), it may miss a smaller one, but the size it names runs."""
     sides = list(range(smallest, below, 32))
     low, high = 0, len(sides)  # sides[high:] run, as far as the probes tell
     while low < high:
