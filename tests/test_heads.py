@@ -657,6 +657,8 @@ def test_torch_kmeans_stops_when_fewer_distinct_rows_than_clusters(dtype):
             assert model.n_iter_ <= 10, (n_features, seed)  # not max_iter=300
             assert model.inertia_ < 1e-6 * np.sum(X.astype(np.float64) ** 2)
             assert np.unique(model.labels_).size == 5
+            # Coinciding centres: the labels are those predict gives, the first of equal centres.
+            np.testing.assert_array_equal(model.labels_, model.predict(X))
 
 
 def test_torch_kmeans_moves_an_empty_cluster_onto_rows_that_lie_apart_in_float32():
@@ -712,6 +714,11 @@ def test_the_divergence_error_names_the_raised_parameter_and_a_step_too_large_fo
     if "entropy_weight" in HEADS[name]().get_params():
         with pytest.raises(ValueError, match=r"Lower entropy_weight \(it is 1e\+300\) or learning_rate"):
             HEADS[name](**settings, entropy_weight=1e300).fit(X)
+    if "entropy_weight" in HEADS[name]().get_params():
+        # Each batch's loss fits in float32 but their sum over an epoch does not: no divergence.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            HEADS[name](**settings, entropy_weight=1e38, batch_size=10).fit(X)
     for temperature in ("student_temperature", "teacher_temperature"):
         if temperature in HEADS[name]().get_params():  # logits divided by 1e-40 overflow float32
             with pytest.raises(ValueError, match=rf"\. Raise {temperature} \(it is 1e-40\), or lower "
@@ -845,6 +852,8 @@ def test_select_n_clusters_recovers_true_k():
 
 def test_select_n_clusters_sets_an_instances_own_count_and_refuses_one_that_finds_it():
     from sklearn.cluster import DBSCAN
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
 
     # Their errors said to "leave n_clusters=None", a parameter select_n_clusters has not.
     X, _ = make_blobs(n_samples=200, centers=4, n_features=5, random_state=0)
@@ -852,8 +861,15 @@ def test_select_n_clusters_sets_an_instances_own_count_and_refuses_one_that_find
     assert best == 4 and sorted(scores) == [3, 4, 5]
     for finds_its_own in ("hdbscan", DBSCAN()):
         with pytest.raises(ValueError, match=r"^select_n_clusters tries numbers of clusters, but clusterer=.* "
-                                             r"finds its own; choose one that takes a number of clusters"):
+                                             r"takes none: it finds its own, or has no parameter n_clusters or "
+                                             r"n_components; choose one that takes a number of clusters"):
             select_n_clusters(X, [3, 4], clusterer=finds_its_own)
+    # A pipeline's count is its last step's.
+    pipeline = make_pipeline(PCA(4), KMeans(n_clusters=5, n_init=3, random_state=0))
+    assert select_n_clusters(X, [3, 4, 5], clusterer=pipeline)[0] == 4
+    assert pipeline.get_params()["kmeans__n_clusters"] == 5  # searched on clones
+    with pytest.raises(ValueError, match=r"takes none: its last step has no parameter n_clusters or n_components"):
+        select_n_clusters(X, [3, 4], clusterer=make_pipeline(PCA(4), DBSCAN()))
     # The class for an instance failed deep in scikit-learn, "get_params() missing ... 'self'".
     with pytest.raises(TypeError, match=r"not the class KMeans; pass KMeans\(\) instead"):
         select_n_clusters(X, [3, 4], clusterer=KMeans)

@@ -257,12 +257,14 @@ def train_epochs(step, *, n_samples, batch_size, n_epochs, generator, progress):
     # open, where a notebook would show it stuck part-way.
     with progress.bar:
         for epoch in range(n_epochs):
-            total, count = None, 0
+            mean, count = None, 0
             for batch in minibatches(n_samples, batch_size, generator):
                 losses = step(batch, epoch).detach()
-                total = losses if total is None else total + losses
                 count += 1
-            last_losses = (total / count).cpu()
+                # A running mean: the sum over the batches can overflow float32 where
+                # no batch's loss does (entropy_weight=1e38), and read as divergence.
+                mean = losses if mean is None else mean + (losses - mean) / count
+            last_losses = mean.cpu()
             progress.epoch_done(float(last_losses.min()))
     return last_losses
 

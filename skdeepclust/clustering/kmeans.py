@@ -431,6 +431,11 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         self.cluster_centers_ = (centers / scale + mean).cpu().numpy()
         self._n_features_out = self.cluster_centers_.shape[0]  # transform's columns, one per centre
         self.labels_ = labels.cpu().numpy().astype(np.int64)
+        if np.unique(self.labels_).size < n_clusters:
+            # Centres that coincide (fewer distinct rows than clusters) differ by rounding
+            # alone, which picked the labels inside the fit; predict's arithmetic may pick
+            # another of them, so the labels are predict's. Rare, so worth the pass on the host.
+            self.labels_ = self._nearest(X, distances=False)[0]
         self.inertia_ = in_units_of_X(inertia)
         self.n_iter_ = int(n_iter)
         # Rows of zero weight do not count: a centre that only they are near is

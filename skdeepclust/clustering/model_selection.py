@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import numpy as np
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_array
 
 from .._device import host_array
@@ -43,8 +44,10 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
     clusterer : str or estimator, default="kmeans"
         As in :class:`~skdeepclust.FeatureClusterer`; a head such as
         ``"scan"`` works too, at the cost of one training per candidate. An
-        instance's own number of clusters is set to each candidate, on a clone;
-        a clusterer that finds the number itself (HDBSCAN, DBSCAN) is refused.
+        instance's own number of clusters (``n_clusters`` or ``n_components``, or
+        that of a :class:`~sklearn.pipeline.Pipeline`'s last step) is set to each
+        candidate, on a clone; a clusterer that finds the number itself (HDBSCAN,
+        DBSCAN) is refused.
     random_state : int, RandomState instance or None, default=None
         Passed to the clusterer and to the silhouette's subsampling.
     device : str or torch.device, default="auto"
@@ -132,15 +135,29 @@ def _cluster_count_parameter(clusterer):
     """The parameter of a clusterer instance that holds its number of clusters (None
     for a name); a ValueError for a clusterer that finds the number itself."""
     if isinstance(clusterer, str):
-        count_parameter, finds_its_own = None, clusterer in FINDS_ITS_CLUSTER_COUNT
+        count_parameter, takes_none = None, clusterer in FINDS_ITS_CLUSTER_COUNT
     else:
         # Refuses, in FeatureClusterer's words, what it refuses: a class, say, for an instance.
-        own_params = _build_clusterer(clusterer, None, None, "cpu").get_params(deep=False)
-        count_parameter = next((name for name in _COUNT_PARAMETERS if name in own_params), None)
-        finds_its_own = count_parameter is None
-    if finds_its_own:
+        count_parameter = _count_parameter_of(_build_clusterer(clusterer, None, None, "cpu"))
+        takes_none = count_parameter is None
+    if takes_none:
+        which = ("its last step has" if isinstance(clusterer, Pipeline) else
+                 "it finds its own, or has")
         raise ValueError(
-            f"select_n_clusters tries numbers of clusters, but clusterer={clusterer!r} finds "
-            "its own; choose one that takes a number of clusters, such as 'kmeans'."
+            f"select_n_clusters tries numbers of clusters, but clusterer={clusterer!r} takes none: "
+            f"{which} no parameter {' or '.join(_COUNT_PARAMETERS)}; choose one that takes a number "
+            "of clusters, such as 'kmeans'."
         )
     return count_parameter
+
+
+def _count_parameter_of(estimator):
+    """The parameter, as ``set_params`` takes it, that holds the number of clusters of
+    ``estimator`` or of a pipeline's last step (``kmeans__n_clusters``), or None."""
+    own_params = estimator.get_params(deep=False)
+    name = next((name for name in _COUNT_PARAMETERS if name in own_params), None)
+    if name is None and isinstance(estimator, Pipeline) and estimator.steps:
+        step_name, last = estimator.steps[-1]
+        inner = _count_parameter_of(last) if hasattr(last, "get_params") else None
+        name = None if inner is None else f"{step_name}__{inner}"
+    return name
