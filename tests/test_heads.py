@@ -661,6 +661,17 @@ def test_torch_kmeans_stops_when_fewer_distinct_rows_than_clusters(dtype):
             np.testing.assert_array_equal(model.labels_, model.predict(X))
 
 
+def test_torch_kmeans_gives_copies_of_a_row_one_label_where_centres_coincide():
+    # Rounding split the 18 copies of one row between two coinciding centres: every
+    # label was used, no warning came, and predict gave other labels.
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(4, 38)) * 5 + 3000).astype(np.float32)[rng.integers(0, 4, size=64)]
+    with pytest.warns(ConvergenceWarning, match="Only 4 distinct clusters"):
+        model = TorchKMeans(n_clusters=5, random_state=0, device="cpu").fit(X)
+    np.testing.assert_array_equal(model.labels_, model.predict(X))
+    assert np.unique(model.labels_[np.all(X == X[0], axis=1)]).size == 1
+
+
 def test_torch_kmeans_moves_an_empty_cluster_onto_rows_that_lie_apart_in_float32():
     # Two groups 1000 apart, each of two subgroups 1 apart: small against the data's
     # size, yet apart. Two centres start far off and empty, and must each take one.
@@ -868,6 +879,10 @@ def test_select_n_clusters_sets_an_instances_own_count_and_refuses_one_that_find
     pipeline = make_pipeline(PCA(4), KMeans(n_clusters=5, n_init=3, random_state=0))
     assert select_n_clusters(X, [3, 4, 5], clusterer=pipeline)[0] == 4
     assert pipeline.get_params()["kmeans__n_clusters"] == 5  # searched on clones
+    # Its last step is seeded as an instance of its own would be: the same scores twice.
+    unseeded, noise = make_pipeline(PCA(4), KMeans(n_init=1)), np.random.default_rng(0).normal(size=(200, 5))
+    assert (select_n_clusters(noise, [3, 4, 5], clusterer=unseeded, random_state=0)[1]
+            == select_n_clusters(noise, [3, 4, 5], clusterer=unseeded, random_state=0)[1])
     with pytest.raises(ValueError, match=r"takes none: its last step has no parameter n_clusters or n_components"):
         select_n_clusters(X, [3, 4], clusterer=make_pipeline(PCA(4), DBSCAN()))
     # The class for an instance failed deep in scikit-learn, "get_params() missing ... 'self'".

@@ -29,6 +29,10 @@ __all__ = ["TorchKMeans"]
 # Distances computed at once: about 64 MB in float32, so the rows per block
 # shrink as the number of centres grows.
 DISTANCES_PER_BLOCK = 1 << 24
+# Centres closer than this, squared and per feature, in the fit's frame (rows within
+# +-1), coincide but for rounding (float32 means err by about 1e-7 there): as where
+# there are fewer distinct rows than clusters.
+COINCIDING_SQUARED_GAP = 1e-10
 # Lloyd stops after this many moves of empty clusters in a row that found no lower inertia.
 MOVES_IN_VAIN_ALLOWED = 5
 
@@ -225,6 +229,20 @@ def _lloyd(X, row_sq_norms, centers, weights, max_iter, shift_tolerance):
             break
     labels, _ = _assign(X, row_sq_norms, centers)
     return centers, labels, _inertia(X, centers, labels, weights), n_iter
+
+
+def _has_coinciding_centres(centers):
+    """Whether two of ``centers`` (in the fit's frame) coincide but for rounding; on
+    the host in float64, whose expansion of the distance adds no noise of that size."""
+    local = centers.detach().cpu().double().numpy()
+    norms = (local * local).sum(axis=1)
+    limit = COINCIDING_SQUARED_GAP * local.shape[1]
+    for rows in row_blocks(len(local), len(local) + local.shape[1], DISTANCES_PER_BLOCK):
+        squared = norms[rows, None] - 2.0 * (local[rows] @ local.T) + norms
+        squared[np.arange(squared.shape[0]), np.arange(rows.start, rows.stop)] = np.inf  # itself
+        if (squared <= limit).any():
+            return True
+    return False
 
 
 def _inertia(X, centers, labels, weights):
@@ -431,10 +449,11 @@ class TorchKMeans(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixi
         self.cluster_centers_ = (centers / scale + mean).cpu().numpy()
         self._n_features_out = self.cluster_centers_.shape[0]  # transform's columns, one per centre
         self.labels_ = labels.cpu().numpy().astype(np.int64)
-        if np.unique(self.labels_).size < n_clusters:
+        if _has_coinciding_centres(centers):
             # Centres that coincide (fewer distinct rows than clusters) differ by rounding
-            # alone, which picked the labels inside the fit; predict's arithmetic may pick
-            # another of them, so the labels are predict's. Rare, so worth the pass on the host.
+            # alone, which picked the labels inside the fit, even splitting copies of one
+            # row; predict's arithmetic picks the first of them, so the labels are
+            # predict's. Rare, so worth the pass on the host.
             self.labels_ = self._nearest(X, distances=False)[0]
         self.inertia_ = in_units_of_X(inertia)
         self.n_iter_ = int(n_iter)

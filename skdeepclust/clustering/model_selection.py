@@ -101,6 +101,7 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
                 f"{features.shape[0] - 1}]; got {k!r}."
             )
     count_parameter = _cluster_count_parameter(clusterer)
+    step_settings = _last_step_settings(clusterer, count_parameter, random_state, device)
     scores, found = {}, {}
     for k in sorted(set(int(k) for k in candidates)):
         with warnings.catch_warnings():
@@ -111,8 +112,8 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
             # An instance's own count is set to each candidate in turn, on a clone.
             model = (FeatureClusterer(clusterer, n_clusters=k, device=device, random_state=random_state)
                      if count_parameter is None else
-                     FeatureClusterer(clone(clusterer).set_params(**{count_parameter: k}), device=device,
-                                      random_state=random_state)).fit(features)
+                     FeatureClusterer(clone(clusterer).set_params(**{count_parameter: k}, **step_settings),
+                                      device=device, random_state=random_state)).fit(features)
         scores[k] = label_free_score(features, model.labels_, random_state=random_state)
         found[k] = model.cluster_ids_.size
     best = max(scores, key=lambda k: (scores[k], -k))
@@ -149,6 +150,22 @@ def _cluster_count_parameter(clusterer):
             "of clusters, such as 'kmeans'."
         )
     return count_parameter
+
+
+def _last_step_settings(clusterer, count_parameter, random_state, device):
+    """The ``random_state`` and ``device`` for a pipeline's last step, which
+    FeatureClusterer gives an instance's own where it left them unset ("auto") but
+    does not reach inside a pipeline."""
+    if count_parameter is None or "__" not in count_parameter:
+        return {}
+    prefix = count_parameter.rsplit("__", 1)[0] + "__"
+    params = clusterer.get_params()
+    settings = {}
+    if random_state is not None and params.get(prefix + "random_state", 0) is None:
+        settings[prefix + "random_state"] = random_state
+    if params.get(prefix + "device") == "auto" and not (isinstance(device, str) and device == "auto"):
+        settings[prefix + "device"] = device
+    return settings
 
 
 def _count_parameter_of(estimator):
