@@ -245,6 +245,24 @@ def test_a_named_density_clusterer_that_finds_only_noise_says_so():
         FeatureClusterer(DBSCAN(eps=0.3)).fit(uniform / np.linalg.norm(uniform, axis=1, keepdims=True) * 0.01)
 
 
+def test_a_pipelines_last_step_takes_the_number_of_clusters_the_seed_and_the_device(blobs):
+    from sklearn.pipeline import make_pipeline
+
+    X, _ = blobs
+    pipeline = make_pipeline(PCA(2), KMeans(n_init=1))
+    fitted = FeatureClusterer(pipeline, n_clusters=3, random_state=0).fit(X)
+    assert fitted.clusterer_.get_params()["kmeans__n_clusters"] == 3 and fitted.cluster_ids_.size == 3
+    assert fitted.clusterer_.get_params()["kmeans__random_state"] == 0
+    assert pipeline.get_params()["kmeans__n_clusters"] == 8  # a clone was set, not the user's
+    nested = make_pipeline(PCA(2), make_pipeline(TorchKMeans(n_init=1)))
+    fitted = FeatureClusterer(nested, n_clusters=3, device="cpu", random_state=0).fit(X)
+    assert fitted.clusterer_.get_params()["pipeline__torchkmeans__device"] == "cpu"
+    with pytest.raises(ValueError, match=r"^n_clusters=3 and KMeans\(n_clusters=4\) disagree"):
+        FeatureClusterer(make_pipeline(PCA(2), KMeans(4)), n_clusters=3).fit(X)
+    with pytest.raises(ValueError, match="DBSCAN takes no number of clusters, but n_clusters=3 was given"):
+        FeatureClusterer(make_pipeline(PCA(2), DBSCAN()), n_clusters=3).fit(X)
+
+
 @pytest.mark.parametrize("n_features, memory, algorithm", [
     (64, 2 ** 40, "brute"),  # its trees are slow in many dimensions
     (8, 2 ** 40, "auto"),  # and fast in few

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.cluster import AgglomerativeClustering, Birch, KMeans, SpectralClustering
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
+from sklearn.pipeline import Pipeline
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import (
@@ -70,32 +71,44 @@ def _build_clusterer(clusterer, n_clusters, random_state, device, verbose=0):
             f"{clusterer!r}."
         )
     estimator = clone(clusterer)
-    own_params = estimator.get_params(deep=False)
+    # A pipeline's settings are those of its last step, the clusterer.
+    final, prefix = final_clusterer(estimator)
+    own_params = final.get_params(deep=False)
     if n_clusters is not None:
         count_parameter = next((p for p in _COUNT_PARAMETERS if p in own_params), None)
         if count_parameter is None:
             raise ValueError(
-                f"{type(clusterer).__name__} takes no number of clusters, but n_clusters="
+                f"{type(final).__name__} takes no number of clusters, but n_clusters="
                 f"{n_clusters} was given; leave n_clusters=None with this clusterer."
             )
         own_count = own_params[count_parameter]
-        signature = inspect.signature(type(clusterer)).parameters
+        signature = inspect.signature(type(final)).parameters
         class_default = getattr(signature.get(count_parameter), "default", inspect.Parameter.empty)
         # A count set on the instance too (e.g. by a search over clusterer__n_clusters)
         # would be overridden without a word, and every candidate would be the same model.
         if own_count != n_clusters and own_count != class_default:
             raise ValueError(
-                f"n_clusters={n_clusters} and {type(clusterer).__name__}({count_parameter}="
+                f"n_clusters={n_clusters} and {type(final).__name__}({count_parameter}="
                 f"{own_count!r}) disagree; set the number of clusters in one place: leave "
                 "n_clusters=None to keep the clusterer's own, or leave the clusterer's "
                 "at its default."
             )
-        estimator.set_params(**{count_parameter: n_clusters})
+        estimator.set_params(**{prefix + count_parameter: n_clusters})
     if random_state is not None and own_params.get("random_state", 0) is None:
-        estimator.set_params(random_state=random_state)
+        estimator.set_params(**{prefix + "random_state": random_state})
     if own_params.get("device") == "auto" and not _is_auto(device):
-        estimator.set_params(device=device)
+        estimator.set_params(**{prefix + "device": device})
     return estimator
+
+
+def final_clusterer(estimator):
+    """``estimator``, or the last step of a :class:`~sklearn.pipeline.Pipeline` (of
+    one nested in it too), and the prefix that ``set_params`` takes for its parameters."""
+    prefix = ""
+    while isinstance(estimator, Pipeline) and estimator.steps and hasattr(estimator.steps[-1][1], "get_params"):
+        name, estimator = estimator.steps[-1]
+        prefix += f"{name}__"
+    return estimator, prefix
 
 
 class NamedClustererParamsMixin:
@@ -388,7 +401,9 @@ class FeatureClusterer(NamedClustererParamsMixin, ClusterMixin, BaseEstimator):
         (42 s against 2 s for 5,000 rows of 512 dimensions); where it does not fit,
         an ``EfficiencyWarning`` says so, since the two may break ties between equal
         distances differently and find other clusters. An ``HDBSCAN()`` instance
-        keeps its own algorithm.
+        keeps its own algorithm. A :class:`~sklearn.pipeline.Pipeline` ending in a
+        clusterer (``make_pipeline(PCA(50), KMeans())``) is one too: ``n_clusters``,
+        ``device`` and ``random_state`` below go to its last step.
     n_clusters : int or None, default=None
         Number of clusters. ``None`` keeps the clusterer's own setting (8 for
         ``"kmeans"``, as in scikit-learn). For a clusterer that finds the number

@@ -18,6 +18,7 @@ from .feature_clusterer import (
     _COUNT_PARAMETERS,
     FeatureClusterer,
     _build_clusterer,
+    final_clusterer,
     label_free_score,
     refuse_images,
 )
@@ -101,7 +102,6 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
                 f"{features.shape[0] - 1}]; got {k!r}."
             )
     count_parameter = _cluster_count_parameter(clusterer)
-    step_settings = _last_step_settings(clusterer, count_parameter, random_state, device)
     scores, found = {}, {}
     for k in sorted(set(int(k) for k in candidates)):
         with warnings.catch_warnings():
@@ -112,8 +112,8 @@ def select_n_clusters(features, candidates, *, clusterer="kmeans", random_state=
             # An instance's own count is set to each candidate in turn, on a clone.
             model = (FeatureClusterer(clusterer, n_clusters=k, device=device, random_state=random_state)
                      if count_parameter is None else
-                     FeatureClusterer(clone(clusterer).set_params(**{count_parameter: k}, **step_settings),
-                                      device=device, random_state=random_state)).fit(features)
+                     FeatureClusterer(clone(clusterer).set_params(**{count_parameter: k}), device=device,
+                                      random_state=random_state)).fit(features)
         scores[k] = label_free_score(features, model.labels_, random_state=random_state)
         found[k] = model.cluster_ids_.size
     best = max(scores, key=lambda k: (scores[k], -k))
@@ -152,29 +152,10 @@ def _cluster_count_parameter(clusterer):
     return count_parameter
 
 
-def _last_step_settings(clusterer, count_parameter, random_state, device):
-    """The ``random_state`` and ``device`` for a pipeline's last step, which
-    FeatureClusterer gives an instance's own where it left them unset ("auto") but
-    does not reach inside a pipeline."""
-    if count_parameter is None or "__" not in count_parameter:
-        return {}
-    prefix = count_parameter.rsplit("__", 1)[0] + "__"
-    params = clusterer.get_params()
-    settings = {}
-    if random_state is not None and params.get(prefix + "random_state", 0) is None:
-        settings[prefix + "random_state"] = random_state
-    if params.get(prefix + "device") == "auto" and not (isinstance(device, str) and device == "auto"):
-        settings[prefix + "device"] = device
-    return settings
-
-
 def _count_parameter_of(estimator):
     """The parameter, as ``set_params`` takes it, that holds the number of clusters of
     ``estimator`` or of a pipeline's last step (``kmeans__n_clusters``), or None."""
-    own_params = estimator.get_params(deep=False)
+    final, prefix = final_clusterer(estimator)
+    own_params = final.get_params(deep=False)
     name = next((name for name in _COUNT_PARAMETERS if name in own_params), None)
-    if name is None and isinstance(estimator, Pipeline) and estimator.steps:
-        step_name, last = estimator.steps[-1]
-        inner = _count_parameter_of(last) if hasattr(last, "get_params") else None
-        name = None if inner is None else f"{step_name}__{inner}"
-    return name
+    return None if name is None else prefix + name
