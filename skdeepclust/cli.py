@@ -469,9 +469,9 @@ def _confidence(stage, features, labels):
 
 def _cosine_similarity(rows, other_rows):
     """The cosine similarity of each row to the same row of ``other_rows``, at least 0."""
-    tiny = np.finfo(np.float32).tiny
-    norms = np.maximum(np.linalg.norm(rows, axis=1) * np.linalg.norm(other_rows, axis=1), tiny)
-    return np.clip(np.einsum("ij,ij->i", rows, other_rows) / norms, 0.0, 1.0)
+    from .clustering._training import normalize_rows
+
+    return np.clip(np.einsum("ij,ij->i", normalize_rows(rows), normalize_rows(other_rows)), 0.0, 1.0)
 
 
 def _check_features_not_all_zero(features, files, assigning=False):
